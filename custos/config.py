@@ -1,0 +1,106 @@
+"""The gateway's configuration: a YAML file validated by pydantic models."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from custos.identity.models import IssuerConfig, RoleConfig
+from custos.upstream.settings import UpstreamSettings
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class TlsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_message_bytes: int = Field(default=64 << 20, ge=1 << 10)
+    max_connections: int = Field(default=1000, ge=1)
+    startup_timeout_seconds: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    write_buffer_high_bytes: int = Field(default=256 << 10, ge=1 << 12)
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "127.0.0.1:6432"
+    upstream: UpstreamSettings | None = None
+    tls: TlsSettings | None = None
+    allow_loopback_cleartext: bool = False
+    issuers: list[IssuerConfig] = Field(default_factory=list)
+    roles: list[RoleConfig] = Field(default_factory=list)
+    dev_issuer_dir: Path | None = None
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen_address(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return parse_listen_address(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_listen_address(self.listen)[1]
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """Splits HOST:PORT (or [IPv6]:PORT) and checks both parts."""
+    host, separator, port_text = value.rpartition(":")
+    if not separator or not host:
+        raise ValueError(f"listen address {value!r} must be HOST:PORT, e.g. 127.0.0.1:6432")
+    host = host.removeprefix("[").removesuffix("]")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen port {port_text!r} must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Reads the YAML file (if any), applies command-line overrides, validates."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        source = str(path) if path else "the command line"
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid configuration in {source}: {problems}") from None

@@ -1,0 +1,1 @@
+"""The embedded demo: a throwaway PostgreSQL, fake customers, and local TLS certificates."""

@@ -1,0 +1,161 @@
+"""`custos demo`: a throwaway database of fake customers behind the gateway.
+
+Everything lives in one temporary directory (database cluster, dev issuer
+key, TLS certificate, configuration) and is removed on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+
+from custos.config import ConfigError, load_config
+from custos.demo.certificates import generate_ca_and_server_cert
+from custos.demo.postgres import (
+    DEMO_DATABASE,
+    PostgresServer,
+    TemporaryPostgres,
+    create_demo_database,
+)
+from custos.identity.dev_issuer import DevIssuer
+
+GATEWAY_LOGIN = "custos_gateway"
+
+DEMO_ROLES: list[dict[str, Any]] = [
+    {
+        "name": "agent",
+        "description": "An AI coding agent working on the CRM",
+        "trust": [{"issuer": "dev", "subjects": ["agent-*"]}],
+    },
+    {
+        "name": "analyst",
+        "description": "People in the analytics team",
+        "trust": [{"issuer": "dev", "groups": ["analysts"]}],
+    },
+    {
+        "name": "dba",
+        "description": "Database administrators",
+        "trust": [{"issuer": "dev", "groups": ["dba"]}],
+    },
+]
+
+
+def provision_gateway_login(server: PostgresServer, database: str = DEMO_DATABASE) -> str:
+    """Creates the login the gateway itself uses, owning the demo database; returns its DSN.
+
+    The gateway never needs a superuser: this login owns the database and its
+    demo schema, which is all that agents reach through it.
+    """
+    password = secrets.token_urlsafe(24)
+    with psycopg.connect(server.dsn(database=database), autocommit=True) as connection:
+        exists = connection.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", [GATEWAY_LOGIN]
+        ).fetchone()
+        verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
+        connection.execute(
+            sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                verb, sql.Identifier(GATEWAY_LOGIN), sql.Literal(password)
+            )
+        )
+        for statement in (
+            "ALTER DATABASE {database} OWNER TO {login}",
+            "ALTER SCHEMA crm OWNER TO {login}",
+            "GRANT ALL ON ALL TABLES IN SCHEMA crm TO {login}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA crm TO {login}",
+        ):
+            connection.execute(
+                sql.SQL(statement).format(
+                    database=sql.Identifier(database), login=sql.Identifier(GATEWAY_LOGIN)
+                )
+            )
+        tables = connection.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'crm'"
+        ).fetchall()
+        for (table,) in tables:
+            connection.execute(
+                sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+                    sql.SQL(table), sql.Identifier(GATEWAY_LOGIN)
+                )
+            )
+    return server.dsn(user=GATEWAY_LOGIN, password=password, database=database)
+
+
+def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
+    bundle = generate_ca_and_server_cert(directory / "tls")
+    config = {
+        "listen": listen,
+        "upstream": {"dsn": upstream_dsn},
+        "tls": {"cert_file": str(bundle.server_cert), "key_file": str(bundle.server_key)},
+        "dev_issuer_dir": str(directory / "dev-issuer"),
+        "roles": DEMO_ROLES,
+    }
+    path = directory / "custos.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+def run_demo(listen: str) -> int:
+    from proxy_task.app import build_services, install_event_loop_policy, serve
+    from proxy_task.gateway import Gateway
+
+    work = Path(tempfile.mkdtemp(prefix="custos-demo-"))
+    database = TemporaryPostgres(root_dir=work / "postgres", log=_say)
+    try:
+        _say("starting a throwaway PostgreSQL ...")
+        server = database.start()
+        create_demo_database(server)
+        upstream_dsn = provision_gateway_login(server)
+        config_path = write_demo_config(work, upstream_dsn, listen)
+        config = load_config(config_path)
+        issuer = DevIssuer.open_or_create(work / "dev-issuer")
+        ca_cert = work / "tls" / "ca.crt"
+
+        def announce(gateway: Gateway) -> None:
+            token = issuer.mint("agent", "agent-demo", ttl_seconds=3600)
+            _say(_instructions(gateway.port, token, ca_cert, work))
+
+        install_event_loop_policy()
+        try:
+            asyncio.run(serve(config, build_services(config), on_ready=announce))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {listen}: {error.strerror}; pass --listen 127.0.0.1:PORT"
+            ) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _say("stopping and removing the demo ...")
+        database.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _instructions(port: int, token: str, ca_cert: Path, work: Path) -> str:
+    return f"""
+Custos demo is running: gateway on 127.0.0.1:{port}, fake customers in schema crm.
+
+Connect as the role 'agent' with a fresh token (valid for 1 hour):
+
+  PGPASSWORD='{token}' \\
+  psql "host=localhost port={port} dbname={DEMO_DATABASE} user=agent sslmode=verify-full sslrootcert={ca_cert}"
+
+Mint more tokens (roles: agent for subjects agent-*, analyst for group analysts, dba for group dba):
+
+  custos token --dev-issuer {work / "dev-issuer"} --role analyst --sub alice --groups analysts
+
+Press Ctrl-C to stop; everything is removed.
+"""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

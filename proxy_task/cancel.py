@@ -1,0 +1,65 @@
+"""Cancel keys: the client gets the gateway's own key, never the database's.
+
+A CancelRequest arrives on a fresh connection carrying (process id, secret).
+The gateway looks the pair up and, if it names a live session, sends the
+database's own key to the database. A guessed pair finds nothing and cancels
+nothing; the 62 random bits make guessing hopeless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+
+from custos.protocol.messages import cancel_request
+
+log = logging.getLogger("custos.cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCancelKey:
+    host: str
+    port: int
+    process_id: int
+    secret_key: int
+
+
+class CancelRegistry:
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[int, int], UpstreamCancelKey] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def register(self, upstream: UpstreamCancelKey) -> tuple[int, int]:
+        """A fresh (process id, secret key) for the client, mapped to `upstream`."""
+        while True:
+            key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
+            if key not in self._sessions:
+                self._sessions[key] = upstream
+                return key
+
+    def unregister(self, key: tuple[int, int]) -> None:
+        self._sessions.pop(key, None)
+
+    def lookup(self, process_id: int, secret_key: int) -> UpstreamCancelKey | None:
+        return self._sessions.get((process_id, secret_key))
+
+
+async def send_cancel(upstream: UpstreamCancelKey, timeout_seconds: float = 5.0) -> None:
+    """Delivers a CancelRequest to the database, as libpq does: plain, one packet."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            if upstream.host.startswith("/"):
+                path = f"{upstream.host}/.s.PGSQL.{upstream.port}"
+                reader, writer = await asyncio.open_unix_connection(path)
+            else:
+                reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+            writer.write(cancel_request(upstream.process_id, upstream.secret_key))
+            await writer.drain()
+            await reader.read()
+            writer.close()
+    except (OSError, TimeoutError) as error:
+        log.warning("could not deliver a cancel request to the database: %s", error)

@@ -1,0 +1,320 @@
+"""The client side of a session: TLS negotiation, token authentication, startup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+from custos.config import is_loopback
+from custos.identity.errors import AuthenticationError
+from custos.identity.principal import Principal
+from custos.protocol import codes
+from custos.protocol.errors import ProtocolViolation
+from custos.protocol.framing import MessageFramer
+from custos.protocol.messages import (
+    authentication_cleartext_password,
+    authentication_ok,
+    backend_key_data,
+    error_response,
+    negotiate_protocol_version,
+    password_message_text,
+    ready_for_query,
+)
+from custos.protocol.startup import (
+    CancelRequest,
+    GSSEncRequest,
+    SSLRequest,
+    StartupDecoder,
+    StartupMessage,
+)
+from custos.upstream.errors import UpstreamError as CredentialError
+from proxy_task.cancel import UpstreamCancelKey, send_cancel
+from proxy_task.reader import ConnectionClosed, HandshakeReader
+from proxy_task.session import Session
+from proxy_task.upstream import UpstreamConnectError, UpstreamReady, connect_upstream
+
+if TYPE_CHECKING:
+    from proxy_task.gateway import Gateway
+
+log = logging.getLogger("custos.client")
+
+# A token is a few kilobytes; anything near this is not a token.
+_MAX_PASSWORD_MESSAGE_BYTES = 64 << 10
+# Startup parameters that change what kind of connection this is: never forwarded.
+_REFUSED_PARAMETERS = frozenset({"replication"})
+_GATEWAY_PARAMETERS = frozenset({"user", "database"})
+
+
+class HandshakeRefused(Exception):
+    """The handshake ends with a FATAL error to the client."""
+
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.reader = HandshakeReader()
+        self.peer = "unknown"
+        self._handshake: asyncio.Task[None] | None = None
+        self._tls = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(
+            high=self.gateway.config.limits.write_buffer_high_bytes
+        )
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.gateway.connection_opened(self)
+        self._handshake = asyncio.get_running_loop().create_task(self._run_handshake())
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            session.from_client(data)
+        else:
+            self.reader.feed(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.client_lost(exc)
+        else:
+            self.reader.close(exc)
+            if self._handshake is not None:
+                self._handshake.cancel()
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause_upstream()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume_upstream()
+
+    async def _run_handshake(self) -> None:
+        upstream: UpstreamReady | None = None
+        try:
+            async with asyncio.timeout(self.gateway.config.limits.startup_timeout_seconds):
+                startup = await self._negotiate()
+                if startup is None:
+                    return
+                principal = await self._authenticate(startup)
+                upstream = await self._connect_upstream(startup, principal)
+            self._start_session(principal, upstream)
+            upstream = None
+        except HandshakeRefused as refusal:
+            self._refuse(refusal.sqlstate, refusal.message, refusal.hint)
+        except ProtocolViolation as violation:
+            self._refuse(violation.sqlstate, violation.message)
+        except TimeoutError:
+            self._refuse(
+                "08006",
+                "the connection did not complete startup in time; connect again",
+            )
+        except ConnectionClosed:
+            self._close()
+        except asyncio.CancelledError:
+            self._close()
+        finally:
+            if upstream is not None and upstream.connection.transport is not None:
+                upstream.connection.transport.abort()
+
+    async def _negotiate(self) -> StartupMessage | None:
+        """Reads startup packets until a StartupMessage; None when the connection is done."""
+        assert self.transport is not None
+        decoder = StartupDecoder()
+        while True:
+            packet = decoder.next_packet()
+            if packet is None:
+                decoder.feed(await self.reader.read())
+                continue
+            if isinstance(packet, SSLRequest):
+                await self._answer_ssl_request(decoder)
+            elif isinstance(packet, GSSEncRequest):
+                self.transport.write(b"N")
+            elif isinstance(packet, CancelRequest):
+                await self._forward_cancel(packet)
+                return None
+            else:
+                self.reader.feed(decoder.take_buffered())
+                return packet
+
+    async def _answer_ssl_request(self, decoder: StartupDecoder) -> None:
+        assert self.transport is not None
+        context = self.gateway.tls_context
+        if context is None or self._tls:
+            self.transport.write(b"N")
+            return
+        if decoder.buffered or self.reader.take():
+            raise ProtocolViolation("received unencrypted data after SSL request")
+        self.transport.write(b"S")
+        loop = asyncio.get_running_loop()
+        new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        if new_transport is None:
+            raise ConnectionClosed("TLS handshake did not complete")
+        self.transport = new_transport
+        self._tls = True
+
+    async def _forward_cancel(self, request: CancelRequest) -> None:
+        target = self.gateway.cancels.lookup(request.process_id, request.secret_key)
+        if target is None:
+            log.info("cancel request with an unknown key from %s ignored", self.peer)
+        else:
+            await send_cancel(target)
+        self._close()
+
+    async def _authenticate(self, startup: StartupMessage) -> Principal:
+        assert self.transport is not None
+        role = startup.parameters.get("user", "")
+        if not role:
+            raise HandshakeRefused(
+                "28000",
+                "no role given: set the user name to the role you want to assume",
+                hint="for example: psql 'host=... user=agent sslmode=require'",
+            )
+        refused = _REFUSED_PARAMETERS.intersection(startup.parameters)
+        if refused:
+            raise HandshakeRefused(
+                "0A000",
+                f"{', '.join(sorted(refused))} connections are not supported through the gateway",
+            )
+        if self.gateway.at_capacity:
+            raise HandshakeRefused(
+                "53300", "the gateway has too many connections; try again shortly"
+            )
+        if startup.minor != 0 or startup.protocol_options:
+            self.transport.write(negotiate_protocol_version(0, startup.protocol_options))
+        if not self._tls and not self._cleartext_allowed():
+            raise HandshakeRefused(
+                "28000",
+                "the gateway accepts tokens only over TLS: connect with sslmode=require",
+                hint="tokens are bearer credentials and must never cross the network in clear",
+            )
+        self.transport.write(authentication_cleartext_password())
+        token = await self._read_password()
+        if not token:
+            raise HandshakeRefused(
+                "28P01",
+                "no token given: pass your OIDC token as the password",
+                hint="for example: PGPASSWORD=$(custos token ...) psql ...",
+            )
+        application_name = startup.parameters.get("application_name")
+        try:
+            principal = await self.gateway.authenticator.authenticate(
+                token, role, self.peer, application_name
+            )
+        except AuthenticationError as error:
+            log.warning(
+                "authentication failed role=%s client=%s sqlstate=%s reason=%s",
+                role,
+                self.peer,
+                error.sqlstate,
+                error.message,
+            )
+            raise HandshakeRefused(error.sqlstate, error.message, error.hint) from None
+        return principal
+
+    def _cleartext_allowed(self) -> bool:
+        host = self.peer.rpartition(":")[0]
+        return self.gateway.config.allow_loopback_cleartext and is_loopback(host)
+
+    async def _read_password(self) -> str:
+        framer = MessageFramer(_MAX_PASSWORD_MESSAGE_BYTES, (codes.PASSWORD,))
+        while True:
+            chunk, spans = framer.feed(await self.reader.read())
+            if spans:
+                _, start, end = spans[0]
+                self.reader.feed(chunk[end:])
+                return password_message_text(chunk[start + 5 : end])
+
+    async def _connect_upstream(self, startup: StartupMessage, principal: Principal) -> UpstreamReady:
+        parameters = {
+            name: value
+            for name, value in startup.parameters.items()
+            if name not in _GATEWAY_PARAMETERS and not name.startswith("_pq_.")
+        }
+        requested = startup.parameters.get("database")
+        if requested == principal.role:
+            requested = None
+        try:
+            return await connect_upstream(
+                self.gateway.credentials,
+                parameters,
+                requested,
+                self.gateway.config.limits.startup_timeout_seconds,
+            )
+        except UpstreamConnectError as error:
+            log.error("upstream connection failed role=%s: %s", principal.role, error.message)
+            raise HandshakeRefused(error.sqlstate, error.message) from None
+        except CredentialError as error:
+            log.error("upstream credential unavailable role=%s: %s", principal.role, error)
+            raise HandshakeRefused(
+                "08001",
+                "the gateway cannot obtain its database credential right now;"
+                " try again, and tell the operator if it persists",
+            ) from None
+
+    def _start_session(self, principal: Principal, upstream: UpstreamReady) -> None:
+        assert self.transport is not None and upstream.connection.transport is not None
+        upstream_key = UpstreamCancelKey(
+            upstream.target.host, upstream.target.port, upstream.process_id, upstream.secret_key
+        )
+        cancel_key = self.gateway.cancels.register(upstream_key)
+        upstream.connection.transport.set_write_buffer_limits(
+            high=self.gateway.config.limits.write_buffer_high_bytes
+        )
+        session = Session(
+            self.gateway,
+            principal,
+            self.transport,
+            upstream.connection.transport,
+            cancel_key,
+            upstream.transaction_status,
+        )
+        self.transport.write(
+            authentication_ok()
+            + b"".join(upstream.messages)
+            + backend_key_data(*cancel_key)
+            + ready_for_query(upstream.transaction_status)
+        )
+        self.session = session
+        upstream.connection.session = session
+        self.gateway.session_opened(self, session)
+        log.info(
+            "session opened role=%s subject=%s issuer=%s client=%s application=%s tls=%s",
+            principal.role,
+            principal.subject,
+            principal.issuer,
+            self.peer,
+            principal.application_name,
+            self._tls,
+        )
+        pending_upstream = upstream.connection.reader.take()
+        if pending_upstream:
+            session.from_upstream(pending_upstream)
+        pending_client = self.reader.take()
+        if pending_client:
+            session.from_client(pending_client)
+
+    def _refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error_response(sqlstate, message, severity="FATAL", hint=hint))
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.gateway.connection_closed(self)

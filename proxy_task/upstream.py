@@ -1,0 +1,258 @@
+"""The gateway's connection to the database: connect, TLS, startup, authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from custos.protocol import codes
+from custos.protocol.errors import ProtocolViolation
+from custos.protocol.framing import MessageFramer
+from custos.protocol.messages import (
+    ServerNotice,
+    authentication_code,
+    backend_key_data_values,
+    parse_notice,
+    ssl_request,
+    startup_message,
+)
+from custos.upstream.auth import UpstreamAuthExchange
+from custos.upstream.credentials import CredentialSource
+from custos.upstream.target import UpstreamTarget
+from proxy_task.reader import ConnectionClosed, HandshakeReader
+
+if TYPE_CHECKING:
+    from proxy_task.session import Session
+
+_ANY_MESSAGE_TYPE = range(256)
+_HANDSHAKE_MESSAGE_LIMIT = 1 << 20
+_TLS_REQUIRED_MODES = frozenset({"require", "verify-ca", "verify-full"})
+_PASSWORD_REJECTED = frozenset({"28P01", "28000"})
+
+
+class UpstreamConnectError(Exception):
+    """The database could not be reached or refused the gateway.
+
+    `message` is for the client: it says what failed without upstream secrets.
+    """
+
+    def __init__(self, message: str, sqlstate: str = "08006", notice: ServerNotice | None = None):
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.notice = notice
+
+
+@dataclass(slots=True)
+class UpstreamReady:
+    """What the database said during startup, to replay to the client."""
+
+    connection: UpstreamConnection
+    target: UpstreamTarget
+    process_id: int
+    secret_key: int
+    transaction_status: bytes
+    # ParameterStatus and NoticeResponse messages, whole, in arrival order.
+    messages: list[bytes] = field(default_factory=list)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """The database side of one session."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = HandshakeReader()
+        self.session: Session | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            session.from_upstream(data)
+        else:
+            self.reader.feed(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.upstream_lost(exc)
+        else:
+            self.reader.close(exc)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause_client()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume_client()
+
+
+async def connect_upstream(
+    credentials: CredentialSource,
+    client_parameters: Mapping[str, str],
+    requested_database: str | None,
+    timeout_seconds: float,
+) -> UpstreamReady:
+    """Opens an authenticated session on the database for one client.
+
+    If the database rejects the credential, it is fetched once more (a secret
+    may have been rotated) before the client is told.
+    """
+    for attempt in (1, 2):
+        target = await credentials.resolve()
+        if requested_database not in (None, target.database):
+            raise UpstreamConnectError(
+                f'database "{requested_database}" is not served by this gateway;'
+                f' connect to database "{target.database}"',
+                sqlstate="3D000",
+            )
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                return await _open(target, client_parameters)
+        except TimeoutError:
+            raise UpstreamConnectError(
+                f"the database at {_where(target)} did not answer within {timeout_seconds:g} s;"
+                " try again, and tell the operator if it persists"
+            ) from None
+        except UpstreamConnectError as error:
+            if attempt == 1 and error.notice is not None and error.sqlstate in _PASSWORD_REJECTED:
+                credentials.invalidate()
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+async def _open(target: UpstreamTarget, client_parameters: Mapping[str, str]) -> UpstreamReady:
+    loop = asyncio.get_running_loop()
+    try:
+        if target.host.startswith("/"):
+            path = f"{target.host}/.s.PGSQL.{target.port}"
+            transport, connection = await loop.create_unix_connection(UpstreamConnection, path)
+        else:
+            transport, connection = await loop.create_connection(
+                UpstreamConnection, target.host, target.port
+            )
+    except OSError as error:
+        raise UpstreamConnectError(
+            f"cannot reach the database at {_where(target)}: {error.strerror or error};"
+            " tell the operator of this gateway"
+        ) from None
+    try:
+        if target.sslmode not in ("disable", "allow") and not target.host.startswith("/"):
+            await _negotiate_tls(connection, target)
+        return await _startup(connection, target, client_parameters)
+    except BaseException:
+        if connection.transport is not None:
+            connection.transport.abort()
+        raise
+
+
+async def _negotiate_tls(connection: UpstreamConnection, target: UpstreamTarget) -> None:
+    assert connection.transport is not None
+    connection.transport.write(ssl_request())
+    answer = await _read_or_fail(connection, target)
+    if answer[:1] == b"N":
+        if target.sslmode in _TLS_REQUIRED_MODES:
+            raise UpstreamConnectError(
+                f"the database at {_where(target)} does not accept TLS but sslmode is"
+                f" {target.sslmode}; enable ssl on the server or change the target's sslmode"
+            )
+        return
+    if answer != b"S":
+        raise UpstreamConnectError(f"the database at {_where(target)} answered TLS negotiation oddly")
+    loop = asyncio.get_running_loop()
+    try:
+        connection.transport = await loop.start_tls(
+            connection.transport,
+            connection,
+            _client_tls_context(target),
+            server_hostname=target.host,
+        )
+    except (ssl.SSLError, ssl.CertificateError, OSError) as error:
+        raise UpstreamConnectError(
+            f"TLS with the database at {_where(target)} failed ({error});"
+            " check the target's sslrootcert and host name"
+        ) from None
+
+
+def _client_tls_context(target: UpstreamTarget) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=target.sslrootcert)
+    if target.sslmode == "verify-full":
+        return context
+    context.check_hostname = False
+    if target.sslmode == "verify-ca" or (target.sslmode == "require" and target.sslrootcert):
+        return context
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _startup(
+    connection: UpstreamConnection, target: UpstreamTarget, client_parameters: Mapping[str, str]
+) -> UpstreamReady:
+    assert connection.transport is not None
+    parameters = {**client_parameters, **target.options}
+    parameters["user"] = target.user
+    parameters["database"] = target.database
+    connection.transport.write(startup_message(parameters))
+    exchange = UpstreamAuthExchange(target.user, target.password)
+    framer = MessageFramer(_HANDSHAKE_MESSAGE_LIMIT, _ANY_MESSAGE_TYPE)
+    process_id = secret_key = 0
+    forwarded: list[bytes] = []
+    while True:
+        chunk, spans = framer.feed(await _read_or_fail(connection, target))
+        for message_type, start, end in spans:
+            body = chunk[start + 5 : end]
+            if message_type == codes.AUTHENTICATION:
+                if authentication_code(body) == codes.AUTH_OK:
+                    continue
+                reply = exchange.on_authentication(body)
+                if reply:
+                    connection.transport.write(reply)
+            elif message_type == codes.ERROR_RESPONSE:
+                raise _rejected(parse_notice(body), target)
+            elif message_type == codes.BACKEND_KEY_DATA:
+                process_id, secret_key = backend_key_data_values(body)
+            elif message_type in (codes.PARAMETER_STATUS, codes.NOTICE_RESPONSE):
+                forwarded.append(chunk[start:end])
+            elif message_type == codes.READY_FOR_QUERY:
+                if framer.buffered or end != len(chunk):
+                    raise ProtocolViolation("the database sent data after ReadyForQuery")
+                return UpstreamReady(connection, target, process_id, secret_key, body, forwarded)
+            elif message_type != codes.NEGOTIATE_PROTOCOL_VERSION:
+                raise ProtocolViolation(
+                    f"the database sent message type {chr(message_type)!r} during startup"
+                )
+
+
+async def _read_or_fail(connection: UpstreamConnection, target: UpstreamTarget) -> bytes:
+    try:
+        return await connection.reader.read()
+    except ConnectionClosed:
+        raise UpstreamConnectError(
+            f"the database at {_where(target)} closed the connection during startup;"
+            " tell the operator of this gateway"
+        ) from None
+
+
+def _rejected(notice: ServerNotice, target: UpstreamTarget) -> UpstreamConnectError:
+    if notice.sqlstate in _PASSWORD_REJECTED:
+        return UpstreamConnectError(
+            f"the database at {_where(target)} rejected the gateway's own credential"
+            f" (SQLSTATE {notice.sqlstate}); the operator must check the target's credential",
+            sqlstate="08004",
+            notice=notice,
+        )
+    return UpstreamConnectError(notice.message, sqlstate=notice.sqlstate, notice=notice)
+
+
+def _where(target: UpstreamTarget) -> str:
+    return f"{target.host}:{target.port}"

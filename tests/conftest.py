@@ -1,0 +1,73 @@
+"""Project-wide fixtures: one PostgreSQL per test session, with the demo database loaded.
+
+Set CUSTOS_TEST_PG_DSN to a superuser DSN to test against an existing server instead of a
+throwaway one; tests that need to change server configuration then skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The suite runs from a checkout, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from custos.demo.postgres import (
+    DEMO_DATABASE,
+    PostgresServer,
+    TemporaryPostgres,
+    binaries_support_tls,
+    create_demo_database,
+    find_server_binaries,
+    server_from_dsn,
+)
+
+PG_DSN_ENV = "CUSTOS_TEST_PG_DSN"
+
+
+@pytest.fixture(scope="session")
+def _pg_cluster_or_none() -> Iterator[TemporaryPostgres | None]:
+    if os.environ.get(PG_DSN_ENV):
+        yield None
+        return
+    bin_dir = find_server_binaries()
+    # pgserver's binaries lack OpenSSL; TLS tests skip there rather than the whole suite failing.
+    tls = bin_dir is not None and binaries_support_tls(bin_dir)
+    cluster = TemporaryPostgres(tls=tls, bin_dir=bin_dir)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg(_pg_cluster_or_none: TemporaryPostgres | None) -> PostgresServer:
+    """The session's server, described with `custos_demo` as its database."""
+    if _pg_cluster_or_none is None:
+        server = server_from_dsn(os.environ[PG_DSN_ENV])
+    else:
+        server = _pg_cluster_or_none.server
+    create_demo_database(server, DEMO_DATABASE)
+    return dataclasses.replace(server, database=DEMO_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg: PostgresServer) -> str:
+    """Superuser libpq URI to the demo database."""
+    return pg.dsn()
+
+
+@pytest.fixture
+def pg_cluster(
+    _pg_cluster_or_none: TemporaryPostgres | None, pg: PostgresServer
+) -> TemporaryPostgres:
+    """The session's throwaway cluster, for tests that add pg_hba rules or reload it."""
+    if _pg_cluster_or_none is None:
+        pytest.skip(f"{PG_DSN_ENV} points at an external server whose config tests must not change")
+    return _pg_cluster_or_none

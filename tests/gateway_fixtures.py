@@ -1,0 +1,142 @@
+"""A real gateway process (`custos serve`) in front of the test database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from custos.demo.certificates import CertificateBundle, generate_ca_and_server_cert
+from custos.demo.embedded import DEMO_ROLES, provision_gateway_login
+from custos.demo.postgres import PostgresServer, pgserver_binaries
+from custos.identity.dev_issuer import DevIssuer
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def client_program(name: str) -> str:
+    """A PostgreSQL client program: the system's, else the one shipped with pgserver."""
+    found = shutil.which(name)
+    if found:
+        return found
+    shipped = pgserver_binaries()
+    if shipped is not None and (shipped / name).exists():
+        return str(shipped / name)
+    pytest.fail(f"{name} is not installed: run `make test`, which installs pgserver's copy")
+
+
+@dataclass
+class GatewayProcess:
+    """A running `custos serve` and what it takes to connect through it."""
+
+    port: int
+    directory: Path
+    issuer: DevIssuer
+    tls: CertificateBundle
+    upstream_dsn: str
+    database: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def token(self, role: str = "agent", subject: str = "agent-test", **options: Any) -> str:
+        return self.issuer.mint(role, subject, **options)
+
+    def dsn(self, role: str = "agent", token: str | None = None, **params: str) -> str:
+        values = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "dbname": self.database,
+            "user": role,
+            "password": token if token is not None else self.token(role),
+            "sslmode": "verify-ca",
+            "sslrootcert": str(self.tls.ca_cert),
+            **params,
+        }
+        return " ".join(f"{key}='{value}'" for key, value in values.items())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(
+    directory: Path,
+    pg: PostgresServer,
+    upstream_dsn: str | None = None,
+    extra_config: dict[str, Any] | None = None,
+    database: str = "custos_demo",
+) -> GatewayProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = generate_ca_and_server_cert(directory / "tls")
+    issuer = DevIssuer.open_or_create(directory / "dev-issuer")
+    upstream = upstream_dsn or provision_gateway_login(pg, database)
+    port = free_port()
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "upstream": {"dsn": upstream},
+        "tls": {"cert_file": str(tls.server_cert), "key_file": str(tls.server_key)},
+        "dev_issuer_dir": str(directory / "dev-issuer"),
+        "roles": DEMO_ROLES,
+        "limits": {"shutdown_grace_seconds": 5},
+        **(extra_config or {}),
+    }
+    config_path = directory / "custos.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = directory / "gateway.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "custos", "serve", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPOSITORY,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    gateway = GatewayProcess(
+        port, directory, issuer, tls, upstream, database, process, log_path
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited early:\n{gateway.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return gateway
+        except OSError:
+            time.sleep(0.05)
+    gateway.stop()
+    raise RuntimeError(f"the gateway did not start listening:\n{gateway.log()}")
+
+
+@pytest.fixture(scope="session")
+def gateway(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    running = start_gateway(tmp_path_factory.mktemp("gateway"), pg)
+    yield running
+    running.stop()
