@@ -240,7 +240,9 @@ class ClientConnection(asyncio.Protocol):
                 self.reader.feed(chunk[end:])
                 return password_message_text(chunk[start + 5 : end])
 
-    async def _connect_upstream(self, startup: StartupMessage, principal: Principal) -> UpstreamReady:
+    async def _connect_upstream(
+        self, startup: StartupMessage, principal: Principal
+    ) -> UpstreamReady:
         parameters = {
             name: value
             for name, value in startup.parameters.items()
@@ -268,7 +270,8 @@ class ClientConnection(asyncio.Protocol):
             ) from None
 
     def _start_session(self, principal: Principal, upstream: UpstreamReady) -> None:
-        assert self.transport is not None and upstream.connection.transport is not None
+        assert self.transport is not None
+        assert upstream.connection.transport is not None
         upstream_key = UpstreamCancelKey(
             upstream.target.host, upstream.target.port, upstream.process_id, upstream.secret_key
         )

@@ -49,7 +49,8 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets
+        assert self._server is not None
+        assert self._server.sockets
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 

@@ -136,9 +136,9 @@ async def _open(target: UpstreamTarget, client_parameters: Mapping[str, str]) ->
     try:
         if target.host.startswith("/"):
             path = f"{target.host}/.s.PGSQL.{target.port}"
-            transport, connection = await loop.create_unix_connection(UpstreamConnection, path)
+            _, connection = await loop.create_unix_connection(UpstreamConnection, path)
         else:
-            transport, connection = await loop.create_connection(
+            _transport, connection = await loop.create_connection(
                 UpstreamConnection, target.host, target.port
             )
     except OSError as error:
@@ -168,7 +168,9 @@ async def _negotiate_tls(connection: UpstreamConnection, target: UpstreamTarget)
             )
         return
     if answer != b"S":
-        raise UpstreamConnectError(f"the database at {_where(target)} answered TLS negotiation oddly")
+        raise UpstreamConnectError(
+            f"the database at {_where(target)} answered TLS negotiation oddly"
+        )
     loop = asyncio.get_running_loop()
     try:
         connection.transport = await loop.start_tls(

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-# The suite runs from a checkout, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from custos.demo.postgres import (
     DEMO_DATABASE,
@@ -71,3 +66,6 @@ def pg_cluster(
     if _pg_cluster_or_none is None:
         pytest.skip(f"{PG_DSN_ENV} points at an external server whose config tests must not change")
     return _pg_cluster_or_none
+
+
+pytest_plugins = ["gateway_fixtures"]

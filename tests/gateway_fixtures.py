@@ -119,9 +119,7 @@ def start_gateway(
             cwd=REPOSITORY,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    gateway = GatewayProcess(
-        port, directory, issuer, tls, upstream, database, process, log_path
-    )
+    gateway = GatewayProcess(port, directory, issuer, tls, upstream, database, process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -136,7 +134,9 @@ def start_gateway(
 
 
 @pytest.fixture(scope="session")
-def gateway(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     running = start_gateway(tmp_path_factory.mktemp("gateway"), pg)
     yield running
     running.stop()

@@ -62,18 +62,31 @@ def b64url(data: bytes) -> str:
 
 
 def claims_for(
-    issuer: str, *, sub: str = "agent-7", aud: str | list[str] = AUDIENCE, ttl: int = 300, **extra: Any
+    issuer: str,
+    *,
+    sub: str = "agent-7",
+    aud: str | list[str] = AUDIENCE,
+    ttl: int = 300,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Typical ID-token claims; pass a claim as None to leave it out."""
     now = int(time.time())
-    claims = {"iss": issuer, "aud": aud, "sub": sub, "iat": now, "nbf": now, "exp": now + ttl, **extra}
+    claims = {
+        "iss": issuer,
+        "aud": aud,
+        "sub": sub,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        **extra,
+    }
     return {name: value for name, value in claims.items() if value is not None}
 
 
 def mint(
     key: SigningKey, claims: Mapping[str, Any], *, alg: str | None = None, **headers: Any
 ) -> str:
-    """Sign ``claims`` with ``key``; ``headers`` override or add header fields (kid=None drops it)."""
+    """Sign ``claims`` with ``key``; ``headers`` add or override fields, kid=None drops it."""
     header = {"kid": key.kid, **headers}
     header = {name: value for name, value in header.items() if value is not None}
     return jwt.encode(dict(claims), key.private_key, algorithm=alg or key.alg, headers=header)
@@ -91,18 +104,22 @@ def craft(header: Mapping[str, Any], claims: Mapping[str, Any], signature: bytes
 
 
 class OidcServer:
-    """An OIDC issuer on 127.0.0.1; change ``keys`` to rotate, set ``down`` to fail."""
+    """An OIDC issuer on 127.0.0.1; change ``keys`` to rotate, ``down`` or ``overrides`` to fail."""
 
     def __init__(self, keys: list[SigningKey], *, announced_issuer: str | None = None) -> None:
         self.keys = keys
         self.down = False
+        self.overrides: dict[str, bytes] = {}  # path -> raw response body, to serve faults
         self.requests: Counter[str] = Counter()
         self._announced_issuer = announced_issuer
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._httpd.server_address[1]
         self.issuer = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the next poll, once per test.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def count(self, path: str) -> int:
         with self._lock:
@@ -129,7 +146,7 @@ class OidcServer:
                 if server.down or document is None:
                     self.send_error(503 if server.down else 404)
                     return
-                body = json.dumps(document).encode()
+                body = server.overrides.get(self.path) or json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

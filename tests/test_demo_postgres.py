@@ -56,9 +56,10 @@ def test_answers_over_tcp_with_scram(pg: PostgresServer) -> None:
     assert str(row[0]).startswith("SCRAM-SHA-256$")
 
 
-def test_refuses_a_wrong_password(pg: PostgresServer) -> None:
+def test_refuses_a_wrong_password(pg_cluster: TemporaryPostgres) -> None:
+    server = pg_cluster.server
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        _select_one(pg.dsn(password="not-the-password", sslmode="disable"))
+        _select_one(server.dsn(password="not-the-password", sslmode="disable"))
 
 
 def test_answers_over_tls_with_verify_full(pg: PostgresServer) -> None:

@@ -22,9 +22,13 @@ from custos.config import ConfigError, load_config
 from custos.demo.certificates import generate_ca_and_server_cert
 from custos.demo.postgres import (
     DEMO_DATABASE,
+    PostgresNotFoundError,
     PostgresServer,
+    PostgresStartError,
     TemporaryPostgres,
+    binaries_support_tls,
     create_demo_database,
+    find_server_binaries,
 )
 from custos.identity.dev_issuer import DevIssuer
 
@@ -109,7 +113,15 @@ def run_demo(listen: str) -> int:
     from proxy_task.gateway import Gateway
 
     work = Path(tempfile.mkdtemp(prefix="custos-demo-"))
-    database = TemporaryPostgres(root_dir=work / "postgres", log=_say)
+    # The database runs as an unprivileged user when we are root; it must enter this directory.
+    work.chmod(0o755)
+    binaries = find_server_binaries()
+    database = TemporaryPostgres(
+        root_dir=work / "postgres",
+        log=_say,
+        bin_dir=binaries,
+        tls=binaries is not None and binaries_support_tls(binaries),
+    )
     try:
         _say("starting a throwaway PostgreSQL ...")
         server = database.start()
@@ -133,6 +145,9 @@ def run_demo(listen: str) -> int:
             ) from None
     except KeyboardInterrupt:
         pass
+    except (PostgresNotFoundError, PostgresStartError) as error:
+        _say(f"custos demo: {error}")
+        return 1
     finally:
         _say("stopping and removing the demo ...")
         database.stop()
@@ -147,7 +162,8 @@ Custos demo is running: gateway on 127.0.0.1:{port}, fake customers in schema cr
 Connect as the role 'agent' with a fresh token (valid for 1 hour):
 
   PGPASSWORD='{token}' \\
-  psql "host=localhost port={port} dbname={DEMO_DATABASE} user=agent sslmode=verify-full sslrootcert={ca_cert}"
+  psql "host=localhost port={port} dbname={DEMO_DATABASE} user=agent \\
+        sslmode=verify-full sslrootcert={ca_cert}"
 
 Mint more tokens (roles: agent for subjects agent-*, analyst for group analysts, dba for group dba):
 

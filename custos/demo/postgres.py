@@ -152,8 +152,12 @@ def pgserver_binaries() -> Path | None:
 
 def binaries_support_tls(bin_dir: Path) -> bool:
     """Whether the server in `bin_dir` was built with OpenSSL (pgserver's is not)."""
+    pg_config = bin_dir / "pg_config"
+    if not pg_config.is_file():
+        # Unknown: let the server try; without OpenSSL it refuses `ssl = on` in its log.
+        return True
     result = subprocess.run(
-        [str(bin_dir / "pg_config"), "--configure"],
+        [str(pg_config), "--configure"],
         capture_output=True,
         text=True,
         check=False,
@@ -243,7 +247,7 @@ class TemporaryPostgres:
             self._prepare_root()
             self._prepare_server_user()
             password = secrets.token_urlsafe(24)
-            ca_cert = self._initdb(bin_dir, password)
+            ca_cert = self._create_cluster(bin_dir, password)
             port = self._start_listening(bin_dir)
         except BaseException:
             self.stop()
@@ -309,6 +313,8 @@ class TemporaryPostgres:
     def _prepare_root(self) -> None:
         if self._given_root is None:
             self._root = Path(tempfile.mkdtemp(prefix="custos-pg-"))
+            # mkdtemp makes the directory 0700; a server user other than us must enter it.
+            self._root.chmod(0o755)
         else:
             self._given_root.mkdir(parents=True, exist_ok=True)
             self._root = self._given_root.resolve()
@@ -318,8 +324,6 @@ class TemporaryPostgres:
                     f"{self._root} already holds a cluster ({', '.join(leftovers)}). "
                     "Give an empty directory, or remove those entries."
                 )
-        # mkdtemp makes the directory 0700; the server user needs to reach inside it.
-        self._root.chmod(0o755)
 
     def _prepare_server_user(self) -> None:
         if os.geteuid() != 0:
@@ -330,7 +334,7 @@ class TemporaryPostgres:
         entry = _ensure_system_user(SERVER_USER)
         self._owner = (entry.pw_uid, entry.pw_gid)
         self._run_as = _drop_privileges_prefix(entry)
-        unreachable = _first_untraversable_parent(self._root_dir)
+        unreachable = _first_untraversable(self._root_dir)
         if unreachable is not None:
             raise PostgresStartError(
                 f"The server user {SERVER_USER} cannot enter {unreachable}, which holds "
@@ -338,7 +342,7 @@ class TemporaryPostgres:
                 "or leave root_dir unset to use a fresh temporary directory."
             )
 
-    def _initdb(self, bin_dir: Path, password: str) -> Path | None:
+    def _create_cluster(self, bin_dir: Path, password: str) -> Path | None:
         root = self._root_dir
         for name in ("data", "socket"):
             (root / name).mkdir(mode=0o700)
@@ -385,6 +389,7 @@ class TemporaryPostgres:
         ca_cert: Path | None = None
         if self._tls:
             bundle = generate_ca_and_server_cert(root / "tls")
+            self._give_to_server_user(bundle.server_key.parent)
             self._give_to_server_user(bundle.server_key)
             settings |= {
                 "ssl": "on",
@@ -573,10 +578,10 @@ def _drop_privileges_prefix(entry: pwd.struct_passwd) -> list[str]:
     )
 
 
-def _first_untraversable_parent(path: Path) -> Path | None:
-    for parent in reversed(path.parents):
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
+def _first_untraversable(path: Path) -> Path | None:
+    for candidate in (*reversed(path.parents), path):
+        if not candidate.stat().st_mode & stat.S_IXOTH:
+            return candidate
     return None
 
 

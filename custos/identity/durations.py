@@ -6,7 +6,7 @@ import re
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Nine digits is over thirty years even in seconds; more is a typo, not a duration.
-_DURATION = re.compile(r"(\d{1,9})([smhd])")
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
 
 
 def parse_duration(text: str) -> int:

@@ -16,7 +16,8 @@ from custos.identity.models import IssuerConfig
 # Real ID tokens are a few kilobytes even with many groups; anything far larger
 # is a mistake or an attempt to make us parse megabytes before we refuse it.
 MAX_TOKEN_CHARS = 32 * 1024
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Unpadded base64url, though some issuers pad; PyJWT checks the padding itself.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 _NOT_A_JWT_HINT = "use an OIDC ID token (a JWT) from a trusted identity provider as the password"
 _REISSUE_HINT = "request a fresh token from your identity provider"
@@ -111,13 +112,13 @@ def _read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise TokenRejected(
-            f"token is not a JWT: its header is invalid ({exc})", hint=_NOT_A_JWT_HINT
+            f"token is not a JWT: its header is invalid ({shown(str(exc))})", hint=_NOT_A_JWT_HINT
         ) from None
     try:
         claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
         raise TokenRejected(
-            f"token is not a JWT: its payload is invalid ({exc})", hint=_NOT_A_JWT_HINT
+            f"token is not a JWT: its payload is invalid ({shown(str(exc))})", hint=_NOT_A_JWT_HINT
         ) from None
     return header, claims
 
@@ -184,11 +185,11 @@ def _explain(
     if isinstance(exc, jwt.InvalidKeyError):
         return TokenRejected(
             f"signing key '{shown(key.kid)}' of issuer {issuer.issuer} is too weak to trust "
-            f"({exc})",
+            f"({shown(str(exc))})",
             hint="ask your administrator to check the issuer's keys",
         )
     # PyJWT's remaining messages name the faulty claim, never its value.
-    return TokenRejected(f"token is malformed: {exc}", hint=_REISSUE_HINT)
+    return TokenRejected(f"token is malformed: {shown(str(exc))}", hint=_REISSUE_HINT)
 
 
 def _check_claim_types(claims: Mapping[str, Any]) -> None:

@@ -165,7 +165,7 @@ class BackendScanner:
             return position
         if self._partial_need == _HEADER_BYTES:
             message_type = partial[0]
-            length = _LENGTH.unpack_from(partial, 1)[0]
+            length: int = _LENGTH.unpack_from(partial, 1)[0]
             if length < 4:
                 raise ProtocolViolation(f"server sent an invalid message length {length}")
             if message_type in self._wanted:

@@ -110,8 +110,10 @@ def ssl_request() -> bytes:
 
 
 def cancel_request(process_id: int, secret_key: int) -> bytes:
-    return _UINT32.pack(16) + _INT32.pack(codes.CANCEL_REQUEST_CODE) + _TWO_INT32.pack(
-        process_id, secret_key
+    return (
+        _UINT32.pack(16)
+        + _INT32.pack(codes.CANCEL_REQUEST_CODE)
+        + _TWO_INT32.pack(process_id, secret_key)
     )
 
 

@@ -7,6 +7,7 @@ token) and resolves again. boto3 is imported only when an AWS source first resol
 
 import asyncio
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -69,29 +70,46 @@ class _Cached:
 
 
 class _RefreshingSource(ABC):
-    """Caches a fetched target for a while; concurrent resolves share one fetch."""
+    """Caches a fetched target for a while.
 
-    def __init__(self, reuse_seconds: float, clock: Clock) -> None:
+    Concurrent resolves share one fetch and its outcome, so an AWS outage costs one call
+    per attempt rather than one per waiting connection.
+    """
+
+    def __init__(self, reuse_seconds: float, clock: Clock, client_factory: ClientFactory) -> None:
         self._reuse_seconds = reuse_seconds
         self._clock = clock
-        self._cached: _Cached | None = None
-        self._lock = asyncio.Lock()
+        self._client_factory = client_factory
         self._client: Any = None
+        self._cached: _Cached | None = None
+        self._inflight: asyncio.Task[UpstreamTarget] | None = None
 
     async def resolve(self) -> UpstreamTarget:
         fresh = self._fresh()
         if fresh is not None:
             return fresh
-        async with self._lock:
-            fresh = self._fresh()
-            if fresh is not None:
-                return fresh
-            target = await asyncio.to_thread(self._fetch)
-            self._cached = _Cached(target, self._clock() + self._reuse_seconds)
-            return target
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._refresh())
+            # Consumed here too, so a fetch whose waiters were all cancelled logs nothing.
+            self._inflight.add_done_callback(_consume_outcome)
+        # One waiter giving up (a client disconnecting) must not cancel the others' fetch.
+        return await asyncio.shield(self._inflight)
 
     def invalidate(self) -> None:
         self._cached = None
+
+    async def _refresh(self) -> UpstreamTarget:
+        try:
+            target = await asyncio.to_thread(self._fetch)
+            self._cached = _Cached(target, self._clock() + self._reuse_seconds)
+            return target
+        finally:
+            self._inflight = None
+
+    def _aws_client(self) -> Any:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
 
     def _fresh(self) -> UpstreamTarget | None:
         cached = self._cached
@@ -117,22 +135,22 @@ class SecretsManagerCredentials(_RefreshingSource):
             raise UpstreamConfigurationError(
                 "SecretsManagerCredentials needs upstream.secret_id to be set"
             )
-        super().__init__(settings.secret_ttl_seconds, clock)
+        super().__init__(settings.secret_ttl_seconds, clock, client_factory or self._default_client)
         self._settings = settings
         self._secret_id = settings.secret_id
-        self._client_factory = client_factory or self._default_client
 
     def _default_client(self) -> Any:
-        import boto3
+        from boto3.session import Session
         from botocore.config import Config
 
-        # A full ARN names its region; a bare name relies on AWS_REGION.
-        arn_parts = self._secret_id.split(":")
-        region = arn_parts[3] if self._secret_id.startswith("arn:") and len(arn_parts) > 3 else None
+        # A full ARN names its region; for a bare name, botocore itself reads only
+        # AWS_DEFAULT_REGION and the config file, while ECS and Lambda also set AWS_REGION.
+        arn = self._secret_id.split(":")
+        region = arn[3] if arn[0] == "arn" and len(arn) > 3 else None
         timeout = self._settings.connect_timeout_seconds
-        return boto3.client(
+        return Session().client(
             "secretsmanager",
-            region_name=region or None,
+            region_name=region or os.environ.get("AWS_REGION") or None,
             config=Config(connect_timeout=timeout, read_timeout=timeout),
         )
 
@@ -141,9 +159,7 @@ class SecretsManagerCredentials(_RefreshingSource):
 
         secret = f"secret {self._secret_id}"
         try:
-            if self._client is None:
-                self._client = self._client_factory()
-            response = self._client.get_secret_value(SecretId=self._secret_id)
+            response = self._aws_client().get_secret_value(SecretId=self._secret_id)
         except (BotoCoreError, ClientError) as error:
             raise _aws_failure(
                 error,
@@ -207,25 +223,22 @@ class RdsIamCredentials(_RefreshingSource):
     ) -> None:
         if settings.rds_iam is None:
             raise UpstreamConfigurationError("RdsIamCredentials needs upstream.rds_iam to be set")
-        super().__init__(IAM_TOKEN_REUSE_SECONDS, clock)
+        super().__init__(IAM_TOKEN_REUSE_SECONDS, clock, client_factory or self._default_client)
         self._settings = settings
         self._iam: RdsIamSettings = settings.rds_iam
-        self._client_factory = client_factory or self._default_client
 
     def _default_client(self) -> Any:
-        import boto3
+        from boto3.session import Session
 
-        return boto3.client("rds", region_name=self._iam.region)
+        return Session().client("rds", region_name=self._iam.region)
 
     def _fetch(self) -> UpstreamTarget:
         from botocore.exceptions import BotoCoreError, ClientError
 
         iam = self._iam
         try:
-            if self._client is None:
-                self._client = self._client_factory()
             # Signing happens locally; only finding the role's credentials may touch the network.
-            token = self._client.generate_db_auth_token(
+            token = self._aws_client().generate_db_auth_token(
                 DBHostname=iam.host, Port=iam.port, DBUsername=iam.user, Region=iam.region
             )
         except (BotoCoreError, ClientError) as error:
@@ -253,6 +266,11 @@ def credential_source(settings: UpstreamSettings) -> CredentialSource:
     if settings.secret_id is not None:
         return SecretsManagerCredentials(settings)
     return DsnCredentials(settings)
+
+
+def _consume_outcome(task: asyncio.Task[UpstreamTarget]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _path_text(settings: UpstreamSettings) -> str | None:
@@ -322,7 +340,8 @@ def _aws_failure(error: BaseException, *, doing: str, grant: str, service: str) 
         )
     if isinstance(error, NoRegionError):
         return UpstreamConfigurationError(
-            f"{doing}: no AWS region configured; set AWS_REGION or use the secret's full ARN"
+            f"{doing}: no AWS region configured; set AWS_REGION (or AWS_DEFAULT_REGION) or use the "
+            "secret's full ARN"
         )
     if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
         return UpstreamUnavailable(
