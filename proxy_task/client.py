@@ -28,6 +28,7 @@ from custos.protocol.startup import (
     StartupDecoder,
     StartupMessage,
 )
+from custos.upstream.errors import UpstreamAuthenticationError
 from custos.upstream.errors import UpstreamError as CredentialError
 from proxy_task.cancel import UpstreamCancelKey, send_cancel
 from proxy_task.reader import ConnectionClosed, HandshakeReader
@@ -261,6 +262,12 @@ class ClientConnection(asyncio.Protocol):
         except UpstreamConnectError as error:
             log.error("upstream connection failed role=%s: %s", principal.role, error.message)
             raise HandshakeRefused(error.sqlstate, error.message) from None
+        except UpstreamAuthenticationError as error:
+            log.error("upstream login failed role=%s: %s", principal.role, error)
+            raise HandshakeRefused(
+                "08004",
+                "the gateway could not log in to the database; tell the operator of this gateway",
+            ) from None
         except CredentialError as error:
             log.error("upstream credential unavailable role=%s: %s", principal.role, error)
             raise HandshakeRefused(

@@ -13,7 +13,6 @@ from custos.protocol.errors import ProtocolViolation
 from custos.protocol.framing import MessageFramer
 from custos.protocol.messages import (
     ServerNotice,
-    authentication_code,
     backend_key_data_values,
     parse_notice,
     ssl_request,
@@ -205,7 +204,9 @@ async def _startup(
     parameters["user"] = target.user
     parameters["database"] = target.database
     connection.transport.write(startup_message(parameters))
-    exchange = UpstreamAuthExchange(target.user, target.password)
+    exchange = UpstreamAuthExchange(
+        target.user, target.password, tls_server_certificate=_server_certificate(connection)
+    )
     framer = MessageFramer(_HANDSHAKE_MESSAGE_LIMIT, _ANY_MESSAGE_TYPE)
     process_id = secret_key = 0
     forwarded: list[bytes] = []
@@ -214,8 +215,8 @@ async def _startup(
         for message_type, start, end in spans:
             body = chunk[start + 5 : end]
             if message_type == codes.AUTHENTICATION:
-                if authentication_code(body) == codes.AUTH_OK:
-                    continue
+                # AuthenticationOk goes through the exchange too: after SCRAM it is
+                # accepted only once the server has proved it knows the password.
                 reply = exchange.on_authentication(body)
                 if reply:
                     connection.transport.write(reply)
@@ -226,6 +227,8 @@ async def _startup(
             elif message_type in (codes.PARAMETER_STATUS, codes.NOTICE_RESPONSE):
                 forwarded.append(chunk[start:end])
             elif message_type == codes.READY_FOR_QUERY:
+                if not exchange.done:
+                    raise ProtocolViolation("the database skipped authentication")
                 if framer.buffered or end != len(chunk):
                     raise ProtocolViolation("the database sent data after ReadyForQuery")
                 return UpstreamReady(connection, target, process_id, secret_key, body, forwarded)
@@ -233,6 +236,16 @@ async def _startup(
                 raise ProtocolViolation(
                     f"the database sent message type {chr(message_type)!r} during startup"
                 )
+
+
+def _server_certificate(connection: UpstreamConnection) -> bytes | None:
+    """The database's TLS certificate (DER), for SCRAM channel binding."""
+    assert connection.transport is not None
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return certificate
 
 
 async def _read_or_fail(connection: UpstreamConnection, target: UpstreamTarget) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import os
 import pwd
 import shutil
@@ -56,7 +57,7 @@ class Server:
     certificate_der: bytes
 
 
-def _self_signed(algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+def _self_signed() -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM); P-384 with SHA-384 so a hash hard-wired to SHA-256 fails."""
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -69,7 +70,7 @@ def _self_signed(algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, algorithm)
+        .sign(key, hashes.SHA384())
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -111,14 +112,21 @@ def server() -> Iterator[Server]:
     root = Path(tempfile.mkdtemp(prefix="custos-upstream-auth-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
-    certificate_pem, key_pem = _self_signed(hashes.SHA384())
+    certificate_pem, key_pem = _self_signed()
+    certificate_der = x509.load_pem_x509_certificate(certificate_pem).public_bytes(
+        serialization.Encoding.DER
+    )
     if prefix:
         for path in (root, sockets):
             shutil.chown(path, OS_USER)
 
     def run(*command: str) -> None:
-        subprocess.run(
-            [*prefix, *command], cwd=root, check=True, capture_output=True, timeout=120
+        result = subprocess.run(
+            [*prefix, *command], cwd=root, capture_output=True, text=True, timeout=120, check=False
+        )
+        log = root / "log"
+        assert result.returncode == 0, (
+            f"{command[0]} failed: {result.stderr}\n{log.read_text() if log.exists() else ''}"
         )
 
     started = False
@@ -148,9 +156,7 @@ def server() -> Iterator[Server]:
             conn.execute("CREATE ROLE gss_user LOGIN")
             conn.execute("SET password_encryption = 'md5'")
             conn.execute(f"CREATE ROLE md5_user LOGIN PASSWORD '{MD5_PASSWORD}'")
-        yield Server(port, sockets, x509.load_pem_x509_certificate(certificate_pem).public_bytes(
-            serialization.Encoding.DER
-        ))
+        yield Server(port, sockets, certificate_der)
     finally:
         if started:
             run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
@@ -163,6 +169,7 @@ def server() -> Iterator[Server]:
 @dataclass(frozen=True)
 class Outcome:
     sqlstate: str | None  # None: the server reached ReadyForQuery
+    message: str | None
     exchange: UpstreamAuthExchange
 
 
@@ -189,9 +196,10 @@ def _connect(
     password: str | None,
     *,
     tls: bool = False,
+    bind: bool = True,
     certificate: bytes | None = None,
 ) -> Outcome:
-    """Authenticates; ``certificate`` overrides the one the TLS handshake presented."""
+    """Authenticates; with TLS, binds to ``certificate`` or else the one the server presented."""
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     stream: socket.socket = raw
     with raw:
@@ -202,7 +210,7 @@ def _connect(
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             stream = context.wrap_socket(raw, server_hostname="localhost")
-            if certificate is None:
+            if bind and certificate is None:
                 certificate = stream.getpeercert(binary_form=True)
         exchange = UpstreamAuthExchange(user, password, tls_server_certificate=certificate)
         parameters = b"user\0" + user.encode() + b"\0database\0postgres\0\0"
@@ -216,9 +224,10 @@ def _connect(
                 if reply is not None:
                     stream.sendall(reply)
             elif kind == b"E":
-                return Outcome(_error_fields(body)["C"], exchange)
+                fields = _error_fields(body)
+                return Outcome(fields["C"], fields["M"], exchange)
             elif kind == b"Z":
-                return Outcome(None, exchange)
+                return Outcome(None, None, exchange)
 
 
 # Against the real server
@@ -246,6 +255,7 @@ def test_authenticates_with_each_password_method(
 def test_a_wrong_password_is_refused_by_the_server(server: Server, user: str) -> None:
     outcome = _connect(server, user, "not-the-password")
     assert outcome.sqlstate == "28P01"
+    assert outcome.message == f'password authentication failed for user "{user}"'
     assert not outcome.exchange.done
 
 
@@ -258,17 +268,16 @@ def test_scram_over_tls_binds_to_the_server_certificate(server: Server) -> None:
 def test_scram_over_tls_without_the_certificate_falls_back_to_plain_scram(
     server: Server,
 ) -> None:
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    raw.close()
-    outcome = _connect(server, "scram_user", SCRAM_PASSWORD, tls=True, certificate=None)
-    assert outcome.exchange.method == "SCRAM-SHA-256-PLUS"
+    outcome = _connect(server, "scram_user", SCRAM_PASSWORD, tls=True, bind=False)
+    assert outcome.sqlstate is None
+    assert outcome.exchange.method == "SCRAM-SHA-256"
 
 
 def test_channel_binding_to_another_certificate_is_refused(server: Server) -> None:
-    other_pem, _ = _self_signed(hashes.SHA384())
+    other_pem, _ = _self_signed()
     other = x509.load_pem_x509_certificate(other_pem).public_bytes(serialization.Encoding.DER)
     outcome = _connect(server, "scram_user", SCRAM_PASSWORD, tls=True, certificate=other)
-    assert outcome.sqlstate is not None
+    assert (outcome.sqlstate, outcome.message) == ("28000", "SCRAM channel binding check failed")
     assert not outcome.exchange.done
 
 
@@ -288,5 +297,280 @@ def test_a_missing_password_stops_before_anything_is_sent(server: Server, user: 
 
 
 def test_gssapi_is_refused_with_what_to_configure_instead(server: Server) -> None:
-    with pytest.raises(UpstreamAuthenticationError, match="GSSAPI.*scram-sha-256"):
+    with pytest.raises(UpstreamAuthenticationError, match=r"GSSAPI.*scram-sha-256"):
         _connect(server, "gss_user", "irrelevant")
+
+
+# Crafted server messages
+
+PASSWORD = "correct horse battery staple"
+
+
+def _request(code: int, body: bytes = b"") -> bytes:
+    return struct.pack("!i", code) + body
+
+
+def _sasl(*mechanisms: str) -> bytes:
+    return _request(10, b"".join(name.encode() + b"\0" for name in mechanisms) + b"\0")
+
+
+def _frontend_body(message: bytes | None) -> bytes:
+    assert message is not None
+    assert message[:1] == b"p"
+    (length,) = struct.unpack("!i", message[1:5])
+    assert length == len(message) - 1
+    return message[5:]
+
+
+class FakeScramServer:
+    """scramp's server side, knowing PASSWORD."""
+
+    def __init__(self) -> None:
+        mechanism = ScramMechanism()
+        auth_info = mechanism.make_auth_info(PASSWORD)
+        self._server = mechanism.make_server(lambda _username: auth_info)
+
+    def run_until_final(self, exchange: UpstreamAuthExchange) -> str:
+        """Drives the exchange up to the server-final message, which it returns unsent."""
+        initial = _frontend_body(exchange.on_authentication(_sasl("SCRAM-SHA-256")))
+        mechanism, rest = initial.split(b"\0", 1)
+        assert mechanism == b"SCRAM-SHA-256"
+        (length,) = struct.unpack("!i", rest[:4])
+        assert length == len(rest) - 4
+        self._server.set_client_first(rest[4:].decode())
+        server_first = self._server.get_server_first()
+        client_final = _frontend_body(
+            exchange.on_authentication(_request(11, server_first.encode()))
+        )
+        self._server.set_client_final(client_final.decode())
+        return str(self._server.get_server_final())
+
+
+def _failure(exchange: UpstreamAuthExchange, payload: bytes) -> str:
+    with pytest.raises(UpstreamAuthenticationError) as caught:
+        exchange.on_authentication(payload)
+    message = str(caught.value)
+    assert PASSWORD not in message
+    return message
+
+
+def test_scram_is_done_only_after_the_server_proves_itself_and_says_ok() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    server_final = FakeScramServer().run_until_final(exchange)
+    assert exchange.on_authentication(_request(12, server_final.encode())) is None
+    assert not exchange.done
+    assert exchange.on_authentication(_request(0)) is None
+    assert exchange.done
+    assert exchange.method == "SCRAM-SHA-256"
+
+
+def test_a_wrong_server_signature_fails_mutual_authentication() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    FakeScramServer().run_until_final(exchange)
+    forged = "v=" + base64.b64encode(bytes(32)).decode()
+    assert "failed to prove it knows" in _failure(exchange, _request(12, forged.encode()))
+    assert "already failed" in _failure(exchange, _request(0))
+    assert not exchange.done
+
+
+def test_a_server_error_in_the_final_message_fails() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    FakeScramServer().run_until_final(exchange)
+    assert "failed to prove" in _failure(exchange, _request(12, b"e=invalid-proof"))
+
+
+def test_ok_without_the_server_final_message_is_refused() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    FakeScramServer().run_until_final(exchange)
+    message = _failure(exchange, _request(0))
+    assert "AuthenticationOk after the SCRAM client-final message" in message
+    assert not exchange.done
+
+
+def test_a_challenge_that_does_not_extend_our_nonce_is_refused() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    exchange.on_authentication(_sasl("SCRAM-SHA-256"))
+    challenge = b"r=someone-elses-nonce,s=" + base64.b64encode(b"salt") + b",i=4096"
+    assert "SCRAM challenge is invalid" in _failure(exchange, _request(11, challenge))
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"not a scram message"])
+def test_a_malformed_challenge_is_refused(body: bytes) -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    exchange.on_authentication(_sasl("SCRAM-SHA-256"))
+    assert "SCRAM challenge is invalid" in _failure(exchange, _request(11, body))
+
+
+def test_plain_scram_is_chosen_over_plus_without_a_certificate() -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    body = _frontend_body(exchange.on_authentication(_sasl("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256")))
+    assert body.startswith(b"SCRAM-SHA-256\0")
+    # gs2 header "n,,": this client does not bind to a channel.
+    assert body[len(b"SCRAM-SHA-256\0") + 4 :].startswith(b"n,,")
+
+
+def test_only_plus_without_tls_is_refused() -> None:
+    message = _failure(UpstreamAuthExchange("alice", PASSWORD), _sasl("SCRAM-SHA-256-PLUS"))
+    assert "only SCRAM-SHA-256-PLUS" in message
+    assert "TLS" in message
+
+
+@pytest.mark.parametrize(
+    ("mechanisms", "named"), [(("OAUTHBEARER",), "OAUTHBEARER"), ((), "(none)")]
+)
+def test_unknown_sasl_mechanisms_are_named(mechanisms: tuple[str, ...], named: str) -> None:
+    message = _failure(UpstreamAuthExchange("alice", PASSWORD), _sasl(*mechanisms))
+    assert f"offers SASL mechanisms {named}" in message
+    assert "scram-sha-256" in message
+
+
+@pytest.mark.parametrize(
+    ("code", "method"),
+    [
+        (2, "Kerberos V5"),
+        (4, "crypt"),
+        (6, "SCM credentials"),
+        (7, "GSSAPI"),
+        (8, "GSSAPI"),
+        (9, "SSPI"),
+    ],
+)
+def test_unsupported_methods_say_what_to_configure(code: int, method: str) -> None:
+    message = _failure(UpstreamAuthExchange("alice", PASSWORD), _request(code))
+    assert f"asks for {method} authentication" in message
+    assert "pg_hba.conf" in message
+    assert "upstream.rds_iam" in message
+
+
+def test_cleartext_password_message_bytes() -> None:
+    reply = UpstreamAuthExchange("alice", "pässword").on_authentication(_request(3))
+    body = "pässword".encode() + b"\0"
+    assert reply == b"p" + struct.pack("!i", len(body) + 4) + body
+
+
+def test_md5_password_message_matches_postgresql_md5_scheme() -> None:
+    # pg_authid holds md5 || md5("postgres" || "postgres") for that role and password.
+    stored = b"3175bce1d3201d16594cebf9d7eb3f9d"
+    salt = b"\x01\x02\x03\x04"
+    reply = UpstreamAuthExchange("postgres", "postgres").on_authentication(_request(5, salt))
+    expected = b"md5" + hashlib.md5(stored + salt, usedforsecurity=False).hexdigest().encode()
+    assert _frontend_body(reply) == expected + b"\0"
+
+
+@pytest.mark.parametrize("password", [None, ""])
+@pytest.mark.parametrize("request_", [_request(3), _request(5, b"salt"), _sasl("SCRAM-SHA-256")])
+def test_a_missing_password_is_reported(password: str | None, request_: bytes) -> None:
+    message = _failure(UpstreamAuthExchange("alice", password), request_)
+    assert "for user alice, but the upstream credential has no password" in message
+
+
+def test_trust_needs_no_password() -> None:
+    exchange = UpstreamAuthExchange("alice", None)
+    assert exchange.on_authentication(_request(0)) is None
+    assert exchange.done
+    assert exchange.method == "trust"
+
+
+def test_a_password_with_nul_is_refused() -> None:
+    exchange = UpstreamAuthExchange("alice", "pass\0word")
+    assert "NUL" in _failure(exchange, _request(3))
+
+
+def test_a_password_saslprep_forbids_is_refused_for_scram() -> None:
+    exchange = UpstreamAuthExchange("alice", "bell\u0007")
+    message = _failure(exchange, _sasl("SCRAM-SHA-256"))
+    assert "SASLprep" in message
+    assert "bell" not in message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\0\0\0",
+        _request(99),
+        _request(-1),
+        _request(0, b"x"),
+        _request(3, b"x"),
+        _request(5, b"abc"),
+        _request(5, b"abcde"),
+        _request(10, b"SCRAM-SHA-256\0"),
+        _request(10, b"SCRAM-SHA-256"),
+        _request(10, b"\xff\0\0"),
+        _request(11, b"r=x"),
+        _request(12, b"v=x"),
+    ],
+)
+def test_malformed_or_out_of_order_first_messages_are_protocol_violations(payload: bytes) -> None:
+    message = _failure(UpstreamAuthExchange("alice", PASSWORD), payload)
+    assert "breaks PostgreSQL's authentication protocol" in message
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [_request(3), _request(3)],
+        [_request(5, b"salt"), _sasl("SCRAM-SHA-256")],
+        [_request(3), _request(12, b"v=x")],
+        [_request(0), _request(0)],
+        [_request(0), _request(3)],
+        [_sasl("SCRAM-SHA-256"), _sasl("SCRAM-SHA-256")],
+        [_sasl("SCRAM-SHA-256"), _request(0)],
+    ],
+)
+def test_requests_out_of_order_are_protocol_violations(sequence: list[bytes]) -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    for payload in sequence[:-1]:
+        exchange.on_authentication(payload)
+    assert "breaks PostgreSQL's authentication protocol" in _failure(exchange, sequence[-1])
+
+
+def test_a_certificate_that_is_not_der_is_refused() -> None:
+    with pytest.raises(UpstreamAuthenticationError, match=r"not a DER X\.509 certificate"):
+        UpstreamAuthExchange("alice", PASSWORD, tls_server_certificate=b"not a certificate")
+
+
+def test_an_ed25519_certificate_cannot_bind() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+    with pytest.raises(UpstreamAuthenticationError, match="Ed25519"):
+        UpstreamAuthExchange(
+            "alice",
+            PASSWORD,
+            tls_server_certificate=certificate.public_bytes(serialization.Encoding.DER),
+        )
+
+
+_payloads = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        lambda code, body: struct.pack("!i", code) + body,
+        st.integers(min_value=-1, max_value=13),
+        st.binary(max_size=64),
+    ),
+)
+
+
+@given(st.lists(_payloads, max_size=6))
+def test_any_input_yields_a_reply_or_an_authentication_error(payloads: list[bytes]) -> None:
+    exchange = UpstreamAuthExchange("alice", PASSWORD)
+    errors = []
+    for payload in payloads:
+        try:
+            reply = exchange.on_authentication(payload)
+        except UpstreamAuthenticationError as error:
+            errors.append(str(error))
+            continue
+        assert reply is None or reply.startswith(b"p")
+    assert not any(PASSWORD in error for error in errors)

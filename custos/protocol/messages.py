@@ -142,13 +142,6 @@ def backend_key_data_values(body: bytes) -> tuple[int, int]:
     return process_id, secret_key
 
 
-def authentication_code(body: bytes) -> int:
-    if len(body) < 4:
-        raise ProtocolViolation("server sent a truncated authentication request")
-    code: int = _INT32.unpack_from(body)[0]
-    return code
-
-
 @dataclass(frozen=True, slots=True)
 class ServerNotice:
     """The fields of an ErrorResponse or NoticeResponse."""
