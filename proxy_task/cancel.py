@@ -1,9 +1,10 @@
-"""Cancel keys: the client gets the gateway's own key, never the database's.
+"""Cancel keys: the client gets the gateway's own secret, never the database's.
 
 A CancelRequest arrives on a fresh connection carrying (process id, secret).
-The gateway looks the pair up and, if it names a live session, sends the
-database's own key to the database. A guessed pair finds nothing and cancels
-nothing; the 62 random bits make guessing hopeless.
+The client sees the database's real process id, as `pg_backend_pid()` and
+notifications report it, with a secret the gateway drew. The gateway looks
+the pair up and, if it names a live session, sends the database's own key to
+the database. A guessed pair finds nothing and cancels nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class CancelRegistry:
         return len(self._sessions)
 
     def register(self, upstream: UpstreamCancelKey) -> tuple[int, int]:
-        """A fresh (process id, secret key) for the client, mapped to `upstream`."""
+        """The client's (process id, secret key), mapped to `upstream`."""
         while True:
-            key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
+            key = (upstream.process_id, secrets.randbits(32) - 2**31)
             if key not in self._sessions:
                 self._sessions[key] = upstream
                 return key

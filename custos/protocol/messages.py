@@ -94,7 +94,7 @@ def ready_for_query(status: bytes = b"I") -> bytes:
 
 def negotiate_protocol_version(newest_minor: int, unsupported_options: Iterable[str]) -> bytes:
     options = list(unsupported_options)
-    body = _TWO_INT32.pack(newest_minor, len(options)) + b"".join(map(_cstring, options))
+    body = _TWO_INT32.pack(codes.PROTOCOL_3_0 | newest_minor, len(options)) + b"".join(map(_cstring, options))
     return _message(b"v", body)
 
 
