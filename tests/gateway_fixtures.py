@@ -87,6 +87,21 @@ class GatewayProcess:
         return self.process.returncode
 
 
+_gateway_logins: dict[tuple[str, int, str], str] = {}
+
+
+def gateway_login(pg: PostgresServer, database: str = "custos_demo") -> str:
+    """The gateway's own upstream DSN, provisioned once per server and database.
+
+    Provisioning sets a new password, so doing it again would lock out the
+    gateways already running with the previous one.
+    """
+    key = (pg.host, pg.port, database)
+    if key not in _gateway_logins:
+        _gateway_logins[key] = provision_gateway_login(pg, database)
+    return _gateway_logins[key]
+
+
 def start_gateway(
     directory: Path,
     pg: PostgresServer,
@@ -97,7 +112,7 @@ def start_gateway(
     directory.mkdir(parents=True, exist_ok=True)
     tls = generate_ca_and_server_cert(directory / "tls")
     issuer = DevIssuer.open_or_create(directory / "dev-issuer")
-    upstream = upstream_dsn or provision_gateway_login(pg, database)
+    upstream = upstream_dsn or gateway_login(pg, database)
     port = free_port()
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",

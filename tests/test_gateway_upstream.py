@@ -6,10 +6,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from gateway_fixtures import GatewayProcess, free_port, start_gateway
+from gateway_fixtures import GatewayProcess, free_port, gateway_login, start_gateway
 
 from custos.demo.certificates import generate_ca_and_server_cert
-from custos.demo.embedded import provision_gateway_login
 from custos.demo.postgres import PostgresServer, TemporaryPostgres
 
 
@@ -31,7 +30,7 @@ def test_upstream_tls_with_verify_full(pg: PostgresServer, scratch: Path):
     if pg.ca_cert is None:
         pytest.skip("the test server has no TLS (pgserver binaries or an external server)")
     upstream = with_params(
-        provision_gateway_login(pg), sslmode="verify-full", sslrootcert=str(pg.ca_cert)
+        gateway_login(pg), sslmode="verify-full", sslrootcert=str(pg.ca_cert)
     )
     gateway = start_gateway(scratch, pg, upstream_dsn=upstream)
     try:
@@ -49,7 +48,7 @@ def test_upstream_certificate_from_an_untrusted_ca_is_refused(pg: PostgresServer
         pytest.skip("the test server has no TLS (pgserver binaries or an external server)")
     other_ca = generate_ca_and_server_cert(scratch / "other-ca").ca_cert
     upstream = with_params(
-        provision_gateway_login(pg), sslmode="verify-full", sslrootcert=str(other_ca)
+        gateway_login(pg), sslmode="verify-full", sslrootcert=str(other_ca)
     )
     gateway = start_gateway(scratch / "gateway", pg, upstream_dsn=upstream)
     try:
@@ -82,7 +81,6 @@ def test_md5_and_trust_upstream_logins(pg_cluster: TemporaryPostgres, pg: Postgr
 def test_a_rejected_gateway_credential_is_reported_without_its_details(
     pg: PostgresServer, scratch: Path
 ):
-    provision_gateway_login(pg)
     upstream = pg.dsn(user="custos_gateway", password="not-the-password")
     gateway = start_gateway(scratch, pg, upstream_dsn=upstream)
     try:
