@@ -7,11 +7,10 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from custos.config import is_loopback
-from custos.identity.errors import AuthenticationError
+from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import MessageFramer
 from custos.protocol.messages import (
     authentication_cleartext_password,
     authentication_ok,
@@ -66,6 +65,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = "unknown"
         self._handshake: asyncio.Task[None] | None = None
         self._tls = False
+        self._ssl_answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -155,15 +155,25 @@ class ClientConnection(asyncio.Protocol):
 
     async def _answer_ssl_request(self, decoder: StartupDecoder) -> None:
         assert self.transport is not None
+        if self._ssl_answered:
+            raise ProtocolViolation(
+                "SSLRequest sent twice: encryption was already negotiated on this connection"
+            )
+        self._ssl_answered = True
         context = self.gateway.tls_context
-        if context is None or self._tls:
+        if context is None:
             self.transport.write(b"N")
             return
         if decoder.buffered or self.reader.take():
             raise ProtocolViolation("received unencrypted data after SSL request")
         self.transport.write(b"S")
         loop = asyncio.get_running_loop()
-        new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        try:
+            new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        except OSError as error:
+            # ssl.SSLError is an OSError: a client that distrusts our certificate, sends
+            # something other than TLS, or hangs up mid-handshake.
+            raise ConnectionClosed(f"TLS handshake failed: {error}") from None
         if new_transport is None:
             raise ConnectionClosed("TLS handshake did not complete")
         self.transport = new_transport
@@ -220,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
         except AuthenticationError as error:
             log.warning(
                 "authentication failed role=%s client=%s sqlstate=%s reason=%s",
-                role,
+                shown(role),
                 self.peer,
                 error.sqlstate,
                 error.message,
@@ -233,13 +243,25 @@ class ClientConnection(asyncio.Protocol):
         return self.gateway.config.allow_loopback_cleartext and is_loopback(host)
 
     async def _read_password(self) -> str:
-        framer = MessageFramer(_MAX_PASSWORD_MESSAGE_BYTES, (codes.PASSWORD,))
+        """The PasswordMessage; whatever the client sent after it stays for the session."""
+        received = b""
         while True:
-            chunk, spans = framer.feed(await self.reader.read())
-            if spans:
-                _, start, end = spans[0]
-                self.reader.feed(chunk[end:])
-                return password_message_text(chunk[start + 5 : end])
+            received += await self.reader.read()
+            if len(received) < 5:
+                continue
+            if received[0] != codes.PASSWORD:
+                raise ProtocolViolation(
+                    f"expected a password message, got message type {received[0]}"
+                )
+            length = int.from_bytes(received[1:5], "big")
+            if not 4 <= length <= _MAX_PASSWORD_MESSAGE_BYTES:
+                raise ProtocolViolation(
+                    f"password message of {length} bytes: the password must be an OIDC"
+                    " token of a few kilobytes"
+                )
+            if len(received) > length:
+                self.reader.feed(received[1 + length :])
+                return password_message_text(received[5 : 1 + length])
 
     async def _connect_upstream(
         self, startup: StartupMessage, principal: Principal
@@ -309,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
             principal.subject,
             principal.issuer,
             self.peer,
-            principal.application_name,
+            shown(principal.application_name),
             self._tls,
         )
         pending_upstream = upstream.connection.reader.take()

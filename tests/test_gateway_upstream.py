@@ -29,9 +29,7 @@ def scratch(tmp_path: Path) -> Path:
 def test_upstream_tls_with_verify_full(pg: PostgresServer, scratch: Path):
     if pg.ca_cert is None:
         pytest.skip("the test server has no TLS (pgserver binaries or an external server)")
-    upstream = with_params(
-        gateway_login(pg), sslmode="verify-full", sslrootcert=str(pg.ca_cert)
-    )
+    upstream = with_params(gateway_login(pg), sslmode="verify-full", sslrootcert=str(pg.ca_cert))
     gateway = start_gateway(scratch, pg, upstream_dsn=upstream)
     try:
         with connect(gateway) as connection:
@@ -47,9 +45,7 @@ def test_upstream_certificate_from_an_untrusted_ca_is_refused(pg: PostgresServer
     if pg.ca_cert is None:
         pytest.skip("the test server has no TLS (pgserver binaries or an external server)")
     other_ca = generate_ca_and_server_cert(scratch / "other-ca").ca_cert
-    upstream = with_params(
-        gateway_login(pg), sslmode="verify-full", sslrootcert=str(other_ca)
-    )
+    upstream = with_params(gateway_login(pg), sslmode="verify-full", sslrootcert=str(other_ca))
     gateway = start_gateway(scratch / "gateway", pg, upstream_dsn=upstream)
     try:
         with pytest.raises(psycopg.OperationalError, match="TLS with the database"):
