@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, cast
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
 from custos.protocol.framing import MessageFramer
+from custos.protocol.frontend import encode_query
 from custos.protocol.messages import (
     ServerNotice,
     backend_key_data_values,
     parse_notice,
+    single_text_value,
     ssl_request,
     startup_message,
 )
@@ -271,3 +273,25 @@ def _rejected(notice: ServerNotice, target: UpstreamTarget) -> UpstreamConnectEr
 
 def _where(target: UpstreamTarget) -> str:
     return f"{target.host}:{target.port}"
+
+
+async def fetch_search_path(ready: UpstreamReady) -> tuple[str, ...]:
+    """The session's effective search path, asked of the database before the client arrives.
+
+    `current_schemas(false)` resolves "$user" and leaves out schemas that do not
+    exist, so the gateway starts from the path PostgreSQL will really use.
+    """
+    connection = ready.connection
+    assert connection.transport is not None
+    connection.transport.write(encode_query("SELECT unnest(current_schemas(false))"))
+    framer = MessageFramer(_HANDSHAKE_MESSAGE_LIMIT, _ANY_MESSAGE_TYPE)
+    schemas: list[str] = []
+    while True:
+        chunk, spans = framer.feed(await _read_or_fail(connection, ready.target))
+        for message_type, start, end in spans:
+            if message_type == codes.DATA_ROW:
+                schemas.append(single_text_value(chunk[start + 5 : end]))
+            elif message_type == codes.ERROR_RESPONSE:
+                raise _rejected(parse_notice(chunk[start + 5 : end]), ready.target)
+            elif message_type == codes.READY_FOR_QUERY:
+                return tuple(schemas)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendScanner, MessageFramer
+from custos.protocol.framing import BackendEditor, BackendScanner, MessageFramer
 
 
 def message(message_type: int, body: bytes) -> bytes:
@@ -148,3 +148,46 @@ def test_scanner_rejects_a_wanted_message_larger_than_its_cap():
 def test_scanner_rejects_a_length_below_four():
     with pytest.raises(ProtocolViolation):
         BackendScanner({ord("Z")}).feed(b"D" + struct.pack("!I", 2))
+
+
+def edit_all(editor: BackendEditor, pieces: list[bytes]) -> tuple[bytes, list[bytes]]:
+    forwarded, found = b"", []
+    for piece in pieces:
+        chunk, spans = editor.feed(piece)
+        found.extend(chunk[start:end] for _, start, end in spans)
+        forwarded += chunk
+    return forwarded, found
+
+
+@settings(max_examples=300)
+@given(backend_messages, st.lists(st.integers(0, 10_000), max_size=8))
+def test_editor_passes_everything_and_finds_wanted_messages_whole(messages, cuts):
+    wanted = {ord("Z"), ord("1"), ord("2")}
+    expected = [message(kind, body) for kind, body in messages if kind in wanted]
+    stream = b"".join(message(kind, body) for kind, body in messages)
+    for pieces in (
+        [stream],
+        split_at(stream, cuts),
+        [stream[i : i + 1] for i in range(len(stream))],
+    ):
+        editor = BackendEditor(wanted)
+        forwarded, found = edit_all(editor, pieces)
+        assert forwarded == stream
+        assert found == expected
+        assert editor.at_boundary
+
+
+def test_editor_holds_back_a_wanted_message_cut_in_two():
+    editor = BackendEditor({ord("1")})
+    data = message(ord("D"), b"row") + message(ord("1"), b"")
+    chunk, spans = editor.feed(data[:-2])
+    assert chunk == message(ord("D"), b"row")
+    assert spans == []
+    chunk, spans = editor.feed(data[-2:])
+    assert chunk == message(ord("1"), b"")
+    assert spans == [(ord("1"), 0, 5)]
+
+
+def test_editor_rejects_a_wanted_message_larger_than_its_cap():
+    with pytest.raises(ProtocolViolation, match="control message"):
+        BackendEditor({ord("Z")}, max_wanted_bytes=10).feed(message(ord("Z"), b"x" * 20))

@@ -46,6 +46,7 @@ FRONTEND_TYPES = frozenset(
 # Backend (server to client) message types the gateway reads or writes.
 AUTHENTICATION = ord("R")
 BACKEND_KEY_DATA = ord("K")
+DATA_ROW = ord("D")
 ERROR_RESPONSE = ord("E")
 NEGOTIATE_PROTOCOL_VERSION = ord("v")
 NOTICE_RESPONSE = ord("N")

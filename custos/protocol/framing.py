@@ -193,3 +193,65 @@ class BackendScanner:
                 f"server sent a control message of {length} bytes,"
                 f" more than the {self._max_wanted_bytes} the gateway accepts"
             )
+
+
+class BackendEditor:
+    """Follows the server's stream and finds wanted messages, whole, with their positions.
+
+    Like `BackendScanner`, everything else streams through unbuffered; unlike
+    it, a wanted message (or a header) cut off at the end of a chunk is held
+    back until it is complete, so the caller can drop or keep it whole.
+    `feed` returns the bytes that may go on now and the spans of the wanted
+    messages inside them.
+    """
+
+    __slots__ = ("_held", "_max_wanted_bytes", "_skip", "_wanted")
+
+    def __init__(self, wanted: Collection[int], max_wanted_bytes: int = 1 << 20) -> None:
+        self._wanted = frozenset(wanted)
+        self._max_wanted_bytes = max_wanted_bytes
+        self._skip = 0
+        self._held = b""
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._skip == 0 and not self._held
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Span]]:
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        spans: list[Span] = []
+        size = len(data)
+        position = 0
+        if self._skip:
+            if self._skip >= size:
+                self._skip -= size
+                return data, spans
+            position = self._skip
+            self._skip = 0
+        wanted = self._wanted
+        while position < size:
+            if size - position < _HEADER_BYTES:
+                self._held = data[position:]
+                return data[:position], spans
+            message_type = data[position]
+            length = _LENGTH.unpack_from(data, position + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"server sent an invalid message length {length}")
+            end = position + 1 + length
+            if message_type in wanted:
+                if length > self._max_wanted_bytes:
+                    raise ProtocolViolation(
+                        f"server sent a control message of {length} bytes,"
+                        f" more than the {self._max_wanted_bytes} the gateway accepts"
+                    )
+                if end > size:
+                    self._held = data[position:]
+                    return data[:position], spans
+                spans.append((message_type, position, end))
+            elif end > size:
+                self._skip = end - size
+                break
+            position = end
+        return data, spans

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
 
+_INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 _TWO_INT32 = struct.Struct("!ii")
@@ -94,7 +95,9 @@ def ready_for_query(status: bytes = b"I") -> bytes:
 
 def negotiate_protocol_version(newest_minor: int, unsupported_options: Iterable[str]) -> bytes:
     options = list(unsupported_options)
-    body = _TWO_INT32.pack(codes.PROTOCOL_3_0 | newest_minor, len(options)) + b"".join(map(_cstring, options))
+    body = _TWO_INT32.pack(codes.PROTOCOL_3_0 | newest_minor, len(options)) + b"".join(
+        map(_cstring, options)
+    )
     return _message(b"v", body)
 
 
@@ -140,6 +143,16 @@ def backend_key_data_values(body: bytes) -> tuple[int, int]:
         )
     process_id, secret_key = _TWO_INT32.unpack(body)
     return process_id, secret_key
+
+
+def single_text_value(body: bytes) -> str:
+    """The one text column of a DataRow body."""
+    if len(body) < 6 or _INT16.unpack_from(body)[0] != 1:
+        raise ProtocolViolation("expected a DataRow with one column")
+    length = _INT32.unpack_from(body, 2)[0]
+    if length < 0 or 6 + length != len(body):
+        raise ProtocolViolation("expected a DataRow with one non-null column")
+    return body[6:].decode()
 
 
 @dataclass(frozen=True, slots=True)

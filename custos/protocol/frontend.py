@@ -1,0 +1,165 @@
+"""Decoders for the client messages the gateway reads to decide on statements,
+and encoders for the ones it sends upstream in their place.
+
+Bodies are the bytes after the 5-byte header, as `MessageFramer` spans give them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from custos.protocol.errors import ProtocolViolation
+
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+_UINT32 = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    statement: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    portal: str
+    statement: str
+    # Parameter values in text form; None for NULL or for a value sent in binary.
+    parameters: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    portal: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    kind: str  # "S" statement or "P" portal
+    name: str
+
+
+class _Reader:
+    __slots__ = ("_body", "_position", "_what")
+
+    def __init__(self, body: bytes, what: str) -> None:
+        self._body = body
+        self._position = 0
+        self._what = what
+
+    def cstring(self) -> str:
+        end = self._body.find(b"\x00", self._position)
+        if end < 0:
+            raise ProtocolViolation(f"malformed {self._what} message: unterminated string")
+        raw = self._body[self._position : end]
+        self._position = end + 1
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise ProtocolViolation(f"{self._what} message is not valid UTF-8") from None
+
+    def int16(self) -> int:
+        value: int = self._unpack(_INT16, 2)
+        return value
+
+    def int32(self) -> int:
+        value: int = self._unpack(_INT32, 4)
+        return value
+
+    def raw(self, length: int) -> bytes:
+        if length < 0 or self._position + length > len(self._body):
+            raise ProtocolViolation(f"malformed {self._what} message: truncated value")
+        value = self._body[self._position : self._position + length]
+        self._position += length
+        return value
+
+    def _unpack(self, shape: struct.Struct, size: int) -> int:
+        if self._position + size > len(self._body):
+            raise ProtocolViolation(f"malformed {self._what} message: truncated")
+        (value,) = shape.unpack_from(self._body, self._position)
+        self._position += size
+        return int(value)
+
+    def finish(self) -> None:
+        if self._position != len(self._body):
+            raise ProtocolViolation(f"malformed {self._what} message: trailing bytes")
+
+
+def query_text(body: bytes) -> str:
+    """The SQL of a simple Query message."""
+    reader = _Reader(body, "Query")
+    text = reader.cstring()
+    reader.finish()
+    return text
+
+
+def parse_message(body: bytes) -> Parse:
+    reader = _Reader(body, "Parse")
+    statement = reader.cstring()
+    query = reader.cstring()
+    for _ in range(reader.int16()):
+        reader.int32()
+    reader.finish()
+    return Parse(statement, query)
+
+
+def bind_message(body: bytes) -> Bind:
+    reader = _Reader(body, "Bind")
+    portal = reader.cstring()
+    statement = reader.cstring()
+    format_count = reader.int16()
+    formats = [reader.int16() for _ in range(format_count)]
+    values: list[str | None] = []
+    parameter_count = reader.int16()
+    if format_count not in (0, 1, parameter_count):
+        raise ProtocolViolation(
+            f"Bind message has {format_count} parameter formats for {parameter_count} parameters"
+        )
+    for index in range(parameter_count):
+        length = reader.int32()
+        value = None if length == -1 else reader.raw(length)
+        binary = bool(formats[0] if format_count == 1 else formats[index] if formats else 0)
+        if value is None or binary:
+            values.append(None)
+        else:
+            values.append(value.decode(errors="replace"))
+    for _ in range(reader.int16()):
+        reader.int16()
+    reader.finish()
+    return Bind(portal, statement, tuple(values))
+
+
+def execute_message(body: bytes) -> Execute:
+    reader = _Reader(body, "Execute")
+    portal = reader.cstring()
+    reader.int32()
+    reader.finish()
+    return Execute(portal)
+
+
+def close_message(body: bytes) -> Close:
+    reader = _Reader(body, "Close")
+    kind = reader.raw(1).decode(errors="replace")
+    name = reader.cstring()
+    reader.finish()
+    if kind not in ("S", "P"):
+        raise ProtocolViolation("Close message must name a statement (S) or a portal (P)")
+    return Close(kind, name)
+
+
+def _message(message_type: bytes, body: bytes) -> bytes:
+    return message_type + _UINT32.pack(len(body) + 4) + body
+
+
+def encode_query(sql: str) -> bytes:
+    return _message(b"Q", sql.encode() + b"\x00")
+
+
+def encode_unnamed_execution(sql: str) -> bytes:
+    """Parse, Bind and Execute of `sql` as the unnamed statement and portal, without Sync."""
+    parse = _message(b"P", b"\x00" + sql.encode() + b"\x00" + _INT16.pack(0))
+    bind = _message(b"B", b"\x00\x00" + _INT16.pack(0) + _INT16.pack(0) + _INT16.pack(0))
+    execute = _message(b"E", b"\x00" + _INT32.pack(0))
+    return parse + bind + execute
