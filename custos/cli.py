@@ -10,6 +10,7 @@ from pathlib import Path
 
 from custos.config import ConfigError, load_config
 from custos.identity.durations import parse_duration
+from custos.policy.commands import add_policy_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
     serve.add_argument("--config", type=Path, metavar="FILE", help="gateway configuration (YAML)")
     serve.add_argument("--dev-issuer", type=Path, metavar="DIR", help="trust a local dev issuer")
+    serve.add_argument(
+        "--policy", type=Path, metavar="FILE", help="govern statements with this policy (YAML)"
+    )
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
     serve.add_argument(
@@ -62,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--groups", default="", help="comma-separated groups")
     token.add_argument("--ttl", default="15m", help="lifetime, e.g. 30s, 15m, 1h (default 15m)")
     token.set_defaults(command=_token)
+
+    add_policy_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="start a throwaway database with fake customers behind the gateway"
@@ -81,6 +87,8 @@ def _serve(arguments: argparse.Namespace) -> int:
     }
     if arguments.upstream:
         overrides["upstream"] = {"dsn": arguments.upstream}
+    if arguments.policy:
+        overrides["policy"] = {"file": arguments.policy}
     if arguments.tls_cert or arguments.tls_key:
         if not (arguments.tls_cert and arguments.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both")

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from custos.identity.models import IssuerConfig, RoleConfig
 from custos.upstream.settings import UpstreamSettings
@@ -34,6 +41,29 @@ class LimitSettings(BaseModel):
     write_buffer_high_bytes: int = Field(default=256 << 10, ge=1 << 12)
 
 
+class PolicySettings(BaseModel):
+    """Where the policy comes from, and who evaluates it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: Path | None = None
+    s3_bucket: str | None = None
+    s3_key: str | None = None
+    poll_seconds: float | None = Field(default=None, gt=0)
+    decision_point: Literal["in_process", "lambda"] = "in_process"
+    lambda_function: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PolicySettings:
+        if (self.file is None) == (self.s3_bucket is None):
+            raise ValueError("set exactly one policy source: file, or s3_bucket with s3_key")
+        if self.s3_bucket is not None and not self.s3_key:
+            raise ValueError("s3_bucket needs s3_key: the policy object's key")
+        if self.decision_point == "lambda" and not self.lambda_function:
+            raise ValueError("decision_point lambda needs lambda_function: its name or ARN")
+        return self
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +74,7 @@ class GatewayConfig(BaseModel):
     issuers: list[IssuerConfig] = Field(default_factory=list)
     roles: list[RoleConfig] = Field(default_factory=list)
     dev_issuer_dir: Path | None = None
+    policy: PolicySettings | None = None
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("listen")

@@ -6,16 +6,23 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from custos.config import ConfigError, GatewayConfig
+from custos.policy.lambda_point import LambdaDecisionPoint
+
+from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
 from custos.identity.models import RoleConfig
+from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
+from custos.session.decision import InProcessDecisionPoint
+from custos.session.gate import DecisionPoint
 from custos.upstream.credentials import credential_source
 from proxy_task.gateway import Gateway, GatewayServices
 
 log = logging.getLogger("custos.gateway")
+
+ReloadingPolicySource = FilePolicySource | S3PolicySource
 
 DEV_ISSUER_PLACEHOLDER = "dev"
 """In a role's trust statement, `issuer: dev` names the gateway's dev issuer."""
@@ -32,16 +39,73 @@ def build_services(config: GatewayConfig) -> GatewayServices:
         statement.issuer == DEV_ISSUER_PLACEHOLDER for role in roles for statement in role.trust
     ):
         raise ConfigError("a role trusts the dev issuer, but no --dev-issuer DIR was given")
-    if not roles:
-        log.warning("no roles are configured: every connection will be refused")
-    authenticator = Authenticator(config.issuers, roles)
+    policy = _policy_source(config.policy) if config.policy else None
+    if policy is None:
+        log.warning("no policy is configured: statements pass through ungoverned")
+    authenticator = Authenticator(config.issuers, _role_catalog(roles, policy, dev_issuer))
     if dev_issuer is not None:
         authenticator.add_static_issuer(dev_issuer.issuer_config(), dev_issuer.jwks())
     return GatewayServices(
         authenticator=authenticator,
         credentials=credential_source(config.upstream),
         tls_context=_server_tls_context(config),
+        policy=policy,
+        decision_point=_decision_point(config.policy, policy),
     )
+
+
+def _policy_source(settings: PolicySettings) -> ReloadingPolicySource:
+    try:
+        if settings.file is not None:
+            return FilePolicySource(settings.file, poll_seconds=settings.poll_seconds or 2.0)
+        assert settings.s3_bucket is not None
+        assert settings.s3_key is not None
+        return S3PolicySource(
+            settings.s3_bucket, settings.s3_key, poll_seconds=settings.poll_seconds or 30.0
+        )
+    except PolicyError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _decision_point(
+    settings: PolicySettings | None, policy: ReloadingPolicySource | None
+) -> DecisionPoint | None:
+    if settings is None or policy is None:
+        return None
+    if settings.decision_point == "lambda":
+        assert settings.lambda_function is not None
+        return LambdaDecisionPoint(settings.lambda_function)
+    return InProcessDecisionPoint(policy)
+
+
+def _role_catalog(
+    configured: list[RoleConfig], policy: ReloadingPolicySource | None, dev_issuer: DevIssuer | None
+) -> Callable[[], Sequence[RoleConfig]]:
+    """The roles in force: the config's, plus the current policy's (which may reload)."""
+    cache: dict[str, Sequence[RoleConfig]] = {}
+
+    def current() -> Sequence[RoleConfig]:
+        if policy is None:
+            return configured
+        engine = policy.current()
+        if engine.version not in cache:
+            from_policy = list(engine.document.roles)
+            if dev_issuer is not None:
+                issuer = dev_issuer.issuer_config().issuer
+                from_policy = [_resolve_dev_issuer(role, issuer) for role in from_policy]
+            names = {role.name for role in configured}
+            clashes = sorted(names.intersection(role.name for role in from_policy))
+            if clashes:
+                log.error(
+                    "roles %s are defined in both config and policy; the config wins", clashes
+                )
+            cache.clear()
+            cache[engine.version] = configured + [r for r in from_policy if r.name not in names]
+        return cache[engine.version]
+
+    if policy is None and not configured:
+        log.warning("no roles are configured: every connection will be refused")
+    return current
 
 
 def _resolve_dev_issuer(role: RoleConfig, dev_issuer: str) -> RoleConfig:

@@ -27,12 +27,19 @@ from custos.protocol.startup import (
     StartupDecoder,
     StartupMessage,
 )
+from custos.session.gate import StatementGate
 from custos.upstream.errors import UpstreamAuthenticationError
 from custos.upstream.errors import UpstreamError as CredentialError
 from proxy_task.cancel import UpstreamCancelKey, send_cancel
+from proxy_task.governed import GovernedSession
 from proxy_task.reader import ConnectionClosed, HandshakeReader
 from proxy_task.session import Session
-from proxy_task.upstream import UpstreamConnectError, UpstreamReady, connect_upstream
+from proxy_task.upstream import (
+    UpstreamConnectError,
+    UpstreamReady,
+    connect_upstream,
+    fetch_search_path,
+)
 
 if TYPE_CHECKING:
     from proxy_task.gateway import Gateway
@@ -114,7 +121,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 principal = await self._authenticate(startup)
                 upstream = await self._connect_upstream(startup, principal)
-            self._start_session(principal, upstream)
+                gate = await self._statement_gate(principal, upstream)
+            self._start_session(principal, upstream, gate)
             upstream = None
         except HandshakeRefused as refusal:
             self._refuse(refusal.sqlstate, refusal.message, refusal.hint)
@@ -298,7 +306,22 @@ class ClientConnection(asyncio.Protocol):
                 " try again, and tell the operator if it persists",
             ) from None
 
-    def _start_session(self, principal: Principal, upstream: UpstreamReady) -> None:
+    async def _statement_gate(
+        self, principal: Principal, upstream: UpstreamReady
+    ) -> StatementGate | None:
+        """The session's policy gate, starting from the database's own search path."""
+        decision_point = self.gateway.decision_point
+        if decision_point is None:
+            return None
+        try:
+            search_path = await fetch_search_path(upstream)
+        except UpstreamConnectError as error:
+            raise HandshakeRefused(error.sqlstate, error.message) from None
+        return StatementGate(principal.role, decision_point, self.gateway.analyses, search_path)
+
+    def _start_session(
+        self, principal: Principal, upstream: UpstreamReady, gate: StatementGate | None
+    ) -> None:
         assert self.transport is not None
         assert upstream.connection.transport is not None
         upstream_key = UpstreamCancelKey(
@@ -308,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
         upstream.connection.transport.set_write_buffer_limits(
             high=self.gateway.config.limits.write_buffer_high_bytes
         )
-        session = Session(
+        arguments = (
             self.gateway,
             principal,
             self.transport,
@@ -316,6 +339,7 @@ class ClientConnection(asyncio.Protocol):
             cancel_key,
             upstream.transaction_status,
         )
+        session = Session(*arguments) if gate is None else GovernedSession(*arguments, gate)
         self.transport.write(
             authentication_ok()
             + b"".join(upstream.messages)

@@ -7,8 +7,12 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from custos.sql.cache import AnalysisCache
+
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
+from custos.policy.source import FilePolicySource, S3PolicySource
+from custos.session.gate import DecisionPoint
 from custos.upstream.credentials import CredentialSource
 from proxy_task.cancel import CancelRegistry
 from proxy_task.client import ClientConnection
@@ -24,6 +28,8 @@ class GatewayServices:
     authenticator: Authenticator
     credentials: CredentialSource
     tls_context: ssl.SSLContext | None
+    policy: FilePolicySource | S3PolicySource | None = None
+    decision_point: DecisionPoint | None = None
 
 
 class Gateway:
@@ -32,6 +38,10 @@ class Gateway:
         self.authenticator = services.authenticator
         self.credentials = services.credentials
         self.tls_context = services.tls_context
+        self.policy = services.policy
+        self.decision_point = services.decision_point
+        self.analyses = AnalysisCache()
+        self._policy_watch: asyncio.Task[None] | None = None
         self.cancels = CancelRegistry()
         self._handshaking: set[ClientConnection] = set()
         self._sessions: set[Session] = set()
@@ -63,16 +73,21 @@ class Gateway:
             backlog=1024,
             reuse_address=True,
         )
+        if self.policy is not None:
+            self._policy_watch = loop.create_task(self.policy.watch())
         log.info(
-            "gateway listening on %s:%d (tls=%s)",
+            "gateway listening on %s:%d (tls=%s, policy=%s)",
             self.config.listen_host,
             self.port,
             self.tls_context is not None,
+            self.policy.current().version[:12] if self.policy else "none",
         )
 
     async def shutdown(self) -> None:
         """Stops accepting, lets sessions finish their transactions, then closes the rest."""
         self._all_closed.clear()
+        if self._policy_watch is not None:
+            self._policy_watch.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self._handshaking):

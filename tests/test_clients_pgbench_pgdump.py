@@ -99,4 +99,3 @@ def test_pg_dump_through_the_gateway_equals_the_direct_dump(gateway: GatewayProc
     assert "COPY crm.orders (id, customer_id, ordered_at, total_cents, currency, status)" in (
         through.stdout
     )
-

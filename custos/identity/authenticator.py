@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -26,12 +26,22 @@ class Authenticator:
     def __init__(
         self,
         issuers: Sequence[IssuerConfig],
-        roles: Sequence[RoleConfig],
+        roles: Sequence[RoleConfig] | Callable[[], Sequence[RoleConfig]],
         jwks: JwksCache | None = None,
     ) -> None:
+        """`roles` may be a function, for roles that live in a policy that reloads."""
         self._jwks = jwks if jwks is not None else JwksCache()
         self._verifier = TokenVerifier(issuers, self._jwks)
-        self._roles = RoleResolver(roles)
+        self._current_roles = roles if callable(roles) else (lambda fixed=tuple(roles): fixed)
+        self._resolved_from: Sequence[RoleConfig] | None = None
+        self._roles = RoleResolver(())
+
+    def _resolver(self) -> RoleResolver:
+        roles = self._current_roles()
+        if roles is not self._resolved_from:
+            self._roles = RoleResolver(roles)
+            self._resolved_from = roles
+        return self._roles
 
     def add_static_issuer(
         self, issuer: IssuerConfig, keys: Sequence[jwt.PyJWK] | Mapping[str, Any]
@@ -47,7 +57,7 @@ class Authenticator:
         self, token: str, role: str, client_address: str, application_name: str | None
     ) -> Principal:
         claims = await self._verifier.verify(token)
-        assumed = self._roles.assume(role, claims)
+        assumed = self._resolver().assume(role, claims)
         return Principal(
             role=assumed.name,
             subject=claims["sub"],

@@ -20,14 +20,48 @@ _UINT32 = struct.Struct("!I")
 class Parse:
     statement: str
     query: str
+    parameter_types: tuple[int, ...] = ()  # type OIDs the client declared; 0 = unspecified
 
 
 @dataclass(frozen=True, slots=True)
 class Bind:
     portal: str
     statement: str
-    # Parameter values in text form; None for NULL or for a value sent in binary.
-    parameters: tuple[str | None, ...]
+    values: tuple[bytes | None, ...]
+    binary: tuple[bool, ...]  # per value: sent in binary format
+
+    def texts(self, parameter_types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
+        """The values as text, for policy's risk conditions.
+
+        Binary values are read for the few types whose encoding is plain
+        (integers, booleans, text); any other binary value, and NULL, is None:
+        policy treats an unknown value as the riskier one.
+        """
+        texts: list[str | None] = []
+        for index, value in enumerate(self.values):
+            if value is None:
+                texts.append(None)
+            elif not self.binary[index]:
+                texts.append(value.decode(errors="replace"))
+            else:
+                oid = parameter_types[index] if index < len(parameter_types) else 0
+                texts.append(_binary_as_text(oid, value))
+        return tuple(texts)
+
+
+_INTEGER_OIDS = {20: 8, 21: 2, 23: 4}
+_TEXT_OIDS = {25, 1043, 19}
+_BOOL_OID = 16
+
+
+def _binary_as_text(oid: int, value: bytes) -> str | None:
+    if oid in _INTEGER_OIDS and len(value) == _INTEGER_OIDS[oid]:
+        return str(int.from_bytes(value, "big", signed=True))
+    if oid in _TEXT_OIDS:
+        return value.decode(errors="replace")
+    if oid == _BOOL_OID and len(value) == 1:
+        return "true" if value != b"\x00" else "false"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +133,10 @@ def parse_message(body: bytes) -> Parse:
     reader = _Reader(body, "Parse")
     statement = reader.cstring()
     query = reader.cstring()
-    for _ in range(reader.int16()):
-        reader.int32()
+    # OIDs are unsigned on the wire.
+    types = tuple(reader.int32() & 0xFFFFFFFF for _ in range(reader.int16()))
     reader.finish()
-    return Parse(statement, query)
+    return Parse(statement, query, types)
 
 
 def bind_message(body: bytes) -> Bind:
@@ -111,24 +145,21 @@ def bind_message(body: bytes) -> Bind:
     statement = reader.cstring()
     format_count = reader.int16()
     formats = [reader.int16() for _ in range(format_count)]
-    values: list[str | None] = []
     parameter_count = reader.int16()
     if format_count not in (0, 1, parameter_count):
         raise ProtocolViolation(
             f"Bind message has {format_count} parameter formats for {parameter_count} parameters"
         )
+    values: list[bytes | None] = []
+    binary: list[bool] = []
     for index in range(parameter_count):
         length = reader.int32()
-        value = None if length == -1 else reader.raw(length)
-        binary = bool(formats[0] if format_count == 1 else formats[index] if formats else 0)
-        if value is None or binary:
-            values.append(None)
-        else:
-            values.append(value.decode(errors="replace"))
+        values.append(None if length == -1 else reader.raw(length))
+        binary.append(bool(formats[0] if format_count == 1 else formats[index] if formats else 0))
     for _ in range(reader.int16()):
         reader.int16()
     reader.finish()
-    return Bind(portal, statement, tuple(values))
+    return Bind(portal, statement, tuple(values), tuple(binary))
 
 
 def execute_message(body: bytes) -> Execute:

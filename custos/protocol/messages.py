@@ -37,6 +37,7 @@ SQLSTATE = "C"
 MESSAGE = "M"
 DETAIL = "D"
 HINT = "H"
+WHERE = "W"
 
 
 def _notice_fields(
@@ -64,6 +65,12 @@ def error_response(
     hint: str | None = None,
 ) -> bytes:
     return _message(b"E", _notice_fields(severity, sqlstate, message, detail, hint))
+
+
+def error_response_with_fields(fields: Mapping[str, str]) -> bytes:
+    """An ErrorResponse carrying exactly `fields` (code letter to value), in order."""
+    body = b"".join(code.encode() + _cstring(value) for code, value in fields.items())
+    return _message(b"E", body + b"\x00")
 
 
 def notice_response(

@@ -1,0 +1,345 @@
+"""`custos policy ...`: validate, explain, diff and the JSON Schema of policy documents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from custos.policy.engine import Decision, DecisionRequest, PolicyEngine
+from custos.policy.models import Effect, PolicyDocument, json_schema_text
+from custos.policy.source import PolicyError, load_policy
+from custos.sql.facts import Analysis
+
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+_DEFAULT_SEARCH_PATH = ("public",)
+
+
+def add_policy_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Registers `policy` and its subcommands on the main CLI's subparsers."""
+    policy = subparsers.add_parser("policy", help="validate, explain and compare policy documents")
+    commands = policy.add_subparsers(required=True, metavar="SUBCOMMAND")
+
+    validate = commands.add_parser("validate", help="check a policy document")
+    validate.add_argument("file", type=Path, metavar="FILE")
+    validate.set_defaults(command=validate_command)
+
+    explain = commands.add_parser(
+        "explain", help="show how a policy decides a statement for a role, and why"
+    )
+    explain.add_argument("file", type=Path, metavar="FILE")
+    explain.add_argument("--role", required=True, help="the role the statement runs as")
+    explain.add_argument(
+        "--search-path",
+        default=",".join(_DEFAULT_SEARCH_PATH),
+        help="comma-separated schemas for unqualified names (default: public)",
+    )
+    explain.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a bind parameter's value in text form; repeat for $1, $2, ...",
+    )
+    explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.add_argument("sql", metavar="SQL")
+    explain.set_defaults(command=explain_command)
+
+    diff = commands.add_parser(
+        "diff", help="show the decisions that change from one policy to another"
+    )
+    diff.add_argument("old", type=Path, metavar="OLD")
+    diff.add_argument("new", type=Path, metavar="NEW")
+    diff.add_argument(
+        "--corpus",
+        type=Path,
+        metavar="FILE",
+        help="YAML list of {role, sql, search_path?, params?} (default: every role of NEW "
+        "with representative statements over NEW's catalog)",
+    )
+    diff.set_defaults(command=diff_command)
+
+    schema = commands.add_parser("schema", help="print the policy document's JSON Schema")
+    schema.set_defaults(command=schema_command)
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+def validate_command(arguments: argparse.Namespace) -> int:
+    document = _load(arguments.file)
+    if document is None:
+        return 1
+    engine = PolicyEngine(document)
+    print(
+        f"valid: {len(document.roles)} roles, {len(document.rules)} rules, version {engine.version}"
+    )
+    return 0
+
+
+# --- explain ------------------------------------------------------------------------------
+
+
+def explain_command(arguments: argparse.Namespace) -> int:
+    document = _load(arguments.file)
+    if document is None:
+        return 2
+    engine = PolicyEngine(document)
+    search_path = _split_path(arguments.search_path)
+    analysis = _analyze(arguments.sql, search_path)
+    decision = engine.decide(DecisionRequest(arguments.role, analysis, tuple(arguments.param)))
+    if arguments.json:
+        print(json.dumps(decision.as_dict(), indent=2))
+    else:
+        _print_decision(decision, analysis, sys.stdout)
+    return 0
+
+
+def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None:
+    facts = decision.facts
+    lines = [
+        f"decision:        {decision.effect}",
+        f"deciding rule:   {decision.deciding_rule or '(none)'}",
+        f"message:         {decision.message}",
+        f"rules fired:     {_listed(decision.rules)}",
+        "facts:",
+        f"  statements:          {facts.statements}",
+        f"  statement types:     {_listed(s.statement_type for s in analysis.statements)}",
+        f"  kinds:               {_listed(facts.kinds)}",
+        f"  relations read:      {_listed(facts.relations_read)}",
+        f"  relations written:   {_listed(facts.relations_written)}",
+        f"  categories read:     {_listed(facts.categories_read)}",
+        f"  categories written:  {_listed(facts.categories_written)}",
+        f"  functions:           {_listed(facts.functions)}",
+        f"  risks:               {_listed(facts.risks)}",
+    ]
+    if decision.approval is not None:
+        approval = decision.approval
+        lasts = (
+            f"{approval.grant_for_seconds}s"
+            if approval.grant_for_seconds is not None
+            else "this execution"
+        )
+        lines.append(
+            f"approval:        {approval.approvals} of group {approval.group}, "
+            f"granted for {lasts} (rule {approval.rule})"
+        )
+    for mask in decision.masks:
+        lines.append(
+            f"mask:            {', '.join(sorted(mask.categories))} by {mask.method} "
+            f"(rule {mask.rule})"
+        )
+    lines.append(f"policy version:  {decision.policy_version}")
+    out.write("\n".join(lines) + "\n")
+
+
+# --- diff ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusEntry:
+    role: str
+    sql: str
+    search_path: tuple[str, ...] = _DEFAULT_SEARCH_PATH
+    params: tuple[str | None, ...] = ()
+
+
+def diff_command(arguments: argparse.Namespace) -> int:
+    old_document = _load(arguments.old)
+    new_document = _load(arguments.new)
+    if old_document is None or new_document is None:
+        return 2
+    if arguments.corpus is not None:
+        try:
+            corpus = read_corpus(arguments.corpus)
+        except ValueError as error:
+            print(f"custos policy diff: {error}", file=sys.stderr)
+            return 2
+    else:
+        corpus = default_corpus(old_document, new_document)
+    old, new = PolicyEngine(old_document), PolicyEngine(new_document)
+    analyses: dict[tuple[str, tuple[str, ...]], Analysis] = {}
+    changed = 0
+    for entry in corpus:
+        key = (entry.sql, entry.search_path)
+        analysis = analyses.get(key)
+        if analysis is None:
+            analysis = analyses[key] = _analyze(entry.sql, entry.search_path)
+        request = DecisionRequest(entry.role, analysis, entry.params)
+        before, after = old.decide(request), new.decide(request)
+        if _outcome(before) == _outcome(after):
+            continue
+        changed += 1
+        print(f"role {entry.role}: {_one_line(entry.sql)}")
+        print(f"  {_summary(before)} -> {_summary(after)}")
+    print(
+        f"{changed} of {len(corpus)} decisions change "
+        f"(policy {old.version[:12]} -> {new.version[:12]})"
+    )
+    return 1 if changed else 0
+
+
+def read_corpus(path: Path) -> list[CorpusEntry]:
+    """A corpus file: a YAML list of {role, sql, search_path?, params?} (other keys ignored)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"cannot read corpus {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"corpus {path} is not valid YAML: {error}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"corpus {path} must be a list of {{role, sql}} entries")
+    entries = []
+    for number, item in enumerate(data):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("role"), str)
+            or not isinstance(item.get("sql"), str)
+        ):
+            raise ValueError(f"corpus {path}, entry {number}: needs a role and an sql string")
+        search_path = item.get("search_path", list(_DEFAULT_SEARCH_PATH))
+        params = item.get("params", [])
+        if not isinstance(search_path, list) or not isinstance(params, list):
+            raise ValueError(f"corpus {path}, entry {number}: search_path and params are lists")
+        entries.append(
+            CorpusEntry(
+                role=item["role"],
+                sql=item["sql"],
+                search_path=tuple(str(schema) for schema in search_path),
+                params=tuple(None if value is None else str(value) for value in params),
+            )
+        )
+    return entries
+
+
+def default_corpus(old: PolicyDocument, new: PolicyDocument) -> list[CorpusEntry]:
+    """Every role of NEW (or, without roles, those the rules name) x representative SQL."""
+    roles = [role.name for role in new.roles] or sorted(
+        {
+            glob
+            for document in (old, new)
+            for rule in document.rules
+            for glob in rule.match.roles or ()
+            if not any(character in glob for character in "*?[")
+        }
+    )
+    tables = list(dict.fromkeys([*new.catalog, *old.catalog]))
+    statements = [*representative_statements(new, tables), *_GENERAL_STATEMENTS]
+    return [CorpusEntry(role, sql) for role in roles for sql in statements]
+
+
+def representative_statements(document: PolicyDocument, tables: Iterable[str]) -> list[str]:
+    """Statements an agent might send against each catalog table, benign and risky.
+
+    They are only analysed and decided, never executed.
+    """
+    statements = []
+    for relation in tables:
+        table = document.catalog.get(relation)
+        columns = [*table.columns, *([table.subject] if table.subject else [])] if table else []
+        names = {"table": _qualified(relation), "column": _quoted(columns[0]) if columns else ""}
+        for template in _TABLE_STATEMENTS:
+            if names["column"] or "{column}" not in template:
+                statements.append(template.format_map(names))
+    return statements
+
+
+_TABLE_STATEMENTS = (
+    "SELECT * FROM {table} LIMIT 10",
+    "SELECT * FROM {table}",
+    "SELECT {column} FROM {table} WHERE {column} LIKE '%a' LIMIT 10",
+    "UPDATE {table} SET {column} = {column} WHERE {column} IS NULL",
+    "DELETE FROM {table}",
+    "COPY {table} TO STDOUT",
+    "DROP TABLE {table}",
+)
+_GENERAL_STATEMENTS = (
+    "SELECT 1",
+    "BEGIN",
+    "SET search_path TO public",
+    "SET ROLE postgres",
+    "SHOW search_path",
+    "SELECT pg_read_file('/etc/hostname')",
+    "COPY (SELECT 1) TO PROGRAM 'true'",
+    "DO $$ BEGIN END $$",
+    "CREATE TABLE public.custos_diff_probe (id int)",
+    "SELECT 1; SELECT 2",
+)
+
+
+def _outcome(decision: Decision) -> tuple[object, ...]:
+    return (decision.effect, decision.deciding_rule, _masked(decision))
+
+
+def _summary(decision: Decision) -> str:
+    text = f"{decision.effect} ({decision.deciding_rule or 'no rule'})"
+    masked = _masked(decision)
+    if masked:
+        text += f" masking {', '.join(masked)}"
+    return text
+
+
+def _masked(decision: Decision) -> tuple[str, ...]:
+    """The categories masked when the statement runs; a denied one never runs."""
+    if decision.effect is Effect.DENY:
+        return ()
+    return tuple(sorted({c for mask in decision.masks for c in mask.categories}))
+
+
+def _one_line(sql: str) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+def schema_command(arguments: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
+# --- shared -------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> PolicyDocument | None:
+    """The document, or None after printing why it cannot be used."""
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        print(f"invalid policy {error.origin}:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _analyze(sql: str, search_path: tuple[str, ...]) -> Analysis:
+    from custos.sql.analysis import analyze
+
+    return analyze(sql, search_path)
+
+
+def _split_path(text: str) -> tuple[str, ...]:
+    return tuple(schema.strip() for schema in text.split(",") if schema.strip())
+
+
+def _listed(values: Iterable[str]) -> str:
+    items = [value for value in values if value]
+    return ", ".join(items) if items else "-"
+
+
+def _qualified(relation: str) -> str:
+    return ".".join(_quoted(part) for part in relation.split(".", 1))
+
+
+def _quoted(identifier: str) -> str:
+    if _PLAIN_IDENTIFIER.fullmatch(identifier):
+        return identifier
+    return '"' + identifier.replace('"', '""') + '"'

@@ -1,0 +1,109 @@
+"""Risk conditions that need more than a set lookup: patterns, LIMITs, time windows.
+
+Every description returned here names columns, relations and thresholds from the
+policy, never a value from the SQL or its parameters: those can be personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
+
+from custos.policy.models import TimeWindow
+from custos.sql.facts import ParameterRef, PatternMatch
+
+_LIKE = frozenset({"~~", "~~*"})
+_REGEX = frozenset({"~", "~*"})
+# After a leading ^, these start something that can match any first character.
+_REGEX_WILDCARD_STARTS = frozenset(".[(\\")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parameter(params: Sequence[str | None], ref: ParameterRef) -> str | None:
+    """The text of bind parameter ``ref``; None when absent, NULL or not in text form."""
+    index = ref.index - 1
+    return params[index] if 0 <= index < len(params) else None
+
+
+def pattern_risk(match: PatternMatch, params: Sequence[str | None]) -> str | None:
+    """Why ``match`` could select rows wholesale, in words without the pattern; else None.
+
+    Fails closed: a pattern the gateway cannot see (an expression, a parameter without
+    a text value, an operator it does not know) counts as a risk.
+    """
+    if match.negated:
+        return "a negated pattern"
+    pattern = match.pattern
+    if isinstance(pattern, ParameterRef):
+        pattern = parameter(params, pattern)
+        if pattern is None:
+            return "a pattern from a parameter without a text value"
+    elif pattern is None:
+        return "a pattern computed by an expression"
+    if match.operator in _LIKE:
+        return "a leading-wildcard pattern" if pattern[:1] in ("%", "_") else None
+    if match.operator == "similar":
+        wild = pattern == "" or pattern[0] in "%_([" or "|" in pattern
+        return "a leading-wildcard pattern" if wild else None
+    if match.operator in _REGEX:
+        if not pattern.startswith("^"):
+            return "an unanchored regular expression"
+        if len(pattern) == 1 or pattern[1] in _REGEX_WILDCARD_STARTS or "|" in pattern:
+            return "a leading-wildcard pattern"
+        return None
+    return "a pattern operator the gateway does not know"
+
+
+def bounded_limit(limit: int | ParameterRef | None, params: Sequence[str | None]) -> int | None:
+    """The LIMIT the statement applies, or None when it has none the gateway can rely on."""
+    if isinstance(limit, ParameterRef):
+        text = parameter(params, limit)
+        if text is None:
+            return None
+        try:
+            return int(text.strip())
+        except ValueError:
+            return None
+    return limit
+
+
+def describe_missing_limit(limit: int | ParameterRef | None) -> str:
+    if isinstance(limit, ParameterRef):
+        return f"a LIMIT from parameter ${limit.index} without a usable value"
+    return "no LIMIT"
+
+
+class CompiledTimeWindow:
+    """A policy time window, ready to test instants against."""
+
+    __slots__ = ("_days", "_end", "_outside", "_overnight", "_start", "_zone")
+
+    def __init__(self, window: TimeWindow) -> None:
+        self._days = frozenset(_DAYS.index(day) for day in window.days)
+        self._zone = ZoneInfo(window.timezone)
+        self._start = _clock(window.from_)
+        # "24:00" ends the day; time.max is the closest a time of day gets to it.
+        self._end = time.max if window.to == "24:00" else _clock(window.to)
+        self._overnight = self._start > self._end
+        self._outside = window.outside
+
+    def matches(self, now: datetime) -> bool:
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        local = now.astimezone(self._zone)
+        clock = local.time().replace(tzinfo=None)
+        weekday = local.weekday()
+        if self._overnight:
+            # After midnight, the hours belong to the window that opened the day before.
+            inside = (weekday in self._days and clock >= self._start) or (
+                (weekday - 1) % 7 in self._days and clock < self._end
+            )
+        else:
+            inside = weekday in self._days and self._start <= clock < self._end
+        return inside != self._outside
+
+
+def _clock(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))

@@ -1,0 +1,228 @@
+"""The statement gate: what one session knows, and the verdict on each statement.
+
+It follows the session's state the way PostgreSQL will resolve names:
+the search path (changed by SET, reverted by ROLLBACK), statements prepared
+by PREPARE and by the extended protocol's Parse, and portals bound to them.
+Analysis happens when a statement arrives (Query, Parse, PREPARE); the
+decision happens when it would run (Query, Execute, EXECUTE), with the Bind
+parameters at hand.
+
+Unqualified names are resolved against every schema the session's path may
+hold, because the gateway does not know which schema holds which table: a
+statement is treated as reading each candidate, and the most restrictive
+decision wins. That never lets a statement through that PostgreSQL would
+resolve to a protected table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
+
+from custos.policy.engine import Decision, Effect
+from custos.protocol.frontend import Bind, Close, Execute, Parse
+from custos.session.refusal import Refusal
+from custos.sql.cache import AnalysisCache
+from custos.sql.facts import Analysis, StatementFacts
+
+Verdict = Refusal | None
+"""None lets the statement run; a Refusal is sent instead of it."""
+
+_RESTRICTIVENESS = {
+    Effect.ALLOW: 0,
+    Effect.MASK: 1,
+    Effect.REQUIRE_APPROVAL: 2,
+    Effect.DENY: 3,
+}
+
+
+class DecisionPoint(Protocol):
+    """Where decisions come from: the in-process engine or the policy Lambda."""
+
+    def decide(
+        self,
+        role: str,
+        analysis: Analysis,
+        parameters: tuple[str | None, ...],
+        search_path: tuple[str, ...],
+    ) -> Decision | Awaitable[Decision]: ...
+
+
+Candidates = tuple[tuple[Analysis, tuple[str, ...]], ...]
+"""A statement analysed once per schema its unqualified names may resolve to."""
+
+
+class StatementGate:
+    def __init__(
+        self,
+        role: str,
+        decision_point: DecisionPoint,
+        analyses: AnalysisCache,
+        search_path: Sequence[str],
+    ) -> None:
+        self._role = role
+        self._decision_point = decision_point
+        self._analyses = analyses
+        self._default_path = tuple(search_path)
+        self._schemas: tuple[str, ...] = _schemas_of(search_path)
+        self._prepared: dict[str, Candidates] = {}  # SQL-level PREPARE
+        # Protocol-level Parse: the candidates and the parameter types the client declared.
+        self._statements: dict[str, tuple[Candidates, tuple[int, ...]]] = {}
+        self._portals: dict[str, tuple[Candidates, tuple[str | None, ...]]] = {}
+
+    @property
+    def candidate_schemas(self) -> tuple[str, ...]:
+        return self._schemas
+
+    def on_query(self, sql: str, uncertain: bool) -> Verdict | Awaitable[Verdict]:
+        return self._decide_and_follow(self._analyse(sql), (), uncertain)
+
+    def on_parse(self, message: Parse) -> None:
+        self._statements[message.statement] = (
+            self._analyse(message.query),
+            message.parameter_types,
+        )
+
+    def on_bind(self, message: Bind) -> None:
+        prepared = self._statements.get(message.statement)
+        if prepared is not None:
+            candidates, parameter_types = prepared
+            self._portals[message.portal] = (candidates, message.texts(parameter_types))
+
+    def on_execute(self, message: Execute, uncertain: bool) -> Verdict | Awaitable[Verdict]:
+        bound = self._portals.get(message.portal)
+        if bound is None:
+            # PostgreSQL refuses an unknown portal itself; nothing runs.
+            return None
+        candidates, parameters = bound
+        return self._decide_and_follow(candidates, parameters, uncertain)
+
+    def on_close(self, message: Close) -> None:
+        if message.kind == "S":
+            self._statements.pop(message.name, None)
+        else:
+            self._portals.pop(message.name, None)
+
+    def _analyse(self, sql: str) -> Candidates:
+        return tuple(
+            (self._analyses.analyze(sql, (schema,)), (schema,)) for schema in self._schemas
+        )
+
+    def _decide_and_follow(
+        self, candidates: Candidates, parameters: tuple[str | None, ...], uncertain: bool
+    ) -> Verdict | Awaitable[Verdict]:
+        """The verdict; once a statement is let through, the session's state follows it.
+
+        `uncertain`: the statement may yet be rolled back (it runs inside a
+        transaction, or behind pipelined statements), so a search path it sets
+        is added to the candidates rather than replacing them.
+        """
+        verdict = self._decide(candidates, parameters)
+        if verdict is None:
+            self._follow(candidates, uncertain)
+            return None
+        if isinstance(verdict, Refusal):
+            return verdict
+        return self._follow_when_allowed(verdict, candidates, uncertain)
+
+    async def _follow_when_allowed(
+        self, pending: Awaitable[Verdict], candidates: Candidates, uncertain: bool
+    ) -> Verdict:
+        verdict = await pending
+        if verdict is None:
+            self._follow(candidates, uncertain)
+        return verdict
+
+    def _decide(
+        self, candidates: Candidates, parameters: tuple[str | None, ...]
+    ) -> Verdict | Awaitable[Verdict]:
+        outcomes: list[Decision | Awaitable[Decision]] = []
+        for analysis, path in candidates:
+            resolved = self._resolve_execute(analysis)
+            if isinstance(resolved, str):
+                return Refusal(
+                    "26000",
+                    f'prepared statement "{resolved}" was not prepared through this gateway',
+                    "PREPARE it in this session first",
+                )
+            outcomes.append(self._decision_point.decide(self._role, resolved, parameters, path))
+        decisions = [outcome for outcome in outcomes if isinstance(outcome, Decision)]
+        if len(decisions) == len(outcomes):
+            return _verdict(_most_restrictive(decisions))
+        return _await_verdict(outcomes)
+
+    def _resolve_execute(self, analysis: Analysis) -> Analysis | str:
+        """Replaces `EXECUTE name` with the statement PREPARE gave that name."""
+        if not any(statement.executes for statement in analysis.statements):
+            return analysis
+        statements: list[StatementFacts] = []
+        for statement in analysis.statements:
+            if statement.executes is None:
+                statements.append(statement)
+                continue
+            prepared = self._prepared.get(statement.executes)
+            if prepared is None:
+                return statement.executes
+            for candidate, _ in prepared:
+                statements.extend(candidate.statements)
+        return dataclasses.replace(analysis, statements=tuple(statements))
+
+    def _follow(self, candidates: Candidates, uncertain: bool) -> None:
+        first = candidates[0][0]
+        uncertain = uncertain or first.multiple_statements
+        for index, statement in enumerate(first.statements):
+            if statement.prepares is not None:
+                self._prepared[statement.prepares] = tuple(
+                    (dataclasses.replace(analysis, statements=(analysis.statements[index],)), path)
+                    for analysis, path in candidates
+                    if len(analysis.statements) > index
+                )
+            if statement.deallocates == "*":
+                self._prepared.clear()
+            elif statement.deallocates is not None:
+                self._prepared.pop(statement.deallocates, None)
+            if statement.new_search_path is not None:
+                new_schemas = _schemas_of(statement.new_search_path or self._default_path)
+                self._schemas = (
+                    tuple(dict.fromkeys(self._schemas + new_schemas)) if uncertain else new_schemas
+                )
+
+
+def _schemas_of(search_path: Sequence[str]) -> tuple[str, ...]:
+    schemas = tuple(dict.fromkeys(schema for schema in search_path if schema))
+    return schemas or ("public",)
+
+
+def _most_restrictive(decisions: Sequence[Decision]) -> Decision:
+    return max(decisions, key=lambda decision: _RESTRICTIVENESS[decision.effect])
+
+
+def _verdict(decision: Decision) -> Verdict:
+    if decision.effect is Effect.ALLOW:
+        return None
+    if decision.effect is Effect.DENY:
+        return Refusal("42501", decision.message, _rule_hint(decision))
+    if decision.effect is Effect.REQUIRE_APPROVAL:
+        return Refusal("42501", decision.message, _rule_hint(decision))
+    # Masking rewrites result values; until the session can do that, a statement
+    # whose results policy wants masked must not run unmasked.
+    return Refusal(
+        "42501",
+        decision.message
+        or "policy requires personal data in these results to be masked, and this gateway"
+        " cannot mask results yet",
+        _rule_hint(decision),
+    )
+
+
+def _rule_hint(decision: Decision) -> str:
+    rule = f"rule {decision.deciding_rule}" if decision.deciding_rule else "the default rule"
+    return f"decided by {rule} of policy version {decision.policy_version[:12]}"
+
+
+async def _await_verdict(outcomes: Sequence[Decision | Awaitable[Decision]]) -> Verdict:
+    decisions = [
+        outcome if isinstance(outcome, Decision) else await outcome for outcome in outcomes
+    ]
+    return _verdict(_most_restrictive(decisions))

@@ -1,0 +1,1 @@
+"""SQL analysis: what a statement reads, writes and risks, from pglast's parse tree."""

@@ -1,0 +1,89 @@
+"""Entry point: analyse a query string into the facts policy decides on.
+
+    analysis = analyze("SELECT email FROM customers", search_path=("crm", "public"))
+    analysis.error            # None, or why the text could not be analysed: deny it
+    analysis.statements[0]    # StatementFacts: kind, relations, columns, risks...
+
+Fail closed: a text that does not parse (or that we cannot analyse) gives no statements and an
+error; a construct the analysis cannot see into gives dynamic=True or kind OTHER.
+
+Decisions worth knowing:
+- A multi-statement string is analysed statement by statement; a SET search_path (or a plain
+  `SELECT set_config('search_path', ...)`) changes how the statements after it resolve.
+  new_search_path () means "reset to the default"; the statements after it then resolve with
+  PostgreSQL's default ("$user", public), i.e. to public.
+- `kind` is the most consequential of `kinds` (collector.KIND_PRIORITY): an upsert is UPDATE,
+  a MERGE stays MERGE whatever its actions, `SELECT set_config(...)` is SET.
+- EXECUTE name is kind OTHER with `executes` set: the session substitutes the facts it kept
+  from the PREPARE. DECLARE CURSOR has its query's facts; FETCH / CLOSE are kind OTHER.
+- columns_read holds only relations with a column read: `SELECT count(*) FROM t` reads t
+  (relations_read) but no column of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pglast.parser import ParseError, parse_sql_json
+
+from custos.sql.facts import Analysis, StatementFacts
+from custos.sql.names import Resolver
+from custos.sql.search_path import PathTracker
+from custos.sql.statements import statement_facts
+
+NUL_ERROR = (
+    "the statement text contains a NUL character, which PostgreSQL does not accept; "
+    "remove it and send the statement again"
+)
+ENCODING_ERROR = (
+    "the statement text is not valid Unicode (it holds a lone surrogate); send it as UTF-8 text"
+)
+DEPTH_ERROR = "the statement is nested too deeply to analyse; simplify it and send it again"
+
+
+def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
+    if isinstance(search_path, str):
+        # A lone string is a sequence of one-letter schemas: a caller's mistake, not the SQL's.
+        raise TypeError("search_path is a sequence of schema names, not a string")
+    # PostgreSQL's parser stops at a NUL, so text after one would go unseen by us.
+    if "\x00" in sql:
+        return Analysis((), error=NUL_ERROR)
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError as error:
+        return Analysis((), error=str(error))
+    except UnicodeEncodeError:
+        return Analysis((), error=ENCODING_ERROR)
+    except RecursionError:
+        return Analysis((), error=DEPTH_ERROR)
+    source = None if sql.isascii() else sql.encode()
+    tracker = PathTracker(tuple(search_path))
+    statements: list[StatementFacts] = []
+    try:
+        for raw in tree.get("stmts") or ():
+            node = raw["stmt"]
+            facts = statement_facts(node, _text(sql, source, raw), Resolver(tracker.current))
+            tracker.apply(facts, node)
+            statements.append(facts)
+    except RecursionError:
+        return Analysis((), error=DEPTH_ERROR)
+    except Exception as error:
+        # A parse tree shape the walk does not expect must refuse the statement, not crash the
+        # session; the message names only the exception type, never the statement's text.
+        return Analysis(
+            (),
+            error=f"the statement could not be analysed ({type(error).__name__}); it is "
+            "refused: rewrite it or report this to the gateway's operators",
+        )
+    return Analysis(tuple(statements))
+
+
+def _text(sql: str, source: bytes | None, raw: dict[str, int]) -> str:
+    # Locations are byte offsets into the UTF-8 text; a length of 0 runs to the end.
+    start = raw.get("stmt_location", 0)
+    length = raw.get("stmt_len", 0)
+    if source is None:
+        return (sql[start : start + length] if length else sql[start:]).strip()
+    piece = source[start : start + length] if length else source[start:]
+    return piece.decode().strip()

@@ -1,0 +1,139 @@
+"""The facts of one statement as the walk gathers them, frozen into StatementFacts at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from custos.sql.facts import (
+    OutputColumn,
+    ParameterRef,
+    PatternMatch,
+    StatementFacts,
+    StatementKind,
+)
+from custos.sql.names import Resolver
+from custos.sql.scope import Col, Source
+
+K = StatementKind
+KIND_PRIORITY: tuple[StatementKind, ...] = (
+    K.DO,
+    K.GRANT,
+    K.DDL,
+    K.MERGE,
+    K.DELETE,
+    K.UPDATE,
+    K.INSERT,
+    K.COPY_FROM,
+    K.CALL,
+    K.COPY_TO,
+    K.SET,
+    K.OTHER,
+    K.TRANSACTION,
+    K.SELECT,
+)
+"""Most consequential first: a statement's `kind` is the first of these among its kinds."""
+
+
+class SearchPathCall:
+    """A set_config('search_path', ...) call: only a plain top-level one changes the path."""
+
+    __slots__ = ("call", "local", "path")
+
+    def __init__(self, call: Any, path: tuple[str, ...] | None, local: bool | None) -> None:
+        self.call = call  # the FuncCall node, compared by identity
+        self.path = path  # None: not a literal we can read
+        self.local = local
+
+
+class Collector:
+    __slots__ = (
+        "columns_read",
+        "columns_written",
+        "copy_destination",
+        "deallocates",
+        "dynamic",
+        "executes",
+        "explain_only",
+        "functions",
+        "kinds",
+        "limit",
+        "new_search_path",
+        "output_columns",
+        "patterns",
+        "prepares",
+        "relations_read",
+        "relations_written",
+        "resolver",
+        "search_path_calls",
+        "search_path_local",
+        "sets_role",
+        "statement_type",
+        "without_where",
+    )
+
+    def __init__(self, statement_type: str, resolver: Resolver) -> None:
+        self.statement_type = statement_type
+        self.resolver = resolver
+        self.kinds: set[StatementKind] = set()
+        self.relations_read: set[str] = set()
+        self.relations_written: set[str] = set()
+        self.columns_read: dict[str, set[str]] = {}
+        self.columns_written: dict[str, set[str]] = {}
+        self.functions: set[str] = set()
+        self.patterns: dict[PatternMatch, None] = {}
+        self.without_where = False
+        self.limit: int | ParameterRef | None = None
+        self.copy_destination: str | None = None
+        self.dynamic = False
+        self.new_search_path: tuple[str, ...] | None = None
+        self.search_path_local = False
+        self.search_path_calls: list[SearchPathCall] = []
+        self.sets_role = False
+        self.prepares: str | None = None
+        self.executes: str | None = None
+        self.deallocates: str | None = None
+        self.explain_only = False
+        self.output_columns: list[Col] = []
+
+    def read(self, sources: Iterable[Source]) -> None:
+        for relation, column in sources:
+            self.relations_read.add(relation)
+            columns = self.columns_read.get(relation)
+            if columns is None:
+                self.columns_read[relation] = {column}
+            else:
+                columns.add(column)
+
+    def write(self, relation: str, columns: Collection[str] = ()) -> None:
+        self.relations_written.add(relation)
+        if columns:
+            self.columns_written.setdefault(relation, set()).update(columns)
+
+    def facts(self, text: str) -> StatementFacts:
+        kinds = self.kinds or {K.OTHER}
+        kind = next(k for k in KIND_PRIORITY if k in kinds)
+        return StatementFacts(
+            kind=kind,
+            kinds=frozenset(kinds),
+            text=text,
+            relations_read=frozenset(self.relations_read),
+            relations_written=frozenset(self.relations_written),
+            columns_read={r: frozenset(c) for r, c in self.columns_read.items()},
+            columns_written={r: frozenset(c) for r, c in self.columns_written.items()},
+            functions=frozenset(self.functions),
+            update_or_delete_without_where=self.without_where,
+            pattern_matches=tuple(self.patterns),
+            limit=self.limit,
+            copy_destination=self.copy_destination,
+            dynamic=self.dynamic,
+            new_search_path=self.new_search_path,
+            prepares=self.prepares,
+            executes=self.executes,
+            deallocates=self.deallocates,
+            explain_only=self.explain_only,
+            sets_role=self.sets_role,
+            search_path_local=self.search_path_local,
+            output_columns=tuple(OutputColumn(c.name, c.sources) for c in self.output_columns),
+            statement_type=self.statement_type,
+        )

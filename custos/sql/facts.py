@@ -1,0 +1,117 @@
+"""The facts the analysis draws from a statement, on which policy decides.
+
+Plain frozen dataclasses: they are built once per distinct SQL text (cached)
+and read on every execution, so they stay cheap to hold and to compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class StatementKind(StrEnum):
+    SELECT = "select"
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    MERGE = "merge"
+    COPY_TO = "copy_to"
+    COPY_FROM = "copy_from"
+    DDL = "ddl"
+    GRANT = "grant"
+    SET = "set"
+    CALL = "call"
+    DO = "do"
+    TRANSACTION = "transaction"
+    OTHER = "other"
+
+
+ALL_COLUMNS = "*"
+"""In a column set: every column of the relation (SELECT *, t.*, a whole-row reference)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterRef:
+    """A bind parameter ($1 is index 1), resolved at Execute from the Bind values."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PatternMatch:
+    """A LIKE, ILIKE, SIMILAR TO or regular-expression match on a column."""
+
+    relation: str  # schema-qualified, e.g. "crm.customers"
+    column: str
+    operator: str  # "~~" (LIKE), "~~*" (ILIKE), "~", "~*", "similar"
+    pattern: str | ParameterRef | None  # None: not a literal nor a parameter (an expression)
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """One column of a statement's result (SELECT list, RETURNING, COPY ... TO), for masking."""
+
+    # The name PostgreSQL gives the column; None for a `*` expansion of a relation whose columns
+    # the analysis does not know (it stands for an unknown number of result columns).
+    name: str | None
+    # (relation, column) pairs whose values may reach this column; column ALL_COLUMNS: any.
+    sources: frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementFacts:
+    """One statement of a query string."""
+
+    kind: StatementKind
+    # Every kind the statement performs: `WITH d AS (DELETE ...) SELECT` is {delete, select};
+    # `kind` is the most consequential of them (writes over reads, see analysis docs).
+    kinds: frozenset[StatementKind]
+    text: str  # this statement's own SQL text, as sent
+    relations_read: frozenset[str] = frozenset()  # schema-qualified, lower-case unless quoted
+    relations_written: frozenset[str] = frozenset()
+    # relation -> columns; ALL_COLUMNS stands for every column
+    columns_read: dict[str, frozenset[str]] = field(default_factory=dict)
+    columns_written: dict[str, frozenset[str]] = field(default_factory=dict)
+    functions: frozenset[str] = frozenset()  # schema-qualified if written so, else bare name
+    update_or_delete_without_where: bool = False
+    pattern_matches: tuple[PatternMatch, ...] = ()
+    # LIMIT of the outermost query: None when absent (or LIMIT ALL), an int, or a parameter.
+    limit: int | ParameterRef | None = None
+    copy_destination: str | None = None  # "stdout", "stdin", "file", "program"
+    # Code the gateway cannot see into: DO blocks, EXECUTE of dynamic SQL, unknown functions'
+    # bodies are not inspected, so a DO is always dynamic.
+    dynamic: bool = False
+    # SET search_path / set_config('search_path', ...) in this statement: the new path.
+    new_search_path: tuple[str, ...] | None = None
+    # PREPARE name AS ...: the name, and the facts are the prepared statement's.
+    prepares: str | None = None
+    # EXECUTE name: the prepared statement to resolve from the session.
+    executes: str | None = None
+    # DEALLOCATE name (or ALL as "*").
+    deallocates: str | None = None
+    # EXPLAIN without ANALYZE does not execute its statement.
+    explain_only: bool = False
+    # SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE / ALL, DISCARD ALL, set_config('role', ...):
+    # the statements that follow run with other privileges.
+    sets_role: bool = False
+    # new_search_path lasts only until the end of the transaction (SET LOCAL, set_config(.., true)).
+    search_path_local: bool = False
+    # The result's columns in order, with the base columns each may carry (empty: no result set).
+    output_columns: tuple[OutputColumn, ...] = ()
+    # The parse node's name (e.g. "VariableShowStmt", "FetchStmt"), to tell statements of one
+    # kind apart, above all those of kind OTHER.
+    statement_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """A whole query string: its statements, or why it could not be parsed."""
+
+    statements: tuple[StatementFacts, ...]
+    error: str | None = None  # set when the text does not parse: policy must deny
+
+    @property
+    def multiple_statements(self) -> bool:
+        return len(self.statements) > 1

@@ -1,0 +1,176 @@
+"""How relation and function names are spelled in the facts, and how search_path resolves them.
+
+Relations are "schema.name". The parser has already lower-cased unquoted identifiers and kept
+quoted ones exactly, so "Customers" stays case-sensitive; a part holding a dot or a double quote
+is written quoted, so that no name can pass for another.
+
+We do not know which schemas hold which tables, so an unqualified name resolves to the first
+schema of the search path (after "$user", which the gateway has substituted or dropped, and
+pg_catalog, which holds no user tables). PostgreSQL searches pg_catalog before the path unless
+the path lists it, so the well-known catalog relations (pg_class, pg_roles, pg_shadow,
+pg_stat_activity...) resolve to pg_catalog even when the path lists it later: that is where a
+query finds them unless someone has created a same-named table. A temporary table is written
+pg_temp.name when created or named so; an unqualified reference to one resolves like any other
+name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
+"""Used for unqualified names when the path is empty or reset (PostgreSQL's own default)."""
+
+_CATALOG_PREFIXES = ("pg_stat_", "pg_statio_")
+CATALOG_RELATIONS = frozenset(
+    {
+        # tables
+        "pg_aggregate", "pg_am", "pg_amop", "pg_amproc", "pg_attrdef", "pg_attribute",
+        "pg_auth_members", "pg_authid", "pg_cast", "pg_class", "pg_collation", "pg_constraint",
+        "pg_conversion", "pg_database", "pg_db_role_setting", "pg_default_acl", "pg_depend",
+        "pg_description", "pg_enum", "pg_event_trigger", "pg_extension",
+        "pg_foreign_data_wrapper", "pg_foreign_server", "pg_foreign_table", "pg_index",
+        "pg_inherits", "pg_init_privs", "pg_language", "pg_largeobject",
+        "pg_largeobject_metadata", "pg_namespace", "pg_opclass", "pg_operator", "pg_opfamily",
+        "pg_parameter_acl", "pg_partitioned_table", "pg_policy", "pg_proc", "pg_publication",
+        "pg_publication_namespace", "pg_publication_rel", "pg_range", "pg_replication_origin",
+        "pg_rewrite", "pg_seclabel", "pg_sequence", "pg_shdepend", "pg_shdescription",
+        "pg_shseclabel", "pg_statistic", "pg_statistic_ext", "pg_statistic_ext_data",
+        "pg_subscription", "pg_subscription_rel", "pg_tablespace", "pg_transform", "pg_trigger",
+        "pg_ts_config", "pg_ts_config_map", "pg_ts_dict", "pg_ts_parser", "pg_ts_template",
+        "pg_type", "pg_user_mapping",
+        # views
+        "pg_available_extension_versions", "pg_available_extensions", "pg_backend_memory_contexts",
+        "pg_config", "pg_cursors", "pg_file_settings", "pg_group", "pg_hba_file_rules",
+        "pg_ident_file_mappings", "pg_indexes", "pg_locks", "pg_matviews", "pg_policies",
+        "pg_prepared_statements", "pg_prepared_xacts", "pg_publication_tables",
+        "pg_replication_origin_status", "pg_replication_slots", "pg_roles", "pg_rules",
+        "pg_seclabels", "pg_sequences", "pg_settings", "pg_shadow", "pg_shmem_allocations",
+        "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_tables", "pg_timezone_abbrevs",
+        "pg_timezone_names", "pg_user", "pg_user_mappings", "pg_views", "pg_wait_events",
+    }
+)  # fmt: skip
+
+
+def is_catalog_relation(name: str) -> bool:
+    return name in CATALOG_RELATIONS or name.startswith(_CATALOG_PREFIXES)
+
+
+def part(identifier: str) -> str:
+    """One name part as the facts spell it: bare unless a dot or quote would make it ambiguous."""
+    if "." in identifier or '"' in identifier:
+        return '"' + identifier.replace('"', '""') + '"'
+    return identifier
+
+
+def qualified(schema: str, name: str) -> str:
+    return f"{part(schema)}.{part(name)}"
+
+
+def resolution_schema(search_path: Sequence[str]) -> str:
+    """The schema an unqualified, non-catalog name resolves to."""
+    for schema in search_path:
+        if schema not in ("$user", "pg_catalog"):
+            return schema
+    return DEFAULT_SEARCH_PATH[0]
+
+
+class Resolver:
+    """Qualifies relation names against one statement's search path."""
+
+    __slots__ = ("_schema",)
+
+    def __init__(self, search_path: Sequence[str]) -> None:
+        self._schema = resolution_schema(search_path)
+
+    def name(self, schema: str | None, relname: str) -> str:
+        if schema is not None:
+            return qualified(schema, relname)
+        if is_catalog_relation(relname):
+            return qualified("pg_catalog", relname)
+        return qualified(self._schema, relname)
+
+    def range_var(self, range_var: Mapping[str, Any]) -> str:
+        schema = range_var.get("schemaname")
+        if schema is None and range_var.get("relpersistence") == "t":
+            schema = "pg_temp"
+        return self.name(schema, range_var["relname"])
+
+    def dotted(self, parts: Sequence[str]) -> str:
+        """A relation named by its parts, as DROP and COMMENT give it: [catalog.][schema.]name."""
+        if len(parts) == 1:
+            return self.name(None, parts[0])
+        return self.name(parts[-2], parts[-1])
+
+
+def strings(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The values of a list of String nodes (name lists in the parse tree)."""
+    return [node["String"]["sval"] for node in nodes if "String" in node]
+
+
+def function_name(funcname: Iterable[Mapping[str, Any]]) -> str:
+    return ".".join(part(name) for name in strings(funcname))
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
+
+
+def truncated(identifier: str) -> str:
+    """An identifier as PostgreSQL stores it: at most 63 bytes, cut on a character boundary.
+
+    The parser does this for names in the statement; values such as a search_path given as a
+    string are truncated only when the server splits them, so we do it for them here.
+    """
+    encoded = identifier.encode()
+    if len(encoded) <= _MAX_IDENTIFIER_BYTES:
+        return identifier
+    return encoded[:_MAX_IDENTIFIER_BYTES].decode(errors="ignore")
+
+
+def split_identifier_list(text: str) -> tuple[str, ...] | None:
+    """A search_path value as set_config takes it ('crm, "Sales"'); None when malformed.
+
+    Mirrors PostgreSQL's SplitIdentifierString: unquoted names are trimmed and lower-cased
+    (ASCII letters only, as PostgreSQL does), quoted ones kept exactly with "" as an escaped
+    quote; both are truncated to 63 bytes.
+    """
+    names: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            # An empty value is an empty path; a trailing comma is malformed.
+            return tuple(names) if not names else None
+        if text[i] == '"':
+            name_chars: list[str] = []
+            i += 1
+            while True:
+                end = text.find('"', i)
+                if end < 0:
+                    return None
+                name_chars.append(text[i:end])
+                i = end + 1
+                if i < n and text[i] == '"':
+                    name_chars.append('"')
+                    i += 1
+                    continue
+                break
+            name = "".join(name_chars)
+        else:
+            start = i
+            while i < n and text[i] != "," and not text[i].isspace():
+                i += 1
+            name = text[start:i].translate(_ASCII_LOWER)
+        if not name:
+            return None
+        names.append(truncated(name))
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return tuple(names)
+        if text[i] != ",":
+            return None
+        i += 1

@@ -1,0 +1,210 @@
+"""Name scopes of a query and how column references resolve in them.
+
+We never know a base table's columns, so a base relation offers every name (it "possibly" has
+the column); a subquery, CTE or VALUES list offers exactly the names of its output (it
+"definitely" has them, or not). A reference resolves as PostgreSQL resolves it, innermost query
+level first, except that where PostgreSQL would need the catalog to choose we take every
+candidate: an unqualified name matches every base relation of its level and, unless a definite
+match settles it, those of the enclosing levels too (a subquery can read an outer table's column
+by its bare name). Reads are over-approximated; that is the safe side for policy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from custos.sql.facts import ALL_COLUMNS
+
+Source = tuple[str, str]
+"""(schema-qualified relation, column); column ALL_COLUMNS means any column of it."""
+
+NO_SOURCES: frozenset[Source] = frozenset()
+
+
+class Col(NamedTuple):
+    """An output column of a FROM item or query, with the base columns its values come from.
+
+    name None: columns of unknown number and names. A `*` over base relations passes their
+    columns through, so its column `x` is column x of those relations; an opaque one (a
+    function's result) may carry anything of its sources under any name.
+    """
+
+    name: str | None
+    sources: frozenset[Source]
+    opaque: bool = False
+
+
+def _as_named(column: Col, name: str) -> set[Source]:
+    if column.opaque:
+        return set(column.sources)
+    return {(rel, name if col == ALL_COLUMNS else col) for rel, col in column.sources}
+
+
+def base_columns(relation: str) -> list[Col]:
+    return [Col(None, frozenset({(relation, ALL_COLUMNS)}))]
+
+
+def renamed(columns: list[Col], names: list[str]) -> list[Col]:
+    """Apply alias column names (`AS x(a, b)`) to the leading columns."""
+    if not names:
+        return columns
+    result: list[Col] = []
+    pending = iter(names)
+    for index, column in enumerate(columns):
+        if column.name is None:
+            # The expansion's width is unknown: every remaining alias may be any of its columns.
+            result.extend(Col(name, column.sources) for name in pending)
+            result.extend(columns[index:])
+            return result
+        new_name = next(pending, None)
+        result.append(column if new_name is None else Col(new_name, column.sources))
+    return result
+
+
+class Rte:
+    """A FROM item as queries see it: the name it goes by and its columns."""
+
+    __slots__ = (
+        "aliased",
+        "columns",
+        "expands",
+        "plain_relation",
+        "refname",
+        "relation",
+        "touched",
+    )
+
+    def __init__(
+        self,
+        refname: str | None,
+        columns: list[Col],
+        relation: str | None = None,
+        *,
+        aliased: bool = False,
+        expands: bool = True,
+    ) -> None:
+        self.refname = refname
+        self.columns = columns
+        self.relation = relation  # set for a base relation
+        self.aliased = aliased  # an aliased relation cannot be named schema.table
+        self.expands = expands  # False: not part of `*` (RETURNING's old / new)
+        self.touched = 0  # references resolved to it, to see whether a WHERE uses the target
+        # A base relation without alias column names: any name is that column of it.
+        self.plain_relation = relation if len(columns) == 1 else None
+
+    def lookup(self, name: str) -> tuple[bool, set[Source]] | None:
+        """(definite, sources) when this item may have a column `name`, else None."""
+        if self.plain_relation is not None:
+            return False, {(self.plain_relation, name)}
+        named: set[Source] | None = None
+        unnamed: set[Source] | None = None
+        for column in self.columns:
+            if column.name == name:
+                named = set(column.sources) if named is None else named | column.sources
+            elif column.name is None:
+                found = _as_named(column, name)
+                unnamed = found if unnamed is None else unnamed | found
+        if named is not None:
+            return True, named
+        if unnamed is not None:
+            return False, unnamed
+        return None
+
+    def whole_row(self) -> set[Source]:
+        sources: set[Source] = set()
+        for column in self.columns:
+            sources |= column.sources
+        return sources
+
+
+class Scope:
+    """One query level: its FROM items, its CTEs, and the enclosing level."""
+
+    __slots__ = ("ctes", "parent", "rtes")
+
+    def __init__(
+        self,
+        parent: Scope | None,
+        rtes: list[Rte] | None = None,
+        ctes: dict[str, list[Col]] | None = None,
+    ) -> None:
+        self.parent = parent
+        self.rtes: list[Rte] = [] if rtes is None else rtes
+        self.ctes: dict[str, list[Col]] = {} if ctes is None else ctes
+
+    def find_cte(self, name: str) -> list[Col] | None:
+        scope: Scope | None = self
+        while scope is not None:
+            found = scope.ctes.get(name)
+            if found is not None:
+                return found
+            scope = scope.parent
+        return None
+
+    def find_rte(self, refname: str) -> Rte | None:
+        scope: Scope | None = self
+        while scope is not None:
+            for rte in scope.rtes:
+                if rte.refname == refname:
+                    return rte
+            scope = scope.parent
+        return None
+
+
+def resolve_name(scope: Scope | None, name: str) -> set[Source]:
+    """An unqualified column reference (or a whole-row reference to a FROM item's name)."""
+    sources: set[Source] = set()
+    level = scope
+    while level is not None:
+        definite: list[tuple[Rte, set[Source]]] = []
+        possible: list[tuple[Rte, set[Source]]] = []
+        for rte in level.rtes:
+            hit = rte.lookup(name)
+            if hit is not None:
+                (definite if hit[0] else possible).append((rte, hit[1]))
+        for rte, found in definite or possible:
+            rte.touched += 1
+            sources |= found
+        if definite:
+            return sources
+        level = level.parent
+    # PostgreSQL takes a bare FROM item name as a whole-row reference when no column has it.
+    named = scope.find_rte(name) if scope is not None else None
+    if named is not None:
+        named.touched += 1
+        sources |= named.whole_row()
+    return sources
+
+
+def resolve_qualified(scope: Scope | None, qualifier: str, name: str) -> set[Source]:
+    """`q.name`: a column of the FROM item q, or else field `name` of a composite column q."""
+    rte = scope.find_rte(qualifier) if scope is not None else None
+    if rte is None:
+        return resolve_name(scope, qualifier)
+    rte.touched += 1
+    hit = rte.lookup(name)
+    return set() if hit is None else hit[1]
+
+
+def resolve_schema_qualified(
+    scope: Scope | None, schema: str, table: str, name: str, relation: str
+) -> set[Source]:
+    """`schema.table.name` (relation: the two qualified), or else `q.composite.field`."""
+    level = scope
+    while level is not None:
+        for rte in level.rtes:
+            if rte.relation == relation and rte.refname == table and not rte.aliased:
+                rte.touched += 1
+                hit = rte.lookup(name)
+                return set() if hit is None else hit[1]
+        level = level.parent
+    return resolve_qualified(scope, schema, table)
+
+
+def whole_row_of(scope: Scope | None, qualifier: str) -> set[Source]:
+    """`q.*`, or `schema.table.*` given as its table name."""
+    rte = scope.find_rte(qualifier) if scope is not None else None
+    if rte is None:
+        return set()
+    rte.touched += 1
+    return rte.whole_row()

@@ -1,0 +1,695 @@
+"""The walk over queries and expressions: what a statement reads, writes and calls.
+
+Works on pglast's JSON parse tree (parse_sql_json + json.loads), which is several times faster
+to get than pglast's Python AST. A node is {"NodeType": {fields}}; fields typed as a specific
+node (a RangeVar relation, a set operation's branches) hold the fields directly.
+
+Every column reference is recorded where it occurs, resolved through aliases, CTEs and
+subqueries to base relation columns (see scope.py). A query's output columns carry their
+lineage (the base columns their values come from) so that outer references and the statement's
+result can be traced back. Expression nodes the walk has no rule for are walked generically, so
+a column reference or function call is found wherever it sits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from custos.sql import literals
+from custos.sql.collector import Collector, SearchPathCall
+from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementKind
+from custos.sql.names import function_name, split_identifier_list, strings
+from custos.sql.risks import (
+    PATTERN_EXPR_KINDS,
+    PATTERN_OPERATORS,
+    ROLE_SETTINGS,
+    SQL_TEXT_FUNCTIONS,
+)
+from custos.sql.scope import (
+    NO_SOURCES,
+    Col,
+    Rte,
+    Scope,
+    Source,
+    base_columns,
+    renamed,
+    resolve_name,
+    resolve_qualified,
+    resolve_schema_qualified,
+    whole_row_of,
+)
+
+Node = Mapping[str, Any]
+K = StatementKind
+
+QUERY_NODE_TYPES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_SOURCE_SUBLINKS = frozenset({"EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK"})
+_FUNCTION_FROM_ITEMS = frozenset({"RangeFunction", "RangeTableFunc", "JsonTable"})
+
+
+def only(node: Node) -> tuple[str, Any]:
+    """The type and fields of a wrapped node."""
+    for item in node.items():
+        return item
+    return "", {}
+
+
+def _alias_names(alias: Node | None) -> list[str]:
+    return strings(alias.get("colnames") or ()) if alias else []
+
+
+def _union(left: list[Col], right: list[Col]) -> list[Col]:
+    """The columns of a UNION / INTERSECT / EXCEPT: each side's values, position by position."""
+    if len(left) == len(right) and all(c.name is not None for c in (*left, *right)):
+        return [Col(a.name, a.sources | b.sources) for a, b in zip(left, right, strict=True)]
+    # A `*` of unknown width breaks the positions: any column may carry any of the values.
+    everything = frozenset().union(*(c.sources for c in (*left, *right)))
+    opaque = any(c.opaque for c in (*left, *right))
+    named = [Col(c.name, everything) for c in left if c.name is not None]
+    return [*named, Col(None, everything, opaque)]
+
+
+def output_name(node: Node) -> str:
+    """The column name PostgreSQL gives an unaliased SELECT-list expression."""
+    node_type, body = only(node)
+    if node_type == "ColumnRef":
+        last = body["fields"][-1]
+        return last["String"]["sval"] if "String" in last else "?column?"
+    if node_type == "FuncCall":
+        return str(body["funcname"][-1]["String"]["sval"])
+    if node_type == "TypeCast":
+        inner = output_name(body.get("arg", {}))
+        if inner != "?column?":
+            return inner
+        names = strings(body.get("typeName", {}).get("names") or ())
+        return names[-1] if names else inner
+    return _FIXED_NAMES.get(node_type, "?column?")
+
+
+_FIXED_NAMES = {
+    "CaseExpr": "case",
+    "A_ArrayExpr": "array",
+    "RowExpr": "row",
+    "CoalesceExpr": "coalesce",
+}
+
+
+class Walker:
+    """Walks one statement's queries and expressions into its Collector."""
+
+    __slots__ = ("_c", "_sink")
+
+    def __init__(self, collector: Collector) -> None:
+        self._c = collector
+        # The lineage of the output column being walked, when there is one.
+        self._sink: set[Source] | None = None
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def query(self, node: Node, outer: Scope | None, *, record_star: bool = True) -> list[Col]:
+        """A wrapped query (subquery, CTE body, INSERT source); returns its output columns."""
+        node_type, body = only(node)
+        return self.query_body(node_type, body, outer, record_star=record_star)
+
+    def query_body(
+        self, node_type: str, body: Node, outer: Scope | None, *, record_star: bool = True
+    ) -> list[Col]:
+        if node_type == "SelectStmt":
+            return self.select(body, outer, record_star=record_star)
+        if node_type == "InsertStmt":
+            return self.insert(body, outer)
+        if node_type == "UpdateStmt":
+            return self.update(body, outer)
+        if node_type == "DeleteStmt":
+            return self.delete(body, outer)
+        if node_type == "MergeStmt":
+            return self.merge(body, outer)
+        # Not a query we know: fail closed, but still find what it names and calls.
+        self._c.dynamic = True
+        self.expr(body, outer)
+        return [Col(None, NO_SOURCES, opaque=True)]
+
+    def select(self, body: Node, outer: Scope | None, *, record_star: bool = True) -> list[Col]:
+        scope = Scope(outer)
+        with_clause = body.get("withClause")
+        if with_clause is not None:
+            self.with_clause(with_clause, scope)
+        if body.get("op", "SETOP_NONE") != "SETOP_NONE":
+            left = self.select(body["larg"], scope, record_star=record_star)
+            right = self.select(body["rarg"], scope, record_star=record_star)
+            columns = _union(left, right)
+        elif "valuesLists" in body:
+            columns = self.values(body["valuesLists"], scope)
+        else:
+            self._c.kinds.add(K.SELECT)
+            from_clause = body.get("fromClause")
+            if from_clause:
+                self.from_clause(from_clause, scope)
+            columns = self.target_list(body.get("targetList") or (), scope, record_star)
+            for key in ("whereClause", "havingClause", "windowClause"):
+                clause = body.get(key)
+                if clause:
+                    self.expr(clause, scope)
+            for key in ("groupClause", "distinctClause"):
+                clause = body.get(key)
+                if clause:
+                    self.output_refs(clause, scope, columns)
+        sort_clause = body.get("sortClause")
+        if sort_clause:
+            self.output_refs(sort_clause, scope, columns)
+        for key in ("limitOffset", "limitCount"):
+            clause = body.get(key)
+            if clause:
+                self.expr(clause, scope)
+        return columns
+
+    def values(self, rows: Sequence[Node], scope: Scope) -> list[Col]:
+        lineage: list[set[Source]] = []
+        for row in rows:
+            for index, item in enumerate(row["List"].get("items") or ()):
+                sources = self.sunk(item, scope)
+                if index < len(lineage):
+                    lineage[index] |= sources
+                else:
+                    lineage.append(sources)
+        return [Col(f"column{i}", frozenset(s)) for i, s in enumerate(lineage, start=1)]
+
+    def target_list(self, items: Iterable[Node], scope: Scope, record_star: bool) -> list[Col]:
+        columns: list[Col] = []
+        for item in items:
+            target = item["ResTarget"]
+            value = target.get("val")
+            if value is None:
+                continue
+            ref = value.get("ColumnRef")
+            if ref is not None:
+                last = ref["fields"][-1]
+                if "A_Star" in last:
+                    expanded = self.star(ref["fields"], scope)
+                    if record_star:
+                        for column in expanded:
+                            self._use(column.sources)
+                    columns.extend(expanded)
+                    continue
+                # A plain column, the most common target: no need for a lineage sink.
+                sources = self.column_sources(ref["fields"], scope)
+                self._use(sources)
+                name = target.get("name") or last["String"]["sval"]
+            else:
+                sources = self.sunk(value, scope)
+                name = target.get("name") or output_name(value)
+            columns.append(Col(name, frozenset(sources)))
+        return columns
+
+    def star(self, fields: Sequence[Node], scope: Scope) -> list[Col]:
+        """The columns `*` or `q.*` stands for in a SELECT list or RETURNING."""
+        qualifier = strings(fields[:-1])
+        if qualifier:
+            found = scope.find_rte(qualifier[-1])
+            rtes = [] if found is None else [found]
+        else:
+            rtes = [rte for rte in scope.rtes if rte.expands]
+        columns: list[Col] = []
+        for rte in rtes:
+            rte.touched += 1
+            columns.extend(rte.columns)
+        return columns
+
+    def output_refs(self, items: Iterable[Node], scope: Scope, columns: list[Col]) -> None:
+        """ORDER BY / GROUP BY / DISTINCT ON, where a bare name may be an output column."""
+        names = {column.name for column in columns}
+        for item in items:
+            sort_by = item.get("SortBy")
+            node = sort_by.get("node", {}) if sort_by is not None else item
+            ref = node.get("ColumnRef")
+            if ref is not None and len(ref["fields"]) == 1:
+                field = ref["fields"][0]
+                if "String" in field and field["String"]["sval"] in names:
+                    continue  # an output column: its reads were recorded with it
+            self.expr(item, scope)
+
+    def with_clause(self, clause: Node, scope: Scope) -> None:
+        ctes = [item["CommonTableExpr"] for item in clause.get("ctes") or ()]
+        recursive = bool(clause.get("recursive"))
+        if recursive:
+            # Every CTE of a recursive WITH is visible in all of them, itself included.
+            for cte in ctes:
+                placeholder = [Col(None, NO_SOURCES, opaque=True)]
+                scope.ctes[cte["ctename"]] = renamed(
+                    placeholder, strings(cte.get("aliascolnames") or ())
+                )
+        for cte in ctes:
+            names = strings(cte.get("aliascolnames") or ())
+            query = cte["ctequery"]
+            select = query.get("SelectStmt")
+            if (
+                recursive
+                and select is not None
+                and select.get("op", "SETOP_NONE") != "SETOP_NONE"
+                and "withClause" not in select
+            ):
+                # The non-recursive term fixes the columns the recursive term reads back.
+                left = self.select(select["larg"], scope)
+                scope.ctes[cte["ctename"]] = renamed(left, names)
+                right = self.select(select["rarg"], scope)
+                columns = _union(left, right)
+                for key in ("sortClause", "limitOffset", "limitCount"):
+                    self.expr(select.get(key), scope)
+            else:
+                columns = self.query(query, scope)
+            scope.ctes[cte["ctename"]] = renamed(columns, names)
+
+    # -- FROM ------------------------------------------------------------------------------
+
+    def from_clause(self, items: Iterable[Node], scope: Scope) -> None:
+        for item in items:
+            scope.rtes.extend(self.from_item(item, scope, scope.rtes))
+
+    def from_item(self, item: Node, scope: Scope, lateral: list[Rte]) -> list[Rte]:
+        """The FROM items `item` makes visible; `lateral`: those a LATERAL item may use."""
+        node_type, body = only(item)
+        if node_type == "RangeVar":
+            return [self.range_var(body, scope)]
+        if node_type == "JoinExpr":
+            return self.join(body, scope, lateral)
+        if node_type == "RangeSubselect":
+            inner = Scope(scope.parent, list(lateral) if body.get("lateral") else None, scope.ctes)
+            columns = self.query(body["subquery"], inner)
+            alias = body.get("alias")
+            refname = alias["aliasname"] if alias else None
+            return [Rte(refname, renamed(columns, _alias_names(alias)))]
+        if node_type in _FUNCTION_FROM_ITEMS:
+            return [self.function_item(node_type, body, scope, lateral)]
+        if node_type == "RangeTableSample":
+            rtes = self.from_item(body["relation"], scope, lateral)
+            self.expr(body.get("args"), scope)
+            self.expr(body.get("repeatable"), scope)
+            return rtes
+        self._c.dynamic = True
+        self.expr(body, scope)
+        return []
+
+    def range_var(self, range_var: Node, scope: Scope) -> Rte:
+        name = range_var["relname"]
+        alias = range_var.get("alias")
+        refname = alias["aliasname"] if alias else name
+        if "schemaname" not in range_var:
+            cte = scope.find_cte(name)
+            if cte is not None:
+                return Rte(refname, renamed(cte, _alias_names(alias)))
+        relation = self._c.resolver.range_var(range_var)
+        self._c.relations_read.add(relation)
+        columns = renamed(base_columns(relation), _alias_names(alias))
+        return Rte(refname, columns, relation, aliased=alias is not None)
+
+    def function_item(self, node_type: str, body: Node, scope: Scope, lateral: list[Rte]) -> Rte:
+        # Functions in FROM are implicitly LATERAL; their result may carry anything of their
+        # arguments, so every column of it has the arguments' lineage.
+        sources = frozenset(self.sunk(body, Scope(scope.parent, list(lateral), scope.ctes)))
+        alias = body.get("alias")
+        names = _alias_names(alias)
+        refname = alias["aliasname"] if alias else None
+        if node_type == "RangeFunction":
+            definitions = list(body.get("coldeflist") or ())
+            for function in body.get("functions") or ():
+                call, *rest = function["List"].get("items") or [{}]
+                definitions += _items(rest[0]) if rest else []
+                if refname is None and "FuncCall" in call:
+                    refname = call["FuncCall"]["funcname"][-1]["String"]["sval"]
+            names += [d["ColumnDef"]["colname"] for d in definitions if "ColumnDef" in d]
+        else:
+            for column in body.get("columns") or ():
+                _, definition = only(column)
+                name = definition.get("colname") or definition.get("name")
+                if name:
+                    names.append(name)
+        columns = [Col(name, sources, opaque=True) for name in names]
+        columns.append(Col(None, sources, opaque=True))
+        return Rte(refname, columns)
+
+    def join(self, body: Node, scope: Scope, lateral: list[Rte]) -> list[Rte]:
+        left = self.from_item(body["larg"], scope, lateral)
+        right = self.from_item(body["rarg"], scope, [*lateral, *left])
+        both = [*left, *right]
+        quals = body.get("quals")
+        if quals is not None:
+            self.expr(quals, Scope(scope.parent, both, scope.ctes))
+        merged: list[Col] = []
+        for name in strings(body.get("usingClause") or ()):
+            sources: set[Source] = set()
+            for side in (left, right):
+                sources |= resolve_name(Scope(None, side), name)
+            self._use(sources)
+            merged.append(Col(name, frozenset(sources)))
+        if body.get("isNatural"):
+            # The common columns are compared: we cannot tell which, so all of them are read.
+            for rte in both:
+                rte.touched += 1
+                self._use(rte.whole_row())
+        alias = body.get("alias")
+        if alias:
+            columns = [column for rte in both for column in rte.columns]
+            return [Rte(alias["aliasname"], renamed(columns, _alias_names(alias)))]
+        using_alias = body.get("join_using_alias")
+        if using_alias:
+            both.append(Rte(using_alias["aliasname"], merged, expands=False))
+        return both
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _target(self, range_var: Node) -> tuple[str, Rte]:
+        relation = self._c.resolver.range_var(range_var)
+        alias = range_var.get("alias")
+        refname = alias["aliasname"] if alias else range_var["relname"]
+        return relation, Rte(refname, base_columns(relation), relation, aliased=alias is not None)
+
+    def insert(self, body: Node, outer: Scope | None) -> list[Col]:
+        scope = Scope(outer)
+        if "withClause" in body:
+            self.with_clause(body["withClause"], scope)
+        self._c.kinds.add(K.INSERT)
+        relation, target = self._target(body["relation"])
+        columns = [item["ResTarget"]["name"] for item in body.get("cols") or ()]
+        self._c.write(relation, columns or (ALL_COLUMNS,))
+        source = body.get("selectStmt")
+        if source is not None:
+            self.query(source, scope)
+        conflict = body.get("onConflictClause")
+        if conflict is not None:
+            excluded = Rte("excluded", [], expands=False)  # the proposed row: no stored data
+            conflict_scope = Scope(scope, [target, excluded])
+            infer = conflict.get("infer") or {}
+            for element in infer.get("indexElems") or ():
+                index = element["IndexElem"]
+                if "name" in index:
+                    self._use(resolve_name(conflict_scope, index["name"]))
+                self.expr(index.get("expr"), conflict_scope)
+            self.expr(infer.get("whereClause"), conflict_scope)
+            if conflict.get("action") == "ONCONFLICT_UPDATE":
+                self._c.kinds.add(K.UPDATE)
+                self.set_targets(conflict.get("targetList") or (), relation, conflict_scope)
+                self.expr(conflict.get("whereClause"), conflict_scope)
+        return self.returning(body.get("returningClause"), Scope(scope, [target]), target)
+
+    def update(self, body: Node, outer: Scope | None) -> list[Col]:
+        scope = Scope(outer)
+        if "withClause" in body:
+            self.with_clause(body["withClause"], scope)
+        self._c.kinds.add(K.UPDATE)
+        relation, target = self._target(body["relation"])
+        if relation == "pg_catalog.pg_settings":
+            self._c.dynamic = True  # its update rule calls set_config: any setting may change
+        scope.rtes.append(target)
+        from_clause = body.get("fromClause")
+        if from_clause:
+            self.from_clause(from_clause, scope)
+        self.set_targets(body.get("targetList") or (), relation, scope)
+        self.where(body.get("whereClause"), scope, target)
+        return self.returning(body.get("returningClause"), scope, target)
+
+    def delete(self, body: Node, outer: Scope | None) -> list[Col]:
+        scope = Scope(outer)
+        if "withClause" in body:
+            self.with_clause(body["withClause"], scope)
+        self._c.kinds.add(K.DELETE)
+        relation, target = self._target(body["relation"])
+        self._c.write(relation)
+        scope.rtes.append(target)
+        using = body.get("usingClause")
+        if using:
+            self.from_clause(using, scope)
+        self.where(body.get("whereClause"), scope, target)
+        return self.returning(body.get("returningClause"), scope, target)
+
+    def merge(self, body: Node, outer: Scope | None) -> list[Col]:
+        scope = Scope(outer)
+        if "withClause" in body:
+            self.with_clause(body["withClause"], scope)
+        self._c.kinds.add(K.MERGE)
+        relation, target = self._target(body["relation"])
+        self._c.write(relation)
+        scope.rtes.append(target)
+        scope.rtes.extend(self.from_item(body["sourceRelation"], scope, []))
+        join = body.get("joinCondition")
+        matches_all = join is None or self.may_match_all(join, scope, target)
+        for item in body.get("mergeWhenClauses") or ():
+            when = item["MergeWhenClause"]
+            condition = when.get("condition")
+            self.expr(condition, scope)
+            command = when.get("commandType")
+            if command == "CMD_UPDATE":
+                self._c.kinds.add(K.UPDATE)
+                self.set_targets(when.get("targetList") or (), relation, scope)
+            elif command == "CMD_INSERT":
+                self._c.kinds.add(K.INSERT)
+                names = [t["ResTarget"]["name"] for t in when.get("targetList") or ()]
+                self._c.write(relation, names or (ALL_COLUMNS,))
+                self.expr(when.get("values"), scope)
+            elif command == "CMD_DELETE":
+                self._c.kinds.add(K.DELETE)
+            if command in ("CMD_UPDATE", "CMD_DELETE") and condition is None:
+                by_source = when.get("matchKind") == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE"
+                if by_source or matches_all:
+                    self._c.without_where = True
+        return self.returning(body.get("returningClause"), scope, target)
+
+    def set_targets(self, items: Iterable[Node], relation: str, scope: Scope) -> None:
+        names: list[str] = []
+        for item in items:
+            target = item["ResTarget"]
+            names.append(target["name"])
+            self.expr(target.get("indirection"), scope)
+            value = target.get("val")
+            multi = value.get("MultiAssignRef") if value is not None else None
+            if multi is not None:
+                # (a, b) = (SELECT ...) repeats the source for every column: walk it once.
+                if multi.get("colno", 1) == 1:
+                    self.expr(multi.get("source"), scope)
+            else:
+                self.expr(value, scope)
+        self._c.write(relation, names)
+
+    def where(self, where: Node | None, scope: Scope, target: Rte) -> None:
+        if where is None or self.may_match_all(where, scope, target):
+            self._c.without_where = True
+
+    def may_match_all(self, node: Node, scope: Scope, target: Rte) -> bool:
+        """Walk a condition; say whether it may hold for every row of the target.
+
+        A condition that never reads the target's columns (`true`, `1 = 1`, `$1`, EXISTS of
+        another table) is all or nothing; so is an OR with such a branch.
+        """
+        bool_expr = node.get("BoolExpr")
+        if bool_expr is not None and bool_expr.get("boolop") in ("AND_EXPR", "OR_EXPR"):
+            verdicts = [self.may_match_all(arg, scope, target) for arg in bool_expr["args"]]
+            constant = literals.truth(node)
+            if constant is not None:
+                return constant
+            return any(verdicts) if bool_expr["boolop"] == "OR_EXPR" else all(verdicts)
+        if "CurrentOfExpr" in node:
+            return False
+        before = target.touched
+        self.expr(node, scope)
+        constant = literals.truth(node)
+        if constant is not None:
+            return constant
+        return target.touched == before
+
+    def returning(self, clause: Node | None, scope: Scope, target: Rte) -> list[Col]:
+        if clause is None:
+            return []
+        names = {"RETURNING_OPTION_OLD": "old", "RETURNING_OPTION_NEW": "new"}
+        for option in clause.get("options") or ():
+            spec = option["ReturningOption"]
+            names[spec.get("option", "RETURNING_OPTION_OLD")] = spec.get("value", "")
+        aliases = [
+            Rte(name, target.columns, target.relation, aliased=True, expands=False)
+            for name in names.values()
+        ]
+        returning_scope = Scope(scope.parent, [*scope.rtes, *aliases], scope.ctes)
+        return self.target_list(clause.get("exprs") or (), returning_scope, True)
+
+    # -- expressions -----------------------------------------------------------------------
+
+    def expr(self, node: Any, scope: Scope | None) -> None:
+        if type(node) is list:
+            for item in node:
+                self.expr(item, scope)
+            return
+        if type(node) is not dict:
+            return
+        for key, value in node.items():
+            handler = _HANDLERS.get(key)
+            if handler is not None:
+                handler(self, value, scope)
+            elif type(value) is dict or type(value) is list:
+                self.expr(value, scope)
+
+    def sunk(self, node: Any, scope: Scope | None) -> set[Source]:
+        """Walk an expression; return the lineage of its value."""
+        outer = self._sink
+        sink: set[Source] = set()
+        self._sink = sink
+        self.expr(node, scope)
+        self._sink = outer
+        return sink
+
+    def _use(self, sources: Iterable[Source]) -> None:
+        self._c.read(sources)
+        if self._sink is not None:
+            self._sink.update(sources)
+
+    def column_ref(self, body: Node, scope: Scope | None) -> None:
+        self._use(self.column_sources(body["fields"], scope))
+
+    def column_sources(self, fields: Sequence[Node], scope: Scope | None) -> set[Source]:
+        """What a column reference (its name parts) reads."""
+        # The common cases first, without building name lists: `name` and `q.name`.
+        first = fields[0].get("String")
+        if first is not None:
+            if len(fields) == 1:
+                return resolve_name(scope, first["sval"])
+            second = fields[1].get("String")
+            if len(fields) == 2 and second is not None:
+                return resolve_qualified(scope, first["sval"], second["sval"])
+        if "A_Star" in fields[-1]:
+            qualifier = strings(fields[:-1])
+            if qualifier:
+                return whole_row_of(scope, qualifier[-1])
+            sources: set[Source] = set()
+            for rte in scope.rtes if scope is not None else ():
+                rte.touched += 1
+                sources |= rte.whole_row()
+            return sources
+        names = strings(fields)
+        # schema.table.column (catalog.schema.table.column), else table.composite.field
+        schema, table, column = names[-3:]
+        relation = self._c.resolver.name(schema, table)
+        sources = resolve_schema_qualified(scope, schema, table, column, relation)
+        if len(names) > 3:
+            sources |= resolve_qualified(scope, names[0], names[1])
+        return sources
+
+    def func_call(self, body: Node, scope: Scope | None) -> None:
+        parts = strings(body["funcname"])
+        self._c.functions.add(function_name(body["funcname"]))
+        name = parts[-1] if parts else ""
+        if name in SQL_TEXT_FUNCTIONS:
+            self._c.dynamic = True
+        elif name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
+            self.set_config(body.get("args") or (), body)
+        for key in ("args", "agg_order", "agg_filter", "over"):
+            value = body.get(key)
+            if value:
+                self.expr(value, scope)
+
+    def set_config(self, args: Sequence[Node], call: Node) -> None:
+        self._c.kinds.add(K.SET)
+        setting = literals.string(args[0]) if args else None
+        if setting is None:
+            self._c.dynamic = True  # which setting changes is decided at run time
+            return
+        setting = setting.strip().lower()
+        if setting in ROLE_SETTINGS:
+            self._c.sets_role = True
+        elif setting == "search_path":
+            value = literals.string(args[1]) if len(args) > 1 else None
+            path = split_identifier_list(value) if value is not None else None
+            local = literals.boolean(args[2]) if len(args) > 2 else None
+            self._c.search_path_calls.append(SearchPathCall(call, path, local))
+
+    def sublink(self, body: Node, scope: Scope | None) -> None:
+        link_type = body.get("subLinkType")
+        operator_name = body.get("operName")
+        operator = operator_name[-1]["String"]["sval"] if operator_name else ""
+        if operator in PATTERN_OPERATORS:
+            # email LIKE ANY (SELECT pattern FROM ...): a match against computed patterns
+            tested = self.sunk(body.get("testexpr"), scope)
+            if self._sink is not None:
+                self._sink |= tested
+            self.add_patterns(tested, operator, None)
+        else:
+            self.expr(body.get("testexpr"), scope)
+        outer = self._sink
+        self._sink = None
+        # EXISTS ignores its SELECT list, so `EXISTS (SELECT * ...)` reads no column.
+        columns = self.query(body["subselect"], scope, record_star=link_type != "EXISTS_SUBLINK")
+        self._sink = outer
+        if outer is not None and link_type in _SOURCE_SUBLINKS:
+            for column in columns:
+                outer |= column.sources
+
+    def a_expr(self, body: Node, scope: Scope | None) -> None:
+        kind = body.get("kind")
+        name = body.get("name")
+        operator = name[-1]["String"]["sval"] if name else ""
+        if operator in PATTERN_OPERATORS and kind in PATTERN_EXPR_KINDS:
+            self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
+            return
+        self.expr(body.get("lexpr"), scope)
+        self.expr(body.get("rexpr"), scope)
+
+    def pattern_match(self, body: Node, scope: Scope | None, similar: bool, operator: str) -> None:
+        left = self.sunk(body.get("lexpr"), scope)
+        right = self.sunk(body.get("rexpr"), scope)
+        if self._sink is not None:
+            self._sink |= left | right
+        quantified = body.get("kind") in ("AEXPR_OP_ANY", "AEXPR_OP_ALL")
+        pattern = None if quantified else literals.pattern(body.get("rexpr"))
+        self.add_patterns(left, operator, pattern, similar=similar)
+        # A column on the pattern side is matched against too; its pattern is an expression.
+        self.add_patterns(right - left, operator, None, similar=similar)
+
+    def add_patterns(
+        self,
+        columns: set[Source],
+        operator: str,
+        pattern: str | ParameterRef | None,
+        *,
+        similar: bool = False,
+    ) -> None:
+        fact_operator, negated = PATTERN_OPERATORS[operator]
+        if similar:
+            fact_operator = "similar"
+        for relation, column in sorted(columns):
+            match = PatternMatch(relation, column, fact_operator, pattern, negated)
+            self._c.patterns[match] = None
+
+    def stray_relation(self, body: Node, scope: Scope | None) -> None:
+        # A relation where the walk expects none: it is read, every column of it.
+        relation = self._c.resolver.range_var(body)
+        self._use({(relation, ALL_COLUMNS)})
+        self._c.dynamic = True
+
+
+def _items(node: Any) -> list[Node]:
+    return (
+        list(node["List"].get("items") or ()) if isinstance(node, dict) and "List" in node else []
+    )
+
+
+def _skip(walker: Walker, body: Node, scope: Scope | None) -> None:
+    return None
+
+
+def _type_cast(walker: Walker, body: Node, scope: Scope | None) -> None:
+    walker.expr(body.get("arg"), scope)
+
+
+def _select(walker: Walker, body: Node, scope: Scope | None) -> None:
+    walker.select(body, scope)
+
+
+_HANDLERS: dict[str, Callable[[Walker, Node, Scope | None], None]] = {
+    "ColumnRef": Walker.column_ref,
+    "FuncCall": Walker.func_call,
+    "SubLink": Walker.sublink,
+    "A_Expr": Walker.a_expr,
+    "TypeCast": _type_cast,
+    "A_Const": _skip,
+    "ParamRef": _skip,
+    "String": _skip,
+    "SelectStmt": _select,
+    "RangeVar": Walker.stray_relation,
+}

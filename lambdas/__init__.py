@@ -1,0 +1,1 @@
+"""AWS Lambda handlers: thin adapters (aws-lambda-powertools) over the custos core."""

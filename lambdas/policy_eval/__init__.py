@@ -1,0 +1,1 @@
+"""The policy evaluation Lambda: decides one query for the proxy under the policy in S3."""
