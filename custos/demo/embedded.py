@@ -33,6 +33,7 @@ from custos.demo.postgres import (
 from custos.identity.dev_issuer import DevIssuer
 
 GATEWAY_LOGIN = "custos_gateway"
+DEMO_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 
 DEMO_ROLES: list[dict[str, Any]] = [
     {
@@ -100,7 +101,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
         "upstream": {"dsn": upstream_dsn},
         "tls": {"cert_file": str(bundle.server_cert), "key_file": str(bundle.server_key)},
         "dev_issuer_dir": str(directory / "dev-issuer"),
-        "roles": DEMO_ROLES,
+        "policy": {"file": str(DEMO_POLICY)},
     }
     path = directory / "custos.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -155,6 +156,14 @@ def run_demo(listen: str) -> int:
     return 0
 
 
+_EXAMPLES = """
+  SELECT id, status, total_cents FROM crm.orders ORDER BY id LIMIT 5;   -- allowed
+  SELECT email FROM crm.customers;          -- refused: bulk export of customer data
+  DELETE FROM crm.orders;                   -- refused: DELETE without WHERE
+  UPDATE crm.orders SET status = 'paid' WHERE id = 1;   -- needs a person's approval
+"""
+
+
 def _instructions(port: int, token: str, ca_cert: Path, work: Path) -> str:
     return f"""
 Custos demo is running: gateway on 127.0.0.1:{port}, fake customers in schema crm.
@@ -165,7 +174,12 @@ Connect as the role 'agent' with a fresh token (valid for 1 hour):
   psql "host=localhost port={port} dbname={DEMO_DATABASE} user=agent \\
         sslmode=verify-full sslrootcert={ca_cert}"
 
-Mint more tokens (roles: agent for subjects agent-*, analyst for group analysts, dba for group dba):
+The demo policy ({DEMO_POLICY}) decides every statement. Try:
+{_EXAMPLES}
+and ask why with:  custos policy explain {DEMO_POLICY} --role agent "SELECT ..."
+
+Mint more tokens (roles: agent for subjects agent-*, analyst for group analysts,
+dba for group dba):
 
   custos token --dev-issuer {work / "dev-issuer"} --role analyst --sub alice --groups analysts
 

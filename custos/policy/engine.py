@@ -260,6 +260,11 @@ class PolicyEngine:
         self._role_rules: dict[str, tuple[_Rule, ...]] = {}
         self._profiles: dict[int, _Profile] = {}
 
+    @property
+    def time_dependent(self) -> bool:
+        """True when a rule has a time window: a statement's decision may change by the hour."""
+        return self._has_time_windows
+
     def decide(self, request: DecisionRequest) -> Decision:
         analysis = request.analysis
         if analysis.error is not None:

@@ -1,17 +1,31 @@
-"""The in-process decision point: the policy engine, called directly."""
+"""The in-process decision point: the policy engine, called directly, with a memo.
+
+A session sends the same few statements over and over (an ORM's queries, a
+benchmark's one SELECT). The analysis cache hands back the same Analysis
+object for the same text, so a decision can be remembered by that object's
+identity, the role and the parameters, for as long as the policy version
+stays the same and no rule depends on the time of day.
+"""
 
 from __future__ import annotations
 
-from custos.policy.engine import Decision, DecisionRequest
+from collections import OrderedDict
+
+from custos.policy.engine import Decision, DecisionRequest, PolicyEngine
 from custos.policy.source import PolicySource
 from custos.sql.facts import Analysis
 
+_MemoKey = tuple[str, int, tuple[str | None, ...]]
+# Parameters are part of the key; large values (a document being inserted) are not worth it.
+_MEMO_PARAMETER_BYTES = 4096
+
 
 class InProcessDecisionPoint:
-    """Decides with whatever policy version the source holds right now."""
-
-    def __init__(self, source: PolicySource) -> None:
+    def __init__(self, source: PolicySource, memo_entries: int = 10_000) -> None:
         self._source = source
+        self._memo_entries = memo_entries
+        self._memo: OrderedDict[_MemoKey, tuple[Analysis, Decision]] = OrderedDict()
+        self._memo_engine: PolicyEngine | None = None
 
     def decide(
         self,
@@ -20,4 +34,23 @@ class InProcessDecisionPoint:
         parameters: tuple[str | None, ...],
         search_path: tuple[str, ...],
     ) -> Decision:
-        return self._source.current().decide(DecisionRequest(role, analysis, parameters))
+        engine = self._source.current()
+        if engine.time_dependent or _too_large(parameters):
+            return engine.decide(DecisionRequest(role, analysis, parameters))
+        if engine is not self._memo_engine:
+            self._memo.clear()
+            self._memo_engine = engine
+        key = (role, id(analysis), parameters)
+        remembered = self._memo.get(key)
+        # The entry holds the analysis, so its id cannot be reused while the entry lives.
+        if remembered is not None and remembered[0] is analysis:
+            return remembered[1]
+        decision = engine.decide(DecisionRequest(role, analysis, parameters))
+        self._memo[key] = (analysis, decision)
+        if len(self._memo) > self._memo_entries:
+            self._memo.popitem(last=False)
+        return decision
+
+
+def _too_large(parameters: tuple[str | None, ...]) -> bool:
+    return sum(len(value) for value in parameters if value is not None) > _MEMO_PARAMETER_BYTES
