@@ -2,7 +2,10 @@
 
 Prints transactions per second and mean latency for each path, simple and
 extended protocol, 1 and 8 clients, each as a ratio to the direct baseline
-measured in the same run. Usage:
+measured in the same run. "custos" is the bare transparent mode; "custos+policy"
+decides every statement with the demo policy (and a bench role held to the
+agent's rules). Each figure is the median of --repeat runs, taken in rotation so
+that drift in the machine's speed touches every path alike. Usage:
 
     .venv/bin/python bench/pgbench_gateway.py [--seconds 10] [--scale 10] [--tls]
 
@@ -87,8 +90,34 @@ def running(command: list[str], port: int, what: str, log: Path) -> Iterator[int
             process.kill()
 
 
+def bench_policy(work: Path) -> Path:
+    """The demo policy, with a `bench` role held to every rule its `agent` role is.
+
+    pgbench's tables (public.pgbench_*) hold no personal data; the role may read them.
+    """
+    policy = yaml.safe_load((REPOSITORY / "custos" / "demo" / "policy.yaml").read_text())
+    policy["roles"] = BENCH_ROLES
+    for rule in policy["rules"]:
+        roles = rule.get("match", {}).get("roles")
+        if roles and "agent" in roles:
+            roles.append("bench")
+    policy["rules"].append(
+        {
+            "id": "bench-reads-pgbench",
+            "match": {"roles": ["bench"], "kinds": ["select"], "relations": ["public.pgbench_*"]},
+            "effect": "allow",
+        }
+    )
+    path = work / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
 @contextmanager
-def custos_gateway(server: PostgresServer, work: Path, tls: bool) -> Iterator[tuple[Endpoint, int]]:
+def custos_gateway(
+    server: PostgresServer, work: Path, tls: bool, policy: bool = False
+) -> Iterator[tuple[Endpoint, int]]:
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     issuer = DevIssuer.open_or_create(work / "dev-issuer")
     config: dict[str, object] = {
@@ -96,8 +125,10 @@ def custos_gateway(server: PostgresServer, work: Path, tls: bool) -> Iterator[tu
         "upstream": {"dsn": server.dsn(database="bench", sslmode="disable")},
         "dev_issuer_dir": str(work / "dev-issuer"),
         "allow_loopback_cleartext": not tls,
-        "roles": BENCH_ROLES,
+        "roles": [] if policy else BENCH_ROLES,
     }
+    if policy:
+        config["policy"] = {"file": str(bench_policy(work))}
     environment = {"PGUSER": "bench", "PGPASSWORD": issuer.mint("bench", "bench", ttl_seconds=3600)}
     if tls:
         bundle = generate_ca_and_server_cert(work / "tls")
@@ -109,7 +140,7 @@ def custos_gateway(server: PostgresServer, work: Path, tls: bool) -> Iterator[tu
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "custos", "--log-level", "warning", "serve"]
     command += ["--config", str(config_path)]
-    name = "custos (TLS)" if tls else "custos"
+    name = "custos (TLS)" if tls else "custos+policy" if policy else "custos"
     with running(command, port, "custos", work / "custos.log") as pid:
         yield Endpoint(name, port, environment), pid
 
@@ -171,6 +202,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="length of each pgbench run")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
     parser.add_argument("--tls", action="store_true", help="also measure Custos with TLS")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     arguments = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch:
@@ -195,28 +227,37 @@ def main() -> int:
             endpoints = [direct]
             with (
                 custos_gateway(server, work / "custos", tls=False) as (plain, _),
+                custos_gateway(server, work / "policy", tls=False, policy=True) as (governed, _),
                 pgbouncer(server, work / "pgbouncer") as bouncer,
             ):
-                endpoints.append(plain)
+                endpoints += [plain, governed]
                 if bouncer is not None:
                     endpoints.append(bouncer)
                 if arguments.tls:
                     with custos_gateway(server, work / "custos-tls", tls=True) as (secure, _):
-                        return report([*endpoints, secure], arguments.seconds)
-                return report(endpoints, arguments.seconds)
+                        return report([*endpoints, secure], arguments.seconds, arguments.repeat)
+                return report(endpoints, arguments.seconds, arguments.repeat)
 
 
-def report(endpoints: list[Endpoint], seconds: int) -> int:
-    print(f"pgbench -S, {seconds} s per run, {os.cpu_count()} cores\n")
+def median(results: list[Result]) -> Result:
+    return sorted(results, key=lambda result: result.tps)[len(results) // 2]
+
+
+def report(endpoints: list[Endpoint], seconds: int, repeat: int) -> int:
+    print(f"pgbench -S, median of {repeat} runs of {seconds} s, {os.cpu_count()} cores\n")
     header = f"{'mode':<9}{'clients':>8}  {'path':<14}{'tps':>10}{'ratio':>8}"
     header += f"{'latency ms':>12}{'added µs':>10}"
     print(header)
     print("-" * len(header))
     for mode in ("simple", "extended"):
         for clients in (1, 8):
+            runs: dict[str, list[Result]] = {endpoint.name: [] for endpoint in endpoints}
+            for _ in range(repeat):
+                for endpoint in endpoints:
+                    runs[endpoint.name].append(pgbench(endpoint, mode, clients, seconds))
             baseline: Result | None = None
             for endpoint in endpoints:
-                result = pgbench(endpoint, mode, clients, seconds)
+                result = median(runs[endpoint.name])
                 baseline = baseline or result
                 added = (result.latency_ms - baseline.latency_ms) * 1000
                 print(

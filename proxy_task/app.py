@@ -8,12 +8,11 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
-from custos.policy.lambda_point import LambdaDecisionPoint
-
 from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
 from custos.identity.models import RoleConfig
+from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
 from custos.session.gate import DecisionPoint

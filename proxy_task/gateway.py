@@ -7,12 +7,11 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from custos.sql.cache import AnalysisCache
-
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
 from custos.policy.source import FilePolicySource, S3PolicySource
 from custos.session.gate import DecisionPoint
+from custos.sql.cache import AnalysisCache
 from custos.upstream.credentials import CredentialSource
 from proxy_task.cancel import CancelRegistry
 from proxy_task.client import ClientConnection

@@ -26,12 +26,9 @@ from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
 from custos.protocol.framing import BackendEditor, Span
 from custos.protocol.frontend import (
-    bind_message,
     close_message,
     encode_query,
     encode_unnamed_execution,
-    execute_message,
-    parse_message,
     query_text,
 )
 from custos.protocol.messages import WHERE, error_response_with_fields, parse_notice
@@ -169,14 +166,12 @@ class GovernedSession(Session):
             return self._gate.on_query(query_text(body), uncertain)
         if message_type == codes.PARSE:
             self._open.parses += 1
-            self._gate.on_parse(parse_message(body))
+            self._gate.on_parse(body)
         elif message_type == codes.BIND:
             self._open.binds += 1
-            self._gate.on_bind(bind_message(body))
+            self._gate.on_bind(body)
         elif message_type == codes.EXECUTE:
-            return self._gate.on_execute(
-                execute_message(body), self._settled_outside_transaction is False
-            )
+            return self._gate.on_execute(body, self._settled_outside_transaction is False)
         elif message_type == codes.CLOSE:
             self._gate.on_close(close_message(body))
         elif message_type == codes.SYNC:

@@ -116,7 +116,7 @@ def test_copy_to_and_from_files_matches_direct_byte_for_byte(
             lines += [
                 f"CREATE TEMP TABLE copy_{name} (LIKE crm.customers);",
                 f"\\copy copy_{name} FROM 'customers.{name}'{how}",
-                f"SELECT '{name}', count(*), md5(string_agg(c::text, '|' ORDER BY id))"  # noqa: S608
+                f"SELECT '{name}', count(*), md5(string_agg(c::text, '|' ORDER BY id))"
                 f" FROM copy_{name} AS c;",
             ]
         lines.append(

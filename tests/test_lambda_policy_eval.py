@@ -26,7 +26,7 @@ KEY = "policy/policy.yaml"
 
 # A value from the SQL and the parameters: it must never reach a log line.
 SECRET = "alice.secret@example.com"
-SECRET_QUERY = f"SELECT full_name FROM crm.customers WHERE email = '{SECRET}'"  # noqa: S608
+SECRET_QUERY = f"SELECT full_name FROM crm.customers WHERE email = '{SECRET}'"
 
 POLICY = """
 catalog:

@@ -121,6 +121,26 @@ class _Reader:
             raise ProtocolViolation(f"malformed {self._what} message: trailing bytes")
 
 
+def leading_names(body: bytes, count: int, what: str) -> tuple[str, ...]:
+    """The first `count` NUL-terminated strings of a body, without decoding the rest.
+
+    Bind starts with portal and statement names, Execute with the portal's:
+    enough to follow the session without reading the parameter values.
+    """
+    names: list[str] = []
+    position = 0
+    for _ in range(count):
+        end = body.find(b"\x00", position)
+        if end < 0:
+            raise ProtocolViolation(f"malformed {what} message: unterminated string")
+        try:
+            names.append(body[position:end].decode())
+        except UnicodeDecodeError:
+            raise ProtocolViolation(f"{what} message is not valid UTF-8") from None
+        position = end + 1
+    return tuple(names)
+
+
 def query_text(body: bytes) -> str:
     """The SQL of a simple Query message."""
     reader = _Reader(body, "Query")

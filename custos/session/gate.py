@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from custos.policy.engine import Decision, Effect
-from custos.protocol.frontend import Bind, Close, Execute, Parse
+from custos.protocol.frontend import Close, bind_message, leading_names, parse_message
 from custos.session.refusal import Refusal
 from custos.sql.cache import AnalysisCache
-from custos.sql.facts import Analysis, StatementFacts
+from custos.sql.facts import Analysis, ParameterRef, StatementFacts
 
 Verdict = Refusal | None
 """None lets the statement run; a Refusal is sent instead of it."""
@@ -52,6 +53,25 @@ class DecisionPoint(Protocol):
 Candidates = tuple[tuple[Analysis, tuple[str, ...]], ...]
 """A statement analysed once per schema its unqualified names may resolve to."""
 
+NO_PARAMETERS: tuple[str | None, ...] = ()
+
+# Clients send the same Parse again and again; its analysis is kept by the message bytes.
+_PARSE_MEMO_ENTRIES = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    candidates: Candidates
+    parameter_types: tuple[int, ...]
+    # Policy reads Bind values only for LIMIT $n and LIKE $n; otherwise they are not decoded.
+    uses_parameters: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Portal:
+    prepared: _Prepared
+    bind_body: bytes
+
 
 class StatementGate:
     def __init__(
@@ -67,36 +87,50 @@ class StatementGate:
         self._default_path = tuple(search_path)
         self._schemas: tuple[str, ...] = _schemas_of(search_path)
         self._prepared: dict[str, Candidates] = {}  # SQL-level PREPARE
-        # Protocol-level Parse: the candidates and the parameter types the client declared.
-        self._statements: dict[str, tuple[Candidates, tuple[int, ...]]] = {}
-        self._portals: dict[str, tuple[Candidates, tuple[str | None, ...]]] = {}
+        self._statements: dict[str, _Prepared] = {}  # protocol-level Parse
+        self._portals: dict[str, _Portal] = {}
+        self._parse_memo: dict[tuple[bytes, tuple[str, ...]], tuple[str, _Prepared]] = {}
 
     @property
     def candidate_schemas(self) -> tuple[str, ...]:
         return self._schemas
 
     def on_query(self, sql: str, uncertain: bool) -> Verdict | Awaitable[Verdict]:
-        return self._decide_and_follow(self._analyse(sql), (), uncertain)
+        return self._decide_and_follow(self._analyse(sql), NO_PARAMETERS, uncertain)
 
-    def on_parse(self, message: Parse) -> None:
-        self._statements[message.statement] = (
-            self._analyse(message.query),
-            message.parameter_types,
-        )
+    def on_parse(self, body: bytes) -> None:
+        """A Parse message's body: the statement is analysed now, decided at Execute."""
+        key = (body, self._schemas)
+        remembered = self._parse_memo.get(key)
+        if remembered is None:
+            message = parse_message(body)
+            candidates = self._analyse(message.query)
+            remembered = (
+                message.statement,
+                _Prepared(candidates, message.parameter_types, _uses_parameters(candidates)),
+            )
+            if len(self._parse_memo) >= _PARSE_MEMO_ENTRIES:
+                self._parse_memo.clear()
+            self._parse_memo[key] = remembered
+        self._statements[remembered[0]] = remembered[1]
 
-    def on_bind(self, message: Bind) -> None:
-        prepared = self._statements.get(message.statement)
+    def on_bind(self, body: bytes) -> None:
+        portal, statement = leading_names(body, 2, "Bind")
+        prepared = self._statements.get(statement)
         if prepared is not None:
-            candidates, parameter_types = prepared
-            self._portals[message.portal] = (candidates, message.texts(parameter_types))
+            self._portals[portal] = _Portal(prepared, body)
 
-    def on_execute(self, message: Execute, uncertain: bool) -> Verdict | Awaitable[Verdict]:
-        bound = self._portals.get(message.portal)
-        if bound is None:
+    def on_execute(self, body: bytes, uncertain: bool) -> Verdict | Awaitable[Verdict]:
+        (portal_name,) = leading_names(body, 1, "Execute")
+        portal = self._portals.get(portal_name)
+        if portal is None:
             # PostgreSQL refuses an unknown portal itself; nothing runs.
             return None
-        candidates, parameters = bound
-        return self._decide_and_follow(candidates, parameters, uncertain)
+        prepared = portal.prepared
+        parameters = NO_PARAMETERS
+        if prepared.uses_parameters:
+            parameters = bind_message(portal.bind_body).texts(prepared.parameter_types)
+        return self._decide_and_follow(prepared.candidates, parameters, uncertain)
 
     def on_close(self, message: Close) -> None:
         if message.kind == "S":
@@ -226,3 +260,14 @@ async def _await_verdict(outcomes: Sequence[Decision | Awaitable[Decision]]) -> 
         outcome if isinstance(outcome, Decision) else await outcome for outcome in outcomes
     ]
     return _verdict(_most_restrictive(decisions))
+
+
+def _uses_parameters(candidates: Candidates) -> bool:
+    """Whether any fact policy reads holds a parameter: a LIMIT $n or a pattern $n."""
+    for analysis, _ in candidates:
+        for statement in analysis.statements:
+            if isinstance(statement.limit, ParameterRef):
+                return True
+            if any(isinstance(match.pattern, ParameterRef) for match in statement.pattern_matches):
+                return True
+    return False

@@ -3,17 +3,50 @@
 One per process, shared by sessions on one event loop (not thread-safe). The analyses it hands
 out are shared: treat them as read-only. Memory is bounded by entries and by the total length
 of the texts held, so a few huge statements cannot crowd the process.
+
+Clients in the simple protocol send literals inside the text (`... WHERE id = 4711`), so
+the same statement arrives as ever new texts. The cache also keys each single statement by
+its *shape*, the text with its literals blanked out, and hands a new text of a known shape
+the analysis made for the first one. That is sound because the analysis reads literal values
+only through `literals.constant`, which records which ones it read: a new text is matched
+only if it agrees with the first on every literal the analysis read (a LIMIT count, a LIKE
+pattern, a constant condition, a SET value), and only its statement text is taken anew.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pglast.parser import scan
 
 from custos.sql.analysis import analyze
 from custos.sql.facts import Analysis
+from custos.sql.literals import recording_consumed_literals
 
 Key = tuple[str, tuple[str, ...]]
+
+_LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+# Longer texts are rare and costly to scan; they are cached by their exact text only.
+_MAX_SHAPED_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    key: str  # the text with each literal replaced by its token type
+    literals: tuple[str, ...]  # the literals' own text, in order
+    starts: tuple[int, ...]  # where each literal starts
+
+
+@dataclass(frozen=True, slots=True)
+class _Shaped:
+    analysis: Analysis
+    literals: tuple[str, ...]
+    consumed: tuple[int, ...]  # indices of the literals whose values the analysis read
+    prefix: int  # characters before the statement's own text
+    suffix: int  # characters after it
 
 
 class AnalysisCache:
@@ -21,26 +54,112 @@ class AnalysisCache:
         self.max_entries = max_entries
         self.max_total_chars = max_total_chars
         self.hits = 0
+        self.shape_hits = 0
         self.misses = 0
         self._entries: OrderedDict[Key, Analysis] = OrderedDict()
+        self._shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shaped] = OrderedDict()
         self._total_chars = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def analyze(self, sql: str, search_path: Sequence[str]) -> Analysis:
-        key = (sql, tuple(search_path))
+        if isinstance(search_path, str):
+            raise TypeError("search_path is a sequence of schema names, not a string")
+        path = tuple(search_path)
+        key = (sql, path)
         found = self._entries.get(key)
         if found is not None:
             self.hits += 1
             self._entries.move_to_end(key)
             return found
+        shape = _shape_of(sql)
+        if shape is not None:
+            shaped = self._shapes.get((shape.key, path))
+            if shaped is not None and all(
+                shape.literals[index] == shaped.literals[index] for index in shaped.consumed
+            ):
+                self.shape_hits += 1
+                self._shapes.move_to_end((shape.key, path))
+                analysis = _for_text(shaped, sql)
+                self._remember(key, analysis)
+                return analysis
         self.misses += 1
-        analysis = analyze(sql, search_path)
-        if len(sql) <= self.max_total_chars and self.max_entries > 0:
-            self._entries[key] = analysis
-            self._total_chars += len(sql)
-            while len(self._entries) > self.max_entries or self._total_chars > self.max_total_chars:
-                (evicted, _), _ = self._entries.popitem(last=False)
-                self._total_chars -= len(evicted)
+        with recording_consumed_literals() as locations:
+            analysis = analyze(sql, path)
+        self._remember(key, analysis)
+        if shape is not None:
+            self._remember_shape(shape, path, sql, analysis, locations)
         return analysis
+
+    def _remember(self, key: Key, analysis: Analysis) -> None:
+        sql = key[0]
+        if len(sql) > self.max_total_chars or self.max_entries <= 0:
+            return
+        self._entries[key] = analysis
+        self._total_chars += len(sql)
+        while len(self._entries) > self.max_entries or self._total_chars > self.max_total_chars:
+            (evicted, _), _ = self._entries.popitem(last=False)
+            self._total_chars -= len(evicted)
+
+    def _remember_shape(
+        self,
+        shape: _Shape,
+        path: tuple[str, ...],
+        sql: str,
+        analysis: Analysis,
+        locations: list[int],
+    ) -> None:
+        if analysis.error is not None or len(analysis.statements) != 1:
+            return
+        index_of = {start: index for index, start in enumerate(shape.starts)}
+        if any(location not in index_of for location in locations):
+            return  # a value read from something the scanner does not call a literal
+        text = analysis.statements[0].text
+        prefix = sql.find(text)
+        if prefix < 0:
+            return
+        self._shapes[(shape.key, path)] = _Shaped(
+            analysis=analysis,
+            literals=shape.literals,
+            consumed=tuple(sorted({index_of[location] for location in locations})),
+            prefix=prefix,
+            suffix=len(sql) - prefix - len(text),
+        )
+        if len(self._shapes) > self.max_entries:
+            self._shapes.popitem(last=False)
+
+
+def _shape_of(sql: str) -> _Shape | None:
+    # Scanner offsets count bytes; for ASCII text they are also character offsets.
+    if len(sql) > _MAX_SHAPED_CHARS or not sql.isascii():
+        return None
+    try:
+        tokens = scan(sql)
+    except Exception:  # the parser will report the problem when the text is analysed
+        return None
+    pieces: list[str] = []
+    literals: list[str] = []
+    starts: list[int] = []
+    position = 0
+    for token in tokens:
+        if token.name in _LITERAL_TOKENS:
+            pieces.append(sql[position : token.start])
+            pieces.append(f"\x00{token.name}\x00")
+            literals.append(sql[token.start : token.end + 1])
+            starts.append(token.start)
+            position = token.end + 1
+    if not literals:
+        return None
+    pieces.append(sql[position:])
+    return _Shape("".join(pieces), tuple(literals), tuple(starts))
+
+
+def _for_text(shaped: _Shaped, sql: str) -> Analysis:
+    statement = shaped.analysis.statements[0]
+    text = sql[shaped.prefix : len(sql) - shaped.suffix]
+    return dataclasses.replace(
+        shaped.analysis,
+        statements=(dataclasses.replace(statement, text=text),),
+        canonical=shaped.analysis,
+    )

@@ -111,6 +111,9 @@ class Analysis:
 
     statements: tuple[StatementFacts, ...]
     error: str | None = None  # set when the text does not parse: policy must deny
+    # For a text answered by its shape (see cache.py): the analysis of the first text of that
+    # shape, which decides exactly alike. Decisions are remembered by it, not by this copy.
+    canonical: Analysis | None = field(default=None, compare=False, repr=False)
 
     @property
     def multiple_statements(self) -> bool:

@@ -6,7 +6,9 @@ so `{"ival": {}}` is the integer 0 and `{"boolval": {}}` is false.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 from custos.sql.facts import ParameterRef
@@ -24,11 +26,34 @@ def _unwrap_casts(node: Node) -> Node:
     return node
 
 
+_consumed: ContextVar[list[int] | None] = ContextVar("custos_consumed_literals", default=None)
+
+
+@contextmanager
+def recording_consumed_literals() -> Iterator[list[int]]:
+    """Collects the locations of the literals whose values the analysis reads.
+
+    Every value the facts take from a literal is read through `constant`, so
+    outside this list a literal's value cannot change the facts: the cache
+    relies on that to share one analysis among texts that differ only there.
+    """
+    consumed: list[int] = []
+    token = _consumed.set(consumed)
+    try:
+        yield consumed
+    finally:
+        _consumed.reset(token)
+
+
 def constant(node: Node) -> object:
     """The Python value of a literal (None for NULL), or _MISSING when it is not a literal."""
     const = _unwrap_casts(node).get("A_Const")
     if const is None:
         return _MISSING
+    consumed = _consumed.get()
+    if consumed is not None:
+        # A location of 0 is left out of the JSON, like every zero value.
+        consumed.append(const.get("location", 0))
     if const.get("isnull"):
         return None
     for field in ("ival", "fval", "sval", "boolval", "bsval"):
