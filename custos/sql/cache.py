@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pglast.parser import scan
 
 from custos.sql.analysis import analyze
-from custos.sql.facts import Analysis
+from custos.sql.facts import Analysis, StatementFacts
 from custos.sql.literals import recording_consumed_literals
 
 Key = tuple[str, tuple[str, ...]]
@@ -47,6 +47,12 @@ class _Shaped:
     consumed: tuple[int, ...]  # indices of the literals whose values the analysis read
     prefix: int  # characters before the statement's own text
     suffix: int  # characters after it
+    # The statement's field values, to build its copy for a new text in one call
+    # (dataclasses.replace is several times slower on the hot path).
+    values: tuple[object, ...]
+
+
+_TEXT_FIELD = [field.name for field in dataclasses.fields(StatementFacts)].index("text")
 
 
 class AnalysisCache:
@@ -81,9 +87,9 @@ class AnalysisCache:
             ):
                 self.shape_hits += 1
                 self._shapes.move_to_end((shape.key, path))
-                analysis = _for_text(shaped, sql)
-                self._remember(key, analysis)
-                return analysis
+                # Not kept by its exact text: a stream of ever new texts would only churn
+                # the cache and leave its garbage to the slowest generation of the collector.
+                return _for_text(shaped, sql)
         self.misses += 1
         with recording_consumed_literals() as locations:
             analysis = analyze(sql, path)
@@ -119,12 +125,16 @@ class AnalysisCache:
         prefix = sql.find(text)
         if prefix < 0:
             return
+        statement = analysis.statements[0]
         self._shapes[(shape.key, path)] = _Shaped(
             analysis=analysis,
             literals=shape.literals,
             consumed=tuple(sorted({index_of[location] for location in locations})),
             prefix=prefix,
             suffix=len(sql) - prefix - len(text),
+            values=tuple(
+                getattr(statement, field.name) for field in dataclasses.fields(StatementFacts)
+            ),
         )
         if len(self._shapes) > self.max_entries:
             self._shapes.popitem(last=False)
@@ -156,10 +166,7 @@ def _shape_of(sql: str) -> _Shape | None:
 
 
 def _for_text(shaped: _Shaped, sql: str) -> Analysis:
-    statement = shaped.analysis.statements[0]
-    text = sql[shaped.prefix : len(sql) - shaped.suffix]
-    return dataclasses.replace(
-        shaped.analysis,
-        statements=(dataclasses.replace(statement, text=text),),
-        canonical=shaped.analysis,
-    )
+    values = list(shaped.values)
+    values[_TEXT_FIELD] = sql[shaped.prefix : len(sql) - shaped.suffix]
+    statement = StatementFacts(*values)  # type: ignore[arg-type]
+    return Analysis((statement,), canonical=shaped.analysis)
