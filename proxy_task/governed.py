@@ -115,15 +115,7 @@ class GovernedSession(Session):
             and self._framer.buffered == 0
         )
 
-    def from_client(self, data: bytes) -> None:
-        self.bytes_from_client += len(data)
-        try:
-            chunk, spans = self._framer.feed(data)
-        except ProtocolViolation as violation:
-            self.close(violation.sqlstate, violation.message)
-            return
-        if not spans:
-            return
+    def _relay_client(self, chunk: bytes, spans: list[Span]) -> None:
         if self._holding is not None:
             self._backlog.append((chunk, spans, 0))
             return

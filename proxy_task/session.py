@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from custos.identity.principal import Principal
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendScanner, MessageFramer
+from custos.protocol.framing import BackendScanner, MessageFramer, Span
 from custos.protocol.messages import error_response, terminate
 
 if TYPE_CHECKING:
@@ -88,8 +88,11 @@ class Session:
         except ProtocolViolation as violation:
             self.close(violation.sqlstate, violation.message)
             return
-        if not spans:
-            return
+        if spans:
+            self._relay_client(chunk, spans)
+
+    def _relay_client(self, chunk: bytes, spans: list[Span]) -> None:
+        """Forwards whole client messages; a governed session decides on them first."""
         terminating = False
         for message_type, _, _ in spans:
             if message_type in _SYNC_POINTS:
