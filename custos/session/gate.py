@@ -117,6 +117,10 @@ class StatementGate:
     def on_bind(self, body: bytes) -> None:
         portal, statement = leading_names(body, 2, "Bind")
         prepared = self._statements.get(statement)
+        if prepared is None and statement in self._prepared:
+            # A statement from SQL-level PREPARE can be bound through the protocol too.
+            candidates = self._prepared[statement]
+            prepared = _Prepared(candidates, (), _uses_parameters(candidates))
         if prepared is not None:
             self._portals[portal] = _Portal(prepared, body)
 
@@ -229,7 +233,15 @@ def _schemas_of(search_path: Sequence[str]) -> tuple[str, ...]:
 
 
 def _most_restrictive(decisions: Sequence[Decision]) -> Decision:
-    return max(decisions, key=lambda decision: _RESTRICTIVENESS[decision.effect])
+    # Among equals, a decision an explicit rule made speaks better to the agent than a
+    # default deny about a schema that may not even hold the table.
+    return max(
+        decisions,
+        key=lambda decision: (
+            _RESTRICTIVENESS[decision.effect],
+            decision.deciding_rule is not None,
+        ),
+    )
 
 
 def _verdict(decision: Decision) -> Verdict:
