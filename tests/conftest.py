@@ -68,4 +68,4 @@ def pg_cluster(
     return _pg_cluster_or_none
 
 
-pytest_plugins = ["gateway_fixtures"]
+pytest_plugins = ["gateway_fixtures", "cdk_fixtures"]

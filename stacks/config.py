@@ -1,0 +1,150 @@
+"""The deployment's configuration: cdk.json context under ``custos``, validated at synth.
+
+A bad value stops the synth with a message naming the key and what to set, so a deploy never
+starts from a half-understood configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import aws_cdk
+from constructs import Construct
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONTEXT_KEY = "custos"
+SKIP_BUNDLING_KEY = "custos:skip_bundling"
+
+
+class ContextError(ValueError):
+    """The ``custos`` context is missing or invalid; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetConfig(_Strict):
+    """An upstream database the gateway serves."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = Field(min_length=1)
+    # An existing Secrets Manager secret in the RDS shape; None -> the stack creates one.
+    secret_name: str | None = None
+
+
+class IssuerContext(_Strict):
+    issuer: str = Field(pattern=r"^https://\S+$")
+    audiences: list[str] = Field(min_length=1)
+
+
+class GatewaySizing(_Strict):
+    cpu: int = 512
+    memory_mib: int = Field(default=1024, ge=512)
+    desired_count: int = Field(default=2, ge=1)
+    min_capacity: int = Field(default=2, ge=1)
+    max_capacity: int = Field(default=6, ge=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    connections_per_task_target: int = Field(default=500, ge=1)
+
+    @field_validator("cpu")
+    @classmethod
+    def _fargate_cpu(cls, value: int) -> int:
+        allowed = (256, 512, 1024, 2048, 4096, 8192, 16384)
+        if value not in allowed:
+            raise ValueError(f"Fargate cpu must be one of {allowed}")
+        return value
+
+    @model_validator(mode="after")
+    def _capacity_order(self) -> GatewaySizing:
+        if not self.min_capacity <= self.desired_count <= self.max_capacity:
+            raise ValueError(
+                "need min_capacity <= desired_count <= max_capacity; got "
+                f"{self.min_capacity} <= {self.desired_count} <= {self.max_capacity}"
+            )
+        return self
+
+
+class CustosContext(_Strict):
+    account: str
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    availability_zones: list[str]
+    targets: list[TargetConfig] = Field(min_length=1)
+    oidc_issuers: list[IssuerContext] = Field(min_length=1)
+    audit_retention_days: int = Field(ge=1)
+    events_ttl_days: int = Field(default=30, ge=1)
+    gateway: GatewaySizing = GatewaySizing()
+    alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+    @field_validator("account")
+    @classmethod
+    def _twelve_digits(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{12}", value):
+            raise ValueError("an AWS account id is exactly 12 digits, as a string")
+        return value
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> CustosContext:
+        zones = self.availability_zones
+        if len(zones) != 2 or len(set(zones)) != 2:
+            raise ValueError(
+                f"availability_zones must list exactly 2 distinct zones; got {len(zones)}"
+            )
+        stray = [
+            zone for zone in zones if not re.fullmatch(re.escape(self.region) + r"[a-z]", zone)
+        ]
+        if stray:
+            raise ValueError(f"availability_zones {stray} are not zones of region {self.region}")
+        names = [target.name for target in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError("targets: each target needs a distinct name")
+        return self
+
+
+def parse_context(raw: Any) -> CustosContext:
+    """Validate the raw ``custos`` context value; raise ContextError naming what to fix."""
+    if raw is None:
+        raise ContextError(
+            f'cdk.json has no "{CONTEXT_KEY}" context; add "context": {{"{CONTEXT_KEY}": '
+            "{...}} (see the example in cdk.json) or pass -c custos='{...}'"
+        )
+    if isinstance(raw, str):
+        # `cdk synth -c custos='{...}'` hands the value over as a string.
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ContextError(
+                f'the "{CONTEXT_KEY}" context is not valid JSON: {exc.msg}'
+            ) from None
+    if not isinstance(raw, dict):
+        raise ContextError(
+            f'the "{CONTEXT_KEY}" context must be an object, not {type(raw).__name__}'
+        )
+    try:
+        return CustosContext.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key; remove it or check its spelling"
+            problems.append(f"  {CONTEXT_KEY}.{location}: {message}")
+        raise ContextError(
+            f'invalid "{CONTEXT_KEY}" context in cdk.json:\n' + "\n".join(problems)
+        ) from None
+
+
+def load_context(app: aws_cdk.App) -> CustosContext:
+    """The validated ``custos`` context of ``app``."""
+    return parse_context(app.node.try_get_context(CONTEXT_KEY))
+
+
+def skip_bundling(scope: Construct) -> bool:
+    """Whether the Lambda asset is the bare source (tests, quick synths) instead of bundled."""
+    value = scope.node.try_get_context(SKIP_BUNDLING_KEY)
+    return value is True or value == "true"
