@@ -10,6 +10,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from stacks.buckets import access_log_bucket
 from stacks.config import CustosContext
 
 EVENTS_TTL_ATTRIBUTE = "expires_at"
@@ -49,17 +50,7 @@ class AuditStorageStack(Stack):
             deletion_protection=True,
             removal_policy=RemovalPolicy.RETAIN,
         )
-        self.access_log_bucket = s3.Bucket(
-            self,
-            "AccessLogs",
-            # S3 server access logging cannot deliver to an SSE-KMS bucket.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            versioned=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        self.access_log_bucket = access_log_bucket(self)
         self.audit_bucket = s3.Bucket(
             self,
             "AuditBucket",
