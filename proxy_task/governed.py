@@ -128,7 +128,7 @@ class GovernedSession(Session):
         for index in range(first, len(spans)):
             message_type, start, end = spans[index]
             try:
-                verdict = self._verdict_for(message_type, chunk[start + 5 : end])
+                verdict = self._verdict_for(message_type, chunk, start, end)
             except ProtocolViolation as violation:
                 self._upstream.write(b"".join(outgoing) + chunk[run_start:start])
                 self.close(violation.sqlstate, violation.message)
@@ -150,22 +150,26 @@ class GovernedSession(Session):
         outgoing.append(chunk[run_start : spans[-1][2]])
         self._upstream.write(b"".join(outgoing))
 
-    def _verdict_for(self, message_type: int, body: bytes) -> Verdict | Awaitable[Verdict]:
+    def _verdict_for(
+        self, message_type: int, chunk: bytes, start: int, end: int
+    ) -> Verdict | Awaitable[Verdict]:
         """Follows the message in the session's state; a verdict where one is due."""
-        if message_type == codes.QUERY:
+        if message_type == codes.EXECUTE:
+            return self._gate.on_execute(
+                chunk[start + 5 : end], self._settled_outside_transaction is False
+            )
+        if message_type == codes.BIND:
+            self._open.binds += 1
+            self._gate.on_bind(chunk[start + 5 : end])
+        elif message_type == codes.PARSE:
+            self._open.parses += 1
+            self._gate.on_parse(chunk[start + 5 : end])
+        elif message_type == codes.QUERY:
             uncertain = self._settled_outside_transaction is False
             self._close_segment()
-            return self._gate.on_query(query_text(body), uncertain)
-        if message_type == codes.PARSE:
-            self._open.parses += 1
-            self._gate.on_parse(body)
-        elif message_type == codes.BIND:
-            self._open.binds += 1
-            self._gate.on_bind(body)
-        elif message_type == codes.EXECUTE:
-            return self._gate.on_execute(body, self._settled_outside_transaction is False)
+            return self._gate.on_query(query_text(chunk[start + 5 : end]), uncertain)
         elif message_type == codes.CLOSE:
-            self._gate.on_close(close_message(body))
+            self._gate.on_close(close_message(chunk[start + 5 : end]))
         elif message_type == codes.SYNC:
             self._close_segment()
         elif message_type == codes.FUNCTION_CALL:

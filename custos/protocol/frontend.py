@@ -127,18 +127,13 @@ def leading_names(body: bytes, count: int, what: str) -> tuple[str, ...]:
     Bind starts with portal and statement names, Execute with the portal's:
     enough to follow the session without reading the parameter values.
     """
-    names: list[str] = []
-    position = 0
-    for _ in range(count):
-        end = body.find(b"\x00", position)
-        if end < 0:
-            raise ProtocolViolation(f"malformed {what} message: unterminated string")
-        try:
-            names.append(body[position:end].decode())
-        except UnicodeDecodeError:
-            raise ProtocolViolation(f"{what} message is not valid UTF-8") from None
-        position = end + 1
-    return tuple(names)
+    parts = body.split(b"\x00", count)
+    if len(parts) <= count:
+        raise ProtocolViolation(f"malformed {what} message: unterminated string")
+    try:
+        return tuple(part.decode() for part in parts[:count])
+    except UnicodeDecodeError:
+        raise ProtocolViolation(f"{what} message is not valid UTF-8") from None
 
 
 def query_text(body: bytes) -> str:
