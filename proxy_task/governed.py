@@ -103,7 +103,7 @@ class GovernedSession(Session):
         self._open = _Segment()
         self._segments: deque[_Segment] = deque()
         self._backlog: deque[tuple[bytes, list[Span], int]] = deque()
-        self._holding: asyncio.Task[None] | None = None
+        self._holding: asyncio.Future[Verdict] | None = None
 
     @property
     def idle(self) -> bool:
@@ -144,7 +144,9 @@ class GovernedSession(Session):
             if isinstance(verdict, Refusal):
                 outgoing.append(self._replacement(message_type, verdict))
                 continue
-            self._upstream.write(b"".join(outgoing))
+            ahead = b"".join(outgoing)
+            if ahead:
+                self._upstream.write(ahead)
             self._hold(verdict, message_type, chunk, spans, index)
             return
         outgoing.append(chunk[run_start : spans[-1][2]])
@@ -219,13 +221,16 @@ class GovernedSession(Session):
         self._backlog.appendleft((chunk, spans, index + 1))
         _, start, end = spans[index]
         held = chunk[start:end]
-        self._holding = asyncio.get_running_loop().create_task(
-            self._release(pending, message_type, held)
-        )
+        decision = asyncio.ensure_future(pending)
+        self._holding = decision
+        decision.add_done_callback(lambda done: self._release(done, message_type, held))
 
-    async def _release(self, pending: Awaitable[Verdict], message_type: int, held: bytes) -> None:
+    def _release(self, decision: asyncio.Future[Verdict], message_type: int, held: bytes) -> None:
+        """Sends the held message, or its refusal, then what queued behind it."""
+        if decision.cancelled():
+            return
         try:
-            verdict = await pending
+            verdict = decision.result()
         except Exception:
             log.exception("the decision point failed; refusing the statement")
             verdict = Refusal(

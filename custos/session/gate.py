@@ -16,6 +16,7 @@ resolve to a protected table.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -162,7 +163,8 @@ class StatementGate:
             return None
         if isinstance(verdict, Refusal):
             return verdict
-        return self._follow_when_allowed(verdict, candidates, uncertain)
+        # Tasks, not bare coroutines: a session that closes first cancels them cleanly.
+        return asyncio.ensure_future(self._follow_when_allowed(verdict, candidates, uncertain))
 
     async def _follow_when_allowed(
         self, pending: Awaitable[Verdict], candidates: Candidates, uncertain: bool
@@ -188,7 +190,11 @@ class StatementGate:
         decisions = [outcome for outcome in outcomes if isinstance(outcome, Decision)]
         if len(decisions) == len(outcomes):
             return _verdict(_most_restrictive(decisions))
-        return _await_verdict(outcomes)
+        pending = [
+            outcome if isinstance(outcome, Decision) else asyncio.ensure_future(outcome)
+            for outcome in outcomes
+        ]
+        return asyncio.ensure_future(_await_verdict(pending))
 
     def _resolve_execute(self, analysis: Analysis) -> Analysis | str:
         """Replaces `EXECUTE name` with the statement PREPARE gave that name."""
