@@ -28,7 +28,9 @@ from custos.sql.literals import recording_consumed_literals
 
 Key = tuple[str, tuple[str, ...]]
 
-_LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+# Each literal token type and the marker that stands for it in a shape.
+_LITERAL_TOKENS = ("ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST")
+_LITERAL_MARKERS = {name: f"\x00{name}\x00" for name in _LITERAL_TOKENS}
 # Longer texts are rare and costly to scan; they are cached by their exact text only.
 _MAX_SHAPED_CHARS = 4096
 
@@ -152,13 +154,16 @@ def _shape_of(sql: str) -> _Shape | None:
     literals: list[str] = []
     starts: list[int] = []
     position = 0
-    for token in tokens:
-        if token.name in _LITERAL_TOKENS:
-            pieces.append(sql[position : token.start])
-            pieces.append(f"\x00{token.name}\x00")
-            literals.append(sql[token.start : token.end + 1])
-            starts.append(token.start)
-            position = token.end + 1
+    markers = _LITERAL_MARKERS
+    # Tokens are (start, end, name, kind) tuples; unpacking beats attribute access here.
+    for start, end, name, _ in tokens:
+        marker = markers.get(name)
+        if marker is not None:
+            pieces.append(sql[position:start])
+            pieces.append(marker)
+            literals.append(sql[start : end + 1])
+            starts.append(start)
+            position = end + 1
     if not literals:
         return None
     pieces.append(sql[position:])
