@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from custos.demo.postgres import (
     DEMO_DATABASE,
@@ -23,6 +24,11 @@ from custos.demo.postgres import (
 )
 
 PG_DSN_ENV = "CUSTOS_TEST_PG_DSN"
+
+# Timings belong in bench/: a per-example deadline is a timed assertion that a busy
+# machine (CI runs on two cores) would fail for no fault of the code.
+settings.register_profile("custos", deadline=None)
+settings.load_profile("custos")
 
 
 @pytest.fixture(scope="session")
