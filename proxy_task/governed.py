@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendEditor, Span
+from custos.protocol.framing import Span
 from custos.protocol.frontend import (
     close_message,
     encode_query,
@@ -45,9 +45,6 @@ log = logging.getLogger("custos.session")
 _PARSE_COMPLETE = ord("1")
 _BIND_COMPLETE = ord("2")
 _REFUSAL_CONTEXT = "PL/pgSQL function inline_code_block line 1 at RAISE"
-# Errors are read whole to take the refusal's context line out; PostgreSQL's own
-# are far smaller than this.
-_MAX_ERROR_BYTES = 16 << 20
 _FUNCTION_CALL_REFUSAL = Refusal(
     "42501",
     "fast-path function calls are not allowed through the gateway",
@@ -82,7 +79,14 @@ def _without_refusal_context(body: bytes) -> bytes | None:
 
 
 class GovernedSession(Session):
-    __slots__ = ("_backlog", "_editor", "_gate", "_holding", "_open", "_segments")
+    # ParseComplete and BindComplete may be the gateway's own to cut out; errors may carry
+    # the refusal's context line. PostgreSQL's errors are far smaller than the cap.
+    _upstream_wanted = frozenset(
+        {codes.READY_FOR_QUERY, _PARSE_COMPLETE, _BIND_COMPLETE, codes.ERROR_RESPONSE}
+    )
+    _upstream_wanted_max_bytes = 16 << 20
+
+    __slots__ = ("_backlog", "_gate", "_holding", "_open", "_segments")
 
     def __init__(
         self,
@@ -96,10 +100,6 @@ class GovernedSession(Session):
     ) -> None:
         super().__init__(gateway, principal, client, upstream, cancel_key, transaction_status)
         self._gate = gate
-        self._editor = BackendEditor(
-            {codes.READY_FOR_QUERY, _PARSE_COMPLETE, _BIND_COMPLETE, codes.ERROR_RESPONSE},
-            max_wanted_bytes=_MAX_ERROR_BYTES,
-        )
         self._open = _Segment()
         self._segments: deque[_Segment] = deque()
         self._backlog: deque[tuple[bytes, list[Span], int]] = deque()
@@ -255,8 +255,7 @@ class GovernedSession(Session):
         try:
             chunk, spans = self._editor.feed(data)
         except ProtocolViolation as violation:
-            log.error("closing session: %s", violation.message)
-            self.close("08006", "the gateway lost track of the database's messages; reconnect")
+            self._upstream_lost_track(violation)
             return
         if not spans:
             if chunk:

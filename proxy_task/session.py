@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from custos.identity.principal import Principal
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendScanner, MessageFramer, Span
+from custos.protocol.framing import BackendEditor, MessageFramer, Span
 from custos.protocol.messages import error_response, terminate
 
 if TYPE_CHECKING:
@@ -30,15 +30,19 @@ _SYNC_POINTS = frozenset({codes.QUERY, codes.SYNC, codes.FUNCTION_CALL})
 
 
 class Session:
+    # The server's messages the session reads whole; everything else streams through.
+    _upstream_wanted: frozenset[int] = frozenset({codes.READY_FOR_QUERY})
+    _upstream_wanted_max_bytes = 1 << 10
+
     __slots__ = (
         "_client",
         "_closed",
         "_draining",
+        "_editor",
         "_framer",
         "_gateway",
         "_opened_at",
         "_pending_sync_points",
-        "_scanner",
         "_transaction_status",
         "_upstream",
         "bytes_from_client",
@@ -62,7 +66,7 @@ class Session:
         self._upstream = upstream
         self.cancel_key = cancel_key
         self._framer = MessageFramer(gateway.config.limits.max_message_bytes)
-        self._scanner = BackendScanner({codes.READY_FOR_QUERY})
+        self._editor = BackendEditor(self._upstream_wanted, self._upstream_wanted_max_bytes)
         self._pending_sync_points = 0
         self._transaction_status = transaction_status
         self._draining = False
@@ -77,7 +81,7 @@ class Session:
         return (
             self._pending_sync_points == 0
             and self._transaction_status == b"I"
-            and self._scanner.at_boundary
+            and self._editor.at_boundary
             and self._framer.buffered == 0
         )
 
@@ -105,18 +109,22 @@ class Session:
 
     def from_upstream(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
-        self._client.write(data)
         try:
-            ready = self._scanner.feed(data)
+            chunk, spans = self._editor.feed(data)
         except ProtocolViolation as violation:
-            log.error("closing session: %s", violation.message)
-            self.close("08006", "the gateway lost track of the database's messages; reconnect")
+            self._upstream_lost_track(violation)
             return
-        if ready:
-            self._pending_sync_points = max(0, self._pending_sync_points - len(ready))
-            self._transaction_status = ready[-1][1]
+        if chunk:
+            self._client.write(chunk)
+        if spans:
+            self._pending_sync_points = max(0, self._pending_sync_points - len(spans))
+            self._transaction_status = chunk[spans[-1][2] - 1 : spans[-1][2]]
             if self._draining and self.idle:
                 self._close_for_shutdown()
+
+    def _upstream_lost_track(self, violation: ProtocolViolation) -> None:
+        log.error("closing session: %s", violation.message)
+        self.close("08006", "the gateway lost track of the database's messages; reconnect")
 
     def pause_upstream(self) -> None:
         """The client reads slower than the database writes: stop reading the database."""

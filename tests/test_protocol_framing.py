@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendEditor, BackendScanner, MessageFramer
+from custos.protocol.framing import BackendEditor, MessageFramer
 
 
 def message(message_type: int, body: bytes) -> bytes:
@@ -101,53 +101,27 @@ def test_framer_on_garbage_either_frames_or_raises_its_own_error(garbage):
         frame_all(framer, [garbage])
 
 
-def scan_all(scanner: BackendScanner, pieces: list[bytes]) -> list[tuple[int, bytes]]:
-    found = []
-    for piece in pieces:
-        found.extend(scanner.feed(piece))
-    return found
-
-
-@settings(max_examples=300)
-@given(backend_messages, st.lists(st.integers(0, 10_000), max_size=8))
-def test_scanner_finds_the_wanted_messages_however_the_stream_is_split(messages, cuts):
-    wanted = {ord("Z"), ord("E")}
-    expected = [(kind, body) for kind, body in messages if kind in wanted]
-    stream = b"".join(message(kind, body) for kind, body in messages)
-    for pieces in (
-        [stream],
-        split_at(stream, cuts),
-        [stream[i : i + 1] for i in range(len(stream))],
-    ):
-        scanner = BackendScanner(wanted)
-        assert scan_all(scanner, pieces) == expected
-        assert scanner.at_boundary
-
-
-def test_scanner_is_not_at_a_boundary_inside_a_large_message():
-    scanner = BackendScanner({ord("Z")})
+def test_editor_streams_a_large_message_and_is_not_at_a_boundary_inside_it():
+    editor = BackendEditor({ord("Z")})
     row = message(ord("D"), b"x" * 100_000)
-    assert scanner.feed(row[:50_000]) == []
-    assert not scanner.at_boundary
-    assert scanner.feed(row[50_000:] + message(ord("Z"), b"I")) == [(ord("Z"), b"I")]
-    assert scanner.at_boundary
+    assert editor.feed(row[:50_000]) == (row[:50_000], [])
+    assert not editor.at_boundary
+    rest = row[50_000:] + message(ord("Z"), b"I")
+    chunk, spans = editor.feed(rest)
+    assert chunk == rest
+    assert [(kind, chunk[start + 5 : end]) for kind, start, end in spans] == [(ord("Z"), b"I")]
+    assert editor.at_boundary
 
 
-def test_scanner_handles_a_wanted_message_with_an_empty_body_split_in_its_header():
-    scanner = BackendScanner({ord("c")})
+def test_editor_handles_a_wanted_message_with_an_empty_body_split_in_its_header():
+    editor = BackendEditor({ord("c")})
     done = message(ord("c"), b"")
-    assert scan_all(scanner, [done[:2], done[2:]]) == [(ord("c"), b"")]
+    assert edit_all(editor, [done[:2], done[2:]]) == (done, [done])
 
 
-def test_scanner_rejects_a_wanted_message_larger_than_its_cap():
-    scanner = BackendScanner({ord("E")}, max_wanted_bytes=100)
-    with pytest.raises(ProtocolViolation, match="control message"):
-        scanner.feed(message(ord("E"), b"x" * 200))
-
-
-def test_scanner_rejects_a_length_below_four():
+def test_editor_rejects_a_length_below_four():
     with pytest.raises(ProtocolViolation):
-        BackendScanner({ord("Z")}).feed(b"D" + struct.pack("!I", 2))
+        BackendEditor({ord("Z")}).feed(b"D" + struct.pack("!I", 2))
 
 
 def edit_all(editor: BackendEditor, pieces: list[bytes]) -> tuple[bytes, list[bytes]]:
