@@ -16,24 +16,16 @@ import time
 import psycopg
 import pytest
 from gateway_fixtures import GatewayProcess
-from wire import WireClient, data_row_values, healthy_session, query
+from wire import (
+    WireClient,
+    data_row_values,
+    database_pid,
+    healthy_session,
+    login_as_agent,
+    query,
+)
 
 from custos.demo.postgres import PostgresServer
-
-
-def login(gateway: GatewayProcess) -> WireClient:
-    client = WireClient.connect(gateway.port)
-    client.login(gateway.tls.ca_cert, "agent", gateway.token(), gateway.database)
-    assert client.backend_key is not None
-    return client
-
-
-def database_pid(client: WireClient) -> int:
-    """The pid of the database backend behind this gateway session."""
-    rows = [m for m in client.run("SELECT pg_backend_pid()") if m.type == "D"]
-    value = data_row_values(rows[0])[0]
-    assert value is not None
-    return int(value)
 
 
 def wait_until_running(pg: PostgresServer, pid: int, fragment: str) -> None:
@@ -60,7 +52,7 @@ def send_cancel(gateway: GatewayProcess, process_id: int, secret_key: int, tls: 
 def test_backend_key_data_names_the_backend_with_the_gateway_secret(
     gateway: GatewayProcess, pg: PostgresServer
 ) -> None:
-    with login(gateway) as client:
+    with login_as_agent(gateway) as client:
         assert client.backend_key is not None
         process_id, secret_key = client.backend_key
         real_pid = database_pid(client)
@@ -72,13 +64,13 @@ def test_backend_key_data_names_the_backend_with_the_gateway_secret(
             direct.cancel(process_id, secret_key)
         answers = client.read_until("Z")
     assert [m.type for m in answers] == ["T", "D", "C", "Z"]
-    with login(gateway) as first, login(gateway) as second:
+    with login_as_agent(gateway) as first, login_as_agent(gateway) as second:
         assert first.backend_key != second.backend_key
 
 
 def test_guessed_cancel_keys_cancel_nothing(gateway: GatewayProcess, pg: PostgresServer) -> None:
     guess = random.Random(11)
-    with healthy_session(gateway.dsn()), login(gateway) as client:
+    with healthy_session(gateway.dsn()), login_as_agent(gateway) as client:
         assert client.backend_key is not None
         process_id, secret_key = client.backend_key
         real_pid = database_pid(client)
@@ -107,7 +99,7 @@ def test_guessed_cancel_keys_cancel_nothing(gateway: GatewayProcess, pg: Postgre
 def test_right_key_cancels_the_statement(
     gateway: GatewayProcess, pg: PostgresServer, tls: bool
 ) -> None:
-    with healthy_session(gateway.dsn()), login(gateway) as client:
+    with healthy_session(gateway.dsn()), login_as_agent(gateway) as client:
         assert client.backend_key is not None
         real_pid = database_pid(client)
         client.send(query("SELECT pg_sleep(30)"))

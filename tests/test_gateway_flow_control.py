@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from gateway_fixtures import GatewayProcess, start_gateway
 from wire import (
-    WireClient,
-    data_row_values,
+    database_pid,
     gateway_backends,
     healthy_session,
+    login_as_agent,
     query,
     wait_for_backends,
 )
@@ -38,19 +38,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-def login(gateway: GatewayProcess) -> WireClient:
-    client = WireClient.connect(gateway.port, timeout=30)
-    client.login(gateway.tls.ca_cert, "agent", gateway.token(), gateway.database)
-    return client
-
-
-def database_pid(client: WireClient) -> int:
-    rows = [m for m in client.run("SELECT pg_backend_pid()") if m.type == "D"]
-    value = data_row_values(rows[0])[0]
-    assert value is not None
-    return int(value)
 
 
 def wait_for_wait_event(pg: PostgresServer, pid: int, event: str) -> None:
@@ -71,7 +58,7 @@ def test_slow_reader_keeps_gateway_memory_bounded(
     gateway: GatewayProcess, pg: PostgresServer
 ) -> None:
     pid = gateway.process.pid
-    with healthy_session(gateway.dsn()), login(gateway) as client:
+    with healthy_session(gateway.dsn()), login_as_agent(gateway, timeout=30) as client:
         backend = database_pid(client)
         baseline = rss_bytes(pid)
         client.send(query(LARGE_RESULT))
@@ -130,9 +117,9 @@ def test_graceful_shutdown(gateway: GatewayProcess, pg: PostgresServer, tmp_path
     before = gateway_backends(pg)
     try:
         with (
-            login(stopping) as idle,
+            login_as_agent(stopping, timeout=30) as idle,
             psycopg.connect(stopping.dsn()) as finishing,
-            login(stopping) as stuck,
+            login_as_agent(stopping, timeout=30) as stuck,
         ):
             assert finishing.execute("SELECT 1").fetchone() == (1,)
             stuck.run("BEGIN")

@@ -30,6 +30,7 @@ from wire import (
     frontend_message,
     gateway_backends,
     healthy_session,
+    login_as_agent,
     password,
     query,
     split_messages,
@@ -42,12 +43,6 @@ from custos.protocol import codes
 from custos.protocol.messages import ssl_request, startup_message
 
 SMALL_MESSAGE_LIMIT = 4096
-
-
-def login(gateway: GatewayProcess, **params: str) -> WireClient:
-    client = WireClient.connect(gateway.port)
-    client.login(gateway.tls.ca_cert, "agent", gateway.token(), gateway.database, **params)
-    return client
 
 
 def log_after(gateway: GatewayProcess, offset: int) -> str:
@@ -312,7 +307,7 @@ def test_malformed_message_after_login_is_refused(
 ) -> None:
     with healthy_session(small_gateway.dsn()):
         before = gateway_backends(pg)
-        with login(small_gateway) as client:
+        with login_as_agent(small_gateway) as client:
             client.send(raw)
             notice = client.expect_refusal(sqlstate)
         assert text in notice.message
@@ -322,7 +317,7 @@ def test_malformed_message_after_login_is_refused(
 def test_oversized_query_sent_whole_is_refused(
     small_gateway: GatewayProcess, pg: PostgresServer
 ) -> None:
-    with healthy_session(small_gateway.dsn()), login(small_gateway) as client:
+    with healthy_session(small_gateway.dsn()), login_as_agent(small_gateway) as client:
         statement = "SELECT '" + "x" * SMALL_MESSAGE_LIMIT + "'"
         # The gateway may close before it has read everything.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -336,7 +331,7 @@ def test_truncated_message_then_disconnect_ends_the_backend(
 ) -> None:
     with healthy_session(gateway.dsn()):
         before = gateway_backends(pg)
-        client = login(gateway)
+        client = login_as_agent(gateway)
         assert gateway_backends(pg) == before + 1
         client.send(b"Q" + struct.pack("!I", 100) + b"SELECT 1")
         client.close()
@@ -348,7 +343,7 @@ def test_disconnect_mid_copy_from_stdin_ends_the_backend(
 ) -> None:
     with healthy_session(gateway.dsn()):
         before = gateway_backends(pg)
-        client = login(gateway)
+        client = login_as_agent(gateway)
         client.run("CREATE TEMP TABLE landing (line text)")
         client.send(query("COPY landing FROM STDIN"))
         assert client.read_message().type == "G"
@@ -362,7 +357,7 @@ def test_disconnect_mid_large_result_ends_the_backend(
 ) -> None:
     with healthy_session(gateway.dsn()):
         before = gateway_backends(pg)
-        client = login(gateway)
+        client = login_as_agent(gateway)
         client.send(query("SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
         assert client.read_message().type == "T"
         for _ in range(100):
@@ -451,7 +446,7 @@ def test_fuzz_after_login(small_gateway: GatewayProcess, garbage: bytes) -> None
     # A FunctionCall with random arguments could call any function: keep the fuzzer to
     # messages whose worst case is an error.
     assume(codes.FUNCTION_CALL not in types)
-    with login(small_gateway) as client:
+    with login_as_agent(small_gateway) as client:
         probe = SYNC + query("SELECT 'fuzz-probe'")
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             client.send(data if verdict != "relay" else data + probe)

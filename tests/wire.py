@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -32,6 +33,9 @@ from custos.protocol.messages import (
     ssl_request,
     startup_message,
 )
+
+if TYPE_CHECKING:
+    from gateway_fixtures import GatewayProcess
 
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!i")
@@ -282,6 +286,22 @@ def data_row_values(message: Message) -> list[bytes | None]:
             values.append(message.body[position : position + length])
             position += length
     return values
+
+
+def login_as_agent(gateway: GatewayProcess, timeout: float = 10.0, **params: str) -> WireClient:
+    """A raw session through the gateway as role `agent`, up to the first ReadyForQuery."""
+    client = WireClient.connect(gateway.port, timeout=timeout)
+    client.login(gateway.tls.ca_cert, "agent", gateway.token(), gateway.database, **params)
+    assert client.backend_key is not None
+    return client
+
+
+def database_pid(client: WireClient) -> int:
+    """The pid of the database backend behind a gateway session."""
+    rows = [m for m in client.run("SELECT pg_backend_pid()") if m.type == "D"]
+    value = data_row_values(rows[0])[0]
+    assert value is not None
+    return int(value)
 
 
 @contextmanager
