@@ -33,7 +33,10 @@ def test_query_parse_execute_and_close_decode():
     assert frontend.query_text(cstring("SELECT 1")) == "SELECT 1"
     parse = cstring("s1") + cstring("SELECT $1") + struct.pack("!hi", 1, 23)
     assert frontend.parse_message(parse) == frontend.Parse("s1", "SELECT $1", (23,))
-    assert frontend.execute_message(cstring("p") + struct.pack("!i", 0)) == frontend.Execute("p")
+    execute = cstring("p") + struct.pack("!i", 0)
+    assert frontend.leading_names(execute, 1, "Execute") == ("p",)
+    bind = cstring("portal") + cstring("statement") + struct.pack("!hh", 0, 0)
+    assert frontend.leading_names(bind, 2, "Bind") == ("portal", "statement")
     assert frontend.close_message(b"S" + cstring("s1")) == frontend.Close("S", "s1")
 
 
@@ -58,7 +61,8 @@ def test_bind_gives_text_values_and_reads_plain_binary_types():
         (frontend.parse_message, cstring("s") + cstring("q") + struct.pack("!h", 2)),
         (frontend.bind_message, bind_body("", "", [0, 0], [b"x"])),
         (frontend.bind_message, cstring("") + cstring("") + struct.pack("!hhi", 0, 1, 10) + b"x"),
-        (frontend.execute_message, cstring("p")),
+        (lambda body: frontend.leading_names(body, 2, "Bind"), cstring("p")),
+        (lambda body: frontend.leading_names(body, 1, "Execute"), b"\xff\x00"),
         (frontend.close_message, b"X" + cstring("s")),
         (frontend.query_text, b"\xff\xfe\x00"),
     ],
@@ -74,7 +78,7 @@ def test_decoders_raise_only_their_own_error_on_garbage(garbage):
         frontend.query_text,
         frontend.parse_message,
         frontend.bind_message,
-        frontend.execute_message,
+        lambda body: frontend.leading_names(body, 2, "Bind"),
         frontend.close_message,
     ):
         with contextlib.suppress(ProtocolViolation):

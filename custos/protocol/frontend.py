@@ -65,11 +65,6 @@ def _binary_as_text(oid: int, value: bytes) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Execute:
-    portal: str
-
-
-@dataclass(frozen=True, slots=True)
 class Close:
     kind: str  # "S" statement or "P" portal
     name: str
@@ -175,14 +170,6 @@ def bind_message(body: bytes) -> Bind:
         reader.int16()
     reader.finish()
     return Bind(portal, statement, tuple(values), tuple(binary))
-
-
-def execute_message(body: bytes) -> Execute:
-    reader = _Reader(body, "Execute")
-    portal = reader.cstring()
-    reader.int32()
-    reader.finish()
-    return Execute(portal)
 
 
 def close_message(body: bytes) -> Close:

@@ -73,17 +73,6 @@ def error_response_with_fields(fields: Mapping[str, str]) -> bytes:
     return _message(b"E", body + b"\x00")
 
 
-def notice_response(
-    message: str,
-    *,
-    sqlstate: str = "00000",
-    severity: str = "NOTICE",
-    detail: str | None = None,
-    hint: str | None = None,
-) -> bytes:
-    return _message(b"N", _notice_fields(severity, sqlstate, message, detail, hint))
-
-
 def authentication_ok() -> bytes:
     return _message(b"R", _INT32.pack(codes.AUTH_OK))
 
