@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
-from custos.identity.models import RoleConfig
+from custos.identity.models import IssuerConfig, RoleConfig
 from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
@@ -30,20 +30,21 @@ DEV_ISSUER_PLACEHOLDER = "dev"
 def build_services(config: GatewayConfig) -> GatewayServices:
     if config.upstream is None:
         raise ConfigError("no upstream database: pass --upstream DSN or set upstream in the config")
-    roles = config.roles
     dev_issuer = DevIssuer.open_or_create(config.dev_issuer_dir) if config.dev_issuer_dir else None
-    if dev_issuer is not None:
-        roles = [_resolve_dev_issuer(role, dev_issuer.issuer_config().issuer) for role in roles]
-    elif any(
-        statement.issuer == DEV_ISSUER_PLACEHOLDER for role in roles for statement in role.trust
+    dev_issuer_config = dev_issuer.issuer_config() if dev_issuer else None
+    if dev_issuer_config is None and any(
+        statement.issuer == DEV_ISSUER_PLACEHOLDER
+        for role in config.roles
+        for statement in role.trust
     ):
         raise ConfigError("a role trusts the dev issuer, but no --dev-issuer DIR was given")
+    roles = _with_dev_issuer(config.roles, dev_issuer_config)
     policy = _policy_source(config.policy) if config.policy else None
     if policy is None:
         log.warning("no policy is configured: statements pass through ungoverned")
-    authenticator = Authenticator(config.issuers, _role_catalog(roles, policy, dev_issuer))
-    if dev_issuer is not None:
-        authenticator.add_static_issuer(dev_issuer.issuer_config(), dev_issuer.jwks())
+    authenticator = Authenticator(config.issuers, _role_catalog(roles, policy, dev_issuer_config))
+    if dev_issuer is not None and dev_issuer_config is not None:
+        authenticator.add_static_issuer(dev_issuer_config, dev_issuer.jwks())
     return GatewayServices(
         authenticator=authenticator,
         credentials=credential_source(config.upstream),
@@ -78,7 +79,9 @@ def _decision_point(
 
 
 def _role_catalog(
-    configured: list[RoleConfig], policy: ReloadingPolicySource | None, dev_issuer: DevIssuer | None
+    configured: list[RoleConfig],
+    policy: ReloadingPolicySource | None,
+    dev_issuer: IssuerConfig | None,
 ) -> Callable[[], Sequence[RoleConfig]]:
     """The roles in force: the config's, plus the current policy's (which may reload)."""
     cache: dict[str, Sequence[RoleConfig]] = {}
@@ -88,10 +91,7 @@ def _role_catalog(
             return configured
         engine = policy.current()
         if engine.version not in cache:
-            from_policy = list(engine.document.roles)
-            if dev_issuer is not None:
-                issuer = dev_issuer.issuer_config().issuer
-                from_policy = [_resolve_dev_issuer(role, issuer) for role in from_policy]
+            from_policy = _with_dev_issuer(engine.document.roles, dev_issuer)
             names = {role.name for role in configured}
             clashes = sorted(names.intersection(role.name for role in from_policy))
             if clashes:
@@ -107,7 +107,16 @@ def _role_catalog(
     return current
 
 
-def _resolve_dev_issuer(role: RoleConfig, dev_issuer: str) -> RoleConfig:
+def _with_dev_issuer(
+    roles: Sequence[RoleConfig], dev_issuer: IssuerConfig | None
+) -> list[RoleConfig]:
+    """The roles with `issuer: dev` naming the dev issuer, when the gateway has one."""
+    if dev_issuer is None:
+        return list(roles)
+    return [_trusting(role, dev_issuer.issuer) for role in roles]
+
+
+def _trusting(role: RoleConfig, dev_issuer: str) -> RoleConfig:
     trust = [
         statement.model_copy(update={"issuer": dev_issuer})
         if statement.issuer == DEV_ISSUER_PLACEHOLDER
