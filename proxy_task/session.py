@@ -2,7 +2,7 @@
 
 The hot path: a client chunk is cut into whole messages (the gateway must
 see each statement whole before it may act on it) and forwarded with one
-write; a database chunk is forwarded as it arrives while the scanner follows
+write; a database chunk is forwarded as it arrives while the editor follows
 message boundaries to know when the session is idle. Flow control couples
 the two sides so a slow reader pauses the writer and memory stays bounded.
 """
