@@ -73,6 +73,8 @@ def load_policy(source: Path | str, *, origin: str | None = None) -> PolicyDocum
 class _ReloadingSource:
     """The engine in force, replaced whole when a new valid version arrives."""
 
+    _poll_seconds: float
+
     def __init__(self, engine: PolicyEngine, location: str) -> None:
         self._engine = engine
         self._location = location
@@ -80,6 +82,14 @@ class _ReloadingSource:
 
     def current(self) -> PolicyEngine:
         return self._engine
+
+    def check(self) -> bool:
+        """Reloads if the source changed; True when a new policy version is now in force."""
+        raise NotImplementedError
+
+    async def watch(self) -> None:
+        """Polls for changes forever; the gateway runs this as a task."""
+        await _watch(self.check, self._poll_seconds, self._location)
 
     def _install(self, engine: PolicyEngine) -> bool:
         self._problem = None
@@ -137,10 +147,6 @@ class FilePolicySource(_ReloadingSource):
             return False
         return self._install(PolicyEngine(document))
 
-    async def watch(self) -> None:
-        """Polls for changes forever; the gateway runs this as a task."""
-        await _watch(self.check, self._poll_seconds, self._location)
-
 
 class S3PolicySource(_ReloadingSource):
     """The policy in an S3 object (versioning enabled), reloaded when its version changes."""
@@ -186,10 +192,6 @@ class S3PolicySource(_ReloadingSource):
             )
             return False
         return self._install(PolicyEngine(document))
-
-    async def watch(self) -> None:
-        """Polls for new object versions forever; the gateway runs this as a task."""
-        await _watch(self.check, self._poll_seconds, self.location)
 
     def _fetch(self, version_id: str | None) -> tuple[tuple[str | None, str | None], str]:
         arguments = {"Bucket": self.bucket, "Key": self.key}
