@@ -52,6 +52,9 @@ class PolicySettings(BaseModel):
     poll_seconds: float | None = Field(default=None, gt=0)
     decision_point: Literal["in_process", "lambda"] = "in_process"
     lambda_function: str | None = None
+    # How long the columns read from the database (to name them in refusal hints) stay fresh;
+    # a schema change through the gateway forgets them at once.
+    column_cache_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> PolicySettings:

@@ -16,12 +16,17 @@ from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
 from custos.session.gate import DecisionPoint
-from custos.upstream.credentials import credential_source
+from custos.upstream.columns import ColumnCatalog
+from custos.upstream.credentials import CredentialSource, credential_source
 from proxy_task.gateway import Gateway, GatewayServices
+from proxy_task.upstream import side_connector
 
 log = logging.getLogger("custos.gateway")
 
 ReloadingPolicySource = FilePolicySource | S3PolicySource
+
+CATALOG_APPLICATION_NAME = "custos-catalog"
+"""How the gateway's own connection for column lists shows in pg_stat_activity."""
 
 DEV_ISSUER_PLACEHOLDER = "dev"
 """In a role's trust statement, `issuer: dev` names the gateway's dev issuer."""
@@ -45,12 +50,14 @@ def build_services(config: GatewayConfig) -> GatewayServices:
     authenticator = Authenticator(config.issuers, _role_catalog(roles, policy, dev_issuer_config))
     if dev_issuer is not None and dev_issuer_config is not None:
         authenticator.add_static_issuer(dev_issuer_config, dev_issuer.jwks())
+    credentials = credential_source(config.upstream)
     return GatewayServices(
         authenticator=authenticator,
-        credentials=credential_source(config.upstream),
+        credentials=credentials,
         tls_context=_server_tls_context(config),
         policy=policy,
         decision_point=_decision_point(config.policy, policy),
+        columns=_column_catalog(config, credentials),
     )
 
 
@@ -76,6 +83,16 @@ def _decision_point(
         assert settings.lambda_function is not None
         return LambdaDecisionPoint(settings.lambda_function)
     return InProcessDecisionPoint(policy)
+
+
+def _column_catalog(config: GatewayConfig, credentials: CredentialSource) -> ColumnCatalog | None:
+    """The columns behind `*`, for refusal hints: only policy refuses statements."""
+    if config.policy is None:
+        return None
+    connect = side_connector(
+        credentials, CATALOG_APPLICATION_NAME, config.limits.startup_timeout_seconds
+    )
+    return ColumnCatalog(connect, ttl_seconds=config.policy.column_cache_seconds)
 
 
 def _role_catalog(

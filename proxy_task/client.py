@@ -317,7 +317,13 @@ class ClientConnection(asyncio.Protocol):
             search_path = await fetch_search_path(upstream)
         except UpstreamConnectError as error:
             raise HandshakeRefused(error.sqlstate, error.message) from None
-        return StatementGate(principal.role, decision_point, self.gateway.analyses, search_path)
+        return StatementGate(
+            principal.role,
+            decision_point,
+            self.gateway.analyses,
+            search_path,
+            columns=self.gateway.columns,
+        )
 
     def _start_session(
         self, principal: Principal, upstream: UpstreamReady, gate: StatementGate | None

@@ -12,6 +12,7 @@ from custos.identity.authenticator import Authenticator
 from custos.policy.source import FilePolicySource, S3PolicySource
 from custos.session.gate import DecisionPoint
 from custos.sql.cache import AnalysisCache
+from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import CredentialSource
 from proxy_task.cancel import CancelRegistry
 from proxy_task.client import ClientConnection
@@ -29,6 +30,7 @@ class GatewayServices:
     tls_context: ssl.SSLContext | None
     policy: FilePolicySource | S3PolicySource | None = None
     decision_point: DecisionPoint | None = None
+    columns: ColumnCatalog | None = None
 
 
 class Gateway:
@@ -39,6 +41,7 @@ class Gateway:
         self.tls_context = services.tls_context
         self.policy = services.policy
         self.decision_point = services.decision_point
+        self.columns = services.columns
         self.analyses = AnalysisCache()
         self._policy_watch: asyncio.Task[None] | None = None
         self.cancels = CancelRegistry()
@@ -105,6 +108,8 @@ class Gateway:
                     session.close("57P01", "the gateway is shutting down; reconnect to continue")
         if self._server is not None:
             await self._server.wait_closed()
+        if self.columns is not None:
+            self.columns.close()
         log.info("gateway stopped")
 
     def connection_opened(self, connection: ClientConnection) -> None:

@@ -54,7 +54,11 @@ _FUNCTION_CALL_REFUSAL = Refusal(
 
 @dataclass(slots=True)
 class _Segment:
-    """The client's messages up to one sync point, and which answers to cut out."""
+    """The client's messages up to one sync point, and which answers to cut out.
+
+    Only a segment with a refusal in it is kept for its answers; a clean one is queued
+    as None, and its counters start over for the next.
+    """
 
     parses: int = 0
     binds: int = 0
@@ -78,15 +82,34 @@ def _without_refusal_context(body: bytes) -> bytes | None:
     )
 
 
+# While a refusal's answers are on their way, ParseComplete and BindComplete may be the
+# gateway's own to cut out, and errors may carry the refusal's context line. Otherwise the
+# session follows the server's stream as lightly as a bare one.
+_EDITED_ANSWERS = frozenset(
+    {codes.READY_FOR_QUERY, _PARSE_COMPLETE, _BIND_COMPLETE, codes.ERROR_RESPONSE}
+)
+_PLAIN_ANSWERS = frozenset({codes.READY_FOR_QUERY})
+# The client's messages that change what the gate knows or need a verdict; the rest
+# (Describe, Flush, COPY data) pass as they are.
+_FOLLOWED = frozenset(
+    {
+        codes.EXECUTE,
+        codes.BIND,
+        codes.PARSE,
+        codes.QUERY,
+        codes.CLOSE,
+        codes.SYNC,
+        codes.FUNCTION_CALL,
+    }
+)
+
+
 class GovernedSession(Session):
-    # ParseComplete and BindComplete may be the gateway's own to cut out; errors may carry
-    # the refusal's context line. PostgreSQL's errors are far smaller than the cap.
-    _upstream_wanted = frozenset(
-        {codes.READY_FOR_QUERY, _PARSE_COMPLETE, _BIND_COMPLETE, codes.ERROR_RESPONSE}
-    )
+    # PostgreSQL's errors are far smaller than the cap.
+    _upstream_wanted = _PLAIN_ANSWERS
     _upstream_wanted_max_bytes = 16 << 20
 
-    __slots__ = ("_backlog", "_gate", "_holding", "_open", "_segments")
+    __slots__ = ("_backlog", "_edited_in_flight", "_gate", "_holding", "_open", "_segments")
 
     def __init__(
         self,
@@ -101,7 +124,8 @@ class GovernedSession(Session):
         super().__init__(gateway, principal, client, upstream, cancel_key, transaction_status)
         self._gate = gate
         self._open = _Segment()
-        self._segments: deque[_Segment] = deque()
+        self._segments: deque[_Segment | None] = deque()
+        self._edited_in_flight = 0  # segments with a refusal whose answers are yet to come
         self._backlog: deque[tuple[bytes, list[Span], int]] = deque()
         self._holding: asyncio.Future[Verdict] | None = None
 
@@ -156,6 +180,8 @@ class GovernedSession(Session):
         self, message_type: int, chunk: bytes, start: int, end: int
     ) -> Verdict | Awaitable[Verdict]:
         """Follows the message in the session's state; a verdict where one is due."""
+        if message_type not in _FOLLOWED:
+            return None
         if message_type == codes.EXECUTE:
             return self._gate.on_execute(
                 chunk[start + 5 : end], self._settled_outside_transaction is False
@@ -185,8 +211,13 @@ class GovernedSession(Session):
         return self._transaction_status == b"I" and not self._segments
 
     def _close_segment(self) -> None:
-        self._segments.append(self._open)
-        self._open = _Segment()
+        segment = self._open
+        if segment.refusals:
+            self._segments.append(segment)
+            self._open = _Segment()
+        else:
+            self._segments.append(None)
+            segment.parses = segment.binds = 0
 
     def _replacement(self, message_type: int, refusal: Refusal) -> bytes:
         """What the database gets instead of a refused message."""
@@ -198,9 +229,16 @@ class GovernedSession(Session):
         )
         sql = refusal_sql(refusal)
         if message_type in (codes.QUERY, codes.FUNCTION_CALL):
-            self._segments[-1].refusals += 1
+            # The message closed its segment already.
+            closed = self._segments[-1]
+            if closed is None:
+                closed = self._segments[-1] = _Segment()
+                self._edited_in_flight += 1
+            closed.refusals += 1
             return encode_query(sql)
         segment = self._open
+        if not segment.refusals:
+            self._edited_in_flight += 1
         segment.refusals += 1
         segment.parses += 1
         segment.binds += 1
@@ -252,8 +290,10 @@ class GovernedSession(Session):
 
     def from_upstream(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
+        editor = self._editor
+        editor.wanted = _EDITED_ANSWERS if self._edited_in_flight else _PLAIN_ANSWERS
         try:
-            chunk, spans = self._editor.feed(data)
+            chunk, spans = editor.feed(data)
         except ProtocolViolation as violation:
             self._upstream_lost_track(violation)
             return
@@ -266,10 +306,12 @@ class GovernedSession(Session):
         for message_type, start, end in spans:
             if message_type == codes.READY_FOR_QUERY:
                 self._transaction_status = chunk[start + 5 : end]
-                if self._segments:
-                    self._segments.popleft()
+                if self._segments and self._segments.popleft() is not None:
+                    self._edited_in_flight -= 1
                 continue
             segment = self._segments[0] if self._segments else self._open
+            if segment is None or (not segment.dropped_parses and not segment.refusals):
+                continue  # a clean segment, followed closely only because one behind is not
             if message_type == codes.ERROR_RESPONSE:
                 if segment.refusals:
                     replacement = _without_refusal_context(chunk[start + 5 : end])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -15,8 +15,8 @@ from custos.protocol.frontend import encode_query
 from custos.protocol.messages import (
     ServerNotice,
     backend_key_data_values,
+    data_row_values,
     parse_notice,
-    single_text_value,
     ssl_request,
     startup_message,
 )
@@ -275,23 +275,71 @@ def _where(target: UpstreamTarget) -> str:
     return f"{target.host}:{target.port}"
 
 
+async def run_query(ready: UpstreamReady, sql: str) -> list[tuple[str | None, ...]]:
+    """The rows of a simple query, as text, on a connection no session relays yet (or ever).
+
+    Raises UpstreamConnectError if the query fails or the connection closes.
+    """
+    connection = ready.connection
+    assert connection.transport is not None
+    connection.transport.write(encode_query(sql))
+    framer = MessageFramer(_HANDSHAKE_MESSAGE_LIMIT, _ANY_MESSAGE_TYPE)
+    rows: list[tuple[str | None, ...]] = []
+    while True:
+        chunk, spans = framer.feed(await _read_or_fail(connection, ready.target))
+        for message_type, start, end in spans:
+            if message_type == codes.DATA_ROW:
+                rows.append(data_row_values(chunk[start + 5 : end]))
+            elif message_type == codes.ERROR_RESPONSE:
+                raise _rejected(parse_notice(chunk[start + 5 : end]), ready.target)
+            elif message_type == codes.READY_FOR_QUERY:
+                return rows
+
+
 async def fetch_search_path(ready: UpstreamReady) -> tuple[str, ...]:
     """The session's effective search path, asked of the database before the client arrives.
 
     `current_schemas(false)` resolves "$user" and leaves out schemas that do not
     exist, so the gateway starts from the path PostgreSQL will really use.
     """
-    connection = ready.connection
-    assert connection.transport is not None
-    connection.transport.write(encode_query("SELECT unnest(current_schemas(false))"))
-    framer = MessageFramer(_HANDSHAKE_MESSAGE_LIMIT, _ANY_MESSAGE_TYPE)
     schemas: list[str] = []
-    while True:
-        chunk, spans = framer.feed(await _read_or_fail(connection, ready.target))
-        for message_type, start, end in spans:
-            if message_type == codes.DATA_ROW:
-                schemas.append(single_text_value(chunk[start + 5 : end]))
-            elif message_type == codes.ERROR_RESPONSE:
-                raise _rejected(parse_notice(chunk[start + 5 : end]), ready.target)
-            elif message_type == codes.READY_FOR_QUERY:
-                return tuple(schemas)
+    for row in await run_query(ready, "SELECT unnest(current_schemas(false))"):
+        if len(row) != 1 or row[0] is None:
+            raise ProtocolViolation("the database answered the search path query oddly")
+        schemas.append(row[0])
+    return tuple(schemas)
+
+
+class SideConnection:
+    """A connection the gateway opens for its own catalog queries (see ColumnCatalog)."""
+
+    def __init__(self, ready: UpstreamReady) -> None:
+        self._ready = ready
+
+    @property
+    def closed(self) -> bool:
+        transport = self._ready.connection.transport
+        return transport is None or transport.is_closing()
+
+    async def query(self, sql: str) -> list[tuple[str | None, ...]]:
+        return await run_query(self._ready, sql)
+
+    def close(self) -> None:
+        transport = self._ready.connection.transport
+        if transport is not None:
+            transport.abort()
+
+
+def side_connector(
+    credentials: CredentialSource, application_name: str, timeout_seconds: float
+) -> Callable[[], Awaitable[SideConnection]]:
+    """Opens side connections with the gateway's own credential, named in pg_stat_activity."""
+    # UTF8, whatever the database's encoding: run_query decodes every value as UTF-8.
+    parameters = {"application_name": application_name, "client_encoding": "UTF8"}
+
+    async def connect() -> SideConnection:
+        return SideConnection(
+            await connect_upstream(credentials, parameters, None, timeout_seconds)
+        )
+
+    return connect

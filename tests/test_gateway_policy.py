@@ -142,6 +142,18 @@ def test_unparsable_statements_are_refused(governed):
         assert "could not parse" in refused.value.diag.message_primary
 
 
+def test_a_parse_error_quoting_the_statement_stays_out_of_the_log(governed):
+    secret = "jane.doe.parse-error@example.com"
+    with connect(governed, autocommit=True) as connection:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            connection.execute(f"SELECT id FROM crm.customers WHERE email = 'a' '{secret}'")
+        # The client gets the parser's pointer to its own text, as PostgreSQL would give it.
+        assert secret in refused.value.diag.message_primary
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    _wait_for_log(governed, "statement refused")
+    assert secret not in governed.log()
+
+
 def test_psql_session_carries_on_after_refusals(governed):
     token = governed.token("agent", "agent-psql")
     script = (

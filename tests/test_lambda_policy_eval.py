@@ -435,3 +435,13 @@ def test_decisions_are_counted_by_effect(
     assert emitted["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["effect"]]
     assert emitted["effect"] == "deny"
     assert emitted["Decisions"] == [1.0]
+
+
+def test_a_parse_error_quoting_the_statement_reaches_the_caller_but_not_the_log(
+    s3: Any, lambda_context: LambdaContext, log_output: pytest.CaptureFixture[str]
+) -> None:
+    # PostgreSQL's parser names the token it stopped at, here a value from the statement.
+    result = decide(lambda_context, f"SELECT id FROM crm.customers WHERE email = 'a' '{SECRET}'")
+    assert result["effect"] == "deny"
+    assert SECRET in result["message"]  # the caller sent it and needs it to fix the statement
+    assert SECRET not in log_output.readouterr().out

@@ -85,10 +85,14 @@ def test_explain_prints_decision_facts_rules_and_version(
         "  kinds:               select",
         "  relations read:      crm.customers",
         "  relations written:   -",
+        "  columns read:        crm.customers: email",
+        "  columns written:     -",
         "  categories read:     email",
         "  categories written:  -",
         "  functions:           -",
         "  risks:               a leading-wildcard pattern on crm.customers.email",
+        "result columns:",
+        "  email               crm.customers.email",
         "mask:            email, iban, phone by partial (rule agents-mask-contact-details)",
         f"policy version:  {version}",
     ]
@@ -121,6 +125,56 @@ def test_explain_with_parameters_search_path_and_approval(
     assert "approval:        1 of group dpo, granted for 3600s " in out
     assert "(rule agents-write-crm-needs-approval)" in out
     assert "x@example.com" not in out
+
+
+STAR_JOIN = (
+    "SELECT p.*, o.id AS order_id FROM crm.products p JOIN crm.orders o ON o.id = p.id LIMIT 5"
+)
+
+
+def test_explain_shows_star_as_such_without_the_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("policy", "explain", DEMO_POLICY, "--role", "agent", STAR_JOIN) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  columns read:        crm.orders: id; crm.products: *, id" in lines
+    start = lines.index("result columns:")
+    assert lines[start + 1 : start + 3] == [
+        "  *                   crm.products.*",
+        "  order_id            crm.orders.id",
+    ]
+
+
+def test_explain_with_upstream_lists_the_columns_behind_star(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("policy", "explain", DEMO_POLICY, "--role", "agent", "--upstream", pg_dsn)
+    assert run(*argv, STAR_JOIN) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # `*` stays among the columns read: policy still counts every column, known or not.
+    assert "  columns read:        crm.orders: id; crm.products: *, id, name, price_cents" in lines
+    start = lines.index("result columns:")
+    assert lines[start + 1 : start + 5] == [
+        "  id                  crm.products.id",
+        "  name                crm.products.name",
+        "  price_cents         crm.products.price_cents",
+        "  order_id            crm.orders.id",
+    ]
+    assert "decision:        allow" in lines
+    # A table the database does not have is left as `*`.
+    assert run(*argv, "SELECT * FROM crm.nowhere LIMIT 1") == 0
+    assert "  *                   crm.nowhere.*" in capsys.readouterr().out.splitlines()
+
+
+def test_explain_with_an_unreachable_upstream(capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = "postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=2"
+    argv = ("policy", "explain", DEMO_POLICY, "--role", "agent", "--upstream", dsn, STAR_JOIN)
+    assert run(*argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "cannot read the columns from --upstream" in captured.err
+    assert "leave out --upstream" in captured.err
 
 
 def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:

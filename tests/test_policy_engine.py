@@ -61,7 +61,6 @@ def statement(
     return StatementFacts(
         kind=main,
         kinds=frozenset({main, *(StatementKind(k) for k in kinds)}),
-        text="(not used by policy)",
         relations_read=frozenset(reads),
         relations_written=frozenset(writes),
         columns_read=columns or {},
@@ -475,7 +474,6 @@ def test_limit_above_only_concerns_statements_that_return_rows() -> None:
     explain = StatementFacts(
         kind=StatementKind.SELECT,
         kinds=frozenset({StatementKind.SELECT}),
-        text="",
         relations_read=frozenset({"crm.customers"}),
         statement_type="ExplainStmt",
     )
@@ -483,7 +481,6 @@ def test_limit_above_only_concerns_statements_that_return_rows() -> None:
     returning = StatementFacts(
         kind=StatementKind.DELETE,
         kinds=frozenset({StatementKind.DELETE}),
-        text="",
         relations_read=frozenset({"crm.customers"}),
         relations_written=frozenset({"crm.customers"}),
         output_columns=(OutputColumn("email", frozenset({("crm.customers", "email")})),),
@@ -750,7 +747,6 @@ def test_sets_role() -> None:
     set_role = StatementFacts(
         kind=StatementKind.SET,
         kinds=frozenset({StatementKind.SET}),
-        text="",
         sets_role=True,
         statement_type="VariableSetStmt",
     )
@@ -770,13 +766,11 @@ def test_statement_types_single_out_statements_of_one_kind() -> None:
     show = StatementFacts(
         kind=StatementKind.OTHER,
         kinds=frozenset({StatementKind.OTHER}),
-        text="",
         statement_type="VariableShowStmt",
     )
     checkpoint = StatementFacts(
         kind=StatementKind.OTHER,
         kinds=frozenset({StatementKind.OTHER}),
-        text="",
         statement_type="CheckPointStmt",
     )
     decision = decide(policy, show)

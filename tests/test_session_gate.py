@@ -32,7 +32,7 @@ class RecordingDecisionPoint:
         parameters: tuple[str | None, ...],
         search_path: tuple[str, ...],
     ) -> Decision:
-        self.asked.append(tuple(statement.text for statement in analysis.statements))
+        self.asked.append(analysis.texts)
         return self._inner.decide(role, analysis, parameters, search_path)
 
 
@@ -82,6 +82,15 @@ def test_execute_is_decided_on_what_prepare_prepared():
     refusal = subject.on_query("EXECUTE never_prepared", False)
     assert isinstance(refusal, Refusal)
     assert refusal.sqlstate == "26000"
+
+
+def test_execute_with_new_arguments_is_decided_on_what_prepare_prepared():
+    # The second EXECUTE shares the first one's shape; its decision must still be made on
+    # the prepared statement, not on the bare EXECUTE the shape was first seen as.
+    subject = gate()
+    assert subject.on_query("PREPARE q(int) AS SELECT id FROM crm.orders LIMIT $1", False) is None
+    assert subject.on_query("EXECUTE q(1)", False) is None
+    assert subject.on_query("EXECUTE q(2)", False) is None
 
 
 def test_bind_values_decide_at_execute():

@@ -869,7 +869,7 @@ def test_there_are_enough_cases() -> None:
 
 def test_statements_keep_their_own_text() -> None:
     analysis = analyze("SELECT 1; DELETE FROM crm.t -- bye\n;  UPDATE crm.t SET a = 'é' ; ")
-    assert [s.text for s in analysis.statements] == [
+    assert list(analysis.texts) == [
         "SELECT 1",
         "DELETE FROM crm.t -- bye",
         "UPDATE crm.t SET a = 'é'",
@@ -880,7 +880,7 @@ def test_statements_keep_their_own_text() -> None:
 
 def test_text_offsets_are_bytes_not_characters() -> None:
     analysis = analyze("SELECT 'żółw' AS ü; SELECT email FROM crm.customers")
-    assert analysis.statements[1].text == "SELECT email FROM crm.customers"
+    assert analysis.texts[1] == "SELECT email FROM crm.customers"
     assert analysis.statements[1].relations_read == {CUSTOMERS}
 
 

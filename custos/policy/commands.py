@@ -6,17 +6,20 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import psycopg
 import yaml
 
 from custos.policy.engine import Decision, DecisionRequest, PolicyEngine
 from custos.policy.models import Effect, PolicyDocument, json_schema_text
 from custos.policy.source import PolicyError, load_policy
-from custos.sql.facts import Analysis
+from custos.sql.expansion import expand_all_columns, relations_with_all_columns
+from custos.sql.facts import ALL_COLUMNS, Analysis
+from custos.upstream.columns import askable, columns_from_rows, columns_query
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _DEFAULT_SEARCH_PATH = ("public",)
@@ -49,6 +52,12 @@ def add_policy_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="a bind parameter's value in text form; repeat for $1, $2, ...",
     )
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.add_argument(
+        "--upstream",
+        metavar="DSN",
+        help="a PostgreSQL DSN to read the columns a `*` stands for from, to list them"
+        " (text output; one read-only catalog query)",
+    )
     explain.add_argument("sql", metavar="SQL")
     explain.set_defaults(command=explain_command)
 
@@ -94,12 +103,35 @@ def explain_command(arguments: argparse.Namespace) -> int:
     engine = PolicyEngine(document)
     search_path = _split_path(arguments.search_path)
     analysis = _analyze(arguments.sql, search_path)
+    # Decided as the gateway decides: on the analysis alone (expansion only adds to `*`).
     decision = engine.decide(DecisionRequest(arguments.role, analysis, tuple(arguments.param)))
     if arguments.json:
         print(json.dumps(decision.as_dict(), indent=2))
-    else:
-        _print_decision(decision, analysis, sys.stdout)
+        return 0
+    columns: dict[str, tuple[str, ...]] = {}
+    if arguments.upstream is not None:
+        try:
+            columns = read_columns(arguments.upstream, relations_with_all_columns(analysis))
+        except psycopg.Error as error:
+            print(
+                f"custos policy explain: cannot read the columns from --upstream: {error}",
+                "check the DSN, or leave out --upstream to explain without the database",
+                sep="\n",
+                file=sys.stderr,
+            )
+            return 2
+    _print_decision(decision, expand_all_columns(analysis, columns), sys.stdout)
     return 0
+
+
+def read_columns(dsn: str, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The columns of those `relations` that exist, read from the database at `dsn`."""
+    asked = {relation for relation in relations if askable(relation)}
+    if not asked:
+        return {}
+    with psycopg.connect(dsn, autocommit=True, application_name="custos-explain") as connection:
+        rows = connection.execute(columns_query(asked)).fetchall()
+    return columns_from_rows(rows)
 
 
 def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None:
@@ -115,10 +147,13 @@ def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None
         f"  kinds:               {_listed(facts.kinds)}",
         f"  relations read:      {_listed(facts.relations_read)}",
         f"  relations written:   {_listed(facts.relations_written)}",
+        f"  columns read:        {_columns_used(s.columns_read for s in analysis.statements)}",
+        f"  columns written:     {_columns_used(s.columns_written for s in analysis.statements)}",
         f"  categories read:     {_listed(facts.categories_read)}",
         f"  categories written:  {_listed(facts.categories_written)}",
         f"  functions:           {_listed(facts.functions)}",
         f"  risks:               {_listed(facts.risks)}",
+        *_result_columns(analysis),
     ]
     if decision.approval is not None:
         approval = decision.approval
@@ -138,6 +173,36 @@ def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None
         )
     lines.append(f"policy version:  {decision.policy_version}")
     out.write("\n".join(lines) + "\n")
+
+
+def _columns_used(used: Iterable[Mapping[str, frozenset[str]]]) -> str:
+    """relation: columns, for every statement together; `*` (every column) first."""
+    merged: dict[str, set[str]] = {}
+    for columns in used:
+        for relation, names in columns.items():
+            merged.setdefault(relation, set()).update(names)
+    return (
+        "; ".join(
+            f"{relation}: {', '.join(sorted(names, key=lambda name: (name != ALL_COLUMNS, name)))}"
+            for relation, names in sorted(merged.items())
+        )
+        or "-"
+    )
+
+
+def _result_columns(analysis: Analysis) -> list[str]:
+    """Each result column and the table columns its values come from (a `*`: unknown width)."""
+    lines = []
+    returning = [s for s in analysis.statements if s.output_columns]
+    for number, statement in enumerate(returning, start=1):
+        title = "result columns:" if len(returning) == 1 else f"result columns ({number}):"
+        lines.append(title)
+        for column in statement.output_columns:
+            sources = ", ".join(f"{relation}.{name}" for relation, name in sorted(column.sources))
+            lines.append(
+                f"  {ALL_COLUMNS if column.name is None else column.name:<19} {sources or '-'}"
+            )
+    return lines
 
 
 # --- diff ---------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class LambdaDecisionPoint:
             return dataclasses.replace(
                 decision, policy_version=self._version or UNAVAILABLE_VERSION
             )
-        sql = ";\n".join(statement.text for statement in analysis.statements)
+        sql = ";\n".join(analysis.texts)
         key = (role, sql, search_path, parameters)
         cached = self._cached(key)
         if cached is not None:

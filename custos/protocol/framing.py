@@ -106,12 +106,14 @@ class BackendEditor:
     at most `max_wanted_bytes`, so the caller can drop or keep it whole. `feed`
     returns the bytes that may go on now and the spans of the wanted messages
     inside them.
+
+    `wanted` may change between feeds: held bytes are looked at again under the new set.
     """
 
-    __slots__ = ("_held", "_max_wanted_bytes", "_skip", "_wanted")
+    __slots__ = ("_held", "_max_wanted_bytes", "_skip", "wanted")
 
     def __init__(self, wanted: Collection[int], max_wanted_bytes: int = 1 << 20) -> None:
-        self._wanted = frozenset(wanted)
+        self.wanted = frozenset(wanted)
         self._max_wanted_bytes = max_wanted_bytes
         self._skip = 0
         self._held = b""
@@ -133,7 +135,7 @@ class BackendEditor:
                 return data, spans
             position = self._skip
             self._skip = 0
-        wanted = self._wanted
+        wanted = self.wanted
         while position < size:
             if size - position < _HEADER_BYTES:
                 self._held = data[position:]

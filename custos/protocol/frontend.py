@@ -116,12 +116,18 @@ class _Reader:
             raise ProtocolViolation(f"malformed {self._what} message: trailing bytes")
 
 
+_UNNAMED = {1: b"\x00", 2: b"\x00\x00"}
+_UNNAMED_NAMES = {1: ("",), 2: ("", "")}
+
+
 def leading_names(body: bytes, count: int, what: str) -> tuple[str, ...]:
     """The first `count` NUL-terminated strings of a body, without decoding the rest.
 
     Bind starts with portal and statement names, Execute with the portal's:
     enough to follow the session without reading the parameter values.
     """
+    if body.startswith(_UNNAMED[count]):
+        return _UNNAMED_NAMES[count]  # most clients use the unnamed statement and portal
     parts = body.split(b"\x00", count)
     if len(parts) <= count:
         raise ProtocolViolation(f"malformed {what} message: unterminated string")
@@ -133,6 +139,11 @@ def leading_names(body: bytes, count: int, what: str) -> tuple[str, ...]:
 
 def query_text(body: bytes) -> str:
     """The SQL of a simple Query message."""
+    if body.find(b"\x00") == len(body) - 1:
+        try:
+            return body[:-1].decode()
+        except UnicodeDecodeError:
+            pass  # the reader says why
     reader = _Reader(body, "Query")
     text = reader.cstring()
     reader.finish()

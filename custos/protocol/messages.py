@@ -141,14 +141,30 @@ def backend_key_data_values(body: bytes) -> tuple[int, int]:
     return process_id, secret_key
 
 
-def single_text_value(body: bytes) -> str:
-    """The one text column of a DataRow body."""
-    if len(body) < 6 or _INT16.unpack_from(body)[0] != 1:
-        raise ProtocolViolation("expected a DataRow with one column")
-    length = _INT32.unpack_from(body, 2)[0]
-    if length < 0 or 6 + length != len(body):
-        raise ProtocolViolation("expected a DataRow with one non-null column")
-    return body[6:].decode()
+def data_row_values(body: bytes) -> tuple[str | None, ...]:
+    """The columns of a DataRow body in text format; None for NULL."""
+    if len(body) < 2:
+        raise ProtocolViolation("the database sent a truncated DataRow")
+    count = _INT16.unpack_from(body)[0]
+    if count < 0:
+        raise ProtocolViolation("the database sent a malformed DataRow")
+    values: list[str | None] = []
+    offset = 2
+    for _ in range(count):
+        if offset + 4 > len(body):
+            raise ProtocolViolation("the database sent a truncated DataRow")
+        length = _INT32.unpack_from(body, offset)[0]
+        offset += 4
+        if length < 0:
+            values.append(None)
+            continue
+        if offset + length > len(body):
+            raise ProtocolViolation("the database sent a truncated DataRow")
+        values.append(body[offset : offset + length].decode())
+        offset += length
+    if offset != len(body):
+        raise ProtocolViolation("the database sent a malformed DataRow")
+    return tuple(values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ class InProcessDecisionPoint:
         engine = self._source.current()
         # Texts that differ only in literals the analysis did not read decide alike.
         analysis = analysis.canonical or analysis
-        if engine.time_dependent or _too_large(parameters):
+        if engine.time_dependent or (parameters and _too_large(parameters)):
             return engine.decide(DecisionRequest(role, analysis, parameters))
         if engine is not self._memo_engine:
             self._memo.clear()

@@ -17,16 +17,17 @@ resolve to a protected table.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from custos.policy.engine import Decision, Effect
 from custos.protocol.frontend import Close, bind_message, leading_names, parse_message
+from custos.session.hints import StarHints
 from custos.session.refusal import Refusal
 from custos.sql.cache import AnalysisCache
 from custos.sql.facts import Analysis, ParameterRef, StatementFacts
+from custos.upstream.columns import ColumnCatalog
 
 Verdict = Refusal | None
 """None lets the statement run; a Refusal is sent instead of it."""
@@ -81,8 +82,10 @@ class StatementGate:
         decision_point: DecisionPoint,
         analyses: AnalysisCache,
         search_path: Sequence[str],
+        columns: ColumnCatalog | None = None,
     ) -> None:
         self._role = role
+        self._hints = StarHints(columns) if columns is not None else None
         self._decision_point = decision_point
         self._analyses = analyses
         self._default_path = tuple(search_path)
@@ -144,6 +147,8 @@ class StatementGate:
             self._portals.pop(message.name, None)
 
     def _analyse(self, sql: str) -> Candidates:
+        if len(self._schemas) == 1:
+            return ((self._analyses.analyze(sql, self._schemas), self._schemas),)
         return tuple(
             (self._analyses.analyze(sql, (schema,)), (schema,)) for schema in self._schemas
         )
@@ -157,12 +162,23 @@ class StatementGate:
         transaction, or behind pipelined statements), so a search path it sets
         is added to the candidates rather than replacing them.
         """
-        verdict = self._decide(candidates, parameters)
+        if len(candidates) == 1 and not candidates[0][0].session_effects:
+            # The common case, kept short: one schema to try, nothing for the session to follow.
+            analysis, path = candidates[0]
+            outcome = self._decision_point.decide(self._role, analysis, parameters, path)
+            if isinstance(outcome, Decision):
+                if outcome.effect is Effect.ALLOW:
+                    return None
+                verdict: Verdict | Awaitable[Verdict] = _verdict(outcome)
+            else:
+                verdict = asyncio.ensure_future(_await_verdict([asyncio.ensure_future(outcome)]))
+        else:
+            verdict = self._decide(candidates, parameters)
         if verdict is None:
             self._follow(candidates, uncertain)
             return None
         if isinstance(verdict, Refusal):
-            return verdict
+            return self._refused(verdict, candidates)
         # Tasks, not bare coroutines: a session that closes first cancels them cleanly.
         return asyncio.ensure_future(self._follow_when_allowed(verdict, candidates, uncertain))
 
@@ -172,7 +188,16 @@ class StatementGate:
         verdict = await pending
         if verdict is None:
             self._follow(candidates, uncertain)
-        return verdict
+            return None
+        hinted = self._refused(verdict, candidates)
+        return hinted if isinstance(hinted, Refusal) else await hinted
+
+    def _refused(self, refusal: Refusal, candidates: Candidates) -> Refusal | Awaitable[Verdict]:
+        """The refusal, its hint naming the columns behind a `*` it read (see hints.py)."""
+        if self._hints is None:
+            return refusal
+        analyses = (self._resolve_execute(analysis) for analysis, _ in candidates)
+        return self._hints.on_refusal(refusal, [a for a in analyses if isinstance(a, Analysis)])
 
     def _decide(
         self, candidates: Candidates, parameters: tuple[str | None, ...]
@@ -201,24 +226,30 @@ class StatementGate:
         if not any(statement.executes for statement in analysis.statements):
             return analysis
         statements: list[StatementFacts] = []
-        for statement in analysis.statements:
+        texts: list[str] = []
+        for statement, text in zip(analysis.statements, analysis.texts, strict=True):
             if statement.executes is None:
                 statements.append(statement)
+                texts.append(text)
                 continue
             prepared = self._prepared.get(statement.executes)
             if prepared is None:
                 return statement.executes
             for candidate, _ in prepared:
                 statements.extend(candidate.statements)
-        return dataclasses.replace(analysis, statements=tuple(statements))
+                texts.extend(candidate.texts)
+        # A new analysis, not a copy of a shared one: it must not be decided as its canonical.
+        return Analysis(tuple(statements), tuple(texts))
 
     def _follow(self, candidates: Candidates, uncertain: bool) -> None:
         first = candidates[0][0]
+        if self._hints is not None:
+            self._hints.after_allowed(first)
         uncertain = uncertain or first.multiple_statements
         for index, statement in enumerate(first.statements):
             if statement.prepares is not None:
                 self._prepared[statement.prepares] = tuple(
-                    (dataclasses.replace(analysis, statements=(analysis.statements[index],)), path)
+                    (Analysis((analysis.statements[index],), (analysis.texts[index],)), path)
                     for analysis, path in candidates
                     if len(analysis.statements) > index
                 )

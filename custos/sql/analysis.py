@@ -3,6 +3,7 @@
     analysis = analyze("SELECT email FROM customers", search_path=("crm", "public"))
     analysis.error            # None, or why the text could not be analysed: deny it
     analysis.statements[0]    # StatementFacts: kind, relations, columns, risks...
+    analysis.texts[0]         # that statement's own text
 
 Fail closed: a text that does not parse (or that we cannot analyse) gives no statements and an
 error; a construct the analysis cannot see into gives dynamic=True or kind OTHER.
@@ -60,12 +61,14 @@ def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
     source = None if sql.isascii() else sql.encode()
     tracker = PathTracker(tuple(search_path))
     statements: list[StatementFacts] = []
+    texts: list[str] = []
     try:
         for raw in tree.get("stmts") or ():
             node = raw["stmt"]
-            facts = statement_facts(node, _text(sql, source, raw), Resolver(tracker.current))
+            facts = statement_facts(node, Resolver(tracker.current))
             tracker.apply(facts, node)
             statements.append(facts)
+            texts.append(_text(sql, source, raw))
     except RecursionError:
         return Analysis((), error=DEPTH_ERROR)
     except Exception as error:
@@ -76,7 +79,7 @@ def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
             error=f"the statement could not be analysed ({type(error).__name__}); it is "
             "refused: rewrite it or report this to the gateway's operators",
         )
-    return Analysis(tuple(statements))
+    return Analysis(tuple(statements), tuple(texts))
 
 
 def _text(sql: str, source: bytes | None, raw: dict[str, int]) -> str:

@@ -6,40 +6,25 @@ of the texts held, so a few huge statements cannot crowd the process.
 
 Clients in the simple protocol send literals inside the text (`... WHERE id = 4711`), so
 the same statement arrives as ever new texts. The cache also keys each single statement by
-its *shape*, the text with its literals blanked out, and hands a new text of a known shape
-the analysis made for the first one. That is sound because the analysis reads literal values
-only through `literals.constant`, which records which ones it read: a new text is matched
-only if it agrees with the first on every literal the analysis read (a LIMIT count, a LIKE
-pattern, a constant condition, a SET value), and only its statement text is taken anew.
+its *shape*, the text with its literals blanked out (shapes.py), and hands a new text of a
+known shape the facts drawn from the first one. That is sound because the analysis reads
+literal values only through `literals.constant`, which records which ones it read: a new text
+is matched only if it agrees with the first on every literal the analysis read (a LIMIT count,
+a LIKE pattern, a constant condition, a SET value), and only its statement text is its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pglast.parser import scan
-
 from custos.sql.analysis import analyze
-from custos.sql.facts import Analysis, StatementFacts
+from custos.sql.facts import Analysis
 from custos.sql.literals import recording_consumed_literals
+from custos.sql.shapes import Shape, shape_of
 
 Key = tuple[str, tuple[str, ...]]
-
-# Each literal token type and the marker that stands for it in a shape.
-_LITERAL_TOKENS = ("ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST")
-_LITERAL_MARKERS = {name: f"\x00{name}\x00" for name in _LITERAL_TOKENS}
-# Longer texts are rare and costly to scan; they are cached by their exact text only.
-_MAX_SHAPED_CHARS = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    key: str  # the text with each literal replaced by its token type
-    literals: tuple[str, ...]  # the literals' own text, in order
-    starts: tuple[int, ...]  # where each literal starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +34,6 @@ class _Shaped:
     consumed: tuple[int, ...]  # indices of the literals whose values the analysis read
     prefix: int  # characters before the statement's own text
     suffix: int  # characters after it
-    # The statement's field values, to build its copy for a new text in one call
-    # (dataclasses.replace is several times slower on the hot path).
-    values: tuple[object, ...]
-
-
-_TEXT_FIELD = [field.name for field in dataclasses.fields(StatementFacts)].index("text")
 
 
 class AnalysisCache:
@@ -81,14 +60,16 @@ class AnalysisCache:
             self.hits += 1
             self._entries.move_to_end(key)
             return found
-        shape = _shape_of(sql)
+        shape = shape_of(sql)
         if shape is not None:
-            shaped = self._shapes.get((shape.key, path))
-            if shaped is not None and all(
-                shape.literals[index] == shaped.literals[index] for index in shaped.consumed
+            shape_key = (shape.key, path)
+            shaped = self._shapes.get(shape_key)
+            if shaped is not None and (
+                not shaped.consumed
+                or all(shape.literals[index] == shaped.literals[index] for index in shaped.consumed)
             ):
                 self.shape_hits += 1
-                self._shapes.move_to_end((shape.key, path))
+                self._shapes.move_to_end(shape_key)
                 # Not kept by its exact text: a stream of ever new texts would only churn
                 # the cache and leave its garbage to the slowest generation of the collector.
                 return _for_text(shaped, sql)
@@ -112,7 +93,7 @@ class AnalysisCache:
 
     def _remember_shape(
         self,
-        shape: _Shape,
+        shape: Shape,
         path: tuple[str, ...],
         sql: str,
         analysis: Analysis,
@@ -123,55 +104,28 @@ class AnalysisCache:
         index_of = {start: index for index, start in enumerate(shape.starts)}
         if any(location not in index_of for location in locations):
             return  # a value read from something the scanner does not call a literal
-        text = analysis.statements[0].text
+        text = analysis.texts[0]
         prefix = sql.find(text)
         if prefix < 0:
             return
-        statement = analysis.statements[0]
         self._shapes[(shape.key, path)] = _Shaped(
             analysis=analysis,
             literals=shape.literals,
             consumed=tuple(sorted({index_of[location] for location in locations})),
             prefix=prefix,
             suffix=len(sql) - prefix - len(text),
-            values=tuple(
-                getattr(statement, field.name) for field in dataclasses.fields(StatementFacts)
-            ),
         )
         if len(self._shapes) > self.max_entries:
             self._shapes.popitem(last=False)
 
 
-def _shape_of(sql: str) -> _Shape | None:
-    # Scanner offsets count bytes; for ASCII text they are also character offsets.
-    if len(sql) > _MAX_SHAPED_CHARS or not sql.isascii():
-        return None
-    try:
-        tokens = scan(sql)
-    except Exception:  # the parser will report the problem when the text is analysed
-        return None
-    pieces: list[str] = []
-    literals: list[str] = []
-    starts: list[int] = []
-    position = 0
-    markers = _LITERAL_MARKERS
-    # Tokens are (start, end, name, kind) tuples; unpacking beats attribute access here.
-    for start, end, name, _ in tokens:
-        marker = markers.get(name)
-        if marker is not None:
-            pieces.append(sql[position:start])
-            pieces.append(marker)
-            literals.append(sql[start : end + 1])
-            starts.append(start)
-            position = end + 1
-    if not literals:
-        return None
-    pieces.append(sql[position:])
-    return _Shape("".join(pieces), tuple(literals), tuple(starts))
-
-
 def _for_text(shaped: _Shaped, sql: str) -> Analysis:
-    values = list(shaped.values)
-    values[_TEXT_FIELD] = sql[shaped.prefix : len(sql) - shaped.suffix]
-    statement = StatementFacts(*values)  # type: ignore[arg-type]
-    return Analysis((statement,), canonical=shaped.analysis)
+    # The statement's facts are the first text's; only its own text is this one's.
+    canonical = shaped.analysis
+    text = sql[shaped.prefix : len(sql) - shaped.suffix]
+    return Analysis(
+        canonical.statements,
+        (text,),
+        canonical=canonical,
+        session_effects=canonical.session_effects,
+    )

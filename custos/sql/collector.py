@@ -110,13 +110,12 @@ class Collector:
         if columns:
             self.columns_written.setdefault(relation, set()).update(columns)
 
-    def facts(self, text: str) -> StatementFacts:
+    def facts(self) -> StatementFacts:
         kinds = self.kinds or {K.OTHER}
         kind = next(k for k in KIND_PRIORITY if k in kinds)
         return StatementFacts(
             kind=kind,
             kinds=frozenset(kinds),
-            text=text,
             relations_read=frozenset(self.relations_read),
             relations_written=frozenset(self.relations_written),
             columns_read={r: frozenset(c) for r, c in self.columns_read.items()},
@@ -134,6 +133,8 @@ class Collector:
             explain_only=self.explain_only,
             sets_role=self.sets_role,
             search_path_local=self.search_path_local,
-            output_columns=tuple(OutputColumn(c.name, c.sources) for c in self.output_columns),
+            output_columns=tuple(
+                OutputColumn(c.name, c.sources, c.expandable) for c in self.output_columns
+            ),
             statement_type=self.statement_type,
         )

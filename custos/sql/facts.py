@@ -58,6 +58,13 @@ class OutputColumn:
     name: str | None
     # (relation, column) pairs whose values may reach this column; column ALL_COLUMNS: any.
     sources: frozenset[tuple[str, str]]
+    # For name None: it stands for exactly the columns of its one source relation, in table
+    # order (`*` or `t.*` over a table or view, directly or through a subquery or CTE), so the
+    # database's column list may replace it (sql/expansion.py). False where PostgreSQL's
+    # expansion differs or is unknown: a USING or NATURAL join's `*` lists the join columns
+    # once and first, alias column names rename leading columns, set operations and
+    # functions.
+    expandable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,6 @@ class StatementFacts:
     # Every kind the statement performs: `WITH d AS (DELETE ...) SELECT` is {delete, select};
     # `kind` is the most consequential of them (writes over reads, see analysis docs).
     kinds: frozenset[StatementKind]
-    text: str  # this statement's own SQL text, as sent
     relations_read: frozenset[str] = frozenset()  # schema-qualified, lower-case unless quoted
     relations_written: frozenset[str] = frozenset()
     # relation -> columns; ALL_COLUMNS stands for every column
@@ -110,11 +116,36 @@ class Analysis:
     """A whole query string: its statements, or why it could not be parsed."""
 
     statements: tuple[StatementFacts, ...]
+    texts: tuple[str, ...] = ()  # each statement's own SQL text, as sent, in order
     error: str | None = None  # set when the text does not parse: policy must deny
     # For a text answered by its shape (see cache.py): the analysis of the first text of that
     # shape, which decides exactly alike. Decisions are remembered by it, not by this copy.
     canonical: Analysis | None = field(default=None, compare=False, repr=False)
+    # Whether a session must follow the text once it runs: it prepares, executes or
+    # deallocates a statement, sets the search path, may change the schema (DDL, DO, CALL)
+    # or ends a transaction that did. Worked out from the statements unless given (a copy
+    # for another text of one shape passes it on).
+    session_effects: bool | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.session_effects is None:
+            object.__setattr__(self, "session_effects", any(map(_has_effects, self.statements)))
 
     @property
     def multiple_statements(self) -> bool:
         return len(self.statements) > 1
+
+
+def _has_effects(statement: StatementFacts) -> bool:
+    return (
+        statement.prepares is not None
+        or statement.executes is not None
+        or statement.deallocates is not None
+        or statement.new_search_path is not None
+        or not statement.kinds.isdisjoint(_FOLLOWED_KINDS)
+    )
+
+
+_FOLLOWED_KINDS = frozenset(
+    {StatementKind.DDL, StatementKind.DO, StatementKind.CALL, StatementKind.TRANSACTION}
+)

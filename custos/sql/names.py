@@ -68,6 +68,38 @@ def qualified(schema: str, name: str) -> str:
     return f"{part(schema)}.{part(name)}"
 
 
+def split_qualified(relation: str) -> tuple[str, str] | None:
+    """(schema, name) of a relation as `qualified` spells it; None if it is not spelled so."""
+    schema, rest = _leading_part(relation)
+    if schema is None or not rest.startswith("."):
+        return None
+    name, rest = _leading_part(rest[1:])
+    if name is None or rest:
+        return None
+    return schema, name
+
+
+def _leading_part(text: str) -> tuple[str | None, str]:
+    """The first name part of `text` and what follows it; None when malformed."""
+    if not text.startswith('"'):
+        end = text.find(".")
+        bare = text if end < 0 else text[:end]
+        # part() quotes any name holding a quote, so a bare one never does.
+        return (bare, text[len(bare) :]) if bare and '"' not in bare else (None, text)
+    chars: list[str] = []
+    i = 1
+    while True:
+        end = text.find('"', i)
+        if end < 0:
+            return None, text
+        chars.append(text[i:end])
+        if text.startswith('""', end):
+            chars.append('"')
+            i = end + 2
+            continue
+        return "".join(chars), text[end + 1 :]
+
+
 def resolution_schema(search_path: Sequence[str]) -> str:
     """The schema an unqualified, non-catalog name resolves to."""
     for schema in search_path:

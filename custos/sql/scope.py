@@ -32,6 +32,8 @@ class Col(NamedTuple):
     name: str | None
     sources: frozenset[Source]
     opaque: bool = False
+    # See OutputColumn.expandable: name None standing for exactly one relation's columns.
+    expandable: bool = False
 
 
 def _as_named(column: Col, name: str) -> set[Source]:
@@ -41,7 +43,14 @@ def _as_named(column: Col, name: str) -> set[Source]:
 
 
 def base_columns(relation: str) -> list[Col]:
-    return [Col(None, frozenset({(relation, ALL_COLUMNS)}))]
+    return [Col(None, frozenset({(relation, ALL_COLUMNS)}), expandable=True)]
+
+
+def unexpandable(columns: list[Col]) -> list[Col]:
+    """The columns, none of them standing any longer for exactly one relation's columns."""
+    return [
+        column._replace(expandable=False) if column.expandable else column for column in columns
+    ]
 
 
 def renamed(columns: list[Col], names: list[str]) -> list[Col]:
@@ -54,7 +63,8 @@ def renamed(columns: list[Col], names: list[str]) -> list[Col]:
         if column.name is None:
             # The expansion's width is unknown: every remaining alias may be any of its columns.
             result.extend(Col(name, column.sources) for name in pending)
-            result.extend(columns[index:])
+            # Some of its columns now go by the alias names, and no one knows how many.
+            result.extend(unexpandable(columns[index:]))
             return result
         new_name = next(pending, None)
         result.append(column if new_name is None else Col(new_name, column.sources))
@@ -68,6 +78,7 @@ class Rte:
         "aliased",
         "columns",
         "expands",
+        "merged",
         "plain_relation",
         "refname",
         "relation",
@@ -89,6 +100,8 @@ class Rte:
         self.aliased = aliased  # an aliased relation cannot be named schema.table
         self.expands = expands  # False: not part of `*` (RETURNING's old / new)
         self.touched = 0  # references resolved to it, to see whether a WHERE uses the target
+        # Joined by USING or NATURAL: an unqualified `*` lists the join columns once, first.
+        self.merged = False
         # A base relation without alias column names: any name is that column of it.
         self.plain_relation = relation if len(columns) == 1 else None
 

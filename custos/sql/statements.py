@@ -16,7 +16,7 @@ from custos.sql.collector import Collector
 from custos.sql.facts import ALL_COLUMNS, ParameterRef, StatementFacts, StatementKind
 from custos.sql.names import Resolver, function_name, strings, truncated
 from custos.sql.risks import ROLE_SETTINGS
-from custos.sql.scope import Col
+from custos.sql.scope import Col, base_columns
 from custos.sql.walker import QUERY_NODE_TYPES, Walker, only
 
 Node = Mapping[str, Any]
@@ -71,12 +71,12 @@ _READ_KEYS = frozenset({"pktable", "inhRelations", "TableLikeClause"})
 _ACCESS_SHARE_LOCK = 1
 
 
-def statement_facts(node: Node, text: str, resolver: Resolver) -> StatementFacts:
+def statement_facts(node: Node, resolver: Resolver) -> StatementFacts:
     node_type, body = only(node)
     collector = Collector(node_type, resolver)
     dispatch(collector, Walker(collector), node_type, body, returns_rows=True)
     _settle_search_path(collector, node_type, body)
-    return collector.facts(text)
+    return collector.facts()
 
 
 def utility_kind(node_type: str) -> StatementKind:
@@ -176,7 +176,7 @@ def _copy(c: Collector, w: Walker, body: Node) -> None:
         c.output_columns = (
             [Col(column, frozenset({(relation, column)})) for column in columns]
             if columns
-            else [Col(None, frozenset({(relation, ALL_COLUMNS)}))]
+            else base_columns(relation)
         )
     query = body.get("query")
     if query is not None:

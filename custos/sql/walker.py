@@ -37,6 +37,7 @@ from custos.sql.scope import (
     resolve_name,
     resolve_qualified,
     resolve_schema_qualified,
+    unexpandable,
     whole_row_of,
 )
 
@@ -213,7 +214,9 @@ class Walker:
         columns: list[Col] = []
         for rte in rtes:
             rte.touched += 1
-            columns.extend(rte.columns)
+            columns.extend(
+                unexpandable(rte.columns) if rte.merged and not qualifier else rte.columns
+            )
         return columns
 
     def output_refs(self, items: Iterable[Node], scope: Scope, columns: list[Col]) -> None:
@@ -347,9 +350,15 @@ class Walker:
             for rte in both:
                 rte.touched += 1
                 self._use(rte.whole_row())
+        merges = bool(merged) or bool(body.get("isNatural"))
+        if merges:
+            for rte in both:
+                rte.merged = True
         alias = body.get("alias")
         if alias:
             columns = [column for rte in both for column in rte.columns]
+            if merges:
+                columns = unexpandable(columns)
             return [Rte(alias["aliasname"], renamed(columns, _alias_names(alias)))]
         using_alias = body.get("join_using_alias")
         if using_alias:

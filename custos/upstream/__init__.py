@@ -1,6 +1,8 @@
-"""The gateway's side of the upstream database: its credential and how it authenticates."""
+"""The gateway's side of the upstream database: its credential, how it authenticates, and the
+columns its catalog lists."""
 
 from custos.upstream.auth import UpstreamAuthExchange
+from custos.upstream.columns import ColumnCatalog, ColumnsUnavailable
 from custos.upstream.credentials import (
     CredentialSource,
     DsnCredentials,
@@ -18,6 +20,8 @@ from custos.upstream.settings import RdsIamSettings, UpstreamSettings
 from custos.upstream.target import UpstreamTarget
 
 __all__ = [
+    "ColumnCatalog",
+    "ColumnsUnavailable",
     "CredentialSource",
     "DsnCredentials",
     "RdsIamCredentials",

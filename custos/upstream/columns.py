@@ -1,0 +1,211 @@
+"""The columns of the database's relations, read from its catalog, to expand `*`.
+
+`SELECT *` names no columns; the database knows which it stands for. A gateway keeps one
+ColumnCatalog for all its sessions: it reads the columns of the relations a `*` touches over a
+side connection of its own, and keeps them for a while. What it knows only ever adds to the
+facts (see custos/sql/expansion.py): it names the columns in a refusal's hint and in
+`custos policy explain`, and never narrows a decision, so a stale or failed answer costs
+precision, not safety.
+
+Absent is not unknown. A relation the catalog does not hold (no such table, or a temporary
+table of another session) is remembered as absent, so that refusals naming it do not ask the
+database again until the entry expires; but it is left out of every answer, just like a relation
+not yet read, because an absent relation's `*` must stay `*`. An empty column tuple is something
+else: a real relation without columns (`CREATE TABLE t ()`), whose `*` rightly stands for none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from custos.sql.names import qualified, split_qualified
+
+Row = tuple[str | None, ...]
+
+DEFAULT_TTL_SECONDS = 300.0
+# Each entry is a relation name some statement gave; names are cheap to invent.
+_MAX_ENTRIES = 10_000
+
+_COLUMNS_QUERY = """\
+SELECT n.nspname, c.relname, a.attname
+FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute AS a
+  ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND (n.nspname::text, c.relname::text) IN (VALUES {relations})
+ORDER BY n.nspname, c.relname, a.attnum"""
+
+
+def askable(relation: str) -> bool:
+    """Whether the relation's name can be put in the columns query.
+
+    Names are sent as string literals. With standard_conforming_strings on (the only setting
+    supported PostgreSQL versions allow) doubling the quote is all the escaping a literal
+    needs; a backslash or NUL would make that depend on settings, so such names are not asked
+    about: their `*` stays unexpanded.
+    """
+    parts = split_qualified(relation)
+    return parts is not None and not any("\\" in part or "\x00" in part for part in parts)
+
+
+def columns_query(relations: Collection[str]) -> str:
+    """One query for the columns of every relation in `relations`, in table order.
+
+    Its rows are (schema, relation, column), column NULL for a relation without columns;
+    columns_from_rows reads them. Raises ValueError for a name that is not askable.
+    """
+    if not relations:
+        raise ValueError("no relations to ask about")
+    pairs = []
+    for relation in sorted(relations):
+        parts = split_qualified(relation) if askable(relation) else None
+        if parts is None:
+            raise ValueError(f"cannot ask the database about the relation name {relation!r}")
+        pairs.append(f"({_literal(parts[0])}, {_literal(parts[1])})")
+    return _COLUMNS_QUERY.format(relations=", ".join(pairs))
+
+
+def columns_from_rows(rows: Iterable[Row]) -> dict[str, tuple[str, ...]]:
+    """relation (spelled as the facts spell it) -> its columns, from columns_query's rows."""
+    found: dict[str, list[str]] = {}
+    for schema, name, column in rows:
+        if schema is None or name is None:
+            raise ValueError("the columns query returned a row without a relation name")
+        columns = found.setdefault(qualified(schema, name), [])
+        if column is not None:
+            columns.append(column)
+    return {relation: tuple(columns) for relation, columns in found.items()}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class CatalogConnection(Protocol):
+    """A database connection of the gateway's own that runs simple queries."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def query(self, sql: str) -> list[Row]:
+        """The rows, every value as text or None; raises if the query fails."""
+        ...
+
+    def close(self) -> None: ...
+
+
+Connect = Callable[[], Awaitable[CatalogConnection]]
+
+
+class ColumnsUnavailable(Exception):
+    """The database's catalog could not be read. Callers carry on without the columns."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    columns: tuple[str, ...] | None  # None: the relation does not exist
+    read_at: float
+
+
+class ColumnCatalog:
+    """The columns of relations, read over one lazily opened connection, kept `ttl_seconds`.
+
+    invalidate() forgets everything: the gateway calls it whenever a schema change runs
+    through it. Changes made elsewhere show once entries expire.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._connect = connect
+        self._ttl = ttl_seconds
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._connection: CatalogConnection | None = None
+        self._lock = asyncio.Lock()
+        # Bumped by invalidate(), so that a read begun before a schema change is not kept.
+        self._generation = 0
+
+    def known(self, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The fresh columns of those `relations` that exist; absent or unread ones left out."""
+        now = self._clock()
+        known: dict[str, tuple[str, ...]] = {}
+        for relation in relations:
+            entry = self._entries.get(relation)
+            if entry is not None and entry.columns is not None and self._fresh(entry, now):
+                known[relation] = entry.columns
+        return known
+
+    def missing(self, relations: Iterable[str]) -> frozenset[str]:
+        """Those askable `relations` with no fresh entry, neither columns nor absence."""
+        now = self._clock()
+        return frozenset(
+            relation
+            for relation in relations
+            if not self._fresh(self._entries.get(relation), now) and askable(relation)
+        )
+
+    def _fresh(self, entry: _Entry | None, now: float) -> bool:
+        return entry is not None and now - entry.read_at < self._ttl
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+        self._generation += 1
+
+    async def load(self, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Like known(), after reading what is missing or stale; raises ColumnsUnavailable."""
+        wanted = frozenset(relations)
+        read: dict[str, tuple[str, ...]] = {}
+        if self.missing(wanted):
+            async with self._lock:
+                # Another session may have read them while this one waited.
+                missing = self.missing(wanted)
+                if missing:
+                    read = await self._read(missing)
+        return {**self.known(wanted), **read}
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def _read(self, relations: frozenset[str]) -> dict[str, tuple[str, ...]]:
+        generation = self._generation
+        # Timed from before the query, so an entry never outlives what it saw by more than the TTL.
+        read_at = self._clock()
+        found = columns_from_rows(await self._query(columns_query(relations)))
+        if generation == self._generation:
+            if len(self._entries) + len(relations) > _MAX_ENTRIES:
+                self._entries.clear()
+            for relation in relations:
+                self._entries[relation] = _Entry(found.get(relation), read_at)
+        return {relation: columns for relation, columns in found.items() if relation in relations}
+
+    async def _query(self, sql: str) -> list[Row]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._connection is None or self._connection.closed:
+                    self._connection = await self._connect()
+                return await self._connection.query(sql)
+        except TimeoutError:
+            self.close()
+            raise ColumnsUnavailable(
+                f"the database did not list the columns within {self._timeout:g} s"
+            ) from None
+        except Exception as error:
+            self.close()
+            raise ColumnsUnavailable(f"cannot list the columns in the database: {error}") from error
+        except BaseException:
+            # Cancelled mid-query: what the connection sends next is no longer known.
+            self.close()
+            raise
