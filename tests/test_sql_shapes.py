@@ -11,7 +11,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from custos.sql.shapes import NOT_PLAIN, plain_shape, scanned_shape, shape_of
+from custos.sql.shapes import (
+    NOT_PLAIN,
+    plain_shape,
+    scanned_shape,
+    shape_of,
+    template_key,
+    template_pattern,
+)
 
 LEXICAL_PIECES = [
     "SELECT ", "FROM t ", "WHERE ", "a", "t1", "x", "e", "E", "U&", "B", "X", "N", "_", "1",
@@ -111,3 +118,59 @@ def test_texts_of_one_shape_differ_only_in_literals() -> None:
 def test_non_ascii_and_long_texts_are_not_shaped() -> None:
     assert shape_of("SELECT 'é', 1") is None
     assert shape_of("SELECT " + "1, " * 2000 + "1") is None
+
+
+# What may stand in a blank of a template, hostile values included: each either is one
+# literal of the blank's kind or must not match.
+BLANK_FILLINGS = [
+    "1", "12", "007", "1.5", "1e5", "2E-3", "'x'", "''", "'a''b'", "'--'", "'/*'", "'$$'",
+    "'\\'", "' '", "'a' 'b'", "'a'\n'b'", "1a", "0x1", "1_0", "'", "1 OR 1=1",
+    "'x' OR 'a'='a'", "1.", ".5", "1..2", "'x'::text", "E'x'", "-1", "1e", "'it''s' || 'x'",
+]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(SQL_TEXTS, st.lists(st.sampled_from(BLANK_FILLINGS), min_size=1, max_size=6))
+@example("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;", ["12"])
+@example("SELECT 1 WHERE a = 'x' AND b = 2", ["'x' OR 'a'='a'", "3"])
+def test_a_template_finds_exactly_the_scanners_literals(sql: str, fillings: list[str]) -> None:
+    shape = plain_shape(sql)
+    if shape is None or shape is NOT_PLAIN:
+        return
+    pattern = template_pattern(shape)
+    assert pattern is not None
+    pieces, position = [], 0
+    for start, literal, filling in zip(shape.starts, shape.literals, fillings * 6, strict=False):
+        pieces += [sql[position:start], filling]
+        position = start + len(literal)
+    other = "".join(pieces) + sql[position:]
+    match = pattern.fullmatch(other)
+    if match is None:
+        return
+    spans = [(match.start(group), match.group(group)) for group in range(1, pattern.groups + 1)]
+    scanned = scanned_shape(other)
+    if scanned is None:
+        assert _scanner_fails(other), other
+        return
+    assert spans == literal_spans(scanned), other
+
+
+def test_a_template_recognises_another_text_of_its_shape() -> None:
+    first = "SELECT id FROM crm.customers WHERE email LIKE 'ann%' AND id > 10 LIMIT 5"
+    shape = plain_shape(first)
+    assert shape is not None
+    assert shape is not NOT_PLAIN
+    pattern = template_pattern(shape)
+    assert pattern is not None
+    second = "SELECT id FROM crm.customers WHERE email LIKE 'bo''b%' AND id > 7 LIMIT 100"
+    match = pattern.fullmatch(second)
+    assert match is not None
+    assert match.groups() == ("'bo''b%'", "7", "100")
+    assert template_key(second) != template_key(first)  # the doubled quote shifts the key
+    assert pattern.fullmatch(second.replace("LIMIT", "OFFSET")) is None
+
+
+def test_a_scanners_shape_has_no_template() -> None:
+    shape = shape_of("SELECT E'x', 1")
+    assert shape is not None
+    assert template_pattern(shape) is None

@@ -15,6 +15,7 @@ a LIKE pattern, a constant condition, a SET value), and only its statement text 
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from dataclasses import dataclass
 from custos.sql.analysis import analyze
 from custos.sql.facts import Analysis
 from custos.sql.literals import recording_consumed_literals
-from custos.sql.shapes import Shape, shape_of
+from custos.sql.shapes import (
+    MAX_SHAPED_CHARS,
+    Shape,
+    shape_of,
+    template_key,
+    template_pattern,
+)
 
 Key = tuple[str, tuple[str, ...]]
 
@@ -45,6 +52,8 @@ class AnalysisCache:
         self.misses = 0
         self._entries: OrderedDict[Key, Analysis] = OrderedDict()
         self._shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shaped] = OrderedDict()
+        # template key and path -> the pattern of a known plain shape, and that shape's key
+        self._templates: dict[tuple[bytes, tuple[str, ...]], tuple[re.Pattern[str], str]] = {}
         self._total_chars = 0
 
     def __len__(self) -> int:
@@ -60,6 +69,9 @@ class AnalysisCache:
             self.hits += 1
             self._entries.move_to_end(key)
             return found
+        known = self._by_template(sql, path)
+        if known is not None:
+            return known
         shape = shape_of(sql)
         if shape is not None:
             shape_key = (shape.key, path)
@@ -70,6 +82,7 @@ class AnalysisCache:
             ):
                 self.shape_hits += 1
                 self._shapes.move_to_end(shape_key)
+                self._remember_template(sql, path, shape)
                 # Not kept by its exact text: a stream of ever new texts would only churn
                 # the cache and leave its garbage to the slowest generation of the collector.
                 return _for_text(shaped, sql)
@@ -80,6 +93,35 @@ class AnalysisCache:
         if shape is not None:
             self._remember_shape(shape, path, sql, analysis, locations)
         return analysis
+
+    def _by_template(self, sql: str, path: tuple[str, ...]) -> Analysis | None:
+        """The analysis of a known plain shape, recognised without finding the literals."""
+        if len(sql) > MAX_SHAPED_CHARS or not sql.isascii():
+            return None
+        template = self._templates.get((template_key(sql), path))
+        if template is None:
+            return None
+        pattern, shape_key = template
+        match = pattern.fullmatch(sql)
+        shaped = self._shapes.get((shape_key, path))
+        if match is None or shaped is None:
+            return None
+        literals = match.groups()
+        if any(literals[index] != shaped.literals[index] for index in shaped.consumed):
+            return None
+        self.shape_hits += 1
+        return _for_text(shaped, sql)
+
+    def _remember_template(self, sql: str, path: tuple[str, ...], shape: Shape) -> None:
+        key = (template_key(sql), path)
+        if key in self._templates:
+            return  # another shape has the key; it stays with the first
+        pattern = template_pattern(shape)
+        if pattern is None:
+            return
+        self._templates[key] = (pattern, shape.key)
+        if len(self._templates) > self.max_entries:
+            del self._templates[next(iter(self._templates))]
 
     def _remember(self, key: Key, analysis: Analysis) -> None:
         sql = key[0]

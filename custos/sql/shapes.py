@@ -140,3 +140,44 @@ def scanned_shape(sql: str) -> Shape | None:
         return None
     pieces.append(sql[position:])
     return Shape("".join(pieces), tuple(literals), tuple(starts))
+
+
+# --- templates: a known plain shape recognised without scanning -------------------------
+#
+# Finding the literals costs a scan of the whole text. For a shape already known, a cheaper
+# test will do: its fixed pieces, exactly, with a literal of the same kind in each blank.
+# A text is looked up by a key that does not depend on the literals' values (the text with
+# its digits and the insides of its quoted strings removed; a key may be shared by texts of
+# other shapes), then matched against the shape's pattern as a whole.
+#
+# The match finds the same literals the plain pass would: each blank is bounded by the
+# shape's fixed characters, which the plain pass already found neither to extend a number
+# nor to prefix or continue a string, and a string blank takes no lone quote or backslash.
+
+_DIGITS = b"0123456789"
+_BLANK_PATTERNS = {
+    _PLAIN_STRING: r"('(?:[^'\\]|'')*')",
+    _PLAIN_NUMBER: r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)",
+}
+_BLANKS = re.compile(f"({_PLAIN_STRING}|{_PLAIN_NUMBER})")
+
+
+def template_key(sql: str) -> bytes:
+    """The same for every text of one plain shape (and perhaps for others); ASCII text only."""
+    if "'" in sql:
+        sql = "'".join(sql.split("'")[::2])
+    # bytes.translate deletes characters many times faster than str.translate
+    return sql.encode("ascii").translate(None, _DIGITS)
+
+
+def template_pattern(shape: Shape) -> re.Pattern[str] | None:
+    """A pattern whose groups are the literals of any text of this plain shape."""
+    pieces = _BLANKS.split(shape.key)
+    if any(marker in piece for piece in pieces[::2] for marker in _SCANNER_MARKERS.values()):
+        return None  # a scanner's shape: its literal kinds are not the plain pass's
+    return re.compile(
+        "".join(
+            _BLANK_PATTERNS[piece] if index % 2 else re.escape(piece)
+            for index, piece in enumerate(pieces)
+        )
+    )
