@@ -3,8 +3,9 @@
     .venv/bin/python bench/decision_time.py [--rounds 2000]
 
 Prints microseconds per statement for: pglast's JSON parse alone (the floor),
-our analysis uncached, the analysis cache hit, and the engine's decision on a
-cached analysis.
+our analysis uncached, the analysis cache hit (the same text), the shape hit
+(the same statement with other values in literals the analysis does not read, as
+the simple protocol sends it), and the engine's decision on a cached analysis.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ STATEMENTS = {
     ),
     "wildcard search": "SELECT id FROM crm.customers WHERE email LIKE '%@example.org' LIMIT 10",
 }
+# The literal each statement varies for the shape hit (None: policy reads all its literals).
+VARIED_LITERAL = {
+    "point select": "42",
+    "pgbench -S": "4711",
+    "join + LIMIT": "'paid'",
+    "CTE write": "'void'",
+    "wildcard search": None,
+}
 SEARCH_PATH = ("crm", "public")
 
 
@@ -57,7 +66,10 @@ def main() -> int:
     arguments = parser.parse_args()
     engine = PolicyEngine(load_policy(REPOSITORY / "custos" / "demo" / "policy.yaml"))
     print(f"demo policy, {len(engine.document.rules)} rules; µs per statement, best of 3\n")
-    header = f"{'statement':<18}{'pglast json':>12}{'analyse':>10}{'cache hit':>11}{'decide':>9}"
+    header = (
+        f"{'statement':<18}{'pglast json':>12}{'analyse':>10}{'cache hit':>11}"
+        f"{'shape hit':>11}{'decide':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, sql in STATEMENTS.items():
@@ -70,8 +82,22 @@ def main() -> int:
         hit = per_call_microseconds(
             lambda sql=sql, cache=cache: cache.analyze(sql, SEARCH_PATH), rounds
         )
+        shaped = "n/a"
+        literal = VARIED_LITERAL[name]
+        if literal is not None:
+            quote = "'" if literal.startswith("'") else ""
+            variants = [
+                sql.replace(literal, f"{quote}{n}{quote}") for n in range(1000, 1000 + rounds)
+            ]
+            cache.analyze(variants[0], SEARCH_PATH)
+            texts = iter(variants * 3)
+            shaped = "{:.2f}".format(
+                per_call_microseconds(
+                    lambda cache=cache, texts=texts: cache.analyze(next(texts), SEARCH_PATH), rounds
+                )
+            )
         decided = per_call_microseconds(lambda request=request: engine.decide(request), rounds)
-        print(f"{name:<18}{parsed:>12.1f}{analysed:>10.1f}{hit:>11.2f}{decided:>9.1f}")
+        print(f"{name:<18}{parsed:>12.1f}{analysed:>10.1f}{hit:>11.2f}{shaped:>11}{decided:>9.1f}")
     return 0
 
 

@@ -69,10 +69,8 @@ class _Prepared:
     uses_parameters: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Portal:
-    prepared: _Prepared
-    bind_body: bytes
+_Portal = tuple[_Prepared, bytes]
+"""A bound portal: its statement and the Bind body (a tuple: one is made per Bind)."""
 
 
 class StatementGate:
@@ -126,7 +124,7 @@ class StatementGate:
             candidates = self._prepared[statement]
             prepared = _Prepared(candidates, (), _uses_parameters(candidates))
         if prepared is not None:
-            self._portals[portal] = _Portal(prepared, body)
+            self._portals[portal] = (prepared, body)
 
     def on_execute(self, body: bytes, uncertain: bool) -> Verdict | Awaitable[Verdict]:
         (portal_name,) = leading_names(body, 1, "Execute")
@@ -134,10 +132,10 @@ class StatementGate:
         if portal is None:
             # PostgreSQL refuses an unknown portal itself; nothing runs.
             return None
-        prepared = portal.prepared
+        prepared, bind_body = portal
         parameters = NO_PARAMETERS
         if prepared.uses_parameters:
-            parameters = bind_message(portal.bind_body).texts(prepared.parameter_types)
+            parameters = bind_message(bind_body).texts(prepared.parameter_types)
         return self._decide_and_follow(prepared.candidates, parameters, uncertain)
 
     def on_close(self, message: Close) -> None:
