@@ -151,6 +151,12 @@ class GovernedSession(Session):
         run_start = spans[first][1]
         for index in range(first, len(spans)):
             message_type, start, end = spans[index]
+            if message_type not in _FOLLOWED:
+                if message_type == codes.TERMINATE:
+                    self._upstream.write(b"".join(outgoing) + chunk[run_start:end])
+                    self.close()
+                    return
+                continue
             try:
                 verdict = self._verdict_for(message_type, chunk, start, end)
             except ProtocolViolation as violation:
@@ -158,10 +164,6 @@ class GovernedSession(Session):
                 self.close(violation.sqlstate, violation.message)
                 return
             if verdict is None:
-                if message_type == codes.TERMINATE:
-                    self._upstream.write(b"".join(outgoing) + chunk[run_start:end])
-                    self.close()
-                    return
                 continue
             outgoing.append(chunk[run_start:start])
             run_start = end
@@ -180,8 +182,6 @@ class GovernedSession(Session):
         self, message_type: int, chunk: bytes, start: int, end: int
     ) -> Verdict | Awaitable[Verdict]:
         """Follows the message in the session's state; a verdict where one is due."""
-        if message_type not in _FOLLOWED:
-            return None
         if message_type == codes.EXECUTE:
             return self._gate.on_execute(
                 chunk[start + 5 : end], self._settled_outside_transaction is False

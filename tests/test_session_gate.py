@@ -21,6 +21,8 @@ DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "poli
 class RecordingDecisionPoint:
     """The real in-process decision point, noting which statements it was asked about."""
 
+    reads_statement_text = True  # so that it is asked with each statement's own text
+
     def __init__(self) -> None:
         self._inner = InProcessDecisionPoint(FilePolicySource(DEMO_POLICY))
         self.asked: list[tuple[str, ...]] = []
@@ -91,6 +93,25 @@ def test_execute_with_new_arguments_is_decided_on_what_prepare_prepared():
     assert subject.on_query("PREPARE q(int) AS SELECT id FROM crm.orders LIMIT $1", False) is None
     assert subject.on_query("EXECUTE q(1)", False) is None
     assert subject.on_query("EXECUTE q(2)", False) is None
+
+
+def test_the_in_process_shortcut_decides_as_the_full_path():
+    # The in-process decision point does not read statement texts, so the gate decides a
+    # known shape by its cached analysis; refusals and statements the session must follow
+    # still take the full path.
+    subject = StatementGate(
+        "agent", InProcessDecisionPoint(FilePolicySource(DEMO_POLICY)), AnalysisCache(), ("crm",)
+    )
+    for order in (1, 2, 3):
+        assert subject.on_query(f"SELECT id FROM orders WHERE id = {order}", False) is None
+    for customer in (1, 2):
+        refusal = subject.on_query(f"SELECT email FROM customers WHERE id = {customer}", False)
+        assert isinstance(refusal, Refusal)
+        assert "agents-no-bulk-export" in refusal.message
+    assert subject.on_query("SET search_path TO 'public'", False) is None
+    assert subject.candidate_schemas == ("public",)
+    assert subject.on_query("SET search_path TO 'crm', 'public'", False) is None
+    assert subject.candidate_schemas == ("crm", "public")
 
 
 def test_bind_values_decide_at_execute():

@@ -114,8 +114,22 @@ def test_pgbench_texts_share_one_analysis():
 def test_literals_the_analysis_reads_are_never_shared(seen, asked):
     cache = AnalysisCache()
     cache.analyze(seen, PATH)
+    assert cache.decided_alike(asked, PATH) is None
     assert cache.analyze(asked, PATH) == analyze(asked, PATH)
     assert cache.shape_hits == 0
+
+
+def test_a_known_shape_is_decided_alike_without_a_new_analysis():
+    cache = AnalysisCache()
+    first = cache.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", PATH)
+    for aid in (1, 2, 3):
+        sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"
+        assert cache.decided_alike(sql, PATH) is first
+    assert (
+        cache.decided_alike("SELECT abalance FROM pgbench_accounts WHERE aid = 'x';", PATH) is None
+    )
+    assert cache.decided_alike("SELECT 1 FROM never_seen", PATH) is None
+    assert len(cache) == 1
 
 
 def test_search_path_is_part_of_the_key():

@@ -175,6 +175,8 @@ class LambdaDecisionPoint:
     most one retry); ``clock`` (monotonic seconds) ages cache entries.
     """
 
+    reads_statement_text = True  # the Lambda analyses the text it is sent
+
     def __init__(
         self,
         function_name: str,

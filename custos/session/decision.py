@@ -21,6 +21,8 @@ _MEMO_PARAMETER_BYTES = 4096
 
 
 class InProcessDecisionPoint:
+    reads_statement_text = False
+
     def __init__(self, source: PolicySource, memo_entries: int = 10_000) -> None:
         self._source = source
         self._memo_entries = memo_entries

@@ -43,6 +43,10 @@ _RESTRICTIVENESS = {
 class DecisionPoint(Protocol):
     """Where decisions come from: the in-process engine or the policy Lambda."""
 
+    # Whether it reads a statement's own text (the Lambda sends it). One that does not
+    # decides a text by the cached analysis of another text of its shape, which decides alike.
+    reads_statement_text: bool
+
     def decide(
         self,
         role: str,
@@ -98,6 +102,16 @@ class StatementGate:
         return self._schemas
 
     def on_query(self, sql: str, uncertain: bool) -> Verdict | Awaitable[Verdict]:
+        if not self._decision_point.reads_statement_text and len(self._schemas) == 1:
+            # The simple protocol's common case, kept short: a statement of a known shape,
+            # with nothing for the session to follow, that policy allows.
+            alike = self._analyses.decided_alike(sql, self._schemas)
+            if alike is not None and not alike.session_effects:
+                decision = self._decision_point.decide(
+                    self._role, alike, NO_PARAMETERS, self._schemas
+                )
+                if isinstance(decision, Decision) and decision.effect is Effect.ALLOW:
+                    return None
         return self._decide_and_follow(self._analyse(sql), NO_PARAMETERS, uncertain)
 
     def on_parse(self, body: bytes) -> None:

@@ -60,41 +60,58 @@ class AnalysisCache:
         return len(self._entries)
 
     def analyze(self, sql: str, search_path: Sequence[str]) -> Analysis:
-        if isinstance(search_path, str):
-            raise TypeError("search_path is a sequence of schema names, not a string")
-        path = tuple(search_path)
+        path = _as_path(search_path)
+        known, shape = self._lookup(sql, path)
+        if isinstance(known, Analysis):
+            return known
+        if known is not None:
+            # Not kept by its exact text: a stream of ever new texts would only churn
+            # the cache and leave its garbage to the slowest generation of the collector.
+            return _for_text(known, sql)
+        self.misses += 1
+        with recording_consumed_literals() as locations:
+            analysis = analyze(sql, path)
+        self._remember((sql, path), analysis)
+        if shape is not None:
+            self._remember_shape(shape, path, sql, analysis, locations)
+        return analysis
+
+    def decided_alike(self, sql: str, search_path: Sequence[str]) -> Analysis | None:
+        """An analysis already held that decides exactly like the text's own, or None.
+
+        The text's own when it was seen before, else its shape's: the in-process decision
+        point decides by that one anyway, so a caller that needs no more than the decision
+        is spared building an analysis for this text.
+        """
+        known, _ = self._lookup(sql, _as_path(search_path))
+        return known.analysis if isinstance(known, _Shaped) else known
+
+    def _lookup(
+        self, sql: str, path: tuple[str, ...]
+    ) -> tuple[Analysis | _Shaped | None, Shape | None]:
+        """The text's own analysis, or its known shape's; else the shape, if it has one."""
         key = (sql, path)
         found = self._entries.get(key)
         if found is not None:
             self.hits += 1
             self._entries.move_to_end(key)
-            return found
-        known = self._by_template(sql, path)
-        if known is not None:
-            return known
+            return found, None
+        shaped = self._by_template(sql, path)
+        if shaped is not None:
+            return shaped, None
         shape = shape_of(sql)
-        if shape is not None:
-            shape_key = (shape.key, path)
-            shaped = self._shapes.get(shape_key)
-            if shaped is not None and (
-                not shaped.consumed
-                or all(shape.literals[index] == shaped.literals[index] for index in shaped.consumed)
-            ):
-                self.shape_hits += 1
-                self._shapes.move_to_end(shape_key)
-                self._remember_template(sql, path, shape)
-                # Not kept by its exact text: a stream of ever new texts would only churn
-                # the cache and leave its garbage to the slowest generation of the collector.
-                return _for_text(shaped, sql)
-        self.misses += 1
-        with recording_consumed_literals() as locations:
-            analysis = analyze(sql, path)
-        self._remember(key, analysis)
-        if shape is not None:
-            self._remember_shape(shape, path, sql, analysis, locations)
-        return analysis
+        if shape is None:
+            return None, None
+        shape_key = (shape.key, path)
+        shaped = self._shapes.get(shape_key)
+        if shaped is None or not _agrees(shape.literals, shaped):
+            return None, shape
+        self.shape_hits += 1
+        self._shapes.move_to_end(shape_key)
+        self._remember_template(sql, path, shape)
+        return shaped, shape
 
-    def _by_template(self, sql: str, path: tuple[str, ...]) -> Analysis | None:
+    def _by_template(self, sql: str, path: tuple[str, ...]) -> _Shaped | None:
         """The analysis of a known plain shape, recognised without finding the literals."""
         if len(sql) > MAX_SHAPED_CHARS or not sql.isascii():
             return None
@@ -106,11 +123,10 @@ class AnalysisCache:
         shaped = self._shapes.get((shape_key, path))
         if match is None or shaped is None:
             return None
-        literals = match.groups()
-        if any(literals[index] != shaped.literals[index] for index in shaped.consumed):
+        if not _agrees(match.groups(), shaped):
             return None
         self.shape_hits += 1
-        return _for_text(shaped, sql)
+        return shaped
 
     def _remember_template(self, sql: str, path: tuple[str, ...], shape: Shape) -> None:
         key = (template_key(sql), path)
@@ -159,6 +175,19 @@ class AnalysisCache:
         )
         if len(self._shapes) > self.max_entries:
             self._shapes.popitem(last=False)
+
+
+def _as_path(search_path: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(search_path, str):
+        raise TypeError("search_path is a sequence of schema names, not a string")
+    return tuple(search_path)
+
+
+def _agrees(literals: Sequence[str], shaped: _Shaped) -> bool:
+    """Whether a text agrees with its shape's first text on every literal the analysis read."""
+    return not shaped.consumed or all(
+        literals[index] == shaped.literals[index] for index in shaped.consumed
+    )
 
 
 def _for_text(shaped: _Shaped, sql: str) -> Analysis:
