@@ -4,7 +4,8 @@ Prints transactions per second and mean latency for each path, simple and
 extended protocol, 1 and 8 clients, each as a ratio to the direct baseline
 measured in the same run. "custos" is the bare transparent mode; "custos+policy"
 decides every statement with the demo policy (and a bench role held to the
-agent's rules). Each figure is the median of --repeat runs, taken in rotation so
+agent's rules); what the policy costs is also given from the runs of the two
+taken back to back. Each figure is the median of --repeat runs, taken in rotation so
 that drift in the machine's speed touches every path alike. Usage:
 
     .venv/bin/python bench/pgbench_gateway.py [--seconds 10] [--scale 10] [--tls]
@@ -265,7 +266,23 @@ def report(endpoints: list[Endpoint], seconds: int, repeat: int) -> int:
                     f"{result.tps / baseline.tps:>8.2f}{result.latency_ms:>12.3f}{added:>10.1f}",
                     flush=True,
                 )
+            if "custos" in runs and "custos+policy" in runs:
+                print(policy_cost(runs["custos"], runs["custos+policy"]), flush=True)
     return 0
+
+
+def policy_cost(bare: list[Result], governed: list[Result]) -> str:
+    """What the policy costs in TPS against the bare mode, from runs taken side by side.
+
+    Each rotation runs the two back to back, so their ratio is spared most of the drift
+    in the machine's speed that the medians above still carry.
+    """
+    kept = sorted(policy.tps / plain.tps for plain, policy in zip(bare, governed, strict=True))
+    median_kept = kept[len(kept) // 2]
+    return (
+        f"{'':<19}policy costs {1 - median_kept:.0%} of bare TPS"
+        f" (paired runs: {1 - kept[-1]:.0%} to {1 - kept[0]:.0%})"
+    )
 
 
 if __name__ == "__main__":

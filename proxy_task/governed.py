@@ -291,7 +291,8 @@ class GovernedSession(Session):
     def from_upstream(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
         editor = self._editor
-        editor.wanted = _EDITED_ANSWERS if self._edited_in_flight else _PLAIN_ANSWERS
+        editing = self._edited_in_flight > 0
+        editor.wanted = _EDITED_ANSWERS if editing else _PLAIN_ANSWERS
         try:
             chunk, spans = editor.feed(data)
         except ProtocolViolation as violation:
@@ -301,6 +302,19 @@ class GovernedSession(Session):
             if chunk:
                 self._client.write(chunk)
             return
+        if editing:
+            chunk = self._edited(chunk, spans)
+        else:
+            for _, start, end in spans:  # ReadyForQuery, nothing else
+                self._transaction_status = chunk[start + 5 : end]
+                if self._segments:
+                    self._segments.popleft()
+        self._client.write(chunk)
+        if self._draining and self.idle:
+            self.close("57P01", "the gateway is shutting down; reconnect to continue")
+
+    def _edited(self, chunk: bytes, spans: list[Span]) -> bytes:
+        """The server's answers with the gateway's own cut out, following the sync points."""
         outgoing: list[bytes] = []
         kept_from = 0
         for message_type, start, end in spans:
@@ -331,9 +345,7 @@ class GovernedSession(Session):
                 outgoing.append(chunk[kept_from:start])
                 kept_from = end
         outgoing.append(chunk[kept_from:])
-        self._client.write(b"".join(outgoing))
-        if self._draining and self.idle:
-            self.close("57P01", "the gateway is shutting down; reconnect to continue")
+        return b"".join(outgoing)
 
     def close(self, sqlstate: str | None = None, message: str | None = None) -> None:
         if self._holding is not None:
