@@ -119,6 +119,14 @@ def test_literals_the_analysis_reads_are_never_shared(seen, asked):
     assert cache.shape_hits == 0
 
 
+def test_writes_with_a_condition_on_a_column_share_one_analysis():
+    cache = AnalysisCache()
+    for status in ("void", "paid", "open"):
+        sql = f"UPDATE crm.orders SET note = 'x' WHERE status = '{status}' AND id = 7"
+        assert cache.analyze(sql, PATH) == analyze(sql, PATH)
+    assert (cache.misses, cache.shape_hits) == (1, 2)
+
+
 def test_a_known_shape_is_decided_alike_without_a_new_analysis():
     cache = AnalysisCache()
     first = cache.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", PATH)

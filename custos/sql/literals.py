@@ -160,7 +160,11 @@ def truth(node: Node) -> bool | None:
 
 def _comparison(expr: Node) -> bool | None:
     # Only what holds under any collation and type resolution: numbers compared, equal texts.
+    # A side that is not a literal settles it: the other's value is not read (`id = 5` reads
+    # no literal, so texts that differ only in the 5 share one analysis).
     left = constant(expr.get("lexpr", {}))
+    if left is _MISSING:
+        return None
     right = constant(expr.get("rexpr", {}))
     op = expr["name"][-1]["String"]["sval"]
     if isinstance(left, str) and isinstance(right, str):
