@@ -44,10 +44,9 @@ ORDER BY n.nspname, c.relname, a.attnum"""
 def askable(relation: str) -> bool:
     """Whether the relation's name can be put in the columns query.
 
-    Names are sent as string literals. With standard_conforming_strings on (the only setting
-    supported PostgreSQL versions allow) doubling the quote is all the escaping a literal
-    needs; a backslash or NUL would make that depend on settings, so such names are not asked
-    about: their `*` stays unexpanded.
+    Names are sent as string literals. Doubling the quote escapes it whatever the server's
+    standard_conforming_strings; a backslash would make the literal depend on that setting,
+    and a NUL cannot be sent, so such names are not asked about: their `*` stays unexpanded.
     """
     parts = split_qualified(relation)
     return parts is not None and not any("\\" in part or "\x00" in part for part in parts)
