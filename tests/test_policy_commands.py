@@ -167,6 +167,29 @@ def test_explain_with_upstream_lists_the_columns_behind_star(
     assert "  *                   crm.nowhere.*" in capsys.readouterr().out.splitlines()
 
 
+def test_explain_json_lists_the_columns_behind_star_with_upstream(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("policy", "explain", DEMO_POLICY, "--role", "agent", "--json", STAR_JOIN)
+    assert run(*argv) == 0
+    without = json.loads(capsys.readouterr().out)["columns"]
+    assert without["read"] == {"crm.orders": ["id"], "crm.products": ["*", "id"]}
+    assert without["results"][0][0] == {"name": None, "sources": ["crm.products.*"]}
+    assert run(*argv, "--upstream", pg_dsn) == 0
+    decided = json.loads(capsys.readouterr().out)
+    assert decided["effect"] == "allow"
+    columns = decided["columns"]
+    assert columns["read"]["crm.products"] == ["*", "id", "name", "price_cents"]
+    assert columns["written"] == {}
+    assert [column["name"] for column in columns["results"][0]] == [
+        "id",
+        "name",
+        "price_cents",
+        "order_id",
+    ]
+    assert columns["results"][0][3]["sources"] == ["crm.orders.id"]
+
+
 def test_explain_with_an_unreachable_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     dsn = "postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=2"
     argv = ("policy", "explain", DEMO_POLICY, "--role", "agent", "--upstream", dsn, STAR_JOIN)

@@ -105,9 +105,6 @@ def explain_command(arguments: argparse.Namespace) -> int:
     analysis = _analyze(arguments.sql, search_path)
     # Decided as the gateway decides: on the analysis alone (expansion only adds to `*`).
     decision = engine.decide(DecisionRequest(arguments.role, analysis, tuple(arguments.param)))
-    if arguments.json:
-        print(json.dumps(decision.as_dict(), indent=2))
-        return 0
     columns: dict[str, tuple[str, ...]] = {}
     if arguments.upstream is not None:
         try:
@@ -120,8 +117,45 @@ def explain_command(arguments: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    _print_decision(decision, expand_all_columns(analysis, columns), sys.stdout)
+    expanded = expand_all_columns(analysis, columns)
+    if arguments.json:
+        print(json.dumps({**decision.as_dict(), "columns": _columns_as_dict(expanded)}, indent=2))
+    else:
+        _print_decision(decision, expanded, sys.stdout)
     return 0
+
+
+def _columns_as_dict(analysis: Analysis) -> dict[str, object]:
+    """The columns read and written per relation, and each result column with its sources."""
+    return {
+        "read": _merged(s.columns_read for s in analysis.statements),
+        "written": _merged(s.columns_written for s in analysis.statements),
+        "results": [
+            [
+                {
+                    "name": column.name,
+                    "sources": [f"{relation}.{name}" for relation, name in sorted(column.sources)],
+                }
+                for column in statement.output_columns
+            ]
+            for statement in analysis.statements
+            if statement.output_columns
+        ],
+    }
+
+
+def _merged(used: Iterable[Mapping[str, frozenset[str]]]) -> dict[str, list[str]]:
+    """relation -> columns, for every statement together, relations and columns in order."""
+    relations: dict[str, set[str]] = {}
+    for columns in used:
+        for relation, names in columns.items():
+            relations.setdefault(relation, set()).update(names)
+    return {relation: _ordered(names) for relation, names in sorted(relations.items())}
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    """Column names sorted, `*` (every column) first."""
+    return sorted(names, key=lambda name: (name != ALL_COLUMNS, name))
 
 
 def read_columns(dsn: str, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:
@@ -177,17 +211,8 @@ def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None
 
 def _columns_used(used: Iterable[Mapping[str, frozenset[str]]]) -> str:
     """relation: columns, for every statement together; `*` (every column) first."""
-    merged: dict[str, set[str]] = {}
-    for columns in used:
-        for relation, names in columns.items():
-            merged.setdefault(relation, set()).update(names)
-    return (
-        "; ".join(
-            f"{relation}: {', '.join(sorted(names, key=lambda name: (name != ALL_COLUMNS, name)))}"
-            for relation, names in sorted(merged.items())
-        )
-        or "-"
-    )
+    merged = _merged(used)
+    return "; ".join(f"{relation}: {', '.join(names)}" for relation, names in merged.items()) or "-"
 
 
 def _result_columns(analysis: Analysis) -> list[str]:
