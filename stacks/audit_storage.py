@@ -10,7 +10,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks.buckets import access_log_bucket
+from stacks.buckets import access_log_bucket, private_bucket
 from stacks.config import CustosContext
 
 EVENTS_TTL_ATTRIBUTE = "expires_at"
@@ -51,10 +51,11 @@ class AuditStorageStack(Stack):
             removal_policy=RemovalPolicy.RETAIN,
         )
         self.access_log_bucket = access_log_bucket(self)
-        self.audit_bucket = s3.Bucket(
+        self.audit_bucket = private_bucket(
             self,
             "AuditBucket",
-            versioned=True,
+            access_logs=self.access_log_bucket,
+            access_logs_prefix="audit-bucket/",
             object_lock_enabled=True,
             # COMPLIANCE: not even the account root can shorten retention or delete early.
             object_lock_default_retention=s3.ObjectLockRetention.compliance(
@@ -63,10 +64,4 @@ class AuditStorageStack(Stack):
             encryption=s3.BucketEncryption.KMS,
             encryption_key=self.key,
             bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            server_access_logs_bucket=self.access_log_bucket,
-            server_access_logs_prefix="audit-bucket/",
-            removal_policy=RemovalPolicy.RETAIN,
         )

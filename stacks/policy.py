@@ -12,7 +12,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks.buckets import access_log_bucket
+from stacks.buckets import access_log_bucket, private_bucket
 from stacks.config import CustosContext, skip_bundling
 from stacks.lambda_code import RUNTIME, policy_function_code
 
@@ -41,17 +41,12 @@ class PolicyStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.access_log_bucket = access_log_bucket(self)
         # The policy is not secret, so S3-managed keys suffice; who may read it is IAM's job.
-        self.policy_bucket = s3.Bucket(
+        self.policy_bucket = private_bucket(
             self,
             "PolicyBucket",
-            versioned=True,
+            access_logs=self.access_log_bucket,
+            access_logs_prefix="policy-bucket/",
             encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            server_access_logs_bucket=self.access_log_bucket,
-            server_access_logs_prefix="policy-bucket/",
-            removal_policy=RemovalPolicy.RETAIN,
         )
 
         log_group = logs.LogGroup(

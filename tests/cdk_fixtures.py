@@ -38,6 +38,14 @@ TEST_CONTEXT: dict[str, Any] = {
     "alarm_email": "oncall@example.com",
 }
 
+# A bucket's PublicAccessBlockConfiguration when every kind of public access is blocked.
+BLOCK_ALL = {
+    "BlockPublicAcls": True,
+    "BlockPublicPolicy": True,
+    "IgnorePublicAcls": True,
+    "RestrictPublicBuckets": True,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class NagFinding:

@@ -6,14 +6,7 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from cdk_fixtures import TEST_CONTEXT, CdkSynth
-
-BLOCK_ALL = {
-    "BlockPublicAcls": True,
-    "BlockPublicPolicy": True,
-    "IgnorePublicAcls": True,
-    "RestrictPublicBuckets": True,
-}
+from cdk_fixtures import BLOCK_ALL, TEST_CONTEXT, CdkSynth
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,12 @@ from typing import Any
 import pytest
 from aws_cdk import DockerImage
 from aws_cdk.assertions import Match, Template
-from cdk_fixtures import CdkSynth
+from cdk_fixtures import BLOCK_ALL, CdkSynth
 
 from stacks.lambda_code import BundlingFailed, LocalBundler
 
 # The local bundler never runs Docker; the CDK only insists an image is named.
 UNUSED_IMAGE = DockerImage.from_registry("unused")
-BLOCK_ALL = {
-    "BlockPublicAcls": True,
-    "BlockPublicPolicy": True,
-    "IgnorePublicAcls": True,
-    "RestrictPublicBuckets": True,
-}
 
 
 @pytest.fixture(scope="module")
