@@ -102,16 +102,6 @@ class StatementGate:
         return self._schemas
 
     def on_query(self, sql: str, uncertain: bool) -> Verdict | Awaitable[Verdict]:
-        if not self._decision_point.reads_statement_text and len(self._schemas) == 1:
-            # The simple protocol's common case, kept short: a statement of a known shape,
-            # with nothing for the session to follow, that policy allows.
-            alike = self._analyses.decided_alike(sql, self._schemas)
-            if alike is not None and not alike.session_effects:
-                decision = self._decision_point.decide(
-                    self._role, alike, NO_PARAMETERS, self._schemas
-                )
-                if isinstance(decision, Decision) and decision.effect is Effect.ALLOW:
-                    return None
         return self._decide_and_follow(self._analyse(sql), NO_PARAMETERS, uncertain)
 
     def on_parse(self, body: bytes) -> None:
@@ -160,10 +150,18 @@ class StatementGate:
 
     def _analyse(self, sql: str) -> Candidates:
         if len(self._schemas) == 1:
-            return ((self._analyses.analyze(sql, self._schemas), self._schemas),)
-        return tuple(
-            (self._analyses.analyze(sql, (schema,)), (schema,)) for schema in self._schemas
-        )
+            return ((self._analysis(sql, self._schemas), self._schemas),)
+        return tuple((self._analysis(sql, (schema,)), (schema,)) for schema in self._schemas)
+
+    def _analysis(self, sql: str, path: tuple[str, ...]) -> Analysis:
+        # A decision point that reads no statement text decides a text by the analysis of
+        # another text of its shape anyway; then none is built for this one. Its texts are
+        # that other text's, which nothing downstream of such a decision point reads.
+        if not self._decision_point.reads_statement_text:
+            alike = self._analyses.decided_alike(sql, path)
+            if alike is not None:
+                return alike
+        return self._analyses.analyze(sql, path)
 
     def _decide_and_follow(
         self, candidates: Candidates, parameters: tuple[str | None, ...], uncertain: bool
