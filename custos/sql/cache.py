@@ -32,6 +32,7 @@ from custos.sql.shapes import (
 )
 
 Key = tuple[str, tuple[str, ...]]
+_TemplateAt = tuple[bytes, tuple[str, ...]]  # a text's template key, and the search path
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class AnalysisCache:
         self._entries: OrderedDict[Key, Analysis] = OrderedDict()
         self._shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shaped] = OrderedDict()
         # template key and path -> the pattern of a known plain shape, and that shape's key
-        self._templates: dict[tuple[bytes, tuple[str, ...]], tuple[re.Pattern[str], str]] = {}
+        self._templates: dict[_TemplateAt, tuple[re.Pattern[str], str]] = {}
         self._total_chars = 0
 
     def __len__(self) -> int:
@@ -96,7 +97,10 @@ class AnalysisCache:
             self.hits += 1
             self._entries.move_to_end(key)
             return found, None
-        shaped = self._by_template(sql, path)
+        if len(sql) > MAX_SHAPED_CHARS or not sql.isascii():
+            return None, None  # not worth shaping (see shapes.py)
+        template_at = (template_key(sql), path)
+        shaped = self._by_template(sql, template_at)
         if shaped is not None:
             return shaped, None
         shape = shape_of(sql)
@@ -108,19 +112,17 @@ class AnalysisCache:
             return None, shape
         self.shape_hits += 1
         self._shapes.move_to_end(shape_key)
-        self._remember_template(sql, path, shape)
+        self._remember_template(template_at, shape)
         return shaped, shape
 
-    def _by_template(self, sql: str, path: tuple[str, ...]) -> _Shaped | None:
+    def _by_template(self, sql: str, template_at: _TemplateAt) -> _Shaped | None:
         """The analysis of a known plain shape, recognised without finding the literals."""
-        if len(sql) > MAX_SHAPED_CHARS or not sql.isascii():
-            return None
-        template = self._templates.get((template_key(sql), path))
+        template = self._templates.get(template_at)
         if template is None:
             return None
         pattern, shape_key = template
         match = pattern.fullmatch(sql)
-        shaped = self._shapes.get((shape_key, path))
+        shaped = self._shapes.get((shape_key, template_at[1]))
         if match is None or shaped is None:
             return None
         if not _agrees(match.groups(), shaped):
@@ -128,14 +130,13 @@ class AnalysisCache:
         self.shape_hits += 1
         return shaped
 
-    def _remember_template(self, sql: str, path: tuple[str, ...], shape: Shape) -> None:
-        key = (template_key(sql), path)
-        if key in self._templates:
+    def _remember_template(self, template_at: _TemplateAt, shape: Shape) -> None:
+        if template_at in self._templates:
             return  # another shape has the key; it stays with the first
         pattern = template_pattern(shape)
         if pattern is None:
             return
-        self._templates[key] = (pattern, shape.key)
+        self._templates[template_at] = (pattern, shape.key)
         if len(self._templates) > self.max_entries:
             del self._templates[next(iter(self._templates))]
 
