@@ -15,7 +15,7 @@ from custos.identity.models import IssuerConfig, RoleConfig
 from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
-from custos.session.gate import DecisionPoint
+from custos.session.policy_stage import DecisionPoint
 from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import CredentialSource, credential_source
 from proxy_task.gateway import Gateway, GatewayServices

@@ -3,8 +3,10 @@
 A CancelRequest arrives on a fresh connection carrying (process id, secret).
 The client sees the database's real process id, as `pg_backend_pid()` and
 notifications report it, with a secret the gateway drew. The gateway looks
-the pair up and, if it names a live session, sends the database's own key to
-the database. A guessed pair finds nothing and cancels nothing.
+the pair up and, if it names a live session, tells that session: a statement
+the gateway still holds is withdrawn there, otherwise the session sends the
+database's own key to the database. A guessed pair finds nothing and cancels
+nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import Protocol
 
 from custos.protocol.messages import cancel_request
 
@@ -27,25 +30,29 @@ class UpstreamCancelKey:
     secret_key: int
 
 
+class Cancellable(Protocol):
+    def cancel_requested(self) -> None: ...
+
+
 class CancelRegistry:
     def __init__(self) -> None:
-        self._sessions: dict[tuple[int, int], UpstreamCancelKey] = {}
+        self._sessions: dict[tuple[int, int], Cancellable] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def register(self, upstream: UpstreamCancelKey) -> tuple[int, int]:
-        """The client's (process id, secret key), mapped to `upstream`."""
+    def register(self, process_id: int, session: Cancellable) -> tuple[int, int]:
+        """The client's (process id, secret key) for `session`, whose database pid it keeps."""
         while True:
-            key = (upstream.process_id, secrets.randbits(32) - 2**31)
+            key = (process_id, secrets.randbits(32) - 2**31)
             if key not in self._sessions:
-                self._sessions[key] = upstream
+                self._sessions[key] = session
                 return key
 
     def unregister(self, key: tuple[int, int]) -> None:
         self._sessions.pop(key, None)
 
-    def lookup(self, process_id: int, secret_key: int) -> UpstreamCancelKey | None:
+    def lookup(self, process_id: int, secret_key: int) -> Cancellable | None:
         return self._sessions.get((process_id, secret_key))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
@@ -27,13 +27,18 @@ from custos.protocol.startup import (
     StartupDecoder,
     StartupMessage,
 )
-from custos.session.gate import StatementGate
+from custos.session.hints import StarHints
+from custos.session.lexical import lexical_settings
+from custos.session.machine import SessionLimits, SessionMachine
+from custos.session.policy_stage import PolicyStage
+from custos.session.relay import RelayMachine
+from custos.session.texts import TextAnalyser
 from custos.upstream.errors import UpstreamAuthenticationError
 from custos.upstream.errors import UpstreamError as CredentialError
-from proxy_task.cancel import UpstreamCancelKey, send_cancel
-from proxy_task.governed import GovernedSession
-from proxy_task.reader import ConnectionClosed, HandshakeReader
-from proxy_task.session import Session
+from proxy_task.cancel import UpstreamCancelKey
+from proxy_task.peer import PeerConnection
+from proxy_task.reader import ConnectionClosed
+from proxy_task.session import Machine, Session
 from proxy_task.upstream import (
     UpstreamConnectError,
     UpstreamReady,
@@ -63,20 +68,18 @@ class HandshakeRefused(Exception):
         self.hint = hint
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(PeerConnection):
     def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
         self.gateway = gateway
-        self.transport: asyncio.Transport | None = None
-        self.session: Session | None = None
-        self.reader = HandshakeReader()
         self.peer = "unknown"
         self._handshake: asyncio.Task[None] | None = None
         self._tls = False
         self._ssl_answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
+        assert self.transport is not None
         self.transport.set_write_buffer_limits(
             high=self.gateway.config.limits.write_buffer_high_bytes
         )
@@ -93,24 +96,15 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.reader.feed(data)
 
-    def eof_received(self) -> bool | None:
-        return None
+    def _session_lost(self, session: Session, exc: Exception | None) -> None:
+        session.client_lost(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            self.session.client_lost(exc)
-        else:
-            self.reader.close(exc)
-            if self._handshake is not None:
-                self._handshake.cancel()
+    def _write_paused(self, session: Session, paused: bool) -> None:
+        session.client_write_paused(paused)
 
-    def pause_writing(self) -> None:
-        if self.session is not None:
-            self.session.pause_upstream()
-
-    def resume_writing(self) -> None:
-        if self.session is not None:
-            self.session.resume_upstream()
+    def _handshake_lost(self) -> None:
+        if self._handshake is not None:
+            self._handshake.cancel()
 
     async def _run_handshake(self) -> None:
         upstream: UpstreamReady | None = None
@@ -121,8 +115,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 principal = await self._authenticate(startup)
                 upstream = await self._connect_upstream(startup, principal)
-                gate = await self._statement_gate(principal, upstream)
-            self._start_session(principal, upstream, gate)
+                machine = await self._machine(principal, upstream)
+            self._start_session(principal, upstream, machine)
             upstream = None
         except HandshakeRefused as refusal:
             self._refuse(refusal.sqlstate, refusal.message, refusal.hint)
@@ -188,11 +182,11 @@ class ClientConnection(asyncio.Protocol):
         self._tls = True
 
     async def _forward_cancel(self, request: CancelRequest) -> None:
-        target = self.gateway.cancels.lookup(request.process_id, request.secret_key)
-        if target is None:
+        session = self.gateway.cancels.lookup(request.process_id, request.secret_key)
+        if session is None:
             log.info("cancel request with an unknown key from %s ignored", self.peer)
         else:
-            await send_cancel(target)
+            session.cancel_requested()
         self._close()
 
     async def _authenticate(self, startup: StartupMessage) -> Principal:
@@ -306,50 +300,62 @@ class ClientConnection(asyncio.Protocol):
                 " try again, and tell the operator if it persists",
             ) from None
 
-    async def _statement_gate(
-        self, principal: Principal, upstream: UpstreamReady
-    ) -> StatementGate | None:
-        """The session's policy gate, starting from the database's own search path."""
+    async def _machine(self, principal: Principal, upstream: UpstreamReady) -> Machine:
+        """The session's machine: the bare relay, or the governed one when there is a policy."""
+        limits = self.gateway.config.limits
         decision_point = self.gateway.decision_point
         if decision_point is None:
-            return None
+            return RelayMachine(limits.max_message_bytes, upstream.transaction_status)
         try:
+            # The gateway starts from the search path the database itself resolved.
             search_path = await fetch_search_path(upstream)
         except UpstreamConnectError as error:
             raise HandshakeRefused(error.sqlstate, error.message) from None
-        return StatementGate(
-            principal.role,
-            decision_point,
-            self.gateway.analyses,
-            search_path,
-            columns=self.gateway.columns,
+        columns = self.gateway.columns
+        stages = [
+            PolicyStage(
+                principal.role,
+                decision_point,
+                StarHints(columns) if columns is not None else None,
+            )
+        ]
+        return SessionMachine(
+            stages=stages,
+            analyser=TextAnalyser(self.gateway.analyses, decision_point.reads_statement_text),
+            search_path=search_path,
+            lexical=lexical_settings(upstream.messages),
+            limits=SessionLimits(
+                max_message_bytes=limits.max_message_bytes,
+                max_held_message_bytes=limits.max_message_bytes,
+            ),
+            transaction_status=upstream.transaction_status,
+            log_context=f"role={principal.role} subject={shown(principal.subject)}",
         )
 
     def _start_session(
-        self, principal: Principal, upstream: UpstreamReady, gate: StatementGate | None
+        self, principal: Principal, upstream: UpstreamReady, machine: Machine
     ) -> None:
         assert self.transport is not None
         assert upstream.connection.transport is not None
         upstream_key = UpstreamCancelKey(
             upstream.target.host, upstream.target.port, upstream.process_id, upstream.secret_key
         )
-        cancel_key = self.gateway.cancels.register(upstream_key)
         upstream.connection.transport.set_write_buffer_limits(
             high=self.gateway.config.limits.write_buffer_high_bytes
         )
-        arguments = (
-            self.gateway,
+        session = Session(
+            machine,
             principal,
             self.transport,
             upstream.connection.transport,
-            cancel_key,
-            upstream.transaction_status,
+            upstream_key,
+            self.gateway.session_closed,
         )
-        session = Session(*arguments) if gate is None else GovernedSession(*arguments, gate)
+        session.cancel_key = self.gateway.cancels.register(upstream.process_id, session)
         self.transport.write(
             authentication_ok()
             + b"".join(upstream.messages)
-            + backend_key_data(*cancel_key)
+            + backend_key_data(*session.cancel_key)
             + ready_for_query(upstream.transaction_status)
         )
         self.session = session

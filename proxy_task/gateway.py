@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
 from custos.policy.source import FilePolicySource, S3PolicySource
-from custos.session.gate import DecisionPoint
+from custos.session.policy_stage import DecisionPoint
 from custos.sql.cache import AnalysisCache
 from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import CredentialSource

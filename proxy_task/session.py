@@ -1,10 +1,10 @@
-"""One authenticated session: relays messages between client and database.
+"""One authenticated session: carries out what its machine asks, on two asyncio transports.
 
-The hot path: a client chunk is cut into whole messages (the gateway must
-see each statement whole before it may act on it) and forwarded with one
-write; a database chunk is forwarded as it arrives while the editor follows
-message boundaries to know when the session is idle. Flow control couples
-the two sides so a slow reader pauses the writer and memory stays bounded.
+The machine (custos/session/: `SessionMachine` with policy, `RelayMachine` bare) holds all
+the protocol logic. This adapter feeds it bytes and events and does what it answers: write
+to either side, pause and resume reading, await what a stage waits on, forward a cancel,
+close. A session knows its transports, its keys and a callback for when it ends; not the
+gateway.
 """
 
 from __future__ import annotations
@@ -12,39 +12,61 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from custos.identity.principal import Principal
-from custos.protocol import codes
-from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendEditor, MessageFramer, Span
-from custos.protocol.messages import error_response, terminate
-
-if TYPE_CHECKING:
-    from proxy_task.gateway import Gateway
+from custos.protocol.messages import terminate
+from custos.session.actions import (
+    Action,
+    CloseSession,
+    ForwardCancel,
+    PauseReading,
+    ResumeReading,
+    SendToClient,
+    SendToServer,
+    Side,
+    StartWait,
+)
+from custos.session.stages import Settled
+from proxy_task.cancel import UpstreamCancelKey, send_cancel
 
 log = logging.getLogger("custos.session")
 
-# Messages after which the database answers with exactly one ReadyForQuery.
-_SYNC_POINTS = frozenset({codes.QUERY, codes.SYNC, codes.FUNCTION_CALL})
+# A close that waits for the server's stream to reach a message boundary waits this long at
+# most: a client that stopped reading must not hold the gateway's shutdown.
+_CLOSE_GRACE_SECONDS = 5.0
+
+
+class Machine(Protocol):
+    """What the adapter drives: custos.session's SessionMachine or RelayMachine."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def client_data(self, data: bytes) -> list[Action]: ...
+    def server_data(self, data: bytes) -> list[Action]: ...
+    def settled(self, awaitable: Awaitable[object], outcome: Settled) -> list[Action]: ...
+    def cancel_requested(self) -> list[Action]: ...
+    def client_lost(self) -> list[Action]: ...
+    def server_lost(self) -> list[Action]: ...
+    def close(self, sqlstate: str, message: str) -> list[Action]: ...
+    def drain(self) -> list[Action]: ...
+    def client_write_paused(self, paused: bool) -> list[Action]: ...
+    def server_write_paused(self, paused: bool) -> list[Action]: ...
 
 
 class Session:
-    # The server's messages the session reads whole; everything else streams through.
-    _upstream_wanted: frozenset[int] = frozenset({codes.READY_FOR_QUERY})
-    _upstream_wanted_max_bytes = 1 << 10
-
     __slots__ = (
         "_client",
         "_closed",
-        "_draining",
-        "_editor",
-        "_framer",
-        "_gateway",
+        "_force_close",
+        "_machine",
+        "_on_closed",
         "_opened_at",
-        "_pending_sync_points",
-        "_transaction_status",
+        "_tasks",
         "_upstream",
+        "_upstream_key",
         "bytes_from_client",
         "bytes_from_upstream",
         "cancel_key",
@@ -53,130 +75,137 @@ class Session:
 
     def __init__(
         self,
-        gateway: Gateway,
+        machine: Machine,
         principal: Principal,
         client: asyncio.Transport,
         upstream: asyncio.Transport,
-        cancel_key: tuple[int, int],
-        transaction_status: bytes,
+        upstream_key: UpstreamCancelKey,
+        on_closed: Callable[[Session], None],
     ) -> None:
-        self._gateway = gateway
+        self._machine = machine
         self.principal = principal
         self._client = client
         self._upstream = upstream
-        self.cancel_key = cancel_key
-        self._framer = MessageFramer(gateway.config.limits.max_message_bytes)
-        self._editor = BackendEditor(self._upstream_wanted, self._upstream_wanted_max_bytes)
-        self._pending_sync_points = 0
-        self._transaction_status = transaction_status
-        self._draining = False
+        self._upstream_key = upstream_key
+        self._on_closed = on_closed
+        self.cancel_key: tuple[int, int] = (0, 0)
+        self._tasks: set[asyncio.Future[object]] = set()
         self._closed = False
+        self._force_close: asyncio.TimerHandle | None = None
         self._opened_at = time.monotonic()
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
 
     @property
     def idle(self) -> bool:
-        """Outside any transaction with no statement under way."""
-        return (
-            self._pending_sync_points == 0
-            and self._transaction_status == b"I"
-            and self._editor.at_boundary
-            and self._framer.buffered == 0
-        )
+        return self._machine.idle
+
+    # --- events from the transports ------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
-        try:
-            chunk, spans = self._framer.feed(data)
-        except ProtocolViolation as violation:
-            self.close(violation.sqlstate, violation.message)
-            return
-        if spans:
-            self._relay_client(chunk, spans)
-
-    def _relay_client(self, chunk: bytes, spans: list[Span]) -> None:
-        """Forwards whole client messages; a governed session decides on them first."""
-        terminating = False
-        for message_type, _, _ in spans:
-            if message_type in _SYNC_POINTS:
-                self._pending_sync_points += 1
-            elif message_type == codes.TERMINATE:
-                terminating = True
-        self._upstream.write(chunk)
-        if terminating:
-            self.close()
+        self._run(self._machine.client_data(data))
 
     def from_upstream(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
-        try:
-            chunk, spans = self._editor.feed(data)
-        except ProtocolViolation as violation:
-            self._upstream_lost_track(violation)
-            return
-        if chunk:
-            self._client.write(chunk)
-        if spans:
-            self._pending_sync_points = max(0, self._pending_sync_points - len(spans))
-            self._transaction_status = chunk[spans[-1][2] - 1 : spans[-1][2]]
-            if self._draining and self.idle:
-                self._close_for_shutdown()
-
-    def _upstream_lost_track(self, violation: ProtocolViolation) -> None:
-        log.error("closing session: %s", violation.message)
-        self.close("08006", "the gateway lost track of the database's messages; reconnect")
-
-    def pause_upstream(self) -> None:
-        """The client reads slower than the database writes: stop reading the database."""
-        self._upstream.pause_reading()
-
-    def resume_upstream(self) -> None:
-        if not self._closed:
-            self._upstream.resume_reading()
-
-    def pause_client(self) -> None:
-        """The database reads slower than the client writes: stop reading the client."""
-        self._client.pause_reading()
-
-    def resume_client(self) -> None:
-        if not self._closed:
-            self._client.resume_reading()
-
-    def drain(self) -> None:
-        """Closes the session at its next idle moment, for a graceful shutdown."""
-        self._draining = True
-        if self.idle:
-            self._close_for_shutdown()
-
-    def _close_for_shutdown(self) -> None:
-        self.close("57P01", "the gateway is shutting down; reconnect to continue")
+        self._run(self._machine.server_data(data))
 
     def client_lost(self, error: Exception | None) -> None:
         if not self._closed:
-            self.close()
+            self._run(self._machine.client_lost())
 
     def upstream_lost(self, error: Exception | None) -> None:
         if not self._closed:
-            # The database's own FATAL message, if it sent one, was forwarded already.
-            self._closed = True
-            self._client.close()
-            self._finish("database closed the connection")
+            self._run(self._machine.server_lost())
 
-    def close(self, sqlstate: str | None = None, message: str | None = None) -> None:
-        """Ends the session; with a message, tells the client why first."""
+    def client_write_paused(self, paused: bool) -> None:
+        if not self._closed:
+            self._run(self._machine.client_write_paused(paused))
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if not self._closed:
+            self._run(self._machine.server_write_paused(paused))
+
+    # --- events from the gateway ---------------------------------------------------------
+
+    def cancel_requested(self) -> None:
+        if not self._closed:
+            self._run(self._machine.cancel_requested())
+
+    def drain(self) -> None:
+        """Closes the session at its next idle moment, for a graceful shutdown."""
+        if not self._closed:
+            self._run(self._machine.drain())
+
+    def close(self, sqlstate: str, message: str) -> None:
+        """Ends the session, telling the client why as soon as the stream allows."""
+        if self._closed:
+            return
+        self._run(self._machine.close(sqlstate, message))
+        if not self._closed and self._force_close is None:
+            loop = asyncio.get_running_loop()
+            self._force_close = loop.call_later(_CLOSE_GRACE_SECONDS, self._abort, message)
+
+    # --- carrying out actions ------------------------------------------------------------
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendToServer:
+                self._upstream.write(action.data)  # type: ignore[union-attr]
+            elif kind is SendToClient:
+                self._client.write(action.data)  # type: ignore[union-attr]
+            elif kind is PauseReading:
+                self._transport(action.side).pause_reading()  # type: ignore[union-attr]
+            elif kind is ResumeReading:
+                if not self._closed:
+                    self._transport(action.side).resume_reading()  # type: ignore[union-attr]
+            elif kind is StartWait:
+                self._start_wait(action.awaitable)  # type: ignore[union-attr]
+            elif kind is ForwardCancel:
+                self._start_task(send_cancel(self._upstream_key))
+            elif kind is CloseSession:
+                self._finish(action.reason)  # type: ignore[union-attr]
+
+    def _transport(self, side: Side) -> asyncio.Transport:
+        return self._client if side is Side.CLIENT else self._upstream
+
+    def _start_wait(self, awaitable: Awaitable[object]) -> None:
+        task = self._start_task(awaitable)
+        task.add_done_callback(lambda done: self._settled(awaitable, done))
+
+    def _start_task(self, awaitable: Awaitable[object]) -> asyncio.Future[object]:
+        # Tasks, not bare coroutines: a session that closes first cancels them cleanly.
+        task: asyncio.Future[object] = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _settled(self, awaitable: Awaitable[object], task: asyncio.Future[object]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        error = task.exception()
+        outcome = Settled(error=error) if error is not None else Settled(value=task.result())
+        self._run(self._machine.settled(awaitable, outcome))
+
+    def _abort(self, reason: str) -> None:
+        if not self._closed:
+            self._client.abort()
+            self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
-        if sqlstate is not None and message is not None:
-            self._client.write(error_response(sqlstate, message, severity="FATAL"))
+        if self._force_close is not None:
+            self._force_close.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         self._client.close()
         if not self._upstream.is_closing():
             self._upstream.write(terminate())
             self._upstream.close()
-        self._finish(message or "client ended the session")
-
-    def _finish(self, reason: str) -> None:
-        self._gateway.session_closed(self)
+        self._on_closed(self)
         log.info(
             "session closed role=%s subject=%s client=%s seconds=%.3f bytes_in=%d bytes_out=%d"
             " reason=%s",
@@ -188,3 +217,4 @@ class Session:
             self.bytes_from_upstream,
             reason,
         )
+

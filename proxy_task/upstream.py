@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
@@ -23,7 +23,8 @@ from custos.protocol.messages import (
 from custos.upstream.auth import UpstreamAuthExchange
 from custos.upstream.credentials import CredentialSource
 from custos.upstream.target import UpstreamTarget
-from proxy_task.reader import ConnectionClosed, HandshakeReader
+from proxy_task.peer import PeerConnection
+from proxy_task.reader import ConnectionClosed
 
 if TYPE_CHECKING:
     from proxy_task.session import Session
@@ -60,17 +61,8 @@ class UpstreamReady:
     messages: list[bytes] = field(default_factory=list)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(PeerConnection):
     """The database side of one session."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = HandshakeReader()
-        self.session: Session | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -79,22 +71,11 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.reader.feed(data)
 
-    def eof_received(self) -> bool | None:
-        return None
+    def _session_lost(self, session: Session, exc: Exception | None) -> None:
+        session.upstream_lost(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            self.session.upstream_lost(exc)
-        else:
-            self.reader.close(exc)
-
-    def pause_writing(self) -> None:
-        if self.session is not None:
-            self.session.pause_client()
-
-    def resume_writing(self) -> None:
-        if self.session is not None:
-            self.session.resume_client()
+    def _write_paused(self, session: Session, paused: bool) -> None:
+        session.upstream_write_paused(paused)
 
 
 async def connect_upstream(

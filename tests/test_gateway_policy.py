@@ -135,17 +135,42 @@ def test_prepare_and_execute_are_decided_on_the_prepared_statement(governed):
             connection.execute("EXECUTE wipe")
 
 
-def test_unparsable_statements_are_refused(governed):
-    with connect(governed, autocommit=True) as connection:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
-            connection.execute("SELEC id FROM crm.orders")
-        assert "could not parse" in refused.value.diag.message_primary
+UNPARSABLE = [
+    "SELEC id FROM crm.orders",
+    "SELECT id FROM crm.orders WHERE",
+    "SELECT 'unterminated",
+    'SELECT "" FROM crm.orders',
+    "SELECT 1a",
+    "SELECT é FROM",
+    "SELECT 1; SELEC 2",
+]
+
+
+@pytest.mark.parametrize("sql", UNPARSABLE)
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_unparsable_statements_get_postgresqls_own_syntax_error(governed, pg_dsn, sql, prepare):
+    """Refused (fail closed), but with the server's SQLSTATE, message and position."""
+
+    def syntax_error(connection: psycopg.Connection) -> tuple[str, str, str | None]:
+        with pytest.raises(psycopg.errors.SyntaxError) as raised:
+            if prepare:
+                connection.execute(sql.encode(), [], prepare=True)
+            else:
+                connection.execute(sql.encode())
+        diag = raised.value.diag
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+        return diag.sqlstate, diag.message_primary, diag.statement_position
+
+    with psycopg.connect(pg_dsn, autocommit=True) as direct:
+        expected = syntax_error(direct)
+    with connect(governed, autocommit=True) as through_gateway:
+        assert syntax_error(through_gateway) == expected
 
 
 def test_a_parse_error_quoting_the_statement_stays_out_of_the_log(governed):
     secret = "jane.doe.parse-error@example.com"
     with connect(governed, autocommit=True) as connection:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+        with pytest.raises(psycopg.errors.SyntaxError) as refused:
             connection.execute(f"SELECT id FROM crm.customers WHERE email = 'a' '{secret}'")
         # The client gets the parser's pointer to its own text, as PostgreSQL would give it.
         assert secret in refused.value.diag.message_primary

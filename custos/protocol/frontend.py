@@ -1,7 +1,10 @@
-"""Decoders for the client messages the gateway reads to decide on statements,
-and encoders for the ones it sends upstream in their place.
+"""Decoders for the client messages a session reads, and encoders for the ones it sends
+upstream in their place.
 
 Bodies are the bytes after the 5-byte header, as `MessageFramer` spans give them.
+Statement and portal names stay bytes: the database compares them as bytes, in whatever
+encoding the client uses, so the gateway never needs to decode them. Query text stays
+bytes here too; the session decodes it in the client's encoding (see session/lexical.py).
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ _UINT32 = struct.Struct("!I")
 
 @dataclass(frozen=True, slots=True)
 class Parse:
-    statement: str
-    query: str
+    statement: bytes
+    query: bytes  # in the client's encoding
     parameter_types: tuple[int, ...] = ()  # type OIDs the client declared; 0 = unspecified
 
 
 @dataclass(frozen=True, slots=True)
 class Bind:
-    portal: str
-    statement: str
+    portal: bytes
+    statement: bytes
     values: tuple[bytes | None, ...]
     binary: tuple[bool, ...]  # per value: sent in binary format
+    result_formats: tuple[int, ...] = ()  # none: all text; one: all alike; else per column
 
     def texts(self, parameter_types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
         """The values as text, for policy's risk conditions.
@@ -48,6 +52,14 @@ class Bind:
                 texts.append(_binary_as_text(oid, value))
         return tuple(texts)
 
+    def format_of(self, column: int) -> int:
+        formats = self.result_formats
+        if not formats:
+            return 0
+        if len(formats) == 1:
+            return formats[0]
+        return formats[column] if column < len(formats) else 0
+
 
 _INTEGER_OIDS = {20: 8, 21: 2, 23: 4}
 _TEXT_OIDS = {25, 1043, 19}
@@ -64,12 +76,6 @@ def _binary_as_text(oid: int, value: bytes) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
-    kind: str  # "S" statement or "P" portal
-    name: str
-
-
 class _Reader:
     __slots__ = ("_body", "_position", "_what")
 
@@ -78,24 +84,19 @@ class _Reader:
         self._position = 0
         self._what = what
 
-    def cstring(self) -> str:
+    def cstring(self) -> bytes:
         end = self._body.find(b"\x00", self._position)
         if end < 0:
             raise ProtocolViolation(f"malformed {self._what} message: unterminated string")
         raw = self._body[self._position : end]
         self._position = end + 1
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise ProtocolViolation(f"{self._what} message is not valid UTF-8") from None
+        return raw
 
     def int16(self) -> int:
-        value: int = self._unpack(_INT16, 2)
-        return value
+        return self._unpack(_INT16, 2)
 
     def int32(self) -> int:
-        value: int = self._unpack(_INT32, 4)
-        return value
+        return self._unpack(_INT32, 4)
 
     def raw(self, length: int) -> bytes:
         if length < 0 or self._position + length > len(self._body):
@@ -116,38 +117,11 @@ class _Reader:
             raise ProtocolViolation(f"malformed {self._what} message: trailing bytes")
 
 
-_UNNAMED = {1: b"\x00", 2: b"\x00\x00"}
-_UNNAMED_NAMES = {1: ("",), 2: ("", "")}
-
-
-def leading_names(body: bytes, count: int, what: str) -> tuple[str, ...]:
-    """The first `count` NUL-terminated strings of a body, without decoding the rest.
-
-    Bind starts with portal and statement names, Execute with the portal's:
-    enough to follow the session without reading the parameter values.
-    """
-    if body.startswith(_UNNAMED[count]):
-        return _UNNAMED_NAMES[count]  # most clients use the unnamed statement and portal
-    parts = body.split(b"\x00", count)
-    if len(parts) <= count:
-        raise ProtocolViolation(f"malformed {what} message: unterminated string")
-    try:
-        return tuple(part.decode() for part in parts[:count])
-    except UnicodeDecodeError:
-        raise ProtocolViolation(f"{what} message is not valid UTF-8") from None
-
-
-def query_text(body: bytes) -> str:
-    """The SQL of a simple Query message."""
-    if body.find(b"\x00") == len(body) - 1:
-        try:
-            return body[:-1].decode()
-        except UnicodeDecodeError:
-            pass  # the reader says why
-    reader = _Reader(body, "Query")
-    text = reader.cstring()
-    reader.finish()
-    return text
+def query_bytes(body: bytes) -> bytes:
+    """The SQL of a simple Query message, undecoded."""
+    if body.find(b"\x00") != len(body) - 1:
+        raise ProtocolViolation("malformed Query message: the text must end with its only NUL")
+    return body[:-1]
 
 
 def parse_message(body: bytes) -> Parse:
@@ -177,20 +151,44 @@ def bind_message(body: bytes) -> Bind:
         length = reader.int32()
         values.append(None if length == -1 else reader.raw(length))
         binary.append(bool(formats[0] if format_count == 1 else formats[index] if formats else 0))
-    for _ in range(reader.int16()):
-        reader.int16()
+    result_formats = tuple(reader.int16() for _ in range(reader.int16()))
     reader.finish()
-    return Bind(portal, statement, tuple(values), tuple(binary))
+    return Bind(portal, statement, tuple(values), tuple(binary), result_formats)
 
 
-def close_message(body: bytes) -> Close:
-    reader = _Reader(body, "Close")
-    kind = reader.raw(1).decode(errors="replace")
-    name = reader.cstring()
-    reader.finish()
-    if kind not in ("S", "P"):
-        raise ProtocolViolation("Close message must name a statement (S) or a portal (P)")
-    return Close(kind, name)
+def names(body: bytes, count: int, what: str) -> tuple[bytes, ...]:
+    """The first `count` NUL-terminated names of a body, without reading the rest.
+
+    Bind starts with portal and statement names, Execute with the portal's:
+    enough to follow the session without decoding parameter values.
+    """
+    if body.startswith(b"\x00\x00"):
+        return (b"", b"")[:count]  # most clients use the unnamed statement and portal
+    parts = body.split(b"\x00", count)
+    if len(parts) <= count:
+        raise ProtocolViolation(f"malformed {what} message: unterminated name")
+    return tuple(parts[:count])
+
+
+def target(body: bytes, what: str) -> tuple[int, bytes]:
+    """The (kind, name) of a Describe or Close: kind is ord("S") or ord("P")."""
+    if len(body) < 2 or body[-1] != 0 or body.find(b"\x00", 1) != len(body) - 1:
+        raise ProtocolViolation(f"malformed {what} message")
+    kind = body[0]
+    if kind not in _TARGET_KINDS:
+        raise ProtocolViolation(f"{what} message must name a statement (S) or a portal (P)")
+    return kind, body[1:-1]
+
+
+_TARGET_KINDS = frozenset(b"SP")
+
+
+def execute_message(body: bytes) -> tuple[bytes, int]:
+    """The portal name and row limit (0: all rows) of an Execute."""
+    end = body.find(b"\x00")
+    if end < 0 or len(body) != end + 5:
+        raise ProtocolViolation("malformed Execute message")
+    return body[:end], _INT32.unpack_from(body, end + 1)[0]
 
 
 def _message(message_type: bytes, body: bytes) -> bytes:
@@ -207,3 +205,7 @@ def encode_unnamed_execution(sql: str) -> bytes:
     bind = _message(b"B", b"\x00\x00" + _INT16.pack(0) + _INT16.pack(0) + _INT16.pack(0))
     execute = _message(b"E", b"\x00" + _INT32.pack(0))
     return parse + bind + execute
+
+
+def encode_describe_portal(name: bytes) -> bytes:
+    return _message(b"D", b"P" + name + b"\x00")

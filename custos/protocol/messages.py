@@ -40,8 +40,16 @@ HINT = "H"
 WHERE = "W"
 
 
+POSITION = "P"
+
+
 def _notice_fields(
-    severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None
+    severity: str,
+    sqlstate: str,
+    message: str,
+    detail: str | None,
+    hint: str | None,
+    position: int | None = None,
 ) -> bytes:
     fields = [
         (SEVERITY, severity),
@@ -53,6 +61,8 @@ def _notice_fields(
         fields.append((DETAIL, detail))
     if hint:
         fields.append((HINT, hint))
+    if position is not None:
+        fields.append((POSITION, str(position)))
     return b"".join(code.encode() + _cstring(value) for code, value in fields) + b"\x00"
 
 
@@ -63,8 +73,14 @@ def error_response(
     severity: str = "ERROR",
     detail: str | None = None,
     hint: str | None = None,
+    position: int | None = None,
 ) -> bytes:
-    return _message(b"E", _notice_fields(severity, sqlstate, message, detail, hint))
+    return _message(b"E", _notice_fields(severity, sqlstate, message, detail, hint, position))
+
+
+def notice_response(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+    """A NoticeResponse of severity NOTICE from the gateway."""
+    return _message(b"N", _notice_fields("NOTICE", "00000", message, detail, hint))
 
 
 def error_response_with_fields(fields: Mapping[str, str]) -> bytes:

@@ -48,14 +48,18 @@ class SearchPathCall:
 
 class Collector:
     __slots__ = (
+        "closes",
         "columns_read",
         "columns_written",
         "copy_destination",
         "deallocates",
+        "declares",
         "dynamic",
         "executes",
         "explain_only",
+        "fetches",
         "functions",
+        "holdable",
         "kinds",
         "limit",
         "new_search_path",
@@ -69,6 +73,7 @@ class Collector:
         "search_path_local",
         "sets_role",
         "statement_type",
+        "transaction",
         "without_where",
     )
 
@@ -93,6 +98,11 @@ class Collector:
         self.prepares: str | None = None
         self.executes: str | None = None
         self.deallocates: str | None = None
+        self.declares: str | None = None
+        self.holdable = False
+        self.closes: str | None = None
+        self.fetches: str | None = None
+        self.transaction: str | None = None
         self.explain_only = False
         self.output_columns: list[Col] = []
 
@@ -130,6 +140,11 @@ class Collector:
             prepares=self.prepares,
             executes=self.executes,
             deallocates=self.deallocates,
+            declares=self.declares,
+            holdable=self.holdable,
+            closes=self.closes,
+            fetches=self.fetches,
+            transaction=self.transaction,
             explain_only=self.explain_only,
             sets_role=self.sets_role,
             search_path_local=self.search_path_local,

@@ -97,6 +97,16 @@ class StatementFacts:
     executes: str | None = None
     # DEALLOCATE name (or ALL as "*").
     deallocates: str | None = None
+    # DECLARE name CURSOR: the cursor (a portal, reachable from the protocol too); the facts
+    # are its query's. `holdable`: WITH HOLD, so it outlives its transaction.
+    declares: str | None = None
+    holdable: bool = False
+    # CLOSE name (or ALL as "*"); FETCH or MOVE name: the cursor or portal it runs.
+    closes: str | None = None
+    fetches: str | None = None
+    # A transaction statement: "begin", "commit", "rollback", "savepoint", "release",
+    # "rollback_to", "prepare" (PREPARE TRANSACTION), ...
+    transaction: str | None = None
     # EXPLAIN without ANALYZE does not execute its statement.
     explain_only: bool = False
     # SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE / ALL, DISCARD ALL, set_config('role', ...):
@@ -141,6 +151,9 @@ def _has_effects(statement: StatementFacts) -> bool:
         statement.prepares is not None
         or statement.executes is not None
         or statement.deallocates is not None
+        or statement.declares is not None
+        or statement.closes is not None
+        or statement.fetches is not None
         or statement.new_search_path is not None
         or not statement.kinds.isdisjoint(_FOLLOWED_KINDS)
     )

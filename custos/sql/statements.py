@@ -69,6 +69,7 @@ _RELATION_OBJECTS = frozenset(
 # Relations under these keys of a utility statement are read, not written.
 _READ_KEYS = frozenset({"pktable", "inhRelations", "TableLikeClause"})
 _ACCESS_SHARE_LOCK = 1
+_CURSOR_OPT_HOLD = 0x20
 
 
 def statement_facts(node: Node, resolver: Resolver) -> StatementFacts:
@@ -213,8 +214,27 @@ def _prepare(c: Collector, w: Walker, body: Node) -> None:
 
 
 def _declare_cursor(c: Collector, w: Walker, body: Node) -> None:
-    # The cursor's rows reach the client through FETCH: the query is decided on here.
+    # The cursor's rows reach the client through FETCH (or a protocol Execute of the
+    # portal), which the session decides on these same facts.
+    c.declares = body.get("portalname", "")
+    c.holdable = bool(body.get("options", 0) & _CURSOR_OPT_HOLD)
     dispatch(c, w, *only(body["query"]), returns_rows=True)
+
+
+def _close_portal(c: Collector, w: Walker, body: Node) -> None:
+    c.kinds.add(K.OTHER)
+    c.closes = body.get("portalname") or "*"
+
+
+def _fetch(c: Collector, w: Walker, body: Node) -> None:
+    # Kind OTHER: the session decides a FETCH or MOVE on the facts of the portal it runs.
+    c.kinds.add(K.OTHER)
+    c.fetches = body.get("portalname", "")
+
+
+def _transaction(c: Collector, w: Walker, body: Node) -> None:
+    c.kinds.add(K.TRANSACTION)
+    c.transaction = str(body.get("kind", "")).removeprefix("TRANS_STMT_").lower()
 
 
 def _execute(c: Collector, w: Walker, body: Node) -> None:
@@ -369,6 +389,9 @@ _HANDLERS: dict[str, Callable[[Collector, Walker, Node], None]] = {
     "ExplainStmt": _explain,
     "PrepareStmt": _prepare,
     "DeclareCursorStmt": _declare_cursor,
+    "ClosePortalStmt": _close_portal,
+    "FetchStmt": _fetch,
+    "TransactionStmt": _transaction,
     "ExecuteStmt": _execute,
     "DeallocateStmt": _deallocate,
     "CreateTableAsStmt": _create_table_as,

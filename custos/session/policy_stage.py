@@ -1,0 +1,144 @@
+"""Policy, the first stage: every statement is decided before it reaches the database.
+
+The decision point (the in-process engine, or the policy Lambda) decides the statement under
+each search-path candidate; the most restrictive decision wins, and it goes on the
+statement, whole (effect, rules, deciding rule, policy version, masks, approval), for the
+stages after this one. Allowed statements go on. Denied ones are refused with the rule's
+message. Masked and approval-requiring ones are refused too, with their own messages,
+until the masking and approval stages can carry them out: a statement must never run
+unmasked or unapproved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
+
+from custos.policy.engine import Decision, Effect
+from custos.protocol import sqlstates
+from custos.session.hints import StarHints
+from custos.session.refusal import Refusal
+from custos.session.stages import FORWARD, Plan, Refuse, Settled, Stage, WaitFor
+from custos.session.statement import Candidates, Statement
+from custos.sql.facts import Analysis
+
+_RESTRICTIVENESS = {
+    Effect.ALLOW: 0,
+    Effect.MASK: 1,
+    Effect.REQUIRE_APPROVAL: 2,
+    Effect.DENY: 3,
+}
+
+UNREACHABLE = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    "the gateway could not reach its policy decision point, so it refuses the statement",
+    "try again shortly",
+)
+
+
+class DecisionPoint(Protocol):
+    """Where decisions come from: the in-process engine or the policy Lambda."""
+
+    # Whether it reads a statement's own text (the Lambda sends it). One that does not
+    # decides a text by the cached analysis of another text of its shape, which decides alike.
+    reads_statement_text: bool
+
+    def decide(
+        self,
+        role: str,
+        analysis: Analysis,
+        parameters: tuple[str | None, ...],
+        search_path: tuple[str, ...],
+    ) -> Decision | Awaitable[Decision]: ...
+
+
+class PolicyStage(Stage):
+    def __init__(
+        self, role: str, decision_point: DecisionPoint, hints: StarHints | None = None
+    ) -> None:
+        self._role = role
+        self._decision_point = decision_point
+        self._hints = hints
+
+    def plan(self, statement: Statement) -> Plan:
+        candidates = statement.candidates
+        parameters = statement.parameters
+        decide = self._decision_point.decide
+        if len(candidates) == 1:
+            analysis, path = candidates[0]
+            outcome = decide(self._role, analysis, parameters, path)
+            if isinstance(outcome, Decision):
+                if outcome.effect is Effect.ALLOW and not analysis.session_effects:
+                    statement.decision = outcome
+                    return FORWARD  # the common case, kept short
+                return self._planned(statement, outcome)
+            outcomes: list[Decision | Awaitable[Decision]] = [outcome]
+        else:
+            outcomes = [decide(self._role, a, parameters, path) for a, path in candidates]
+            if all(isinstance(outcome, Decision) for outcome in outcomes):
+                decided = [outcome for outcome in outcomes if isinstance(outcome, Decision)]
+                return self._planned(statement, most_restrictive(decided))
+        return WaitFor(_all_of(outcomes), lambda settled: self._resumed(statement, settled))
+
+    def _resumed(self, statement: Statement, settled: Settled) -> Plan:
+        if settled.error is not None or not isinstance(settled.value, list):
+            return Refuse(UNREACHABLE)
+        return self._planned(statement, most_restrictive(settled.value))
+
+    def _planned(self, statement: Statement, decision: Decision) -> Plan:
+        statement.decision = decision
+        if decision.effect is Effect.ALLOW:
+            if self._hints is not None:
+                self._hints.after_allowed(statement.analysis)
+            return FORWARD
+        refusal = refusal_for(decision)
+        if self._hints is None:
+            return Refuse(refusal)
+        hinted = self._hints.on_refusal(refusal, _analyses(statement.candidates))
+        if isinstance(hinted, Refusal):
+            return Refuse(hinted)
+        return WaitFor(hinted, lambda settled: Refuse(_hinted_or(settled, refusal)))
+
+
+def most_restrictive(decisions: Sequence[Decision]) -> Decision:
+    # Among equals, a decision an explicit rule made speaks better to the agent than a
+    # default deny about a schema that may not even hold the table.
+    return max(
+        decisions,
+        key=lambda decision: (
+            _RESTRICTIVENESS[decision.effect],
+            decision.deciding_rule is not None,
+        ),
+    )
+
+
+def refusal_for(decision: Decision) -> Refusal:
+    """The client's error for a decision that does not let the statement run (yet)."""
+    if decision.effect is Effect.MASK:
+        # Masking rewrites result values; until the session can do that, a statement
+        # whose results policy wants masked must not run unmasked.
+        return Refusal(
+            sqlstates.INSUFFICIENT_PRIVILEGE,
+            decision.message
+            or "policy requires personal data in these results to be masked, and this gateway"
+            " cannot mask results yet",
+            _rule_hint(decision),
+        )
+    return Refusal(sqlstates.INSUFFICIENT_PRIVILEGE, decision.message, _rule_hint(decision))
+
+
+def _rule_hint(decision: Decision) -> str:
+    rule = f"rule {decision.deciding_rule}" if decision.deciding_rule else "the default rule"
+    return f"decided by {rule} of policy version {decision.policy_version[:12]}"
+
+
+def _analyses(candidates: Candidates) -> list[Analysis]:
+    return [analysis for analysis, _ in candidates]
+
+
+def _hinted_or(settled: Settled, refusal: Refusal) -> Refusal:
+    return settled.value if isinstance(settled.value, Refusal) else refusal
+
+
+async def _all_of(outcomes: Sequence[Decision | Awaitable[Decision]]) -> list[Decision]:
+    return [outcome if isinstance(outcome, Decision) else await outcome for outcome in outcomes]

@@ -1,0 +1,129 @@
+"""The seam later capabilities plug into: stages, their plans, result rewriters, outcomes.
+
+A session passes every statement it is asked to run (a simple Query, an Execute of a
+portal, a FETCH of a cursor) through its stages in order. Each stage plans it:
+
+* `FORWARD`: nothing to do; the next stage plans it.
+* `Refuse(refusal)`: the statement does not run; the client gets the refusal as an
+  ordinary error, with PostgreSQL's own protocol and transaction states. Later stages do
+  not plan it, but every stage hears its outcome.
+* `WaitFor(awaitable, resume)`: the statement (and everything the client sent after it)
+  waits until the awaitable settles; `resume` then gives this stage's plan. Statements
+  that return the same awaitable wait on it together (one wait, however many statements:
+  a group commit).
+* `Rewrite(rewriter)`: the statement runs, and its answers pass through the rewriter.
+
+Policy is the first stage; it puts its whole `Decision` on the statement for the stages
+after it. Every stage may also hear how each statement finished (`finished`), if it asks to
+(`hears_outcomes`): statements nobody listens to cost nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+from custos.session.refusal import Refusal
+from custos.session.statement import Statement
+
+
+class Forward:
+    """Plan: run the statement as it is, as far as this stage is concerned."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FORWARD"
+
+
+FORWARD = Forward()
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    refusal: Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How an awaitable a stage waited on ended: its value, or the exception it raised."""
+
+    value: object = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    awaitable: Awaitable[object]
+    resume: Callable[[Settled], Plan]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    rewriter: ResultRewriter
+
+
+Plan = Forward | Refuse | WaitFor | Rewrite
+
+
+class ResultRewriter:
+    """Sees, and may replace, the answers of one statement. Returning None keeps a message.
+
+    `result_started` comes before the rows of each result (each statement of a simple query
+    string, each Execute), with the columns' types and formats; `data_row` gets each
+    DataRow's body, `copy_data` each CopyData's; `fields` gets the fields of the statement's
+    errors and notices (code letter to value). Bodies returned replace the originals.
+    """
+
+    def result_started(self, statement: Statement, index: int) -> None:
+        return None
+
+    def row_description(self, body: bytes) -> bytes | None:
+        return None
+
+    def data_row(self, body: bytes) -> bytes | None:
+        return None
+
+    def copy_data(self, body: bytes) -> bytes | None:
+        return None
+
+    def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
+        return None
+
+
+class Status(StrEnum):
+    COMPLETED = "completed"  # the database ran it to its end (a failed commit is FAILED)
+    SUSPENDED = "suspended"  # an Execute with a row limit stopped early; the portal remains
+    FAILED = "failed"  # the database raised an error
+    REFUSED = "refused"  # a stage refused it; the database never ran it
+    WITHDRAWN = "withdrawn"  # cancelled or disconnected while it waited
+    SKIPPED = "skipped"  # the database skipped it after an earlier error
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    tags: tuple[str, ...]  # CommandComplete tags, one per statement that completed
+    rows: int  # DataRows the client received
+    sqlstate: str | None  # of the error, if any (the refusal's, for a refused statement)
+    bytes: int  # bytes of answers the client received
+    duration_seconds: float  # from planning to the last answer
+
+
+class Stage:
+    """A step every statement passes; subclasses override what they need."""
+
+    hears_outcomes: ClassVar[bool] = False
+
+    def plan(self, statement: Statement) -> Plan:
+        return FORWARD
+
+    def after_chunk(self) -> None:
+        """The session has planned every statement of what the client sent at once."""
+        return None
+
+    def finished(self, statement: Statement, outcome: Outcome) -> None:
+        """How a statement ended; called only when `hears_outcomes` is true."""
+        return None

@@ -1,0 +1,168 @@
+"""What a session knows about one statement it runs, and the named objects behind it.
+
+`Prepared` is a prepared statement (protocol Parse or SQL PREPARE), `Portal` a portal
+(protocol Bind or SQL DECLARE): they share PostgreSQL's namespaces, so `EXECUTE` reaches a
+Parse'd statement and `FETCH` a Bind'ed portal. `Statement` is one request to run SQL:
+a simple Query (one or more statements), an Execute of a portal, or a FETCH or MOVE of
+a cursor, decided on the SQL the portal holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from custos.protocol.backend import Column
+from custos.protocol.frontend import Bind, bind_message
+from custos.sql.facts import Analysis, ParameterRef
+
+if TYPE_CHECKING:
+    from custos.policy.engine import Decision
+    from custos.session.refusal import Refusal
+    from custos.session.stages import ResultRewriter
+
+Candidates = tuple[tuple[Analysis, tuple[str, ...]], ...]
+Effect = tuple[object, ...]
+"""A change to the session a statement makes when it completes: (what, details...)."""
+"""A text analysed once per schema its unqualified names may resolve to, most often one."""
+
+NO_PARAMETERS: tuple[str | None, ...] = ()
+
+
+def uses_parameters(candidates: Candidates) -> bool:
+    """Whether any fact policy reads holds a parameter: a LIMIT $n or a pattern $n."""
+    for analysis, _ in candidates:
+        for statement in analysis.statements:
+            if isinstance(statement.limit, ParameterRef):
+                return True
+            if any(isinstance(match.pattern, ParameterRef) for match in statement.pattern_matches):
+                return True
+    return False
+
+
+class Prepared:
+    """A prepared statement: its analysis, and what the database said it looks like."""
+
+    __slots__ = ("candidates", "parameter_types", "refusal", "row_description", "uses_parameters")
+
+    def __init__(
+        self,
+        candidates: Candidates,
+        parameter_types: tuple[int, ...] = (),
+        refusal: Refusal | None = None,
+    ) -> None:
+        self.candidates = candidates
+        self.parameter_types = parameter_types
+        self.uses_parameters = uses_parameters(candidates)
+        # Running it raises this instead: the gateway's refusal took the statement's place.
+        self.refusal = refusal
+        # From a Describe of the statement: its columns (formats not yet chosen), or () for
+        # a statement that returns no rows; None until described.
+        self.row_description: tuple[Column, ...] | None = None
+
+
+class Portal:
+    """A portal: a prepared statement bound to parameters, or a cursor DECLAREd in SQL."""
+
+    __slots__ = ("_bind", "bind_body", "columns", "holdable", "prepared")
+
+    def __init__(
+        self, prepared: Prepared, bind_body: bytes = b"", *, holdable: bool = False
+    ) -> None:
+        self.prepared = prepared
+        self.bind_body = bind_body
+        self.holdable = holdable  # a WITH HOLD cursor outlives its transaction
+        # The result's columns with their formats, once known; () when it returns no rows.
+        self.columns: tuple[Column, ...] | None = None
+        self._bind: Bind | None = None
+
+    @property
+    def bind(self) -> Bind | None:
+        if self._bind is None and self.bind_body:
+            self._bind = bind_message(self.bind_body)
+        return self._bind
+
+    def parameters(self) -> tuple[str | None, ...]:
+        """The Bind values as text, where policy reads them; () when it reads none."""
+        bind = self.bind
+        if bind is None or not self.prepared.uses_parameters:
+            return NO_PARAMETERS
+        return bind.texts(self.prepared.parameter_types)
+
+    def columns_from(self, description: tuple[Column, ...]) -> tuple[Column, ...]:
+        """A statement's description with this portal's result formats applied."""
+        bind = self.bind
+        if bind is None:
+            return description
+        return tuple(
+            column.with_format(bind.format_of(index)) for index, column in enumerate(description)
+        )
+
+
+class Statement:
+    """One request to run SQL, from the moment it is planned to its last answer."""
+
+    __slots__ = (
+        "answered_bytes",
+        "candidates",
+        "columns",
+        "decision",
+        "effects",
+        "finished",
+        "index",
+        "max_rows",
+        "number",
+        "parameters",
+        "portal",
+        "portal_name",
+        "refusal",
+        "rewriter",
+        "rows",
+        "segment",
+        "sqlstate",
+        "started_at",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        candidates: Candidates,
+        parameters: tuple[str | None, ...] = NO_PARAMETERS,
+        *,
+        portal_name: bytes | None = None,
+        portal: Portal | None = None,
+        max_rows: int = 0,
+    ) -> None:
+        self.number = number  # in the session, from 1
+        self.candidates = candidates
+        self.parameters = parameters
+        self.portal_name = portal_name  # the portal an Execute runs; None for a simple Query
+        self.portal = portal
+        self.max_rows = max_rows
+        # Set by stages: policy's decision, a refusal in place of the statement, a rewriter.
+        self.decision: Decision | None = None
+        self.refusal: Refusal | None = None
+        self.rewriter: ResultRewriter | None = None
+        # Answers: which statement of the query string they belong to, and the current
+        # result's columns, when known.
+        self.index = 0
+        self.columns: tuple[Column, ...] | None = None
+        self.started_at = 0.0
+        self.segment = 0  # the segment it was taken in
+        self.sqlstate: str | None = None  # of the error that ended it
+        self.finished = False
+        self.rows = 0
+        self.answered_bytes = 0
+        self.tags: list[str] = []
+        # What each of its statements does to the session once the database completes it
+        # (see machine.py), by position in the query string; None when nothing.
+        self.effects: list[tuple[Effect, ...]] | None = None
+
+    @property
+    def analysis(self) -> Analysis:
+        """The analysis under the first candidate search path."""
+        return self.candidates[0][0]
+
+    def __repr__(self) -> str:
+        texts = self.analysis.texts
+        return f"<Statement {self.number} {texts[0][:40] if texts else ''!r}>"

@@ -1,0 +1,36 @@
+"""Statement texts to analyses, once per schema an unqualified name may resolve to.
+
+The gateway does not know which schema of the search path holds which table, so a text is
+analysed once per candidate schema and decided as reading each: that never lets a statement
+through that PostgreSQL would resolve to a protected table.
+"""
+
+from __future__ import annotations
+
+from custos.session.statement import Candidates
+from custos.sql.cache import AnalysisCache
+from custos.sql.facts import Analysis
+
+
+class TextAnalyser:
+    __slots__ = ("_cache", "_exact_texts")
+
+    def __init__(self, cache: AnalysisCache, exact_texts: bool) -> None:
+        self._cache = cache
+        # A stage that reads a statement's own text (the Lambda decision point sends it) needs
+        # an analysis of that very text. Otherwise a text of a known shape takes the analysis
+        # of the first text of that shape, which every stage decides and follows alike, and
+        # none is built for it.
+        self._exact_texts = exact_texts
+
+    def candidates(self, sql: str, schemas: tuple[str, ...]) -> Candidates:
+        if len(schemas) == 1:
+            return ((self._analysis(sql, schemas), schemas),)
+        return tuple((self._analysis(sql, (schema,)), (schema,)) for schema in schemas)
+
+    def _analysis(self, sql: str, path: tuple[str, ...]) -> Analysis:
+        if not self._exact_texts:
+            alike = self._cache.decided_alike(sql, path)
+            if alike is not None:
+                return alike
+        return self._cache.analyze(sql, path)
