@@ -8,18 +8,17 @@ Later messages must wait, in order, and go on exactly once the decision is in.
 from __future__ import annotations
 
 import asyncio
-import struct
 from typing import Any
 
 import pytest
+from playbook import new_machine, query
 
-from custos.config import GatewayConfig
 from custos.identity.principal import Principal
 from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.protocol.framing import MessageFramer
-from custos.session.gate import StatementGate
-from custos.sql.cache import AnalysisCache
-from proxy_task.governed import GovernedSession
+from custos.session.policy_stage import PolicyStage
+from proxy_task.cancel import UpstreamCancelKey
+from proxy_task.session import Session
 
 # function_clock gives the in-process function its policy; imported so pytest finds it.
 from tests.test_lambda_decision_point import FUNCTION, InProcessLambda, function_clock  # noqa: F401
@@ -48,38 +47,29 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def messages(self) -> list[tuple[str, bytes]]:
         chunk, spans = MessageFramer(1 << 20, range(256)).feed(b"".join(self.written))
         return [(chr(kind), chunk[start + 5 : end]) for kind, start, end in spans]
 
 
-class GatewayStandIn:
-    config = GatewayConfig()
-
-    def session_closed(self, session: Any) -> None:
-        pass
-
-
-def query(sql: str) -> bytes:
-    body = sql.encode() + b"\x00"
-    return b"Q" + struct.pack("!I", len(body) + 4) + body
-
-
-def session_with(client: InProcessLambda) -> tuple[GovernedSession, RecordingTransport]:
+def session_with(client: InProcessLambda) -> tuple[Session, RecordingTransport, RecordingTransport]:
     point = LambdaDecisionPoint(FUNCTION, client_factory=lambda: client)
-    gate = StatementGate("agent", point, AnalysisCache(), ("crm",))
+    machine = new_machine([PolicyStage("agent", point)], search_path=("crm",))
     principal = Principal("agent", "agent-7", "https://idp", (), {}, "127.0.0.1:1", None, 0)
+    client_side = RecordingTransport()
     upstream = RecordingTransport()
-    session = GovernedSession(
-        GatewayStandIn(),  # type: ignore[arg-type]
+    session = Session(
+        machine,
         principal,
-        RecordingTransport(),  # type: ignore[arg-type]
+        client_side,  # type: ignore[arg-type]
         upstream,  # type: ignore[arg-type]
-        (1, 2),
-        b"I",
-        gate,
+        UpstreamCancelKey("127.0.0.1", 1, 1, 2),
+        lambda session: None,
     )
-    return session, upstream
+    return session, client_side, upstream
 
 
 async def settle(condition: Any, seconds: float = 10.0) -> None:
@@ -94,18 +84,19 @@ def test_later_messages_wait_in_order_behind_a_pending_decision():
     client = InProcessLambda()
 
     async def scenario() -> None:
-        session, upstream = session_with(client)
+        session, client_side, upstream = session_with(client)
         session.from_client(query("SELECT id FROM crm.orders WHERE id = 1"))
         session.from_client(query("UPDATE crm.orders SET status = 'x'"))
         session.from_client(query("SELECT 2 FROM crm.orders LIMIT 1"))
         assert upstream.written == []
+        assert not client_side.reading
         await settle(lambda: len(upstream.messages()) == 3)
         sent = [body for _, body in upstream.messages()]
         assert sent[0] == b"SELECT id FROM crm.orders WHERE id = 1\x00"
         assert b"RAISE EXCEPTION" in sent[1]
-        assert b"no-unbounded-writes" in sent[1]
         assert sent[2] == b"SELECT 2 FROM crm.orders LIMIT 1\x00"
         assert client.calls == 3
+        assert client_side.reading
 
     asyncio.run(scenario())
 
@@ -114,7 +105,7 @@ def test_a_decided_statement_is_answered_from_the_cache_without_waiting():
     client = InProcessLambda()
 
     async def scenario() -> None:
-        session, upstream = session_with(client)
+        session, _, upstream = session_with(client)
         session.from_client(query("SELECT id FROM crm.orders WHERE id = 1"))
         await settle(lambda: len(upstream.messages()) == 1)
         session.from_client(query("SELECT id FROM crm.orders WHERE id = 1"))
@@ -128,7 +119,7 @@ def test_closing_the_session_withdraws_a_pending_statement():
     client = InProcessLambda()
 
     async def scenario() -> None:
-        session, upstream = session_with(client)
+        session, _, upstream = session_with(client)
         session.from_client(query("SELECT id FROM crm.orders WHERE id = 1"))
         session.client_lost(None)
         await asyncio.sleep(0.2)

@@ -440,7 +440,10 @@ def test_standard_conforming_strings_off_in_startup_options_hides_a_write(govern
                 "SELECT total_cents FROM crm.orders WHERE id = 1"
             ).fetchone()
         finally:
-            superuser.execute("UPDATE crm.orders SET total_cents = %s WHERE id = 1", [original])
+            superuser.execute(
+                "UPDATE crm.orders SET total_cents = %s WHERE id = 1 AND total_cents <> %s",
+                [original, original],
+            )
     assert after == original, "an UPDATE of crm.orders that needs approval ran unrefused"
 
 
@@ -500,14 +503,16 @@ def test_answers_stay_aligned_after_a_query_the_database_discarded(governed):
 # --- close relatives that hold today ---------------------------------------------------------
 
 
-def test_execute_of_a_statement_only_parsed_through_the_protocol_is_refused(
+def test_execute_of_a_statement_parsed_through_the_protocol_is_decided_on_it(
     governed, customer_emails
 ):
-    """Holds: EXECUTE of a name PREPARE never made is refused, whatever a Parse put there."""
+    """EXECUTE reaches a Parse'd statement (one namespace), and is decided on its SQL."""
     session = agent_session(governed)
     session.exchange(parse("s_protocol_only", PROTECTED) + SYNC)
     answers = session.exchange(query("EXECUTE s_protocol_only"))
-    assert any(m.type == "E" and m.notice.sqlstate == "26000" for m in answers), answers
+    refused = [m.notice for m in answers if m.type == "E"]
+    assert [notice.sqlstate for notice in refused] == ["42501"], answers
+    assert "agents-mask-contact-details" in refused[0].fields["H"]
     assert_nothing_leaked(session, customer_emails)
 
 

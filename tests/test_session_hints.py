@@ -1,22 +1,20 @@
-"""Refusal hints naming the columns behind `*`: through the statement gate, from a real database."""
+"""Refusal hints naming the columns behind `*`: through the policy stage, from a real database."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import secrets
-from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
-from test_session_gate import bind_body, execute_body, parse_body
+from playbook import planned, statement_of
 
 from custos.policy.source import FilePolicySource
 from custos.session.decision import InProcessDecisionPoint
-from custos.session.gate import StatementGate, Verdict
-from custos.session.hints import with_columns
+from custos.session.hints import StarHints, with_columns
+from custos.session.policy_stage import PolicyStage
 from custos.session.refusal import Refusal
-from custos.sql.cache import AnalysisCache
+from custos.session.stages import Refuse
 from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import credential_source
 from custos.upstream.settings import UpstreamSettings
@@ -54,18 +52,17 @@ class Connector:
         return await self._connect()
 
 
-def gate(
-    catalog: ColumnCatalog | None,
-    role: str = "agent",
-    policy: Path = DEMO_POLICY,
-    path: tuple[str, ...] = ("crm", "public"),
-) -> StatementGate:
+def stage(
+    catalog: ColumnCatalog | None, role: str = "agent", policy: Path = DEMO_POLICY
+) -> PolicyStage:
     point = InProcessDecisionPoint(FilePolicySource(policy))
-    return StatementGate(role, point, AnalysisCache(), path, columns=catalog)
+    return PolicyStage(role, point, StarHints(catalog) if catalog is not None else None)
 
 
-async def settled(verdict: Verdict | Awaitable[Verdict]) -> Verdict:
-    return await verdict if inspect.isawaitable(verdict) else verdict
+async def decided(
+    subject: PolicyStage, sql: str, parameters: tuple[str | None, ...] = ()
+) -> Refusal | None:
+    return await planned(subject, statement_of(sql, parameters=parameters))
 
 
 def test_a_refused_star_names_the_tables_columns(pg_dsn):
@@ -73,11 +70,10 @@ def test_a_refused_star_names_the_tables_columns(pg_dsn):
     catalog = ColumnCatalog(connector)
 
     async def scenario() -> None:
-        subject = gate(catalog)
-        pending = subject.on_query("SELECT * FROM customers", uncertain=False)
-        # Not known yet: the verdict waits for the database.
-        assert inspect.isawaitable(pending)
-        refusal = await pending
+        subject = stage(catalog)
+        # Not known yet: the plan waits for the database.
+        assert not isinstance(subject.plan(statement_of("SELECT * FROM customers")), Refuse)
+        refusal = await decided(subject, "SELECT * FROM customers")
         assert isinstance(refusal, Refusal)
         assert refusal.sqlstate == "42501"
         assert "agents-no-bulk-export" in refusal.message
@@ -88,9 +84,9 @@ def test_a_refused_star_names_the_tables_columns(pg_dsn):
             " agents-no-bulk-export of policy version "
         )
         # Known now: the next refusal is immediate and says the same.
-        again = subject.on_query("SELECT * FROM customers", uncertain=False)
-        assert isinstance(again, Refusal)
-        assert again.hint == refusal.hint
+        again = subject.plan(statement_of("SELECT * FROM customers"))
+        assert isinstance(again, Refuse)
+        assert again.refusal.hint == refusal.hint
         catalog.close()
 
     asyncio.run(scenario())
@@ -102,15 +98,12 @@ def test_allowed_statements_and_refusals_without_star_never_touch_the_catalog(pg
     catalog = ColumnCatalog(connector)
 
     async def scenario() -> None:
-        subject = gate(catalog)
-        assert subject.on_query("SELECT * FROM crm.products", uncertain=False) is None
-        assert subject.on_query("SELECT o.* FROM crm.orders o LIMIT 3", uncertain=False) is None
-        refusal = subject.on_query("SELECT id FROM crm.customers", uncertain=False)
+        subject = stage(catalog)
+        assert await decided(subject, "SELECT * FROM crm.products") is None
+        assert await decided(subject, "SELECT o.* FROM crm.orders o LIMIT 3") is None
+        refusal = await decided(subject, "SELECT id FROM crm.customers")
         assert isinstance(refusal, Refusal)
         assert STAR_ADVICE not in (refusal.hint or "")
-        unknown = subject.on_query("EXECUTE never_prepared", uncertain=False)
-        assert isinstance(unknown, Refusal)
-        assert unknown.sqlstate == "26000"
 
     asyncio.run(scenario())
     assert connector.opened == 0
@@ -120,10 +113,9 @@ def test_a_star_refused_at_execute_is_hinted_too(pg_dsn):
     catalog = ColumnCatalog(Connector(pg_dsn))
 
     async def scenario() -> None:
-        subject = gate(catalog)
-        subject.on_parse(parse_body("page", "SELECT c.* FROM crm.customers c LIMIT $1"))
-        subject.on_bind(bind_body("", "page", [b"10000"]))
-        refusal = await settled(subject.on_execute(execute_body(""), uncertain=False))
+        subject = stage(catalog)
+        sql = "SELECT c.* FROM crm.customers c LIMIT $1"
+        refusal = await decided(subject, sql, parameters=("10000",))
         assert isinstance(refusal, Refusal)
         assert "agents-no-bulk-export" in refusal.message
         assert refusal.hint is not None
@@ -137,22 +129,22 @@ def test_a_schema_change_let_through_forgets_the_columns(pg_dsn, ddl_policy):
     catalog = ColumnCatalog(Connector(pg_dsn))
 
     async def scenario() -> None:
-        agent = gate(catalog)
-        dba = gate(catalog, role="dba", policy=ddl_policy)
-        await settled(agent.on_query("SELECT * FROM crm.customers", uncertain=False))
+        agent = stage(catalog)
+        dba = stage(catalog, role="dba", policy=ddl_policy)
+        await decided(agent, "SELECT * FROM crm.customers")
         assert catalog.known(["crm.customers"])
-        # Decided only: the gate does not run it, but it is on its way to the database.
-        assert dba.on_query("ALTER TABLE crm.orders ADD COLUMN x int", uncertain=False) is None
+        # Decided only: the stage does not run it, but it is on its way to the database.
+        assert await decided(dba, "ALTER TABLE crm.orders ADD COLUMN x int") is None
         assert catalog.known(["crm.customers"]) == {}
         # In a transaction the change shows to other connections only after COMMIT.
-        assert dba.on_query("BEGIN", uncertain=False) is None
-        assert dba.on_query("CREATE INDEX ON crm.orders (status)", uncertain=True) is None
-        await settled(agent.on_query("SELECT * FROM crm.customers", uncertain=False))
+        assert await decided(dba, "BEGIN") is None
+        assert await decided(dba, "CREATE INDEX ON crm.orders (status)") is None
+        await decided(agent, "SELECT * FROM crm.customers")
         assert catalog.known(["crm.customers"])
-        assert dba.on_query("COMMIT", uncertain=True) is None
+        assert await decided(dba, "COMMIT") is None
         assert catalog.known(["crm.customers"]) == {}
-        await settled(agent.on_query("SELECT * FROM crm.customers", uncertain=False))
-        assert dba.on_query("COMMIT", uncertain=False) is None
+        await decided(agent, "SELECT * FROM crm.customers")
+        assert await decided(dba, "COMMIT") is None
         assert catalog.known(["crm.customers"]), "only the transaction with the change forgets"
         catalog.close()
 
@@ -163,9 +155,9 @@ def test_a_refused_schema_change_forgets_nothing(pg_dsn):
     catalog = ColumnCatalog(Connector(pg_dsn))
 
     async def scenario() -> None:
-        agent = gate(catalog)
-        await settled(agent.on_query("SELECT * FROM crm.customers", uncertain=False))
-        refusal = agent.on_query("ALTER TABLE crm.orders ADD COLUMN x int", uncertain=False)
+        agent = stage(catalog)
+        await decided(agent, "SELECT * FROM crm.customers")
+        refusal = await decided(agent, "ALTER TABLE crm.orders ADD COLUMN x int")
         assert isinstance(refusal, Refusal)
         assert catalog.known(["crm.customers"])
         catalog.close()
@@ -180,15 +172,13 @@ def test_the_refusal_goes_out_as_it_was_when_the_database_cannot_say(pg_dsn):
         port = server.sockets[0].getsockname()[1]
         silent = Connector(f"postgresql://nobody@127.0.0.1:{port}/custos_demo")
         catalog = ColumnCatalog(silent, timeout_seconds=0.3)
-        plain = gate(None).on_query("SELECT * FROM crm.customers", uncertain=False)
+        plain = await decided(stage(None), "SELECT * FROM crm.customers")
         assert isinstance(plain, Refusal)
         assert plain.hint is not None
         assert STAR_ADVICE not in plain.hint
-        assert await settled(gate(catalog).on_query("SELECT * FROM crm.customers", False)) == plain
+        assert await decided(stage(catalog), "SELECT * FROM crm.customers") == plain
         unreachable = ColumnCatalog(Connector("postgresql://nobody@127.0.0.1:1/custos_demo"))
-        assert await settled(gate(unreachable).on_query("SELECT * FROM crm.customers", False)) == (
-            plain
-        )
+        assert await decided(stage(unreachable), "SELECT * FROM crm.customers") == plain
         server.close()
 
     asyncio.run(scenario())

@@ -16,7 +16,7 @@ statement no stage touches.
 | QUERY           | simple Query                         | per statement: rows or COPY, CommandComplete; then ReadyForQuery |
 | FUNCTION_CALL   | FunctionCall                         | FunctionCallResponse, ReadyForQuery      |
 | COPY_END        | CopyDone or CopyFail                 | nothing (it ends the COPY under way)     |
-| OWN_PARSE/BIND  | the gateway's refusal block          | ParseComplete/BindComplete, cut out      |
+| OWN_CLOSE/PARSE/BIND | the gateway's refusal block     | CloseComplete, ParseComplete, BindComplete, cut out |
 | OWN_DESCRIBE    | the gateway's Describe of a portal   | RowDescription/NoData, cut out           |
 | REFUSAL         | a refused Parse or Bind's block      | the error, swapped for the refusal's     |
 | REFUSED_QUERY   | a refused FunctionCall's block       | the error, swapped; ReadyForQuery        |
@@ -46,6 +46,7 @@ OWN_BIND: Final = 11
 OWN_DESCRIBE: Final = 12
 REFUSAL: Final = 13
 REFUSED_QUERY: Final = 14
+OWN_CLOSE: Final = 15
 
 SYNC_POINTS: Final = frozenset({SYNC, QUERY, FUNCTION_CALL, REFUSED_QUERY})
 """Entries answered last by ReadyForQuery: each ends a segment."""
@@ -68,4 +69,5 @@ NAMES: Final = {
     OWN_DESCRIBE: "the gateway's Describe",
     REFUSAL: "a refusal",
     REFUSED_QUERY: "a refused FunctionCall",
+    OWN_CLOSE: "the gateway's Close",
 }

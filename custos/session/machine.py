@@ -62,6 +62,7 @@ from custos.session.actions import (
 )
 from custos.session.lexical import LexicalRefusal, LexicalSettings, lexically_sensitive
 from custos.session.own_messages import (
+    REFUSAL_CLEANUP,
     REFUSAL_EXECUTION,
     REFUSAL_QUERY,
     is_refusal_error,
@@ -215,6 +216,7 @@ class SessionMachine:
         self._discarding = False
         self._transaction_status = transaction_status[0]
         self._transaction_failed = False
+        self._refusal_statement_left = False  # a refusal block's statement may remain
         self._copy_in: Statement | None = None
         self._copy_end_sent = False
         self._copy_out = False
@@ -231,6 +233,7 @@ class SessionMachine:
         self._server_paused = False
         # Actions of the event being handled.
         self._actions: list[Action] = []
+        self._controls: list[Action] = []
         self._to_server: list[bytes] = []
         self._to_client: list[bytes] = []
 
@@ -337,7 +340,7 @@ class SessionMachine:
             self._flush_outbox()
             self._resume_if_clear()
         else:
-            self._actions.append(FORWARD_CANCEL)
+            self._act(FORWARD_CANCEL)
         return self._take_actions()
 
     def client_lost(self) -> list[Action]:
@@ -371,7 +374,7 @@ class SessionMachine:
         """The client reads slower than the database answers: stop reading the database."""
         if paused != self._server_paused and self._state is not SessionState.CLOSED:
             self._server_paused = paused
-            self._actions.append(PAUSE_SERVER if paused else RESUME_SERVER)
+            self._act(PAUSE_SERVER if paused else RESUME_SERVER)
         return self._take_actions()
 
     def server_write_paused(self, paused: bool) -> list[Action]:
@@ -451,9 +454,7 @@ class SessionMachine:
             self._end_segment()
             return None
         if message_type == codes.DESCRIBE:
-            kind, name = target(chunk[start + 5 : end], "Describe")
-            self._run_entries.append((L.DESCRIBE, (kind, self._name_key(name))))
-            return None
+            return self._take_describe(chunk[start + 5 : end])
         if message_type == codes.CLOSE:
             return self._take_close(chunk[start + 5 : end])
         if message_type in (codes.COPY_DONE, codes.COPY_FAIL):
@@ -557,6 +558,16 @@ class SessionMachine:
         else:
             statement.candidates = resolved
         return self._statement_item(statement, message, L.EXECUTE)
+
+    def _take_describe(self, body: bytes) -> None:
+        kind, raw_name = target(body, "Describe")
+        name = self._name_key(raw_name)
+        # Its answer reaches a later Execute's rewriter: no Describe of the gateway's is needed.
+        namespace: Namespace[Any] = self._statements if kind == ord("S") else self._portals
+        described = namespace.lookup(name, self._segment, self._confirmed_segments)
+        if isinstance(described, (Prepared, Portal)):
+            described.described = True
+        self._run_entries.append((L.DESCRIBE, (kind, name)))
 
     def _take_close(self, body: bytes) -> None:
         kind, raw_name = target(body, "Close")
@@ -737,7 +748,7 @@ class SessionMachine:
         if waiting is None:
             self._waits[key] = waiting = []
             self._awaitables[key] = plan.awaitable
-            self._actions.append(StartWait(plan.awaitable))
+            self._control(StartWait(plan.awaitable))
         waiting.append((item, stage_index, plan.resume))
 
     def _settle_item(self, item: _Item) -> None:
@@ -759,7 +770,7 @@ class SessionMachine:
         if statement.rewriter is not None and item.via == L.EXECUTE:
             portal = statement.portal
             assert portal is not None and statement.portal_name is not None
-            if portal.columns is None and portal.prepared.row_description is None:
+            if not portal.described and not portal.prepared.described:
                 # The rewriter must know the columns: ask the database, and cut its answer out.
                 data = encode_describe_portal(statement.portal_name) + data
                 entries.insert(0, (L.OWN_DESCRIBE, statement.portal_name))
@@ -779,12 +790,12 @@ class SessionMachine:
     def _refused_execution(
         self, refusal: Refusal, last: L.Entry, segment: int
     ) -> tuple[bytes, list[L.Entry]]:
-        # The block takes the unnamed statement and portal, as the database will know.
-        prepared = Prepared((), refusal=refusal)
-        portal = Portal(prepared)
-        self._statements.predict(b"", prepared, segment)
+        # The block runs in the unnamed portal, as the database will know.
+        portal = Portal(Prepared((), refusal=refusal))
         self._portals.predict(b"", portal, segment)
-        return REFUSAL_EXECUTION, [(L.OWN_PARSE, prepared), (L.OWN_BIND, portal), last]
+        entries: list[L.Entry] = [(L.OWN_CLOSE, None), (L.OWN_PARSE, None), (L.OWN_BIND, portal)]
+        entries.append(last)
+        return REFUSAL_EXECUTION, entries
 
     def _withdraw(self, item: _Item, refusal: Refusal) -> None:
         """A waiting statement never runs: its stages' waits no longer concern it."""
@@ -832,7 +843,11 @@ class SessionMachine:
 
     def _predict_effects(self, statement: Statement) -> None:
         analysis = statement.candidates[0][0] if statement.candidates else None
-        if analysis is None or not analysis.session_effects:
+        if analysis is None:
+            return
+        if not self._segment_lexical_change and any(map(_may_change_lexing, analysis.statements)):
+            self._segment_lexical_change = True
+        if not analysis.session_effects:
             return
         segment = self._segment
         effects: list[tuple[Effect, ...]] = []
@@ -858,10 +873,6 @@ class SessionMachine:
                 found.append(("path", record))
             if facts.transaction is not None:
                 found.append(("transaction", facts.transaction))
-            if not facts.kinds.isdisjoint(_LEXICAL_CHANGERS) or facts.dynamic or (
-                "set_config" in facts.functions
-            ):
-                self._segment_lexical_change = True
             effects.append(tuple(found))
         statement.effects = effects
 
@@ -929,6 +940,11 @@ class SessionMachine:
     def _send(self, data: bytes, entries: list[L.Entry]) -> None:
         self._to_server.append(data)
         ledger = self._ledger
+        if not ledger and entries and entries[0][0] == L.EXECUTE and not self._discarding:
+            if entries[0][1].rewriter is not None:
+                self._execute_result_started(entries[0][1])
+        if data is REFUSAL_EXECUTION:
+            self._refusal_statement_left = True
         for entry in entries:
             if self._discarding:
                 if entry[0] == L.SYNC:
@@ -952,9 +968,12 @@ class SessionMachine:
         raise _LostTrack("the database answered a message the gateway did not send")
 
     def _pop(self) -> None:
-        entry = self._ledger.popleft()
+        ledger = self._ledger
+        entry = ledger.popleft()
         if entry[0] in L.SYNC_POINTS:
             self._confirmed_segments += 1
+        elif ledger and ledger[0][0] == L.EXECUTE and ledger[0][1].rewriter is not None:
+            self._execute_result_started(ledger[0][1])
         if self._client_pauses and len(self._ledger) <= self._limits.max_ledger_entries // 2:
             self._pause_client("ledger", False)
 
@@ -981,9 +1000,10 @@ class SessionMachine:
 
     def _follow_server(self, data: bytes) -> None:
         size = len(data)
-        position = 0
+        position = kept_from = 0
         out = self._to_client
         if self._skip:
+            # The rest of a message that streams through: it goes on with what follows it.
             if self._skip >= size:
                 self._skip -= size
                 out.append(data)
@@ -992,10 +1012,9 @@ class SessionMachine:
             position = self._skip
             self._skip = 0
         elif self._gathered:
-            position = self._continue_gathering(data)
+            position = kept_from = self._continue_gathering(data)
             if position < 0:
                 return
-        kept_from = position
         limit = self._limits.max_held_message_bytes
         while position < size:
             if size - position < _HEADER:
@@ -1106,7 +1125,6 @@ class SessionMachine:
             return None
         if kind == L.OWN_PARSE:
             self._pop()
-            self._statements.confirmed[b""] = payload
             return b""
         raise _LostTrack(f"ParseComplete answered {L.NAMES.get(kind)}")
 
@@ -1125,6 +1143,9 @@ class SessionMachine:
 
     def _close_complete(self, data: bytes, start: int, end: int) -> bytes | None:
         kind, payload = self._head()
+        if kind == L.OWN_CLOSE:
+            self._pop()
+            return b""
         if kind != L.CLOSE:
             raise _LostTrack(f"CloseComplete answered {L.NAMES.get(kind)}")
         self._pop()
@@ -1154,16 +1175,16 @@ class SessionMachine:
                     return _framed(_ROW_DESCRIPTION, replaced)
             return None
         if kind == L.DESCRIBE or kind == L.OWN_DESCRIBE:
-            self._pop()
             self._described(kind, payload, data[start + 5 : end])
+            self._pop()
             return b"" if kind == L.OWN_DESCRIBE else None
         raise _LostTrack(f"RowDescription answered {L.NAMES.get(kind)}")
 
     def _no_data(self, data: bytes, start: int, end: int) -> bytes | None:
         kind, payload = self._head()
         if kind == L.DESCRIBE or kind == L.OWN_DESCRIBE:
-            self._pop()
             self._described(kind, payload, None)
+            self._pop()
             return b"" if kind == L.OWN_DESCRIBE else None
         raise _LostTrack(f"NoData answered {L.NAMES.get(kind)}")
 
@@ -1263,6 +1284,16 @@ class SessionMachine:
         self._copy_out = True
         self._start_result(statement)
         return None
+
+    def _execute_result_started(self, statement: Statement) -> None:
+        """An Execute's answers come next: its rewriter learns the columns from the portal."""
+        portal = statement.portal
+        assert portal is not None
+        columns = portal.columns
+        if columns is None and portal.prepared.row_description is not None:
+            columns = portal.columns_from(portal.prepared.row_description)
+        statement.columns = columns
+        self._start_result(statement)
 
     def _start_result(self, statement: Statement) -> None:
         rewriter = statement.rewriter
@@ -1391,6 +1422,9 @@ class SessionMachine:
             self._end_transaction(committed=not self._transaction_failed)
         self._statements.forget_predictions(self._confirmed_segments)
         self._portals.forget_predictions(self._confirmed_segments)
+        if self._refusal_statement_left and not self._ledger:
+            self._refusal_statement_left = False
+            self._send(REFUSAL_CLEANUP, [(L.OWN_CLOSE, None)])
         if self._intake_blocked:
             self._intake_blocked = False
             self._pause_client("confirmation", False)
@@ -1454,7 +1488,7 @@ class SessionMachine:
         else:
             pauses.discard(reason)
         if bool(pauses) != was_paused and self._state is not SessionState.CLOSED:
-            self._actions.append(PAUSE_CLIENT if pauses else RESUME_CLIENT)
+            self._control(PAUSE_CLIENT if pauses else RESUME_CLIENT)
         if self._state is not SessionState.CLOSED and self._state is not SessionState.CLOSING:
             holding = "waiting" in pauses or "confirmation" in pauses
             self._state = SessionState.HOLDING if holding else SessionState.RELAYING
@@ -1495,9 +1529,10 @@ class SessionMachine:
         self._own_pending.clear()
         self._state = SessionState.CLOSED
         self._flush_sends()
-        self._actions.append(CloseSession(reason))
+        self._act(CloseSession(reason))
 
     def _flush_sends(self) -> None:
+        """Moves the writes gathered so far, then the waits and pauses, into the actions."""
         if self._to_server:
             data = self._to_server[0] if len(self._to_server) == 1 else b"".join(self._to_server)
             self._to_server.clear()
@@ -1507,6 +1542,18 @@ class SessionMachine:
             self._to_client.clear()
             if data:
                 self._actions.append(SendToClient(data))
+        if self._controls:
+            self._actions.extend(self._controls)
+            self._controls.clear()
+
+    def _act(self, action: Action) -> None:
+        """Adds an action after the writes gathered so far, keeping their order."""
+        self._flush_sends()
+        self._actions.append(action)
+
+    def _control(self, action: Action) -> None:
+        """Adds a wait or a pause: it goes after the writes of the whole event."""
+        self._controls.append(action)
 
     def _take_actions(self) -> list[Action]:
         self._flush_sends()
@@ -1531,6 +1578,16 @@ _FUNCTION_CALL_REFUSAL = Refusal(
     "fast-path function calls are not allowed through the gateway",
     "call the function in a SQL statement, where policy can see it",
 )
+
+
+def _may_change_lexing(facts: StatementFacts) -> bool:
+    """Whether a statement may change client_encoding or standard_conforming_strings."""
+    return (
+        not facts.kinds.isdisjoint(_LEXICAL_CHANGERS)
+        or facts.dynamic
+        or "set_config" in facts.functions
+        or facts.statement_type == "DiscardStmt"
+    )
 
 
 def _framed(message_type: int, body: bytes) -> bytes:

@@ -11,8 +11,11 @@ refusal's own, which carries the SQLSTATE, message, hint and position the client
 
 from __future__ import annotations
 
+import secrets
+import struct
+
 from custos.protocol import sqlstates
-from custos.protocol.frontend import encode_query, encode_unnamed_execution
+from custos.protocol.frontend import encode_query
 from custos.protocol.messages import ServerNotice, error_response
 from custos.session.refusal import Refusal
 
@@ -26,9 +29,32 @@ REFUSAL_QUERY = encode_query(_REFUSAL_BLOCK)
 """Sent instead of a refused simple Query (or FunctionCall): answered by an error, then
 ReadyForQuery."""
 
-REFUSAL_EXECUTION = encode_unnamed_execution(_REFUSAL_BLOCK)
-"""Sent instead of a refused Parse, Bind or Execute: Parse, Bind and Execute of the block as
-the unnamed statement and portal, answered ParseComplete, BindComplete and the error."""
+# The block's prepared statement has a name no client will use, so that the client's own
+# unnamed statement stays as it was. It is closed first, in case an earlier refusal left it,
+# and again once the session is idle (REFUSAL_CLEANUP), so pg_prepared_statements never
+# shows it to a statement of the client's.
+_REFUSAL_STATEMENT = f"custos_refusal_{secrets.token_hex(8)}".encode()
+_INT16 = struct.Struct("!h")
+
+
+def _message(message_type: bytes, body: bytes) -> bytes:
+    return message_type + struct.pack("!I", len(body) + 4) + body
+
+
+_CLOSE_REFUSAL_STATEMENT = _message(b"C", b"S" + _REFUSAL_STATEMENT + b"\x00")
+
+REFUSAL_EXECUTION = (
+    _CLOSE_REFUSAL_STATEMENT
+    + _message(b"P", _REFUSAL_STATEMENT + b"\x00" + _REFUSAL_BLOCK.encode() + b"\x00\x00\x00")
+    + _message(b"B", b"\x00" + _REFUSAL_STATEMENT + b"\x00" + _INT16.pack(0) * 3)
+    + _message(b"E", b"\x00" + b"\x00" * 4)
+)
+"""Sent instead of a refused Parse, Bind or Execute: Close, Parse, Bind and Execute of the
+block (the unnamed portal, which the error's rollback ends anyway), answered CloseComplete,
+ParseComplete, BindComplete and the error."""
+
+REFUSAL_CLEANUP = _CLOSE_REFUSAL_STATEMENT + _message(b"H", b"")
+"""Close of the block's statement and a Flush, answered CloseComplete at once."""
 
 
 def is_refusal_error(notice: ServerNotice) -> bool:

@@ -11,6 +11,7 @@ unmasked or unapproved.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
@@ -72,18 +73,22 @@ class PolicyStage(Stage):
                     statement.decision = outcome
                     return FORWARD  # the common case, kept short
                 return self._planned(statement, outcome)
-            outcomes: list[Decision | Awaitable[Decision]] = [outcome]
-        else:
-            outcomes = [decide(self._role, a, parameters, path) for a, path in candidates]
-            if all(isinstance(outcome, Decision) for outcome in outcomes):
-                decided = [outcome for outcome in outcomes if isinstance(outcome, Decision)]
-                return self._planned(statement, most_restrictive(decided))
-        return WaitFor(_all_of(outcomes), lambda settled: self._resumed(statement, settled))
+            return WaitFor(outcome, lambda settled: self._resumed(statement, settled))
+        outcomes = [decide(self._role, a, parameters, path) for a, path in candidates]
+        decided = [outcome for outcome in outcomes if isinstance(outcome, Decision)]
+        if len(decided) == len(outcomes):
+            return self._planned(statement, most_restrictive(decided))
+        # gather: cancelling the wait (the session closed) cancels every decision under way.
+        pending = asyncio.gather(*(_awaited(outcome) for outcome in outcomes))
+        return WaitFor(pending, lambda settled: self._resumed(statement, settled))
 
     def _resumed(self, statement: Statement, settled: Settled) -> Plan:
-        if settled.error is not None or not isinstance(settled.value, list):
+        value = settled.value
+        if isinstance(value, Decision):
+            return self._planned(statement, value)
+        if settled.error is not None or not isinstance(value, list) or not value:
             return Refuse(UNREACHABLE)
-        return self._planned(statement, most_restrictive(settled.value))
+        return self._planned(statement, most_restrictive(value))
 
     def _planned(self, statement: Statement, decision: Decision) -> Plan:
         statement.decision = decision
@@ -140,5 +145,5 @@ def _hinted_or(settled: Settled, refusal: Refusal) -> Refusal:
     return settled.value if isinstance(settled.value, Refusal) else refusal
 
 
-async def _all_of(outcomes: Sequence[Decision | Awaitable[Decision]]) -> list[Decision]:
-    return [outcome if isinstance(outcome, Decision) else await outcome for outcome in outcomes]
+async def _awaited(outcome: Decision | Awaitable[Decision]) -> Decision:
+    return outcome if isinstance(outcome, Decision) else await outcome

@@ -42,7 +42,14 @@ def uses_parameters(candidates: Candidates) -> bool:
 class Prepared:
     """A prepared statement: its analysis, and what the database said it looks like."""
 
-    __slots__ = ("candidates", "parameter_types", "refusal", "row_description", "uses_parameters")
+    __slots__ = (
+        "candidates",
+        "described",
+        "parameter_types",
+        "refusal",
+        "row_description",
+        "uses_parameters",
+    )
 
     def __init__(
         self,
@@ -58,12 +65,13 @@ class Prepared:
         # From a Describe of the statement: its columns (formats not yet chosen), or () for
         # a statement that returns no rows; None until described.
         self.row_description: tuple[Column, ...] | None = None
+        self.described = False  # a Describe of it was sent: its answer will say
 
 
 class Portal:
     """A portal: a prepared statement bound to parameters, or a cursor DECLAREd in SQL."""
 
-    __slots__ = ("_bind", "bind_body", "columns", "holdable", "prepared")
+    __slots__ = ("_bind", "bind_body", "columns", "described", "holdable", "prepared")
 
     def __init__(
         self, prepared: Prepared, bind_body: bytes = b"", *, holdable: bool = False
@@ -73,6 +81,7 @@ class Portal:
         self.holdable = holdable  # a WITH HOLD cursor outlives its transaction
         # The result's columns with their formats, once known; () when it returns no rows.
         self.columns: tuple[Column, ...] | None = None
+        self.described = False  # a Describe of it was sent: its answer will say
         self._bind: Bind | None = None
 
     @property
