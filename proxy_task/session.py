@@ -217,4 +217,3 @@ class Session:
             self.bytes_from_upstream,
             reason,
         )
-

@@ -153,11 +153,9 @@ def test_unparsable_statements_get_postgresqls_own_syntax_error(governed, pg_dsn
     """Refused (fail closed), but with the server's SQLSTATE, message and position."""
 
     def syntax_error(connection: psycopg.Connection) -> tuple[str, str, str | None]:
+        parameters = [] if prepare else None
         with pytest.raises(psycopg.errors.SyntaxError) as raised:
-            if prepare:
-                connection.execute(sql.encode(), [], prepare=True)
-            else:
-                connection.execute(sql.encode())
+            connection.execute(sql.encode(), parameters, prepare=prepare)
         diag = raised.value.diag
         assert connection.execute("SELECT 1").fetchone() == (1,)
         return diag.sqlstate, diag.message_primary, diag.statement_position

@@ -48,6 +48,7 @@ from playbook import (
     types,
 )
 
+from custos.protocol.backend import row_description as decode_row_description
 from custos.protocol.messages import parse_notice
 from custos.session.actions import (
     FORWARD_CANCEL,
@@ -62,8 +63,8 @@ from custos.session.actions import (
 )
 from custos.session.machine import SessionState
 from custos.session.own_messages import REFUSAL_CLEANUP, REFUSAL_EXECUTION, REFUSAL_QUERY
-from custos.session.stages import FORWARD, Refuse, Settled, Stage, Status, WaitFor
 from custos.session.refusal import Refusal
+from custos.session.stages import FORWARD, Refuse, Settled, Stage, Status, WaitFor
 from custos.session.statement import Statement
 
 
@@ -148,18 +149,20 @@ def test_the_extended_protocol_is_followed_message_by_message():
 
 def test_a_described_statement_gives_its_columns_to_later_executions():
     stage, machine = recorded(rewrite=True)
-    machine.client_data(parse("s", "SELECT id, status FROM crm.orders LIMIT 1") + describe("S", "s") + SYNC)
-    machine.server_data(
-        PARSE_COMPLETE
-        + parameter_description()
-        + row_description("id", "status")
-        + ready()
+    machine.client_data(
+        parse("s", "SELECT id, status FROM crm.orders LIMIT 1") + describe("S", "s") + SYNC
     )
-    assert [c.name for c in machine.prepared_statements[b"s"].row_description] == [b"id", b"status"]
+    machine.server_data(
+        PARSE_COMPLETE + parameter_description() + row_description("id", "status") + ready()
+    )
+    description = machine.prepared_statements[b"s"].row_description
+    assert [column.name for column in decode_row_description(description)] == [b"id", b"status"]
     # An Execute of a portal of s needs no Describe of its own: the formats come from Bind.
     request = bind("", "s", result_formats=[1, 0]) + execute("") + SYNC
     assert machine.client_data(request) == [SendToServer(request)]
-    machine.server_data(BIND_COMPLETE + data_row(b"\0\0\0\1", b"new") + command_complete("SELECT 1") + ready())
+    machine.server_data(
+        BIND_COMPLETE + data_row(b"\0\0\0\1", b"new") + command_complete("SELECT 1") + ready()
+    )
     ((_, _, columns),) = stage.results
     assert [(column.name, column.format) for column in columns] == [(b"id", 1), (b"status", 0)]
 
@@ -187,8 +190,14 @@ def test_pipelined_statements_each_get_their_answers():
     request = query("SELECT 1") + query("SELECT 2")
     assert machine.client_data(request) == [SendToServer(request)]
     machine.server_data(
-        row_description("a") + data_row(b"1") + command_complete("SELECT 1") + ready()
-        + row_description("a") + data_row(b"2") + command_complete("SELECT 1") + ready()
+        row_description("a")
+        + data_row(b"1")
+        + command_complete("SELECT 1")
+        + ready()
+        + row_description("a")
+        + data_row(b"2")
+        + command_complete("SELECT 1")
+        + ready()
     )
     assert [(number, body[-1:]) for number, body in stage.rows] == [(1, b"1"), (2, b"2")]
     assert outcomes(stage) == [
@@ -200,14 +209,28 @@ def test_pipelined_statements_each_get_their_answers():
 def test_an_error_mid_pipeline_skips_the_rest_of_its_segment_only():
     stage, machine = recorded()
     machine.client_data(
-        parse("", "SELECT 1/0") + bind("", "") + execute("")
-        + parse("", "SELECT 2") + bind("", "") + execute("")
+        parse("", "SELECT 1/0")
+        + bind("", "")
+        + execute("")
+        + parse("", "SELECT 2")
+        + bind("", "")
+        + execute("")
         + SYNC
-        + parse("", "SELECT 3") + bind("", "") + execute("") + SYNC
+        + parse("", "SELECT 3")
+        + bind("", "")
+        + execute("")
+        + SYNC
     )
     answer = (
-        PARSE_COMPLETE + BIND_COMPLETE + error("22012", "division by zero") + ready()
-        + PARSE_COMPLETE + BIND_COMPLETE + data_row(b"3") + command_complete("SELECT 1") + ready()
+        PARSE_COMPLETE
+        + BIND_COMPLETE
+        + error("22012", "division by zero")
+        + ready()
+        + PARSE_COMPLETE
+        + BIND_COMPLETE
+        + data_row(b"3")
+        + command_complete("SELECT 1")
+        + ready()
     )
     assert machine.server_data(answer) == [SendToClient(answer)]
     assert outcomes(stage) == [
@@ -222,8 +245,12 @@ def test_an_error_in_a_query_string_abandons_its_later_statements():
     stage, machine = recorded()
     machine.client_data(query("SELECT 1; SELECT 1/0; SET search_path TO public"))
     machine.server_data(
-        row_description("a") + data_row(b"1") + command_complete("SELECT 1")
-        + row_description("b") + error("22012", "division by zero") + ready()
+        row_description("a")
+        + data_row(b"1")
+        + command_complete("SELECT 1")
+        + row_description("b")
+        + error("22012", "division by zero")
+        + ready()
     )
     assert outcomes(stage) == [(1, Status.FAILED, ("SELECT 1",), 1)]
     assert machine.search_path_schemas == ("crm", "public")
@@ -239,8 +266,13 @@ def test_a_portal_with_a_row_limit_is_suspended_then_resumed():
         + SYNC
     )
     machine.server_data(
-        command_complete("BEGIN") + ready("T")
-        + PARSE_COMPLETE + BIND_COMPLETE + data_row(b"1") + data_row(b"2") + PORTAL_SUSPENDED
+        command_complete("BEGIN")
+        + ready("T")
+        + PARSE_COMPLETE
+        + BIND_COMPLETE
+        + data_row(b"1")
+        + data_row(b"2")
+        + PORTAL_SUSPENDED
         + ready("T")
     )
     assert b"c" in machine.portals
@@ -267,13 +299,18 @@ def test_describe_of_a_statement_and_a_portal_and_no_data():
     )
     assert machine.client_data(request) == [SendToServer(request)]
     answer = (
-        PARSE_COMPLETE + parameter_description(23) + row_description("id")
-        + PARSE_COMPLETE + parameter_description() + NO_DATA
-        + BIND_COMPLETE + row_description("id")
+        PARSE_COMPLETE
+        + parameter_description(23)
+        + row_description("id")
+        + PARSE_COMPLETE
+        + parameter_description()
+        + NO_DATA
+        + BIND_COMPLETE
+        + row_description("id")
         + ready()
     )
     assert machine.server_data(answer) == [SendToClient(answer)]
-    assert machine.prepared_statements[b"u"].row_description == ()
+    assert machine.prepared_statements[b"u"].row_description == b""
     assert machine.idle
 
 
@@ -298,7 +335,9 @@ def test_a_copy_that_fails_mid_stream_drops_the_data_the_client_still_sends():
     failed = error("22P02", "invalid input syntax") + ready()
     assert machine.server_data(failed) == [SendToClient(failed)]
     machine.client_data(copy_data(b"more\n") + COPY_DONE + query("SELECT 1"))
-    machine.server_data(row_description("a") + data_row(b"1") + command_complete("SELECT 1") + ready())
+    machine.server_data(
+        row_description("a") + data_row(b"1") + command_complete("SELECT 1") + ready()
+    )
     assert [outcome[1] for outcome in outcomes(stage)] == [Status.FAILED, Status.COMPLETED]
     assert machine.idle
 
@@ -363,7 +402,7 @@ def test_empty_queries():
 
 
 def test_a_refused_query_is_replaced_and_the_client_gets_the_refusal():
-    stage, machine = recorded()
+    recording, machine = recorded()
     assert machine.client_data(query("SELECT email FROM crm.customers")) == [
         SendToServer(REFUSAL_QUERY)
     ]
@@ -375,11 +414,11 @@ def test_a_refused_query_is_replaced_and_the_client_gets_the_refusal():
     assert fields["H"].startswith("decided by rule agents-no-bulk-export")
     assert "W" not in fields
     assert ready_message == ("Z", b"I")
-    assert outcomes(stage) == [(1, Status.REFUSED, (), 0)]
+    assert outcomes(recording) == [(1, Status.REFUSED, (), 0)]
 
 
 def test_a_refused_execute_leaves_the_unnamed_statement_to_the_client():
-    stage, machine = recorded()
+    recording, machine = recorded()
     request = parse("", "SELECT email FROM crm.customers") + bind("", "") + execute("") + SYNC
     (sent,) = machine.client_data(request)
     parse_and_bind = parse("", "SELECT email FROM crm.customers") + bind("", "")
@@ -398,6 +437,7 @@ def test_a_refused_execute_leaves_the_unnamed_statement_to_the_client():
     assert sent_to_server(answers) == REFUSAL_CLEANUP
     assert machine.server_data(CLOSE_COMPLETE) == []
     assert set(machine.prepared_statements) == {b""}
+    assert outcomes(recording) == [(1, Status.REFUSED, (), 0)]
     assert machine.idle
 
 

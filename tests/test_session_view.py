@@ -76,9 +76,12 @@ def test_a_set_search_path_counts_from_when_it_is_sent_until_the_database_settle
         # ROLLBACK undoes it.
         (
             [query("BEGIN"), query("SET search_path TO public"), query("ROLLBACK")],
-            command_complete("BEGIN") + ready("T")
-            + command_complete("SET") + ready("T")
-            + command_complete("ROLLBACK") + ready(),
+            command_complete("BEGIN")
+            + ready("T")
+            + command_complete("SET")
+            + ready("T")
+            + command_complete("ROLLBACK")
+            + ready(),
         ),
         # SET LOCAL ends with its transaction; outside one it does nothing at all.
         (
@@ -87,20 +90,38 @@ def test_a_set_search_path_counts_from_when_it_is_sent_until_the_database_settle
         ),
         # A SET the database skipped after an earlier error never happened.
         (
-            [parse("", "SELECT 1/0") + bind("", "") + execute("") + query("SET search_path TO public") + SYNC],
+            [
+                parse("", "SELECT 1/0")
+                + bind("", "")
+                + execute("")
+                + query("SET search_path TO public")
+                + SYNC
+            ],
             PARSE_COMPLETE + BIND_COMPLETE + error("22012", "division by zero") + ready(),
         ),
         # A SET rolled back in the same extended segment.
         (
             [
-                parse("", "BEGIN") + bind("", "") + execute("")
-                + parse("", "SET search_path TO public") + bind("", "") + execute("")
-                + parse("", "ROLLBACK") + bind("", "") + execute("")
+                parse("", "BEGIN")
+                + bind("", "")
+                + execute("")
+                + parse("", "SET search_path TO public")
+                + bind("", "")
+                + execute("")
+                + parse("", "ROLLBACK")
+                + bind("", "")
+                + execute("")
                 + SYNC
             ],
-            PARSE_COMPLETE + BIND_COMPLETE + command_complete("BEGIN")
-            + PARSE_COMPLETE + BIND_COMPLETE + command_complete("SET")
-            + PARSE_COMPLETE + BIND_COMPLETE + command_complete("ROLLBACK")
+            PARSE_COMPLETE
+            + BIND_COMPLETE
+            + command_complete("BEGIN")
+            + PARSE_COMPLETE
+            + BIND_COMPLETE
+            + command_complete("SET")
+            + PARSE_COMPLETE
+            + BIND_COMPLETE
+            + command_complete("ROLLBACK")
             + ready(),
         ),
     ],
@@ -118,9 +139,12 @@ def test_a_committed_set_replaces_the_path():
     machine = new_machine(search_path=("crm",))
     machine.client_data(query("BEGIN") + query("SET search_path TO public") + query("COMMIT"))
     machine.server_data(
-        command_complete("BEGIN") + ready("T")
-        + command_complete("SET") + ready("T")
-        + command_complete("COMMIT") + ready()
+        command_complete("BEGIN")
+        + ready("T")
+        + command_complete("SET")
+        + ready("T")
+        + command_complete("COMMIT")
+        + ready()
     )
     assert machine.search_path_schemas == ("public",)
 
@@ -140,11 +164,16 @@ def test_a_path_a_savepoint_may_have_undone_stays_a_candidate():
         + query("COMMIT")
     )
     machine.server_data(
-        command_complete("BEGIN") + ready("T")
-        + command_complete("SAVEPOINT") + ready("T")
-        + command_complete("SET") + ready("T")
-        + command_complete("ROLLBACK") + ready("T")
-        + command_complete("COMMIT") + ready()
+        command_complete("BEGIN")
+        + ready("T")
+        + command_complete("SAVEPOINT")
+        + ready("T")
+        + command_complete("SET")
+        + ready("T")
+        + command_complete("ROLLBACK")
+        + ready("T")
+        + command_complete("COMMIT")
+        + ready()
     )
     assert set(machine.search_path_schemas) == {"crm", "public"}
 
@@ -188,9 +217,7 @@ def test_a_close_the_database_skipped_forgets_nothing():
     machine.client_data(parse("s", PROTECTED) + SYNC)
     machine.server_data(PARSE_COMPLETE + ready())
     machine.client_data(bind("", "nowhere") + close("S", "s") + SYNC)
-    machine.server_data(
-        sent_answers_for_refused_bind() + ready()
-    )
+    machine.server_data(sent_answers_for_refused_bind() + ready())
     assert set(machine.prepared_statements) == {b"s"}
 
 
@@ -227,14 +254,18 @@ def test_names_longer_than_63_bytes_are_one_name_as_in_postgresql():
 def test_fetch_of_a_protocol_portal_is_decided_on_the_portals_statement():
     machine = new_machine()
     machine.client_data(query("BEGIN") + parse("", PROTECTED) + bind("p", "") + SYNC)
-    machine.server_data(command_complete("BEGIN") + ready("T") + PARSE_COMPLETE + BIND_COMPLETE + ready("T"))
+    machine.server_data(
+        command_complete("BEGIN") + ready("T") + PARSE_COMPLETE + BIND_COMPLETE + ready("T")
+    )
     assert refused(machine, query("FETCH ALL FROM p"))
 
 
 def test_a_declared_cursor_executed_through_the_protocol_is_decided_on_its_query():
     machine = new_machine()
     machine.client_data(query("BEGIN") + query("DECLARE c CURSOR FOR SELECT 1"))
-    machine.server_data(command_complete("BEGIN") + ready("T") + command_complete("DECLARE CURSOR") + ready("T"))
+    machine.server_data(
+        command_complete("BEGIN") + ready("T") + command_complete("DECLARE CURSOR") + ready("T")
+    )
     assert forwarded(machine, execute("c") + SYNC)
     machine.server_data(data_row(b"1") + command_complete("SELECT 1") + ready("T"))
     machine.client_data(query(f"DECLARE d CURSOR FOR {PROTECTED}"))
@@ -250,10 +281,14 @@ def test_portals_end_with_their_transaction_but_held_cursors_remain():
         + query("COMMIT")
     )
     machine.server_data(
-        command_complete("BEGIN") + ready("T")
-        + command_complete("DECLARE CURSOR") + ready("T")
-        + command_complete("DECLARE CURSOR") + ready("T")
-        + command_complete("COMMIT") + ready()
+        command_complete("BEGIN")
+        + ready("T")
+        + command_complete("DECLARE CURSOR")
+        + ready("T")
+        + command_complete("DECLARE CURSOR")
+        + ready("T")
+        + command_complete("COMMIT")
+        + ready()
     )
     assert set(machine.portals) == {b"kept"}
 
@@ -305,7 +340,9 @@ def test_text_that_could_read_differently_waits_for_settings_under_way():
 def test_in_one_segment_text_that_could_read_differently_cannot_follow_a_set():
     machine = new_machine()
     request = (
-        parse("", "SET standard_conforming_strings = off") + bind("", "") + execute("")
+        parse("", "SET standard_conforming_strings = off")
+        + bind("", "")
+        + execute("")
         + parse("", HIDDEN)
     )
     assert REFUSAL_EXECUTION in sent_to_server(machine.client_data(request))
@@ -325,4 +362,6 @@ def test_text_in_a_single_byte_encoding_is_decoded_as_the_server_does():
     text = "SELECT 'd\u00e9j\u00e0 \u20ac' FROM crm.orders LIMIT 1".encode("iso8859-15")
     request = b"Q" + (len(text) + 5).to_bytes(4, "big") + text + b"\0"
     assert machine.client_data(request) == [SendToServer(request)]
-    machine.server_data(row_description("x") + data_row(b"y") + command_complete("SELECT 1") + ready())
+    machine.server_data(
+        row_description("x") + data_row(b"y") + command_complete("SELECT 1") + ready()
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,15 @@ class CloseSession:
     reason: str
 
 
-Action = SendToServer | SendToClient | StartWait | PauseReading | ResumeReading
-Action = Action | ForwardCancel | CloseSession
+Action: TypeAlias = (
+    SendToServer
+    | SendToClient
+    | StartWait
+    | PauseReading
+    | ResumeReading
+    | ForwardCancel
+    | CloseSession
+)
 
 PAUSE_CLIENT = PauseReading(Side.CLIENT)
 RESUME_CLIENT = ResumeReading(Side.CLIENT)

@@ -5,21 +5,24 @@ upstream; every server message is attributed to the entry at the head. Entries a
 tuples `(kind, payload)`: one in and one out per message is the whole cost of following a
 statement no stage touches.
 
-| kind            | sent for                             | answered by                              |
-| --------------- | ------------------------------------ | ---------------------------------------- |
-| PARSE           | Parse                                | ParseComplete                            |
-| BIND            | Bind                                 | BindComplete                             |
-| DESCRIBE        | Describe (statement or portal)       | [ParameterDescription] RowDescription/NoData |
-| EXECUTE         | Execute                              | rows, then CommandComplete, EmptyQuery or PortalSuspended; or COPY |
-| CLOSE           | Close                                | CloseComplete                            |
-| SYNC            | Sync                                 | ReadyForQuery                            |
-| QUERY           | simple Query                         | per statement: rows or COPY, CommandComplete; then ReadyForQuery |
-| FUNCTION_CALL   | FunctionCall                         | FunctionCallResponse, ReadyForQuery      |
-| COPY_END        | CopyDone or CopyFail                 | nothing (it ends the COPY under way)     |
-| OWN_CLOSE/PARSE/BIND | the gateway's refusal block     | CloseComplete, ParseComplete, BindComplete, cut out |
-| OWN_DESCRIBE    | the gateway's Describe of a portal   | RowDescription/NoData, cut out           |
-| REFUSAL         | a refused Parse or Bind's block      | the error, swapped for the refusal's     |
-| REFUSED_QUERY   | a refused FunctionCall's block       | the error, swapped; ReadyForQuery        |
+Kinds, what sends them, and what answers them:
+
+- PARSE, BIND, CLOSE: Parse, Bind, Close; answered ParseComplete, BindComplete,
+  CloseComplete.
+- DESCRIBE: Describe of a statement or portal; [ParameterDescription] then RowDescription
+  or NoData.
+- EXECUTE: Execute; rows, then CommandComplete, EmptyQueryResponse or PortalSuspended; or
+  a COPY.
+- QUERY: a simple Query; per statement, rows or a COPY and a CommandComplete; then
+  ReadyForQuery.
+- SYNC, FUNCTION_CALL: Sync, FunctionCall; [FunctionCallResponse] then ReadyForQuery.
+- COPY_END: CopyDone or CopyFail; nothing (it ends the COPY under way).
+- OWN_CLOSE, OWN_PARSE, OWN_BIND, OWN_DESCRIBE: the gateway's refusal block, or its Describe
+  of a portal a rewriter needs; their answers are cut out.
+- REFUSAL: the block sent for a refused Parse or Bind; its error is swapped for the
+  refusal's.
+- REFUSED_QUERY: the block sent for a refused FunctionCall; the error, swapped, then
+  ReadyForQuery.
 
 Any entry may instead be answered by an ErrorResponse. After an error in the extended
 protocol the database skips every message up to the next Sync; after one in a simple

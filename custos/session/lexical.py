@@ -87,9 +87,13 @@ class LexicalSettings:
     def updated(self, name: str, value: str) -> LexicalSettings:
         """These settings after a ParameterStatus report; themselves if it is not one of them."""
         if name == "client_encoding":
-            return LexicalSettings(value.upper(), self.server_encoding, self.standard_conforming_strings)
+            return LexicalSettings(
+                value.upper(), self.server_encoding, self.standard_conforming_strings
+            )
         if name == "server_encoding":
-            return LexicalSettings(self.client_encoding, value.upper(), self.standard_conforming_strings)
+            return LexicalSettings(
+                self.client_encoding, value.upper(), self.standard_conforming_strings
+            )
         if name == "standard_conforming_strings":
             return LexicalSettings(self.client_encoding, self.server_encoding, value == "on")
         return self

@@ -41,13 +41,13 @@ class RelayMachine:
     __slots__ = (
         "_closed",
         "_closing",
+        "_draining",
         "_framer",
         "_held",
         "_own_pending",
         "_pending_sync_points",
         "_skip",
         "_transaction_status",
-        "_draining",
     )
 
     def __init__(self, max_message_bytes: int, transaction_status: bytes = b"I") -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from custos.protocol.backend import Column
+from custos.protocol.backend import Column, row_description
 from custos.protocol.frontend import Bind, bind_message
 from custos.sql.facts import Analysis, ParameterRef
 
 if TYPE_CHECKING:
     from custos.policy.engine import Decision
+    from custos.session.effects import Effect
     from custos.session.refusal import Refusal
     from custos.session.stages import ResultRewriter
 
 Candidates = tuple[tuple[Analysis, tuple[str, ...]], ...]
-Effect = tuple[object, ...]
-"""A change to the session a statement makes when it completes: (what, details...)."""
 """A text analysed once per schema its unqualified names may resolve to, most often one."""
 
 NO_PARAMETERS: tuple[str | None, ...] = ()
@@ -62,16 +61,16 @@ class Prepared:
         self.uses_parameters = uses_parameters(candidates)
         # Running it raises this instead: the gateway's refusal took the statement's place.
         self.refusal = refusal
-        # From a Describe of the statement: its columns (formats not yet chosen), or () for
-        # a statement that returns no rows; None until described.
-        self.row_description: tuple[Column, ...] | None = None
+        # From a Describe of the statement: its RowDescription's body, b"" for a statement
+        # that returns no rows (NoData); None until described. Decoded only when read.
+        self.row_description: bytes | None = None
         self.described = False  # a Describe of it was sent: its answer will say
 
 
 class Portal:
     """A portal: a prepared statement bound to parameters, or a cursor DECLAREd in SQL."""
 
-    __slots__ = ("_bind", "bind_body", "columns", "described", "holdable", "prepared")
+    __slots__ = ("_bind", "bind_body", "described", "holdable", "prepared", "row_description")
 
     def __init__(
         self, prepared: Prepared, bind_body: bytes = b"", *, holdable: bool = False
@@ -79,8 +78,9 @@ class Portal:
         self.prepared = prepared
         self.bind_body = bind_body
         self.holdable = holdable  # a WITH HOLD cursor outlives its transaction
-        # The result's columns with their formats, once known; () when it returns no rows.
-        self.columns: tuple[Column, ...] | None = None
+        # From a Describe of the portal: its RowDescription's body (formats included), b""
+        # when it returns no rows; None until described.
+        self.row_description: bytes | None = None
         self.described = False  # a Describe of it was sent: its answer will say
         self._bind: Bind | None = None
 
@@ -92,18 +92,24 @@ class Portal:
 
     def parameters(self) -> tuple[str | None, ...]:
         """The Bind values as text, where policy reads them; () when it reads none."""
-        bind = self.bind
-        if bind is None or not self.prepared.uses_parameters:
+        if not self.prepared.uses_parameters:
             return NO_PARAMETERS
-        return bind.texts(self.prepared.parameter_types)
-
-    def columns_from(self, description: tuple[Column, ...]) -> tuple[Column, ...]:
-        """A statement's description with this portal's result formats applied."""
         bind = self.bind
+        return NO_PARAMETERS if bind is None else bind.texts(self.prepared.parameter_types)
+
+    def columns(self) -> tuple[Column, ...] | None:
+        """The result's columns with their formats, if a Describe said what they are."""
+        if self.row_description is not None:
+            return row_description(self.row_description) if self.row_description else ()
+        described = self.prepared.row_description
+        if described is None:
+            return None
+        bind = self.bind
+        columns = row_description(described) if described else ()
         if bind is None:
-            return description
+            return columns
         return tuple(
-            column.with_format(bind.format_of(index)) for index, column in enumerate(description)
+            column.with_format(bind.format_of(index)) for index, column in enumerate(columns)
         )
 
 
@@ -162,7 +168,7 @@ class Statement:
         self.finished = False
         self.rows = 0
         self.answered_bytes = 0
-        self.tags: list[str] = []
+        self.tags: list[str] | None = None  # CommandComplete tags, once there is one
         # What each of its statements does to the session once the database completes it
         # (see machine.py), by position in the query string; None when nothing.
         self.effects: list[tuple[Effect, ...]] | None = None

@@ -132,8 +132,9 @@ class Analysis:
     # shape, which decides exactly alike. Decisions are remembered by it, not by this copy.
     canonical: Analysis | None = field(default=None, compare=False, repr=False)
     # Whether a session must follow the text once it runs: it prepares, executes or
-    # deallocates a statement, sets the search path, may change the schema (DDL, DO, CALL)
-    # or ends a transaction that did. Worked out from the statements unless given (a copy
+    # deallocates a statement, declares, fetches or closes a cursor, sets the search path or
+    # another setting, may change the schema (DDL, DO, CALL, dynamic code) or ends a
+    # transaction. Worked out from the statements unless given (a copy
     # for another text of one shape passes it on).
     session_effects: bool | None = field(default=None, compare=False, repr=False)
 
@@ -148,7 +149,9 @@ class Analysis:
 
 def _has_effects(statement: StatementFacts) -> bool:
     return (
-        statement.prepares is not None
+        statement.dynamic
+        or "set_config" in statement.functions
+        or statement.prepares is not None
         or statement.executes is not None
         or statement.deallocates is not None
         or statement.declares is not None
@@ -160,5 +163,11 @@ def _has_effects(statement: StatementFacts) -> bool:
 
 
 _FOLLOWED_KINDS = frozenset(
-    {StatementKind.DDL, StatementKind.DO, StatementKind.CALL, StatementKind.TRANSACTION}
+    {
+        StatementKind.DDL,
+        StatementKind.DO,
+        StatementKind.CALL,
+        StatementKind.TRANSACTION,
+        StatementKind.SET,  # may change how the server reads later statements
+    }
 )
