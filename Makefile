@@ -2,13 +2,16 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+# The session's hot path is compiled with mypyc (setup.py): a change to it rebuilds it.
+COMPILED := $(VENV)/.compiled
+COMPILED_SOURCES := setup.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py)
 
-.PHONY: demo test lint bench clean postgres-clients
+.PHONY: demo test lint bench clean postgres-clients pure
 
-demo: $(STAMP)
+demo: $(COMPILED)
 	$(VENV)/bin/custos demo
 
-test: $(STAMP) postgres-clients
+test: $(COMPILED) postgres-clients
 	$(VENV)/bin/pytest
 
 # The tests drive the real psql, pgbench and pg_dump. pgserver ships copies built without
@@ -28,14 +31,26 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(COMPILED)
 	$(VENV)/bin/python bench/pgbench_gateway.py
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements-dev.txt -e .
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+$(COMPILED): $(STAMP) $(COMPILED_SOURCES)
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(COMPILED)
+
+# Plain Python instead of the compiled hot path: for a debugger or a quick edit loop.
+pure: $(STAMP)
+	CUSTOS_PURE_PYTHON=1 $(VENV)/bin/pip install --quiet --no-deps -e .
+	find custos -name '*.so' -delete
+	rm -f custos_hot_path__mypyc*.so $(COMPILED)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build
+	find custos -name '*.so' -delete
+	rm -f custos_hot_path__mypyc*.so

@@ -51,11 +51,13 @@ IMAGE_CONTEXT_EXCLUDE = [
     "*",
     "!requirements.txt",
     "!pyproject.toml",
+    "!setup.py",
     "!README.md",
     "!custos",
     "!proxy_task",
     "**/__pycache__",
     "**/*.pyc",
+    "**/*.so",
 ]
 
 # The config and the TLS material reach the process through here-documents on stdin and

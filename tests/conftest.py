@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -24,6 +25,19 @@ from custos.demo.postgres import (
 )
 
 PG_DSN_ENV = "CUSTOS_TEST_PG_DSN"
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuses to test a compiled module older than its source: the source would go untested."""
+    for compiled in (REPOSITORY / "custos").rglob("*.so"):
+        source = compiled.parent / (compiled.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            pytest.exit(
+                f"{compiled.relative_to(REPOSITORY)} is older than its source: run `make test`"
+                " to compile the hot path again, or `make pure` to test it as plain Python",
+                returncode=2,
+            )
 
 # Timings belong in bench/: a per-example deadline is a timed assertion that a busy
 # machine (CI runs on two cores) would fail for no fault of the code.

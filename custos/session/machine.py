@@ -721,11 +721,7 @@ class SessionMachine:
                 self._wait(item, *waiting)
                 self._pause_client("waiting", True)
                 return item
-            if (
-                statement.refusal is None
-                and (statement.rewriter is None or via == L.QUERY)
-                and not self._outbox
-            ):
+            if _goes_as_it_is(statement, via) and not self._outbox:
                 self._run_entries.append((via, statement))
                 return None
         item = _Item(None, [], statement, chunk[start:end], via)
@@ -953,6 +949,14 @@ class SessionMachine:
         actions = self._actions
         self._actions = []
         return actions
+
+
+def _goes_as_it_is(statement: Statement, via: int) -> bool:
+    """Whether a planned statement's message goes upstream unchanged.
+
+    A function of its own: the stages may have refused it since the caller last looked.
+    """
+    return statement.refusal is None and (statement.rewriter is None or via == L.QUERY)
 
 
 def _forget(earlier: dict[bytes, Candidates | None], name: str) -> None:

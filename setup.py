@@ -1,0 +1,40 @@
+"""Compiles the session's hot path with mypyc; everything else is in pyproject.toml.
+
+Every statement and every answer passes through the modules below, so they are compiled to
+C extension modules (the same code, typed; mypy checks it). Set CUSTOS_PURE_PYTHON=1 to
+install them as plain Python instead: the gateway behaves the same, only slower.
+"""
+
+import os
+
+from setuptools import setup
+
+HOT_PATH = [
+    "custos/protocol/backend.py",
+    "custos/protocol/framing.py",
+    "custos/protocol/frontend.py",
+    "custos/session/actions.py",
+    "custos/session/answers.py",
+    "custos/session/decision.py",
+    "custos/session/effects.py",
+    "custos/session/ledger.py",
+    "custos/session/lexical.py",
+    "custos/session/machine.py",
+    "custos/session/relay.py",
+    "custos/session/statement.py",
+    "custos/session/texts.py",
+    "custos/session/view.py",
+    "custos/sql/cache.py",
+    "custos/sql/shapes.py",
+]
+
+
+def _extensions() -> list[object]:
+    if os.environ.get("CUSTOS_PURE_PYTHON"):
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(HOT_PATH, opt_level="3", group_name="custos_hot_path"))
+
+
+setup(ext_modules=_extensions())
