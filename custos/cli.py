@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    from proxy_task.app import run
+    from custos.gateway import gateway_runner
 
     overrides: dict[str, object] = {
         "listen": arguments.listen,
@@ -93,7 +93,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         if not (arguments.tls_cert and arguments.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both")
         overrides["tls"] = {"cert_file": arguments.tls_cert, "key_file": arguments.tls_key}
-    run(load_config(arguments.config, overrides))
+    gateway_runner()(load_config(arguments.config, overrides))
     return 0
 
 

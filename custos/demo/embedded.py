@@ -6,7 +6,6 @@ key, TLS certificate, configuration) and is removed on Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 import sys
@@ -110,8 +109,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
 
 
 def run_demo(listen: str) -> int:
-    from proxy_task.app import build_services, install_event_loop_policy, serve
-    from proxy_task.gateway import Gateway
+    from custos.gateway import gateway_runner
 
     work = Path(tempfile.mkdtemp(prefix="custos-demo-"))
     # The database runs as an unprivileged user when we are root; it must enter this directory.
@@ -133,13 +131,12 @@ def run_demo(listen: str) -> int:
         issuer = DevIssuer.open_or_create(work / "dev-issuer")
         ca_cert = work / "tls" / "ca.crt"
 
-        def announce(gateway: Gateway) -> None:
+        def announce(port: int) -> None:
             token = issuer.mint("agent", "agent-demo", ttl_seconds=3600)
-            _say(_instructions(gateway.port, token, ca_cert, work))
+            _say(_instructions(port, token, ca_cert, work))
 
-        install_event_loop_policy()
         try:
-            asyncio.run(serve(config, build_services(config), on_ready=announce))
+            gateway_runner()(config, on_ready=announce)
         except OSError as error:
             raise ConfigError(
                 f"cannot listen on {listen}: {error.strerror}; pass --listen 127.0.0.1:PORT"

@@ -12,12 +12,13 @@ from enum import Enum
 from typing import TypeAlias
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one of these is made for every write, and a frozen dataclass's __init__ is slow.
+@dataclass(slots=True)
 class SendToServer:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendToClient:
     data: bytes
 

@@ -100,7 +100,7 @@ class LexicalSettings:
 
     def decode(self, text: bytes) -> str:
         """The statement text as the server will lex it; LexicalRefusal when that is unsafe."""
-        if b"\\" in text and not self.standard_conforming_strings:
+        if not self.standard_conforming_strings and text.find(b"\\") >= 0:
             raise LexicalRefusal(
                 "this session has standard_conforming_strings off, under which a backslash"
                 " can end a string early, and the gateway reads strings only the standard"
@@ -142,7 +142,8 @@ class LexicalSettings:
 
 def lexically_sensitive(text: bytes) -> bool:
     """Whether the text could read differently under other settings (see the module's doc)."""
-    return not text.isascii() or b"\\" in text
+    # find, not `in`: bytes.__contains__ first tries the argument as an int, and fails slowly.
+    return not text.isascii() or text.find(b"\\") >= 0
 
 
 def lexical_settings(startup_messages: Iterable[bytes]) -> LexicalSettings:

@@ -604,7 +604,7 @@ class SessionMachine:
 
     def _read_text(self, text: bytes) -> Candidates | Refusal | _Block:
         """The text's analysis candidates, read as the server will read it."""
-        if not text.isascii() or b"\\" in text:
+        if not text.isascii() or text.find(b"\\") >= 0:
             gate = self._lexical_gate()
             if gate is not None:
                 return gate
