@@ -20,12 +20,17 @@ HOT_PATH = [
     "custos/session/ledger.py",
     "custos/session/lexical.py",
     "custos/session/machine.py",
+    "custos/session/own_messages.py",
+    "custos/session/policy_stage.py",
+    "custos/session/refusal.py",
     "custos/session/relay.py",
+    "custos/session/stages.py",
     "custos/session/statement.py",
     "custos/session/texts.py",
     "custos/session/view.py",
     "custos/sql/cache.py",
     "custos/sql/shapes.py",
+    "proxy_task/session.py",
 ]
 
 

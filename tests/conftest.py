@@ -30,7 +30,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuses to test a compiled module older than its source: the source would go untested."""
-    for compiled in (REPOSITORY / "custos").rglob("*.so"):
+    for compiled in [*REPOSITORY.glob("custos/**/*.so"), *REPOSITORY.glob("proxy_task/*.so")]:
         source = compiled.parent / (compiled.name.split(".", 1)[0] + ".py")
         if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
             pytest.exit(

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from custos.session.refusal import Refusal
 from custos.session.statement import Statement
@@ -50,7 +52,7 @@ class Refuse:
 class Settled:
     """How an awaitable a stage waited on ended: its value, or the exception it raised."""
 
-    value: object = None
+    value: Any = None
     error: BaseException | None = None
 
 
@@ -68,6 +70,7 @@ class Rewrite:
 Plan = Forward | Refuse | WaitFor | Rewrite
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResultRewriter:
     """Sees, and may replace, the answers of one statement. Returning None keeps a message.
 
@@ -112,6 +115,7 @@ class Outcome:
     duration_seconds: float  # from planning to the last answer
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Stage:
     """A step every statement passes; subclasses override what they need."""
 
