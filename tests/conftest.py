@@ -39,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 returncode=2,
             )
 
+
 # Timings belong in bench/: a per-example deadline is a timed assertion that a busy
 # machine (CI runs on two cores) would fail for no fault of the code.
 settings.register_profile("custos", deadline=None)
