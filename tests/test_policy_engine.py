@@ -242,15 +242,18 @@ def test_allow_rule_with_relations_applies_to_statements_touching_none() -> None
     assert decision.rules == ("agents-read-crm",)
 
 
-def test_other_kind_needs_a_rule_that_lists_it() -> None:
+def test_a_rule_without_kinds_covers_every_kind_other_included() -> None:
+    # FETCH, MOVE, CLOSE, LISTEN, DISCARD and DEALLOCATE are kind other: server-side
+    # cursors break if an allow-everything rule refuses them.
     everything = "  - id: everything\n    effect: allow\n"
-    assert decide(engine(everything), statement("other")).effect is Effect.DENY
+    assert decide(engine(everything), statement("other")).effect is Effect.ALLOW
     assert decide(engine(everything), statement("ddl", writes=("crm.x",))).effect is Effect.ALLOW
-    listed = everything + "  - id: other\n    match: {kinds: [other]}\n    effect: allow\n"
+    selects = "  - id: selects\n    match: {kinds: [select]}\n    effect: allow\n"
+    assert decide(engine(selects), statement("other")).effect is Effect.DENY
+    listed = selects + "  - id: other\n    match: {kinds: [other]}\n    effect: allow\n"
     decision = decide(engine(listed), statement("other"))
     assert decision.effect is Effect.ALLOW
-    assert decision.deciding_rule == "everything"
-    assert decision.rules == ("everything", "other")
+    assert decision.deciding_rule == "other"
 
 
 # --- categories and functions ---------------------------------------------------------

@@ -18,8 +18,8 @@ How a query (one query string, one or more statements) is decided:
    - deny when a deny rule fires on it;
    - otherwise deny by default unless it is *covered*: each of its kinds is listed by, and
      each relation it touches matches, some allow, mask or require_approval rule that
-     fired on it (a rule without ``kinds`` covers every kind but ``other``, which must be
-     listed explicitly; a rule without ``relations`` covers every relation). Dynamic code
+     fired on it (a rule without ``kinds`` covers every kind, ``other`` included; a rule
+     without ``relations`` covers every relation). Dynamic code
      (DO blocks, dynamic SQL) is also denied unless an allow or require_approval rule
      with ``risks: {dynamic: true}`` fired on it;
    - otherwise require_approval if such a rule fired, else mask if a mask rule fired,
@@ -198,9 +198,7 @@ class _Rule:
     mask: MaskSpec | None
 
     def covers_kind(self, kind: StatementKind) -> bool:
-        if self.kinds is None:
-            return kind is not StatementKind.OTHER
-        return kind in self.kinds
+        return self.kinds is None or kind in self.kinds
 
     def covers_relation(self, relation: str) -> bool:
         return self.relations is None or self.relations.match(relation) is not None
