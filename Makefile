@@ -47,10 +47,10 @@ $(COMPILED): $(STAMP) $(COMPILED_SOURCES)
 # Plain Python instead of the compiled hot path: for a debugger or a quick edit loop.
 pure: $(STAMP)
 	CUSTOS_PURE_PYTHON=1 $(VENV)/bin/pip install --quiet --no-deps -e .
-	find custos -name '*.so' -delete
+	find custos proxy_task -name '*.so' -delete
 	rm -f custos_hot_path__mypyc*.so $(COMPILED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build
-	find custos -name '*.so' -delete
+	find custos proxy_task -name '*.so' -delete
 	rm -f custos_hot_path__mypyc*.so

@@ -61,7 +61,7 @@ from custos.session.actions import (
     SendToServer,
     StartWait,
 )
-from custos.session.machine import SessionState
+from custos.session.machine import SessionLimits, SessionState
 from custos.session.own_messages import REFUSAL_CLEANUP, REFUSAL_EXECUTION, REFUSAL_QUERY
 from custos.session.refusal import Refusal
 from custos.session.stages import FORWARD, Refuse, Settled, Stage, Status, WaitFor
@@ -498,10 +498,18 @@ def test_statements_of_one_chunk_wait_together_behind_one_awaitable():
     stage = WaitingStage()
     machine = new_machine([stage])
     request = query("SELECT 1") + query("SELECT 2")
-    assert machine.client_data(request) == [StartWait(stage.awaitable), PAUSE_CLIENT]
+    assert machine.client_data(request) == [StartWait(stage.awaitable)]
     assert machine.state is SessionState.HOLDING
-    assert machine.settled(stage.awaitable, Settled("ok")) == [SendToServer(request), RESUME_CLIENT]
+    assert machine.settled(stage.awaitable, Settled("ok")) == [SendToServer(request)]
     assert machine.state is SessionState.RELAYING
+
+
+def test_the_client_is_read_while_a_statement_waits_until_too_much_is_held():
+    stage = WaitingStage()
+    machine = new_machine([stage], limits=SessionLimits(max_held_client_bytes=100))
+    assert machine.client_data(query("SELECT 1")) == [StartWait(stage.awaitable)]
+    assert machine.client_data(query("SELECT 'x' || '" + "y" * 100 + "'")) == [PAUSE_CLIENT]
+    assert machine.settled(stage.awaitable, Settled("ok"))[-1] == RESUME_CLIENT
 
 
 def test_messages_behind_a_waiting_statement_keep_their_order():
@@ -511,20 +519,16 @@ def test_messages_behind_a_waiting_statement_keep_their_order():
     assert machine.client_data(ahead + execute("")) == [
         SendToServer(ahead),
         StartWait(stage.awaitable),
-        PAUSE_CLIENT,
     ]
     assert machine.client_data(SYNC) == []  # queued behind the wait
-    assert machine.settled(stage.awaitable, Settled("ok")) == [
-        SendToServer(execute("") + SYNC),
-        RESUME_CLIENT,
-    ]
+    assert machine.settled(stage.awaitable, Settled("ok")) == [SendToServer(execute("") + SYNC)]
 
 
 def test_a_cancel_withdraws_a_waiting_statement_as_postgresql_would_cancel_it():
     stage = WaitingStage()
     machine = new_machine([stage])
     machine.client_data(query("SELECT pg_sleep(10)"))
-    assert machine.cancel_requested() == [SendToServer(REFUSAL_QUERY), RESUME_CLIENT]
+    assert machine.cancel_requested() == [SendToServer(REFUSAL_QUERY)]
     (answer,) = machine.server_data(refusal_block_error() + ready())
     fields = parse_notice(split(answer.data)[0][1]).fields
     assert (fields["C"], fields["M"]) == ("57014", "canceling statement due to user request")
@@ -552,10 +556,16 @@ def test_a_refusal_after_a_wait():
     stage = WaitingStage()
     machine = new_machine([stage])
     machine.client_data(query("SELECT 1"))
-    assert machine.settled(stage.awaitable, Settled("deny")) == [
-        SendToServer(REFUSAL_QUERY),
-        RESUME_CLIENT,
-    ]
+    assert machine.settled(stage.awaitable, Settled("deny")) == [SendToServer(REFUSAL_QUERY)]
+
+
+def test_a_terminate_behind_a_waiting_statement_withdraws_it():
+    stage = WaitingStage()
+    machine = new_machine([stage])
+    machine.client_data(query("DELETE FROM crm.orders"))
+    assert machine.client_data(TERMINATE) == [CloseSession("client ended the session")]
+    assert stage.outcomes == [Status.WITHDRAWN]
+    assert machine.settled(stage.awaitable, Settled("ok")) == []
 
 
 # --- the gateway's own messages ---------------------------------------------------------

@@ -121,6 +121,9 @@ class SessionLimits:
     max_message_bytes: int = 64 << 20  # one client message
     max_held_message_bytes: int = 64 << 20  # one server message the session reads whole
     max_ledger_entries: int = 100_000  # answers outstanding before the client is paused
+    # Client bytes held behind a waiting statement before the client is paused. Below it the
+    # client is still read, so that a disconnect or Terminate withdraws what waits at once.
+    max_held_client_bytes: int = 1 << 20
 
 
 class _Block:
@@ -267,6 +270,7 @@ class SessionMachine:
         if spans:
             if self._intake_blocked or self._backlog:
                 self._backlog.append((chunk, spans, 0))
+                self._holding_changed()
             else:
                 self._intake(chunk, spans, 0)
                 self._after_intake()
@@ -383,7 +387,6 @@ class SessionMachine:
             self._send(REFUSAL_CLEANUP, [(L.OWN_CLOSE, None)])
         if self._intake_blocked:
             self._intake_blocked = False
-            self._pause_client("confirmation", False)
             self._resume_if_clear()
 
     # --- intake --------------------------------------------------------------------------
@@ -411,7 +414,6 @@ class SessionMachine:
             if isinstance(taken, _Block):
                 self._backlog.appendleft((chunk, spans, index))
                 self._intake_blocked = True
-                self._pause_client("confirmation", True)
                 return
             self._outbox.append(taken)
             run_start = end
@@ -433,7 +435,7 @@ class SessionMachine:
             stage.after_chunk()
         if self._outbox:
             self._flush_outbox()
-        if self._client_pauses or self._backlog:
+        if self._outbox or self._backlog or self._state is SessionState.HOLDING:
             self._resume_if_clear()
 
     def _take_in(self, message_type: int, chunk: bytes, start: int, end: int) -> _Taken:
@@ -719,7 +721,6 @@ class SessionMachine:
             if waiting is not None:
                 item = _Item(None, [], statement, chunk[start:end], via)
                 self._wait(item, *waiting)
-                self._pause_client("waiting", True)
                 return item
             if _goes_as_it_is(statement, via) and not self._outbox:
                 self._run_entries.append((via, statement))
@@ -834,18 +835,34 @@ class SessionMachine:
                 self._send(item.data, item.entries)
 
     def _resume_if_clear(self) -> None:
-        """Once nothing waits, the client is read again and what queued is taken in."""
-        if any(item.data is None for item in self._outbox):
-            return
-        self._pause_client("waiting", False)
-        while self._backlog and not self._intake_blocked and self._state is not SessionState.CLOSED:
+        """Once nothing waits, what queued meanwhile is taken in."""
+        while (
+            self._backlog
+            and not self._intake_blocked
+            and self._state is not SessionState.CLOSED
+            and not self._waiting()
+        ):
             chunk, spans, first = self._backlog.popleft()
             self._intake(chunk, spans, first)
             for stage in self._chunk_listeners:
                 stage.after_chunk()
             self._flush_outbox()
-            if any(item.data is None for item in self._outbox):
-                return
+        self._holding_changed()
+
+    def _waiting(self) -> bool:
+        return any(item.data is None for item in self._outbox)
+
+    def _holding_changed(self) -> None:
+        """The state after a wait began or ended; the client is paused only past a limit."""
+        if self._state is SessionState.CLOSED or self._state is SessionState.CLOSING:
+            return
+        holding = self._intake_blocked or self._waiting()
+        self._state = SessionState.HOLDING if holding else SessionState.RELAYING
+        held = 0
+        if holding:
+            held = sum(len(item.data or item.held) for item in self._outbox)
+            held += sum(len(chunk) for chunk, _, _ in self._backlog)
+        self._pause_client("holding", held > self._limits.max_held_client_bytes)
 
     def _send(self, data: bytes, entries: list[L.Entry]) -> None:
         self._to_server.append(data)
@@ -871,8 +888,6 @@ class SessionMachine:
             return
         if bool(pauses) != was_paused:
             self._controls.append(PAUSE_CLIENT if pauses else RESUME_CLIENT)
-        holding = "waiting" in pauses or "confirmation" in pauses
-        self._state = SessionState.HOLDING if holding else SessionState.RELAYING
 
     def _after_server(self) -> None:
         if not self._answers.at_boundary:
