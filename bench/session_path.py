@@ -34,6 +34,8 @@ from custos.session.lexical import LexicalSettings  # noqa: E402
 from custos.session.machine import SessionLimits, SessionMachine  # noqa: E402
 from custos.session.policy_stage import PolicyStage  # noqa: E402
 from custos.session.relay import RelayMachine  # noqa: E402
+from custos.session.stages import Plan, ResultRewriter, Rewrite, Stage  # noqa: E402
+from custos.session.statement import Statement  # noqa: E402
 from custos.session.texts import TextAnalyser  # noqa: E402
 from custos.sql.cache import AnalysisCache  # noqa: E402
 
@@ -91,6 +93,38 @@ def _run(machine: SessionMachine | RelayMachine, extended: bool, transactions: i
     return (time.perf_counter() - started) / transactions * 1e6
 
 
+LARGE_ROW = 16 << 20
+
+
+def _large_row_milliseconds() -> float:
+    """A row the session must hold whole (a rewriter reads it), arriving in many chunks."""
+
+    class Reading(ResultRewriter):
+        pass
+
+    class Rewriting(Stage):
+        def plan(self, statement: Statement) -> Plan:
+            return Rewrite(Reading())
+
+    machine = SessionMachine(
+        stages=[Rewriting()],
+        analyser=TextAnalyser(AnalysisCache(), exact_texts=False),
+        search_path=("public",),
+        lexical=LexicalSettings(),
+        limits=SessionLimits(),
+    )
+    machine.client_data(_message(b"Q", b"SELECT big FROM t\x00"))
+    description = _message(
+        b"T", struct.pack("!h", 1) + b"big\x00" + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0)
+    )
+    row = description + _message(b"D", struct.pack("!hi", 1, LARGE_ROW) + b"x" * LARGE_ROW)
+    chunks = [row[start : start + 65536] for start in range(0, len(row), 65536)]
+    started = time.perf_counter()
+    for chunk in chunks:
+        machine.server_data(chunk)
+    return (time.perf_counter() - started) * 1000
+
+
 def _best(make: Callable[[], SessionMachine | RelayMachine], extended: bool, n: int) -> float:
     return min(_run(make(), extended, n) for _ in range(5))
 
@@ -108,6 +142,10 @@ def main() -> None:
         governed = _best(_governed, extended, n)
         name = "extended" if extended else "simple"
         print(f"{name:10}{bare:12.2f}{governed:12.2f}{governed - bare:12.2f}")
+    print(
+        f"\nms to pass one {LARGE_ROW >> 20} MiB row a stage rewrites, in 64 KiB chunks:", end=" "
+    )
+    print(f"{_large_row_milliseconds():.1f}")
     if arguments.profile:
         for extended in (False, True):
             profiler = cProfile.Profile()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from custos.protocol import codes
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.framing import BackendEditor, MessageFramer
+from custos.protocol.framing import MessageFramer
 
 
 def message(message_type: int, body: bytes) -> bytes:
@@ -20,10 +20,6 @@ def message(message_type: int, body: bytes) -> bytes:
 
 frontend_messages = st.lists(
     st.tuples(st.sampled_from(sorted(codes.FRONTEND_TYPES)), st.binary(max_size=300)),
-    max_size=12,
-)
-backend_messages = st.lists(
-    st.tuples(st.integers(0x20, 0x7E), st.binary(max_size=300)),
     max_size=12,
 )
 
@@ -99,69 +95,3 @@ def test_framer_on_garbage_either_frames_or_raises_its_own_error(garbage):
     framer = MessageFramer(1 << 16)
     with contextlib.suppress(ProtocolViolation):
         frame_all(framer, [garbage])
-
-
-def test_editor_streams_a_large_message_and_is_not_at_a_boundary_inside_it():
-    editor = BackendEditor({ord("Z")})
-    row = message(ord("D"), b"x" * 100_000)
-    assert editor.feed(row[:50_000]) == (row[:50_000], [])
-    assert not editor.at_boundary
-    rest = row[50_000:] + message(ord("Z"), b"I")
-    chunk, spans = editor.feed(rest)
-    assert chunk == rest
-    assert [(kind, chunk[start + 5 : end]) for kind, start, end in spans] == [(ord("Z"), b"I")]
-    assert editor.at_boundary
-
-
-def test_editor_handles_a_wanted_message_with_an_empty_body_split_in_its_header():
-    editor = BackendEditor({ord("c")})
-    done = message(ord("c"), b"")
-    assert edit_all(editor, [done[:2], done[2:]]) == (done, [done])
-
-
-def test_editor_rejects_a_length_below_four():
-    with pytest.raises(ProtocolViolation):
-        BackendEditor({ord("Z")}).feed(b"D" + struct.pack("!I", 2))
-
-
-def edit_all(editor: BackendEditor, pieces: list[bytes]) -> tuple[bytes, list[bytes]]:
-    forwarded, found = b"", []
-    for piece in pieces:
-        chunk, spans = editor.feed(piece)
-        found.extend(chunk[start:end] for _, start, end in spans)
-        forwarded += chunk
-    return forwarded, found
-
-
-@settings(max_examples=300)
-@given(backend_messages, st.lists(st.integers(0, 10_000), max_size=8))
-def test_editor_passes_everything_and_finds_wanted_messages_whole(messages, cuts):
-    wanted = {ord("Z"), ord("1"), ord("2")}
-    expected = [message(kind, body) for kind, body in messages if kind in wanted]
-    stream = b"".join(message(kind, body) for kind, body in messages)
-    for pieces in (
-        [stream],
-        split_at(stream, cuts),
-        [stream[i : i + 1] for i in range(len(stream))],
-    ):
-        editor = BackendEditor(wanted)
-        forwarded, found = edit_all(editor, pieces)
-        assert forwarded == stream
-        assert found == expected
-        assert editor.at_boundary
-
-
-def test_editor_holds_back_a_wanted_message_cut_in_two():
-    editor = BackendEditor({ord("1")})
-    data = message(ord("D"), b"row") + message(ord("1"), b"")
-    chunk, spans = editor.feed(data[:-2])
-    assert chunk == message(ord("D"), b"row")
-    assert spans == []
-    chunk, spans = editor.feed(data[-2:])
-    assert chunk == message(ord("1"), b"")
-    assert spans == [(ord("1"), 0, 5)]
-
-
-def test_editor_rejects_a_wanted_message_larger_than_its_cap():
-    with pytest.raises(ProtocolViolation, match="control message"):
-        BackendEditor({ord("Z")}, max_wanted_bytes=10).feed(message(ord("Z"), b"x" * 20))

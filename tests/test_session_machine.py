@@ -634,3 +634,46 @@ def test_an_answer_nobody_asked_for_ends_the_session(answer):
     fatal = split(sent_to_client(actions))[-1]
     assert parse_notice(fatal[1]).sqlstate == "08P01"
     assert isinstance(actions[-1], CloseSession)
+
+
+# --- large answers --------------------------------------------------------------------------
+
+
+def test_a_large_row_a_rewriter_reads_is_gathered_once_and_goes_on_whole():
+    stage = RecordingStage(rewrite=True)
+    machine = new_machine([stage])
+    machine.client_data(query("SELECT big FROM t"))
+    row = data_row(b"x" * (16 << 20))
+    answer = row_description("big") + row + command_complete("SELECT 1") + ready()
+    sent = b"".join(
+        sent_to_client(machine.server_data(answer[start : start + 65536]))
+        for start in range(0, len(answer), 65536)
+    )
+    assert sent == answer
+    assert [len(body) for _, body in stage.rows] == [len(row) - 5]
+
+
+def test_a_large_row_nobody_reads_streams_through_without_being_held():
+    stage = RecordingStage()
+    machine = new_machine([stage])
+    machine.client_data(query("SELECT big FROM t"))
+    row = data_row(b"x" * (4 << 20))
+    answer = row_description("big") + row + command_complete("SELECT 1") + ready()
+    first = machine.server_data(answer[:1000])
+    # The first kilobyte goes on at once, though the row is not whole yet.
+    assert sent_to_client(first) == answer[:1000]
+    rest = sent_to_client(machine.server_data(answer[1000:]))
+    assert rest == answer[1000:]
+    assert outcomes(stage) == [(1, Status.COMPLETED, ("SELECT 1",), 1)]
+
+
+def test_a_message_larger_than_the_session_may_hold_ends_it_cleanly():
+    stage = RecordingStage(rewrite=True)
+    machine = new_machine([stage], limits=SessionLimits(max_held_message_bytes=1000))
+    machine.client_data(query("SELECT big FROM t"))
+    actions = machine.server_data(row_description("big") + data_row(b"x" * 2000)[:1500])
+    fatal = split(sent_to_client(actions))[-1]
+    notice = parse_notice(fatal[1])
+    assert (notice.sqlstate, notice.severity) == ("54000", "FATAL")
+    assert "limits.max_message_bytes" in notice.message
+    assert actions[-1] == CloseSession(notice.message)

@@ -1,17 +1,10 @@
-"""Message framing for the PostgreSQL stream after startup.
+"""Message framing for the client's PostgreSQL stream after startup, sans-IO.
 
-Two framers, both sans-IO:
+`MessageFramer` cuts a stream into whole messages. The gateway needs every client message
+whole before it may decide about it, so it buffers a message until it is complete, up to a
+cap. (The server's stream is followed without being held back: session/answers.py.)
 
-* `MessageFramer` cuts a stream into whole messages. The gateway needs every
-  client message whole before it may decide about it, so this one buffers a
-  message until it is complete, up to a cap.
-* `BackendEditor` follows message boundaries in the server's stream without
-  holding it back: the caller forwards each chunk as it arrives, and the
-  editor hands out only the few small messages the session must read, whole,
-  so that they can be kept, dropped or rewritten.
-
-Every message is a type byte and an Int32 length that counts itself but not
-the type byte.
+Every message is a type byte and an Int32 length that counts itself but not the type byte.
 """
 
 from __future__ import annotations
@@ -95,68 +88,4 @@ class MessageFramer:
             self._pending = bytearray(memoryview(data)[position:])
             self._need = need
             return data[:position], spans
-        return data, spans
-
-
-class BackendEditor:
-    """Follows the server's stream and finds wanted messages, whole, with their positions.
-
-    Everything else streams through unbuffered, however large. A wanted message
-    (or a header) cut off at the end of a chunk is held back until it is complete,
-    at most `max_wanted_bytes`, so the caller can drop or keep it whole. `feed`
-    returns the bytes that may go on now and the spans of the wanted messages
-    inside them.
-
-    `wanted` may change between feeds: held bytes are looked at again under the new set.
-    """
-
-    __slots__ = ("_held", "_max_wanted_bytes", "_skip", "wanted")
-
-    def __init__(self, wanted: Collection[int], max_wanted_bytes: int = 1 << 20) -> None:
-        self.wanted = frozenset(wanted)
-        self._max_wanted_bytes = max_wanted_bytes
-        self._skip = 0
-        self._held = b""
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._skip == 0 and not self._held
-
-    def feed(self, data: bytes) -> tuple[bytes, list[Span]]:
-        if self._held:
-            data = self._held + data
-            self._held = b""
-        spans: list[Span] = []
-        size = len(data)
-        position = 0
-        if self._skip:
-            if self._skip >= size:
-                self._skip -= size
-                return data, spans
-            position = self._skip
-            self._skip = 0
-        wanted = self.wanted
-        while position < size:
-            if size - position < _HEADER_BYTES:
-                self._held = data[position:]
-                return data[:position], spans
-            message_type = data[position]
-            length = _LENGTH.unpack_from(data, position + 1)[0]
-            if length < 4:
-                raise ProtocolViolation(f"server sent an invalid message length {length}")
-            end = position + 1 + length
-            if message_type in wanted:
-                if length > self._max_wanted_bytes:
-                    raise ProtocolViolation(
-                        f"server sent a control message of {length} bytes,"
-                        f" more than the {self._max_wanted_bytes} the gateway accepts"
-                    )
-                if end > size:
-                    self._held = data[position:]
-                    return data[:position], spans
-                spans.append((message_type, position, end))
-            elif end > size:
-                self._skip = end - size
-                break
-            position = end
         return data, spans

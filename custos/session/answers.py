@@ -66,6 +66,18 @@ class LostTrack(Exception):
     """The database's answers do not match the ledger: the session cannot be followed."""
 
 
+class HeldTooLarge(Exception):
+    """A server message the session must read whole is larger than it may hold."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(
+            f"the database sent a message of {length} bytes that the gateway must read whole"
+            f" (a row it rewrites, an error, a description), more than its limit of {limit}"
+            " bytes (limits.max_message_bytes); select less per row, or ask the operator to"
+            " raise the limit"
+        )
+
+
 class Listener(Protocol):
     """What the session hears from its answers."""
 
@@ -205,11 +217,7 @@ class Answers:
                     self._skip = end - size
                     break
                 if length > self._max_held:
-                    raise LostTrack(
-                        f"the database sent a message of {length} bytes, more than the"
-                        f" {self._max_held} the gateway holds whole"
-                        " (limits.max_message_bytes)"
-                    )
+                    raise HeldTooLarge(length, self._max_held)
                 out.append(data[kept_from:position])
                 self._start_gathering(data[position:], end - position)
                 return

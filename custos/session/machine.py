@@ -58,7 +58,7 @@ from custos.session.actions import (
     SendToServer,
     StartWait,
 )
-from custos.session.answers import Answers, LostTrack
+from custos.session.answers import Answers, HeldTooLarge, LostTrack
 from custos.session.lexical import LexicalRefusal, LexicalSettings, lexically_sensitive
 from custos.session.own_messages import REFUSAL_CLEANUP, REFUSAL_EXECUTION, REFUSAL_QUERY
 from custos.session.refusal import Refusal
@@ -283,6 +283,10 @@ class SessionMachine:
             self._answers.feed(data, self._to_client)
         except (ProtocolViolation, LostTrack) as lost:
             self._lost_track(str(lost))
+        except HeldTooLarge as too_large:
+            log.warning("closing session: %s", too_large)
+            self._answers.lost()
+            self._fail(sqlstates.PROGRAM_LIMIT_EXCEEDED, str(too_large))
         else:
             self._after_server()
         return self._take_actions()
