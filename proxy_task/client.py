@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
-from custos.protocol import codes
+from custos.protocol import codes, sqlstates
 from custos.protocol.errors import ProtocolViolation
 from custos.protocol.messages import (
     authentication_cleartext_password,
@@ -124,7 +124,7 @@ class ClientConnection(PeerConnection):
             self._refuse(violation.sqlstate, violation.message)
         except TimeoutError:
             self._refuse(
-                "08006",
+                sqlstates.CONNECTION_FAILURE,
                 "the connection did not complete startup in time; connect again",
             )
         except ConnectionClosed:
@@ -194,25 +194,26 @@ class ClientConnection(PeerConnection):
         role = startup.parameters.get("user", "")
         if not role:
             raise HandshakeRefused(
-                "28000",
+                sqlstates.INVALID_AUTHORIZATION_SPECIFICATION,
                 "no role given: set the user name to the role you want to assume",
                 hint="for example: psql 'host=... user=agent sslmode=require'",
             )
         refused = _REFUSED_PARAMETERS.intersection(startup.parameters)
         if refused:
             raise HandshakeRefused(
-                "0A000",
+                sqlstates.FEATURE_NOT_SUPPORTED,
                 f"{', '.join(sorted(refused))} connections are not supported through the gateway",
             )
         if self.gateway.at_capacity:
             raise HandshakeRefused(
-                "53300", "the gateway has too many connections; try again shortly"
+                sqlstates.TOO_MANY_CONNECTIONS,
+                "the gateway has too many connections; try again shortly",
             )
         if startup.minor != 0 or startup.protocol_options:
             self.transport.write(negotiate_protocol_version(0, startup.protocol_options))
         if not self._tls and not self._cleartext_allowed():
             raise HandshakeRefused(
-                "28000",
+                sqlstates.INVALID_AUTHORIZATION_SPECIFICATION,
                 "the gateway accepts tokens only over TLS: connect with sslmode=require",
                 hint="tokens are bearer credentials and must never cross the network in clear",
             )
@@ -220,7 +221,7 @@ class ClientConnection(PeerConnection):
         token = await self._read_password()
         if not token:
             raise HandshakeRefused(
-                "28P01",
+                sqlstates.INVALID_PASSWORD,
                 "no token given: pass your OIDC token as the password",
                 hint="for example: PGPASSWORD=$(custos token ...) psql ...",
             )
@@ -289,13 +290,13 @@ class ClientConnection(PeerConnection):
         except UpstreamAuthenticationError as error:
             log.error("upstream login failed role=%s: %s", principal.role, error)
             raise HandshakeRefused(
-                "08004",
+                sqlstates.SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
                 "the gateway could not log in to the database; tell the operator of this gateway",
             ) from None
         except CredentialError as error:
             log.error("upstream credential unavailable role=%s: %s", principal.role, error)
             raise HandshakeRefused(
-                "08001",
+                sqlstates.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                 "the gateway cannot obtain its database credential right now;"
                 " try again, and tell the operator if it persists",
             ) from None

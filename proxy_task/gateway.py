@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
 from custos.policy.source import FilePolicySource, S3PolicySource
+from custos.protocol import sqlstates
 from custos.session.policy_stage import DecisionPoint
 from custos.sql.cache import AnalysisCache
 from custos.upstream.columns import ColumnCatalog
@@ -105,7 +106,10 @@ class Gateway:
                     await self._all_closed.wait()
             except TimeoutError:
                 for session in list(self._sessions):
-                    session.close("57P01", "the gateway is shutting down; reconnect to continue")
+                    session.close(
+                        sqlstates.ADMIN_SHUTDOWN,
+                        "the gateway is shutting down; reconnect to continue",
+                    )
         if self._server is not None:
             await self._server.wait_closed()
         if self.columns is not None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from custos.protocol import codes
+from custos.protocol import codes, sqlstates
 from custos.protocol.errors import ProtocolViolation
 from custos.protocol.framing import MessageFramer
 from custos.protocol.frontend import encode_query
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 _ANY_MESSAGE_TYPE = range(256)
 _HANDSHAKE_MESSAGE_LIMIT = 1 << 20
 _TLS_REQUIRED_MODES = frozenset({"require", "verify-ca", "verify-full"})
-_PASSWORD_REJECTED = frozenset({"28P01", "28000"})
+_PASSWORD_REJECTED = frozenset(
+    {sqlstates.INVALID_PASSWORD, sqlstates.INVALID_AUTHORIZATION_SPECIFICATION}
+)
 
 
 class UpstreamConnectError(Exception):
@@ -41,7 +43,12 @@ class UpstreamConnectError(Exception):
     `message` is for the client: it says what failed without upstream secrets.
     """
 
-    def __init__(self, message: str, sqlstate: str = "08006", notice: ServerNotice | None = None):
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str = sqlstates.CONNECTION_FAILURE,
+        notice: ServerNotice | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
@@ -95,7 +102,7 @@ async def connect_upstream(
             raise UpstreamConnectError(
                 f'database "{requested_database}" is not served by this gateway;'
                 f' connect to database "{target.database}"',
-                sqlstate="3D000",
+                sqlstate=sqlstates.INVALID_CATALOG_NAME,
             )
         try:
             async with asyncio.timeout(timeout_seconds):
@@ -246,7 +253,7 @@ def _rejected(notice: ServerNotice, target: UpstreamTarget) -> UpstreamConnectEr
         return UpstreamConnectError(
             f"the database at {_where(target)} rejected the gateway's own credential"
             f" (SQLSTATE {notice.sqlstate}); the operator must check the target's credential",
-            sqlstate="08004",
+            sqlstate=sqlstates.SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
             notice=notice,
         )
     return UpstreamConnectError(notice.message, sqlstate=notice.sqlstate, notice=notice)

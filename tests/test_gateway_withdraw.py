@@ -95,7 +95,8 @@ class InProcessGateway:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self.loop is not None and self._stop is not None
+        assert self.loop is not None
+        assert self._stop is not None
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(20)
 

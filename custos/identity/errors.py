@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from custos.protocol import sqlstates
+
 # PostgreSQL's condition names for these SQLSTATEs.
-INVALID_PASSWORD = "28P01"  # noqa: S105 - a SQLSTATE, not a password
-INVALID_AUTHORIZATION = "28000"
+INVALID_PASSWORD = sqlstates.INVALID_PASSWORD
+INVALID_AUTHORIZATION = sqlstates.INVALID_AUTHORIZATION_SPECIFICATION
 
 _MAX_SHOWN = 200
 

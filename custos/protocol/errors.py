@@ -1,5 +1,7 @@
 """Errors raised by the codec when the peer breaks the protocol."""
 
+from custos.protocol import sqlstates
+
 
 class ProtocolViolation(Exception):
     """The peer sent bytes that are not a valid PostgreSQL protocol message.
@@ -8,9 +10,9 @@ class ProtocolViolation(Exception):
     never the bytes themselves (they may hold a token or personal data).
     """
 
-    sqlstate = "08P01"
+    sqlstate = sqlstates.PROTOCOL_VIOLATION
 
-    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+    def __init__(self, message: str, sqlstate: str = sqlstates.PROTOCOL_VIOLATION) -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
+from custos.protocol import sqlstates
 from custos.protocol.codes import FRONTEND_TYPES
 from custos.protocol.errors import ProtocolViolation
 
@@ -76,7 +77,7 @@ class MessageFramer:
                     f"message of {length} bytes exceeds the gateway's limit of {limit} bytes;"
                     " send smaller statements or parameters, or ask the operator to raise"
                     " limits.max_message_bytes",
-                    sqlstate="54000",
+                    sqlstate=sqlstates.PROGRAM_LIMIT_EXCEEDED,
                 )
             end = position + 1 + length
             if end > size:

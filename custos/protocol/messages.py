@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from custos.protocol import codes
+from custos.protocol import codes, sqlstates
 from custos.protocol.errors import ProtocolViolation
 
 _INT16 = struct.Struct("!h")
@@ -80,7 +80,9 @@ def error_response(
 
 def notice_response(message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
     """A NoticeResponse of severity NOTICE from the gateway."""
-    return _message(b"N", _notice_fields("NOTICE", "00000", message, detail, hint))
+    return _message(
+        b"N", _notice_fields("NOTICE", sqlstates.SUCCESSFUL_COMPLETION, message, detail, hint)
+    )
 
 
 def error_response_with_fields(fields: Mapping[str, str]) -> bytes:
@@ -191,7 +193,7 @@ class ServerNotice:
 
     @property
     def sqlstate(self) -> str:
-        return self.fields.get(SQLSTATE, "XX000")
+        return self.fields.get(SQLSTATE, sqlstates.INTERNAL_ERROR)
 
     @property
     def message(self) -> str:

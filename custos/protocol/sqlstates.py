@@ -7,6 +7,9 @@ place (a test, the README) that expects it. The names are PostgreSQL's own
 
 from typing import Final
 
+# Class 00: successful completion (a notice's code)
+SUCCESSFUL_COMPLETION: Final = "00000"
+
 # Class 08: connection exception
 CONNECTION_EXCEPTION: Final = "08000"
 SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: Final = "08001"

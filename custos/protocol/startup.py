@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from custos.protocol import codes
+from custos.protocol import codes, sqlstates
 from custos.protocol.errors import ProtocolViolation
 
 _UINT32 = struct.Struct("!I")
@@ -107,7 +107,7 @@ def decode_startup_packet(packet: bytes) -> StartupPacket:
     if major != 3:
         raise ProtocolViolation(
             f"unsupported frontend protocol {major}.{minor}: the gateway speaks protocol 3",
-            sqlstate="0A000",
+            sqlstate=sqlstates.FEATURE_NOT_SUPPORTED,
         )
     return StartupMessage(major, minor, _decode_parameters(packet[8:]))
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 
 from pglast.keywords import RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
+from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.sql.facts import ALL_COLUMNS, Analysis, StatementKind
 from custos.sql.names import split_qualified
@@ -35,7 +36,7 @@ log = logging.getLogger("custos.session")
 HINT_TIMEOUT_SECONDS = 2.0
 # A wider table is named in part: the hint has to stay readable.
 _COLUMNS_NAMED = 40
-_POLICY_REFUSAL = "42501"
+_POLICY_REFUSAL = sqlstates.INSUFFICIENT_PRIVILEGE
 _SCHEMA_CHANGES = frozenset({StatementKind.DDL, StatementKind.DO, StatementKind.CALL})
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 _NEEDS_QUOTES = frozenset(RESERVED_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS)
