@@ -331,6 +331,7 @@ class ClientConnection(PeerConnection):
             ),
             transaction_status=upstream.transaction_status,
             log_context=f"role={principal.role} subject={shown(principal.subject)}",
+            login=upstream.target.user,
         )
 
     def _start_session(

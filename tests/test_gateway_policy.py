@@ -271,3 +271,20 @@ def _wait_for_log(gateway: GatewayProcess, text: str, seconds: float = 10.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"the gateway never logged {text!r}:\n{gateway.log()}")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("encoding", ["LATIN9", "WIN1252", "UTF8"])
+def test_text_in_the_clients_encoding_is_read_as_the_server_reads_it(governed, pg_dsn, encoding):
+    """Non-ASCII literals in a single-byte client encoding: the same answer as direct."""
+    statements = [
+        "SELECT 'd\u00e9j\u00e0 vu \u20ac' AS text",
+        "SELECT count(*) FROM crm.orders WHERE status = '\u00e9t\u00e9'",
+    ]
+
+    def answers(connection: psycopg.Connection) -> list[object]:
+        return [connection.execute(sql).fetchone() for sql in statements]
+
+    with psycopg.connect(pg_dsn, autocommit=True, client_encoding=encoding) as direct:
+        expected = (direct.info.encoding, answers(direct))
+    with connect(governed, autocommit=True, client_encoding=encoding) as through_gateway:
+        assert (through_gateway.info.encoding, answers(through_gateway)) == expected

@@ -32,7 +32,9 @@ from playbook import (
 from custos.protocol.messages import parse_notice
 from custos.session.actions import SendToServer
 from custos.session.lexical import LexicalSettings
-from custos.session.machine import SessionState
+from custos.session.machine import SessionLimits, SessionMachine, SessionState
+from custos.session.texts import TextAnalyser
+from custos.sql.cache import AnalysisCache
 from custos.session.own_messages import REFUSAL_EXECUTION, REFUSAL_QUERY
 
 PROTECTED = "SELECT email FROM crm.customers"  # the demo policy refuses it to agents
@@ -148,6 +150,20 @@ def test_a_committed_set_replaces_the_path():
         + ready()
     )
     assert machine.search_path_schemas == ("public",)
+
+
+def test_user_in_a_path_stands_for_the_login():
+    machine = SessionMachine(
+        stages=[],
+        analyser=TextAnalyser(AnalysisCache(), exact_texts=True),
+        search_path=("public",),
+        lexical=LexicalSettings(),
+        limits=SessionLimits(),
+        login="crm",
+    )
+    machine.client_data(query('SET search_path TO "$user", public'))
+    machine.server_data(command_complete("SET") + ready())
+    assert machine.search_path_schemas == ("crm", "public")
 
 
 def test_inside_one_query_string_a_statement_after_a_set_resolves_against_the_new_path():

@@ -172,6 +172,7 @@ class SessionMachine:
         transaction_status: bytes = b"I",
         clock: Callable[[], float] = time.monotonic,
         log_context: str = "",
+        login: str = "",
     ) -> None:
         self._stages = tuple(stages)
         self._listeners = tuple(stage for stage in stages if stage.hears_outcomes)
@@ -184,7 +185,8 @@ class SessionMachine:
         self._log_context = log_context  # who the session is, for log lines
         self._framer = MessageFramer(limits.max_message_bytes)
         self._state = SessionState.RELAYING
-        self._view = SessionView(search_path, lexical)
+        # `login`: the database user the gateway logs in as, what "$user" in a path names.
+        self._view = SessionView(search_path, lexical, login)
         self._answers = Answers(
             self._view,
             self,

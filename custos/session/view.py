@@ -121,10 +121,11 @@ class SearchPathView:
     inside the open transaction.
     """
 
-    __slots__ = ("_schemas", "changes", "default", "rolled_back_to_savepoint", "settled")
+    __slots__ = ("_schemas", "changes", "default", "rolled_back_to_savepoint", "settled", "user")
 
-    def __init__(self, default: tuple[str, ...]) -> None:
+    def __init__(self, default: tuple[str, ...], user: str = "") -> None:
         self.default = default
+        self.user = user  # what "$user" in a path stands for: the database login
         self.settled: list[tuple[str, ...]] = [default]
         self.changes: list[SetPath] = []
         self.rolled_back_to_savepoint = False
@@ -166,7 +167,7 @@ class SearchPathView:
     def _changed(self) -> None:
         paths = [*self.settled, *(change.path for change in self.changes)]
         self._schemas = tuple(
-            dict.fromkeys(schema for path in paths for schema in schemas_of(path))
+            dict.fromkeys(schema for path in paths for schema in schemas_of(path, self.user))
         )
 
 
@@ -185,10 +186,12 @@ class SessionView:
         "transaction_failed",
     )
 
-    def __init__(self, search_path: Sequence[str], lexical: LexicalSettings) -> None:
+    def __init__(
+        self, search_path: Sequence[str], lexical: LexicalSettings, user: str = ""
+    ) -> None:
         self.statements: Namespace[Prepared] = Namespace()
         self.portals: Namespace[Portal] = Namespace(every_segment_touches=True)
-        self.path = SearchPathView(tuple(search_path))
+        self.path = SearchPathView(tuple(search_path), user)
         self.lexical = lexical
         self.lexical_version = 0  # changes with the settings: readings kept by text expire
         self.segment = 0  # sync points the client sent so far: the segment being taken in
@@ -330,6 +333,8 @@ def sql_name(name: str) -> bytes:
     return name.encode()[:NAME_BYTES]
 
 
-def schemas_of(search_path: Sequence[str]) -> tuple[str, ...]:
-    schemas = tuple(dict.fromkeys(schema for schema in search_path if schema))
+def schemas_of(search_path: Sequence[str], user: str = "") -> tuple[str, ...]:
+    """The schemas of a path, "$user" standing for the login (when it is known)."""
+    named = (user if schema == "$user" and user else schema for schema in search_path)
+    schemas = tuple(dict.fromkeys(schema for schema in named if schema))
     return schemas or ("public",)
