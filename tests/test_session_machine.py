@@ -96,6 +96,8 @@ def test_a_simple_query_goes_through_untouched_and_its_answers_are_attributed():
     )
     assert machine.server_data(answer) == [SendToClient(answer)]
     assert outcomes(stage) == [(1, Status.COMPLETED, ("SELECT 2",), 2)]
+    ((_, outcome),) = stage.outcomes
+    assert outcome.bytes == len(answer)  # a simple query's answers end with its ReadyForQuery
     assert [(number, index, columns[0].type_oid) for number, index, columns in stage.results] == [
         (1, 0, 23)
     ]

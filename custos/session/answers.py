@@ -207,6 +207,8 @@ class Answers:
                     raise LostTrack("the database sent a row no statement asked for")
                 statement = ledger[0][1]
                 statement.rows += 1
+                if self._keeps_tags:
+                    statement.answered_bytes += 1 + length
                 if end > size:
                     self._skip = end - size
                     break
@@ -224,6 +226,8 @@ class Answers:
             handler = self._handlers.get(message_type)
             if handler is None:
                 raise LostTrack(f"the database sent message type {message_type} unexpectedly")
+            if self._keeps_tags:
+                self._count_bytes(1 + length)
             replacement = handler(data, position, end)
             if replacement is not None:
                 out.append(data[kept_from:position])
@@ -256,6 +260,8 @@ class Answers:
             self.feed(whole + data[missing:], out)
             return -1
         message_type = whole[0]
+        if self._keeps_tags:
+            self._count_bytes(len(whole))
         if message_type == _DATA_ROW and self._rewriter is None:
             self._head_row()
             replacement = None
@@ -266,6 +272,12 @@ class Answers:
             replacement = handler(whole, 0, len(whole))
         out.append(whole if replacement is None else replacement)
         return missing
+
+    def _count_bytes(self, size: int) -> None:
+        """Bytes of answers, counted to the request whose answers are under way."""
+        ledger = self.ledger
+        if ledger and ledger[0][0] in _ROW_OWNERS:
+            ledger[0][1].answered_bytes += size
 
     def _head_row(self) -> Statement:
         ledger = self.ledger
