@@ -159,7 +159,8 @@ def read_junit(path: Path) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
     if not path.exists():
         return outcomes
-    for case in ElementTree.parse(path).getroot().iter("testcase"):
+    # The file is pytest's own, written by this run: not untrusted input.
+    for case in ElementTree.parse(path).getroot().iter("testcase"):  # noqa: S314
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         status, message = "passed", ""
         for child in case:
@@ -174,14 +175,14 @@ def read_junit(path: Path) -> dict[str, Outcome]:
     return outcomes
 
 
-def node_id(name: str) -> str:
+def node_id(name: str, suite: Path) -> str:
     """A pytest node id from a JUnit `classname::name` (tests.test_x.Class::test)."""
     classname, _, test = name.partition("::")
     parts = classname.split(".")
     for split in range(len(parts), 0, -1):
         module = Path(*parts[:split]).with_suffix(".py")
-        if module.parts[0] == "tests":
-            return "::".join([str(module), *parts[split:], test])
+        if (suite / module).is_file():
+            return "::".join([module.as_posix(), *parts[split:], test])
     return name
 
 
@@ -196,9 +197,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(
-    server: PostgresServer, work: Path, policy: bool
-) -> Iterator[tuple[int, str]]:
+def gateway(server: PostgresServer, work: Path, policy: bool) -> Iterator[tuple[int, str]]:
     """A `custos serve` in front of `server`, logging in upstream as its superuser."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -328,49 +327,44 @@ def report(
     results: dict[str, WayResult],
     confirmations: dict[str, list[WayResult]],
     ways: Sequence[str],
+    suite: Path,
 ) -> int:
+    """Prints each way's totals and every differing test; 1 if bare and governed differ."""
     print("\n== outcomes")
     for way in ways:
         print(f"{way:<9} {summary(results[way])}")
     names = differing(results, ways)
-    steady: list[str] = []
+    steady: dict[str, dict[str, str]] = {}  # test -> way -> its one status on every run
     print(f"\n== {len(names)} tests whose outcome differs between {', '.join(ways)}")
     for name in names:
-        runs = {way: [results[way], *confirmations.get(way, [])] for way in ways}
-        statuses = {
-            way: [run.outcomes.get(name, Outcome("missing")).status for run in runs[way]]
+        seen: dict[str, list[Outcome]] = {
+            way: [
+                run.outcomes.get(name, Outcome("missing"))
+                for run in (results[way], *confirmations.get(way, []))
+            ]
             for way in ways
         }
-        flaky = any(len(set(seen)) > 1 for seen in statuses.values())
-        flag = "FLAKY" if flaky else "STEADY"
+        flaky = any(len({o.status for o in outcomes}) > 1 for outcomes in seen.values())
         if not flaky:
-            steady.append(name)
-        print(f"\n{node_id(name)}  [{flag}]")
-        for way in ways:
-            first = results[way].outcomes.get(name, Outcome("missing"))
-            seen = "/".join(statuses[way])
-            message = f": {first.message[:400]}" if first.message and first.status != "passed" else ""
-            print(f"  {way:<9} {seen}{message}")
-    if "bare" in ways and "governed" in ways:
-        pair = differing(results, ("bare", "governed"))
-        steady_pair = [
-            name
-            for name in pair
-            if name in steady
-            or all(
-                run.outcomes.get(name) == results[way].outcomes.get(name)
-                for way in ("bare", "governed")
-                for run in confirmations.get(way, [])
-            )
-        ]
-        print(
-            f"\n== bare vs governed: {len(pair)} tests differ in the first run, "
-            f"{len(steady_pair)} of them on every run"
-        )
-        for name in steady_pair:
-            print(f"  {node_id(name)}")
-        return 1 if steady_pair else 0
-    return 0
+            steady[name] = {way: outcomes[0].status for way, outcomes in seen.items()}
+        print(f"\n{node_id(name, suite)}  [{'FLAKY' if flaky else 'STEADY'}]")
+        for way, outcomes in seen.items():
+            line = f"  {way:<9} {'/'.join(o.status for o in outcomes)}"
+            failure = next((o for o in outcomes if o.message and o.status != "skipped"), None)
+            if failure is not None:
+                line += f": {failure.message[:400]}"
+            print(line)
+    if "bare" not in ways or "governed" not in ways:
+        return 0
+    pair = differing(results, ("bare", "governed"))
+    always = [name for name, statuses in steady.items() if statuses["bare"] != statuses["governed"]]
+    print(
+        f"\n== bare vs governed: {len(pair)} tests differ in the first run; "
+        f"{len(always)} differ on every run"
+    )
+    for name in always:
+        print(f"  {node_id(name, suite)}")
+    return 1 if always else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--confirm", type=int, default=2, help="reruns of each differing test per way (default 2)"
     )
-    parser.add_argument("--timeout", type=int, default=120, help="seconds per test (pytest-timeout)")
+    parser.add_argument(
+        "--timeout", type=int, default=120, help="seconds per test (pytest-timeout)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the work directory here")
     arguments, selection = parser.parse_known_args(argv)
     selection = [arg for arg in selection if arg != "--"]
@@ -404,12 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: dict[str, WayResult] = {}
         for way in ways:
             print(f"running the suite {way} ...", flush=True)
-            results[way] = run_way(way, suite, work / "deps", work / way, arguments.timeout, selection)
+            results[way] = run_way(
+                way, suite, work / "deps", work / way, arguments.timeout, selection
+            )
             print(f"  {summary(results[way])}", flush=True)
         confirmations: dict[str, list[WayResult]] = {}
         names = differing(results, ways) if len(ways) > 1 else []
         if names and arguments.confirm > 0:
-            ids = [node_id(name) for name in names]
+            ids = [node_id(name, suite) for name in names]
             print(f"rerunning the {len(ids)} differing tests {arguments.confirm}x each way ...")
             for round_number in range(1, arguments.confirm + 1):
                 for way in ways:
@@ -418,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         arguments.timeout, ids,
                     )  # fmt: skip
                     confirmations.setdefault(way, []).append(result)
-        return report(results, confirmations, ways)
+        return report(results, confirmations, ways, suite)
     finally:
         if scratch is not None:
             scratch.cleanup()

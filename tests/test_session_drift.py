@@ -447,6 +447,38 @@ def test_standard_conforming_strings_off_in_startup_options_hides_a_write(govern
     assert after == original, "an UPDATE of crm.orders that needs approval ran unrefused"
 
 
+@pytest.fixture
+def strings_off_function(pg_dsn: str) -> Iterator[str]:
+    """A function that turns standard_conforming_strings off for the rest of the session."""
+    name = "public.custos_test_strings_off"
+    with psycopg.connect(pg_dsn, autocommit=True) as superuser:
+        superuser.execute(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS int LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM set_config('standard_conforming_strings', 'off', false);"
+            " RETURN 1; END $$"
+        )
+        superuser.execute(f"GRANT EXECUTE ON FUNCTION {name}() TO PUBLIC")
+        yield name
+        superuser.execute(f"DROP FUNCTION {name}()")
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-turn", "pipelined"])
+def test_standard_conforming_strings_off_by_a_function_hides_a_statement(
+    governed, customer_emails, strings_off_function, pipelined
+):
+    """A function the gateway cannot see into changes the setting; its report is followed."""
+    session = agent_session(governed)
+    calls = query(f"SELECT {strings_off_function}()")
+    if pipelined:
+        session.exchange(calls + query(HIDDEN_BEHIND_BACKSLASH), readies=2)
+    else:
+        session.exchange(calls)
+        session.exchange(query(HIDDEN_BEHIND_BACKSLASH))
+    reported = [m.body for m in session.received if m.type == "S"]
+    assert b"standard_conforming_strings\x00off\x00" in reported, "the function did not run"
+    assert_nothing_leaked(session, customer_emails)
+
+
 def test_sjis_client_encoding_hides_a_statement_behind_a_trail_byte(governed, customer_emails):
     """Hole: in SJIS the bytes C3 81 5C are two characters with no backslash; in UTF-8, 'Á\\'."""
     session = agent_session(governed)
