@@ -23,6 +23,7 @@ HOT_PATH = [
     "custos/session/own_messages.py",
     "custos/session/policy_stage.py",
     "custos/session/refusal.py",
+    "custos/session/resolution.py",
     "custos/session/relay.py",
     "custos/session/stages.py",
     "custos/session/statement.py",

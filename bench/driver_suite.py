@@ -1,9 +1,9 @@
-"""asyncpg's own test suite directly, through the bare gateway, and through a governed one.
+"""A real driver's own test suite directly, through the bare gateway, and through a governed one.
 
 The fidelity check behind "with a policy that allows every statement, a real driver's own
 test suite passes through the governed session exactly as through the bare relay". It runs
-asyncpg's test suite (from the sdist of the asyncpg installed here, which ships `tests/`)
-three ways, each against a throwaway PostgreSQL cluster of its own:
+a driver's test suite, unchanged, three ways, each against a throwaway PostgreSQL cluster of
+its own:
 
 - `direct`: straight to PostgreSQL, as the superuser;
 - `bare`: through `custos serve` without a policy (the transparent relay);
@@ -11,26 +11,34 @@ three ways, each against a throwaway PostgreSQL cluster of its own:
   statement goes through the governed session machine and its policy stage.
 
 The gateways log in upstream as the superuser, so the suite may create what it likes. The
-suite finds its server the way asyncpg's test base supports for an existing cluster: PGHOST
-set makes it use a `RunningCluster` built from the PG* environment variables (tests that
-must manage a cluster of their own then skip). Nothing in the suite is changed. Through a
-gateway the user is the role `tester` and the password a dev-issuer token; TLS is offered
-(asyncpg's default `sslmode=prefer` takes it) and loopback cleartext is allowed for the tests
-that turn TLS off.
+two gateways differ only in the `policy:` key of their configuration. Through a gateway the
+password is a dev-issuer token; TLS is offered and loopback cleartext is allowed too.
+
+Drivers (`--driver`):
+
+- `asyncpg` (default): the suite in the sdist of the asyncpg installed here (`tests/`). It
+  finds its server the way asyncpg's test base supports for an existing cluster: PGHOST set
+  makes it use a `RunningCluster` built from the PG* variables (tests that must manage a
+  cluster of their own then skip). The gateway role is `tester`. asyncpg's default
+  `sslmode=prefer` takes the gateway's TLS.
+- `pg8000`: the suite in pg8000's sdist (`test/`), run against pg8000 of that version. Its
+  fixtures always log in as user `postgres` and take the host, port and password from
+  PGHOST, PGPORT and PGPASSWORD, so the gateway role is named `postgres`. It does not use TLS.
 
 Each way's outcomes are read from pytest's JUnit XML. Tests whose outcome differs between the
 ways are run again, `--confirm` times each way, to tell a steady difference from a flaky
 test; the report lists every test whose outcome differs, with each way's message. Usage:
 
-    .venv/bin/python bench/driver_suite.py [--ways direct,bare,governed] [--confirm 2]
-        [--timeout 120] [--keep DIR] [-- PYTEST_ARGS...]
+    .venv/bin/python bench/driver_suite.py [--driver asyncpg|pg8000]
+        [--ways direct,bare,governed] [--confirm 2] [--timeout 120] [--keep DIR]
+        [-- PYTEST_ARGS...]
 
-Anything after `--` goes to pytest (e.g. `-- tests/test_cursor.py -k scroll`); paths are
-relative to the directory that holds the suite's `tests/`. The run downloads the asyncpg
-sdist and the suite's one extra import (`distro`) with pip into a temporary directory, and
-takes some minutes per way. With `--keep DIR` the work directory (JUnit files, pytest output,
+Anything after `--` goes to pytest instead of the whole suite (e.g. `-- tests/test_cursor.py
+-k scroll`); paths are relative to the directory holding the suite. The run downloads the
+driver's sdist and the suite's test dependencies with pip into its work directory, and takes
+a few minutes per way. With `--keep DIR` the work directory (JUnit files, pytest output,
 gateway and PostgreSQL logs) stays in DIR. Exit status: 0 when bare and governed agree on
-every test (after confirmation), 1 when they differ.
+every test that behaves the same on every run, 1 when one steadily differs.
 """
 
 from __future__ import annotations
@@ -67,26 +75,64 @@ from custos.demo.postgres import (  # noqa: E402
 from custos.identity.dev_issuer import DevIssuer  # noqa: E402
 
 WAYS = ("direct", "bare", "governed")
-ROLE = "tester"
-ROLES = [{"name": ROLE, "trust": [{"issuer": "dev", "subjects": ["*"]}]}]
-# Allows every statement to the tester role. A rule's risks are conditions that must hold, so
-# dynamic code (a DO block, dynamic SQL) needs its own rule saying `dynamic: true`: the engine
-# denies dynamic code unless such a rule fires. A rule without `kinds` covers every kind,
-# `other` (FETCH, MOVE, LISTEN, ...) included. Check with `custos policy explain`.
-ALLOW_ALL_POLICY = {
-    "rules": [
-        {"id": "allow-all", "match": {"roles": [ROLE]}, "effect": "allow"},
-        {
-            "id": "allow-all-dynamic",
-            "match": {"roles": [ROLE], "risks": {"dynamic": True}},
-            "effect": "allow",
-        },
-    ]
-}
-# The suite connects to PostgreSQL's default database; the gateway serves that one.
+# The suites connect to PostgreSQL's default database; the gateway serves that one.
 DATABASE = "postgres"
 TOKEN_TTL_SECONDS = 12 * 3600
 OUTCOME_ORDER = {"passed": 0, "skipped": 1, "failed": 2, "error": 3, "missing": 4}
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+@dataclass(frozen=True)
+class Driver:
+    name: str
+    version: str
+    tests: str  # the suite's directory in the sdist, and what pytest runs by default
+    role: str  # the gateway role: the user name the suite logs in with
+    install: tuple[str, ...]  # what the suite needs besides the venv, pip-installed for it
+    variables: tuple[str, ...]  # the PG* variables the suite reads
+
+
+def drivers() -> dict[str, Driver]:
+    return {
+        # The installed asyncpg is compiled; the suite must test that one, not the sdist's source.
+        # test_connect imports distro (asyncpg's test dependency group) at module level.
+        "asyncpg": Driver(
+            "asyncpg",
+            metadata.version("asyncpg"),
+            "tests",
+            "tester",
+            ("distro",),
+            ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"),
+        ),
+        # pg8000 is pure Python and not in the venv: the suite runs against that version.
+        "pg8000": Driver(
+            "pg8000",
+            "1.31.6",
+            "test",
+            "postgres",
+            ("pg8000==1.31.6", "pytz", "pytest-mock", "pytest-benchmark"),
+            ("PGHOST", "PGPORT", "PGPASSWORD"),
+        ),
+    }
+
+
+def allow_all_policy(role: str) -> dict[str, object]:
+    """Every statement of `role` allowed (check one with `custos policy explain`).
+
+    A rule without `kinds` covers every kind, `other` (FETCH, MOVE, LISTEN, ...) included.
+    A rule's risks are conditions that must hold, so dynamic code (a DO block, dynamic SQL),
+    which the engine denies unless a rule saying `dynamic: true` fires, has its own rule.
+    """
+    return {
+        "rules": [
+            {"id": "allow-all", "match": {"roles": [role]}, "effect": "allow"},
+            {
+                "id": "allow-all-dynamic",
+                "match": {"roles": [role], "risks": {"dynamic": True}},
+                "effect": "allow",
+            },
+        ]
+    }
 
 
 @dataclass(frozen=True)
@@ -99,60 +145,53 @@ class Outcome:
 class WayResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
-    exit_code: int = 0
 
 
 # --- the suite ---------------------------------------------------------------------------
 
 
-def prepare_suite(work: Path) -> Path:
-    """asyncpg's tests, from the sdist of the installed version, and their extra import.
-
-    Only `tests/` is unpacked, into a directory of its own, so the suite imports the installed
-    (compiled) asyncpg rather than the sdist's uncompiled source.
-    """
-    version = metadata.version("asyncpg")
+def prepare_suite(driver: Driver, work: Path) -> Path:
+    """The driver's test directory, unpacked alone from its sdist, and its dependencies."""
     downloads = work / "downloads"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "download", f"asyncpg=={version}", "--no-binary", ":all:", "--no-deps",
-         "-d", str(downloads)],
+        [*PIP, "download", f"{driver.name}=={driver.version}", "--no-binary", ":all:",
+         "--no-deps", "-d", str(downloads)],
         check=True,
     )  # fmt: skip
-    sdist = downloads / f"asyncpg-{version}.tar.gz"
+    sdist = downloads / f"{driver.name}-{driver.version}.tar.gz"
     suite = work / "suite"
-    prefix = f"asyncpg-{version}/"
+    prefix = f"{driver.name}-{driver.version}/"
     with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if m.name.startswith(prefix + "tests/")]
+        members = [
+            member
+            for member in archive.getmembers()
+            if member.name.startswith(f"{prefix}{driver.tests}/")
+        ]
         if not members:
-            raise RuntimeError(f"{sdist.name} holds no tests/ directory")
+            raise RuntimeError(f"{sdist.name} holds no {driver.tests}/ directory")
         for member in members:
             member.name = member.name.removeprefix(prefix)
         archive.extractall(suite, members=members, filter="data")
-    # test_connect imports distro (from asyncpg's test dependency group) at module level.
-    subprocess.run([*pip, "install", "--target", str(work / "deps"), "distro"], check=True)
-    print(f"asyncpg {version}: test suite from {sdist.name}", flush=True)
+    subprocess.run(
+        [*PIP, "install", "--no-warn-conflicts", "--target", str(work / "deps"), *driver.install],
+        check=True,
+    )
+    print(f"{driver.name} {driver.version}: test suite from {sdist.name}", flush=True)
     return suite
 
 
 def run_pytest(
-    suite: Path,
-    environment: dict[str, str],
-    junit: Path,
-    output: Path,
-    timeout: int,
-    selection: Sequence[str],
-) -> int:
+    suite: Path, environment: dict[str, str], work: Path, timeout: int, selection: Sequence[str]
+) -> None:
     command = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
-        "--tb=short", "-q", f"--timeout={timeout}", f"--junitxml={junit}",
-        *(selection or ["tests"]),
+        "--tb=short", "-q", f"--timeout={timeout}", f"--junitxml={work / 'junit.xml'}",
+        *selection,
     ]  # fmt: skip
-    with output.open("wb") as log:
-        finished = subprocess.run(
+    with (work / "pytest.out").open("wb") as log:
+        subprocess.run(
             command, cwd=suite, env=environment, stdout=log, stderr=subprocess.STDOUT, check=False
         )
-    return finished.returncode
 
 
 def read_junit(path: Path) -> dict[str, Outcome]:
@@ -166,7 +205,8 @@ def read_junit(path: Path) -> dict[str, Outcome]:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 status = {"failure": "failed"}.get(child.tag, child.tag)
-                message = child.get("message") or (child.text or "").strip().splitlines()[-1:][0]
+                text = (child.text or "").strip().splitlines()
+                message = child.get("message") or (text[-1] if text else "")
                 break
         # A test that fails and then errors in teardown reports twice: keep the worse.
         previous = outcomes.get(name)
@@ -197,7 +237,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(server: PostgresServer, work: Path, policy: bool) -> Iterator[tuple[int, str]]:
+def gateway(
+    server: PostgresServer, work: Path, role: str, policy: bool
+) -> Iterator[tuple[int, str]]:
     """A `custos serve` in front of `server`, logging in upstream as its superuser."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -209,34 +251,25 @@ def gateway(server: PostgresServer, work: Path, policy: bool) -> Iterator[tuple[
         "tls": {"cert_file": str(tls.server_cert), "key_file": str(tls.server_key)},
         "dev_issuer_dir": str(work / "dev-issuer"),
         "allow_loopback_cleartext": True,
-        "roles": ROLES,
+        "roles": [{"name": role, "trust": [{"issuer": "dev", "subjects": ["*"]}]}],
         "limits": {"shutdown_grace_seconds": 5},
     }
     if policy:
         policy_path = work / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(ALLOW_ALL_POLICY, sort_keys=False))
+        policy_path.write_text(yaml.safe_dump(allow_all_policy(role), sort_keys=False))
         config["policy"] = {"file": str(policy_path)}
     config_path = work / "custos.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    log_path = work / "gateway.log"
     command = [sys.executable, "-m", "custos", "serve", "--config", str(config_path)]
-    with (work / "gateway.log").open("wb") as log:
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited early; see {work / 'gateway.log'}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway did not start listening") from None
-                time.sleep(0.05)
-        yield port, issuer.mint(ROLE, "driver-suite", ttl_seconds=TOKEN_TTL_SECONDS)
+        wait_until_listening(process, port, log_path, policy)
+        yield port, issuer.mint(role, "driver-suite", ttl_seconds=TOKEN_TTL_SECONDS)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -246,8 +279,29 @@ def gateway(server: PostgresServer, work: Path, policy: bool) -> Iterator[tuple[
             process.wait()
 
 
+def wait_until_listening(
+    process: subprocess.Popen[bytes], port: int, log_path: Path, policy: bool
+) -> None:
+    """Waits for the gateway's port and its `listening` log line, which names its policy."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited early; see {log_path}")
+        listening = [
+            line for line in log_path.read_text().splitlines() if "gateway listening" in line
+        ]
+        if listening:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            # The comparison is only as good as this: one way governed, the other not.
+            if ("policy=none" in listening[0]) == policy:
+                raise RuntimeError(f"the gateway's policy is not as configured: {listening[0]}")
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the gateway did not start listening; see {log_path}")
+
+
 @contextmanager
-def endpoint(way: str, work: Path) -> Iterator[dict[str, str]]:
+def endpoint(driver: Driver, way: str, work: Path) -> Iterator[dict[str, str]]:
     """A fresh cluster, and the gateway the way needs; yields the suite's PG* variables."""
     bin_dir = find_server_binaries()
     tls = bin_dir is not None and binaries_support_tls(bin_dir)
@@ -255,22 +309,25 @@ def endpoint(way: str, work: Path) -> Iterator[dict[str, str]]:
     server = cluster.start()
     try:
         if way == "direct":
-            yield {
+            variables = {
                 "PGHOST": "127.0.0.1",
                 "PGPORT": str(server.port),
                 "PGUSER": server.superuser,
                 "PGPASSWORD": server.superuser_password,
                 "PGDATABASE": DATABASE,
             }
+            yield {key: variables[key] for key in driver.variables}
         else:
-            with gateway(server, work / "gateway", policy=way == "governed") as (port, token):
-                yield {
+            governed = way == "governed"
+            with gateway(server, work / "gateway", driver.role, governed) as (port, token):
+                variables = {
                     "PGHOST": "127.0.0.1",
                     "PGPORT": str(port),
-                    "PGUSER": ROLE,
+                    "PGUSER": driver.role,
                     "PGPASSWORD": token,
                     "PGDATABASE": DATABASE,
                 }
+                yield {key: variables[key] for key in driver.variables}
     finally:
         # Keep the server's log with the rest of the run's files.
         if cluster.log_file.exists():
@@ -280,9 +337,9 @@ def endpoint(way: str, work: Path) -> Iterator[dict[str, str]]:
 
 
 def run_way(
+    driver: Driver,
     way: str,
     suite: Path,
-    deps: Path,
     work: Path,
     timeout: int,
     selection: Sequence[str],
@@ -296,11 +353,10 @@ def run_way(
         if not key.startswith("PG") and key not in ("USE_UVLOOP", "PYTHONPATH")
     }
     began = time.monotonic()
-    with endpoint(way, work) as variables:
-        environment = {**base, **variables, "PYTHONPATH": str(deps)}
-        junit = work / "junit.xml"
-        code = run_pytest(suite, environment, junit, work / "pytest.out", timeout, selection)
-    return WayResult(read_junit(junit), time.monotonic() - began, code)
+    with endpoint(driver, way, work) as variables:
+        environment = {**base, **variables, "PYTHONPATH": str(suite.parent / "deps")}
+        run_pytest(suite, environment, work, timeout, selection or [driver.tests])
+    return WayResult(read_junit(work / "junit.xml"), time.monotonic() - began)
 
 
 # --- the report --------------------------------------------------------------------------
@@ -372,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         usage="%(prog)s [options] [-- PYTEST_ARGS...]",
     )
+    known = drivers()
+    parser.add_argument("--driver", choices=sorted(known), default="asyncpg")
     parser.add_argument("--ways", default=",".join(WAYS), help="which of direct,bare,governed")
     parser.add_argument(
         "--confirm", type=int, default=2, help="reruns of each differing test per way (default 2)"
@@ -386,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(ways) - set(WAYS))
     if unknown:
         parser.error(f"unknown ways {unknown}; choose from {', '.join(WAYS)}")
+    driver = known[arguments.driver]
 
     scratch = None
     if arguments.keep is not None:
@@ -396,13 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(scratch.name)
     work.chmod(0o755)
     try:
-        suite = prepare_suite(work)
+        suite = prepare_suite(driver, work)
         results: dict[str, WayResult] = {}
         for way in ways:
             print(f"running the suite {way} ...", flush=True)
-            results[way] = run_way(
-                way, suite, work / "deps", work / way, arguments.timeout, selection
-            )
+            results[way] = run_way(driver, way, suite, work / way, arguments.timeout, selection)
             print(f"  {summary(results[way])}", flush=True)
         confirmations: dict[str, list[WayResult]] = {}
         names = differing(results, ways) if len(ways) > 1 else []
@@ -411,10 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rerunning the {len(ids)} differing tests {arguments.confirm}x each way ...")
             for round_number in range(1, arguments.confirm + 1):
                 for way in ways:
-                    result = run_way(
-                        way, suite, work / "deps", work / f"{way}-confirm-{round_number}",
-                        arguments.timeout, ids,
-                    )  # fmt: skip
+                    rerun = work / f"{way}-confirm-{round_number}"
+                    result = run_way(driver, way, suite, rerun, arguments.timeout, ids)
                     confirmations.setdefault(way, []).append(result)
         return report(results, confirmations, ways, suite)
     finally:

@@ -225,8 +225,14 @@ sql_statements = st.one_of(
     st.builds(
         Sql, st.just("declare"), st.tuples(st.sampled_from(PORTAL_NAMES[1:]), st.booleans())
     ),
-    st.builds(Sql, st.just("fetch"), st.sampled_from(PORTAL_NAMES[1:])),
     st.builds(Sql, st.just("close_cursor"), st.sampled_from([*PORTAL_NAMES[1:], "ALL"])),
+)
+# PostgreSQL 15 crashes (SIGSEGV, the whole cluster restarts) on a Describe of a prepared
+# FETCH or of its portal once the cursor is gone: `query("BEGIN; DECLARE c CURSOR FOR
+# SELECT 1") + parse("f", "FETCH 2 FROM c") + bind("x", "f") + SYNC + query("CLOSE c") +
+# describe("P", "x") + SYNC`. So FETCH goes only in simple Queries.
+query_statements = st.one_of(
+    sql_statements, st.builds(Sql, st.just("fetch"), st.sampled_from(PORTAL_NAMES[1:]))
 )
 
 
@@ -330,7 +336,7 @@ specs = st.one_of(
     ),
     st.builds(ExecuteSpec, st.sampled_from(PORTAL_NAMES), ROW_LIMITS),
     st.just(_SYNC_SPEC),
-    st.builds(QuerySpec, st.lists(sql_statements, min_size=1, max_size=3).map(tuple)),
+    st.builds(QuerySpec, st.lists(query_statements, min_size=1, max_size=3).map(tuple)),
     st.builds(
         TargetSpec,
         st.sampled_from(["describe", "close"]),

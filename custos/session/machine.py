@@ -61,29 +61,23 @@ from custos.session.actions import (
 from custos.session.answers import Answers, HeldTooLarge, LostTrack
 from custos.session.lexical import LexicalRefusal, LexicalSettings, lexically_sensitive
 from custos.session.own_messages import REFUSAL_CLEANUP, REFUSAL_EXECUTION, REFUSAL_QUERY
-from custos.session.refusal import Refusal
+from custos.session.refusal import Refusal, syntax_refusal
+from custos.session.resolution import resolve
 from custos.session.stages import (
     FORWARD,
     Outcome,
     Plan,
     Refuse,
-    ResultRewriter,
     Rewrite,
     Settled,
     Stage,
     Status,
     WaitFor,
+    chained,
 )
 from custos.session.statement import Candidates, Portal, Prepared, Statement
 from custos.session.texts import TextAnalyser
-from custos.session.view import (
-    UNCONFIRMED,
-    Namespace,
-    SessionView,
-    single,
-    sql_name,
-)
-from custos.sql.facts import Analysis, StatementFacts
+from custos.session.view import UNCONFIRMED, SessionView, Unconfirmed
 
 log = logging.getLogger("custos.session")
 
@@ -486,8 +480,8 @@ class SessionMachine:
         read = self._read_text(chunk[start + 5 : text_end])
         if isinstance(read, _Block):
             return _BLOCK
-        resolved = read if isinstance(read, Refusal) else self._resolve(read)
-        if isinstance(resolved, _Block):
+        resolved = read if isinstance(read, Refusal) else resolve(read, self._view)
+        if isinstance(resolved, Unconfirmed):
             return _BLOCK
         statement = self._new_statement(read if isinstance(read, tuple) else (), ())
         if isinstance(resolved, Refusal):
@@ -560,12 +554,12 @@ class SessionMachine:
                 Refusal(sqlstates.INVALID_CURSOR_NAME, f'portal "{_shown(key)}" does not exist')
             )
         prepared = portal.prepared
-        resolved: Candidates | Refusal | _Block
+        resolved: Candidates | Refusal | Unconfirmed
         if prepared.refusal is not None:
             resolved = prepared.refusal
         else:
-            resolved = self._resolve(prepared.candidates)
-            if isinstance(resolved, _Block):
+            resolved = resolve(prepared.candidates, self._view)
+            if isinstance(resolved, Unconfirmed):
                 return _BLOCK
         statement = self._new_statement(prepared.candidates, portal.parameters())
         statement.portal_name = key
@@ -623,7 +617,7 @@ class SessionMachine:
         candidates = self._analyser.candidates(sql, self._view.path.schemas())
         error = candidates[0][0].error
         if error is not None:
-            return _syntax_refusal(error, sql)
+            return syntax_refusal(error, sql)
         return candidates
 
     def _new_statement(
@@ -635,85 +629,6 @@ class SessionMachine:
         if self._listeners:
             statement.started_at = self._clock()
         return statement
-
-    def _resolve(self, candidates: Candidates) -> Candidates | Refusal | _Block:
-        """The candidates with each EXECUTE, FETCH or MOVE replaced by the statement it runs.
-
-        Earlier statements of the same string count: `PREPARE s AS ...; EXECUTE s`.
-        """
-        if not candidates[0][0].session_effects:
-            return candidates
-        first = candidates[0][0]
-        if not any(s.executes is not None or s.fetches is not None for s in first.statements):
-            return candidates
-        resolved: list[tuple[Analysis, tuple[str, ...]]] = []
-        for analysis, path in candidates:
-            facts: list[StatementFacts] = []
-            texts: list[str] = []
-            statements: dict[bytes, Candidates | None] = {}
-            cursors: dict[bytes, Candidates | None] = {}
-            for position, statement in enumerate(analysis.statements):
-                text = analysis.texts[position] if position < len(analysis.texts) else ""
-                if statement.prepares is not None:
-                    statements[sql_name(statement.prepares)] = single(analysis, position, path)
-                if statement.deallocates is not None:
-                    _forget(statements, statement.deallocates)
-                if statement.declares is not None:
-                    cursors[sql_name(statement.declares)] = single(analysis, position, path)
-                if statement.closes is not None:
-                    _forget(cursors, statement.closes)
-                found: Candidates | Refusal | _Block
-                if statement.executes is not None:
-                    found = self._run_target(
-                        statement.executes, statements, self._view.statements, "statement"
-                    )
-                elif statement.fetches is not None:
-                    found = self._run_target(
-                        statement.fetches, cursors, self._view.portals, "cursor"
-                    )
-                else:
-                    facts.append(statement)
-                    texts.append(text)
-                    continue
-                if not isinstance(found, tuple):
-                    return found
-                for candidate, _ in found:
-                    facts.extend(candidate.statements)
-                    texts.extend(candidate.texts)
-            # A new analysis, not a shared one: it must not be decided as its canonical.
-            resolved.append((Analysis(tuple(facts), tuple(texts)), path))
-        return tuple(resolved)
-
-    def _run_target(
-        self,
-        name: str,
-        earlier: dict[bytes, Candidates | None],
-        namespace: Namespace[Prepared] | Namespace[Portal],
-        what: str,
-    ) -> Candidates | Refusal | _Block:
-        """What EXECUTE or FETCH `name` runs: prepared or declared earlier in the string, or
-        as the session has it."""
-        view = self._view
-        key = sql_name(name)
-        found: Candidates | None
-        if key in earlier:
-            found = earlier[key]
-        else:
-            held = namespace.lookup(key, view.segment, view.confirmed_segments)
-            if held is UNCONFIRMED:
-                return _BLOCK
-            prepared = held.prepared if isinstance(held, Portal) else held
-            if isinstance(prepared, Prepared) and prepared.refusal is not None:
-                return prepared.refusal
-            found = prepared.candidates if isinstance(prepared, Prepared) else None
-        if found is not None:
-            return found
-        if what == "statement":
-            return Refusal(
-                sqlstates.INVALID_SQL_STATEMENT_NAME,
-                f'prepared statement "{_shown(key)}" does not exist',
-            )
-        return Refusal(sqlstates.INVALID_CURSOR_NAME, f'cursor "{_shown(key)}" does not exist')
 
     # --- planning ------------------------------------------------------------------------
 
@@ -743,7 +658,7 @@ class SessionMachine:
         while True:
             if plan is not FORWARD:
                 if isinstance(plan, Rewrite):
-                    statement.rewriter = _chained(statement.rewriter, plan.rewriter)
+                    statement.rewriter = chained(statement.rewriter, plan.rewriter)
                 elif isinstance(plan, Refuse):
                     statement.refusal = plan.refusal
                     return None
@@ -980,66 +895,5 @@ def _goes_as_it_is(statement: Statement, via: int) -> bool:
     return statement.refusal is None and (statement.rewriter is None or via == L.QUERY)
 
 
-def _forget(earlier: dict[bytes, Candidates | None], name: str) -> None:
-    if name == "*":
-        for key in earlier:
-            earlier[key] = None
-    else:
-        earlier[sql_name(name)] = None
-
-
 def _shown(name: bytes) -> str:
     return name.decode("utf-8", errors="replace")
-
-
-def _syntax_refusal(error: str, sql: str) -> Refusal:
-    """PostgreSQL's own answer to text its parser rejects: 42601, message and position."""
-    message, _, where = error.rpartition(", at index ")
-    if not message or not where.isdigit():
-        message, where = error, ""
-    if message.endswith("at end of input"):
-        # PostgreSQL points just past the last character, whitespace included.
-        return Refusal(sqlstates.SYNTAX_ERROR, message, position=len(sql) + 1)
-    if not where:
-        return Refusal(sqlstates.SYNTAX_ERROR, message)
-    # The analysis reports a byte offset into the UTF-8 text; PostgreSQL counts characters.
-    position = len(sql.encode()[: int(where)].decode(errors="ignore")) + 1
-    return Refusal(sqlstates.SYNTAX_ERROR, message, position=position)
-
-
-def _chained(first: ResultRewriter | None, second: ResultRewriter) -> ResultRewriter:
-    if first is None:
-        return second
-    return _Chain(first, second)
-
-
-class _Chain(ResultRewriter):
-    """Two stages' rewriters, the earlier stage's first."""
-
-    def __init__(self, first: ResultRewriter, second: ResultRewriter) -> None:
-        self._first = first
-        self._second = second
-
-    def result_started(self, statement: Statement, index: int) -> None:
-        self._first.result_started(statement, index)
-        self._second.result_started(statement, index)
-
-    def row_description(self, body: bytes) -> bytes | None:
-        changed = self._first.row_description(body)
-        again = self._second.row_description(body if changed is None else changed)
-        return changed if again is None else again
-
-    def data_row(self, body: bytes) -> bytes | None:
-        changed = self._first.data_row(body)
-        again = self._second.data_row(body if changed is None else changed)
-        return changed if again is None else again
-
-    def copy_data(self, body: bytes) -> bytes | None:
-        changed = self._first.copy_data(body)
-        again = self._second.copy_data(body if changed is None else changed)
-        return changed if again is None else again
-
-    def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
-        changed = self._first.fields(message_type, fields)
-        again = self._second.fields(message_type, fields if changed is None else changed)
-        return changed if again is None else again

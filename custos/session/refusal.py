@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from custos.protocol import sqlstates
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -17,3 +19,18 @@ class Refusal:
     message: str
     hint: str | None = None
     position: int | None = None  # 1-based character position in the statement, as PostgreSQL
+
+
+def syntax_refusal(error: str, sql: str) -> Refusal:
+    """PostgreSQL's own answer to text its parser rejects: 42601, message and position."""
+    message, _, where = error.rpartition(", at index ")
+    if not message or not where.isdigit():
+        message, where = error, ""
+    if message.endswith("at end of input"):
+        # PostgreSQL points just past the last character, whitespace included.
+        return Refusal(sqlstates.SYNTAX_ERROR, message, position=len(sql) + 1)
+    if not where:
+        return Refusal(sqlstates.SYNTAX_ERROR, message)
+    # The analysis reports a byte offset into the UTF-8 text; PostgreSQL counts characters.
+    position = len(sql.encode()[: int(where)].decode(errors="ignore")) + 1
+    return Refusal(sqlstates.SYNTAX_ERROR, message, position=position)

@@ -131,3 +131,41 @@ class Stage:
     def finished(self, statement: Statement, outcome: Outcome) -> None:
         """How a statement ended; called only when `hears_outcomes` is true."""
         return None
+
+
+def chained(first: ResultRewriter | None, second: ResultRewriter) -> ResultRewriter:
+    if first is None:
+        return second
+    return _Chain(first, second)
+
+
+class _Chain(ResultRewriter):
+    """Two stages' rewriters, the earlier stage's first."""
+
+    def __init__(self, first: ResultRewriter, second: ResultRewriter) -> None:
+        self._first = first
+        self._second = second
+
+    def result_started(self, statement: Statement, index: int) -> None:
+        self._first.result_started(statement, index)
+        self._second.result_started(statement, index)
+
+    def row_description(self, body: bytes) -> bytes | None:
+        changed = self._first.row_description(body)
+        again = self._second.row_description(body if changed is None else changed)
+        return changed if again is None else again
+
+    def data_row(self, body: bytes) -> bytes | None:
+        changed = self._first.data_row(body)
+        again = self._second.data_row(body if changed is None else changed)
+        return changed if again is None else again
+
+    def copy_data(self, body: bytes) -> bytes | None:
+        changed = self._first.copy_data(body)
+        again = self._second.copy_data(body if changed is None else changed)
+        return changed if again is None else again
+
+    def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
+        changed = self._first.fields(message_type, fields)
+        again = self._second.fields(message_type, fields if changed is None else changed)
+        return changed if again is None else again

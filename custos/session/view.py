@@ -45,14 +45,14 @@ NAME_BYTES: Final = 63
 _LEXICAL_CHANGERS = frozenset({StatementKind.SET, StatementKind.DO, StatementKind.CALL})
 
 
-class _Unconfirmed:
+class Unconfirmed:
     __slots__ = ()
 
     def __repr__(self) -> str:
         return "UNCONFIRMED"
 
 
-UNCONFIRMED: Final = _Unconfirmed()
+UNCONFIRMED: Final = Unconfirmed()
 
 
 class Namespace(Generic[T]):
@@ -67,7 +67,7 @@ class Namespace(Generic[T]):
         self._cleared_in = -1
         self._every_segment_touches = every_segment_touches
 
-    def lookup(self, name: bytes, segment: int, confirmed_segments: int) -> T | _Unconfirmed | None:
+    def lookup(self, name: bytes, segment: int, confirmed_segments: int) -> T | Unconfirmed | None:
         """What `name` holds for a message of `segment`, once segments before
         `confirmed_segments` are answered; UNCONFIRMED when that cannot be known yet."""
         touched = self._touched.get(name, -1)

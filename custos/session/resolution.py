@@ -1,0 +1,100 @@
+"""What EXECUTE, FETCH and MOVE run: the statement or portal they name, as the session has it.
+
+`EXECUTE s` runs the statement prepared as s (by PREPARE or by a protocol Parse); `FETCH c`
+and `MOVE c` run the portal c (a cursor DECLAREd in SQL, or a portal Bound through the
+protocol). Each is decided on the SQL it runs, so the request's analysis takes that SQL's
+facts in place of the EXECUTE or FETCH. Earlier statements of the same string count:
+`PREPARE s AS ...; EXECUTE s`.
+"""
+
+from __future__ import annotations
+
+from custos.protocol import sqlstates
+from custos.session.refusal import Refusal
+from custos.session.statement import Candidates, Portal, Prepared
+from custos.session.view import UNCONFIRMED, Namespace, SessionView, Unconfirmed, single, sql_name
+from custos.sql.facts import Analysis, StatementFacts
+
+
+def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal | Unconfirmed:
+    """The candidates with each EXECUTE, FETCH or MOVE replaced by what it runs.
+
+    UNCONFIRMED: a name it runs was touched by messages the database has not answered yet.
+    """
+    first = candidates[0][0]
+    if not first.session_effects or not any(
+        s.executes is not None or s.fetches is not None for s in first.statements
+    ):
+        return candidates
+    resolved: list[tuple[Analysis, tuple[str, ...]]] = []
+    for analysis, path in candidates:
+        facts: list[StatementFacts] = []
+        texts: list[str] = []
+        statements: dict[bytes, Candidates | None] = {}
+        cursors: dict[bytes, Candidates | None] = {}
+        for position, statement in enumerate(analysis.statements):
+            text = analysis.texts[position] if position < len(analysis.texts) else ""
+            if statement.prepares is not None:
+                statements[sql_name(statement.prepares)] = single(analysis, position, path)
+            if statement.deallocates is not None:
+                _forget(statements, statement.deallocates)
+            if statement.declares is not None:
+                cursors[sql_name(statement.declares)] = single(analysis, position, path)
+            if statement.closes is not None:
+                _forget(cursors, statement.closes)
+            found: Candidates | Refusal | Unconfirmed
+            if statement.executes is not None:
+                found = _runs(statement.executes, statements, view.statements, view, "statement")
+            elif statement.fetches is not None:
+                found = _runs(statement.fetches, cursors, view.portals, view, "cursor")
+            else:
+                facts.append(statement)
+                texts.append(text)
+                continue
+            if not isinstance(found, tuple):
+                return found
+            for candidate, _ in found:
+                facts.extend(candidate.statements)
+                texts.extend(candidate.texts)
+        # A new analysis, not a shared one: it must not be decided as its canonical.
+        resolved.append((Analysis(tuple(facts), tuple(texts)), path))
+    return tuple(resolved)
+
+
+def _runs(
+    name: str,
+    earlier: dict[bytes, Candidates | None],
+    namespace: Namespace[Prepared] | Namespace[Portal],
+    view: SessionView,
+    what: str,
+) -> Candidates | Refusal | Unconfirmed:
+    """What EXECUTE or FETCH `name` runs: prepared or declared earlier in the string, or as
+    the session has it."""
+    key = sql_name(name)
+    found: Candidates | None
+    if key in earlier:
+        found = earlier[key]
+    else:
+        held = namespace.lookup(key, view.segment, view.confirmed_segments)
+        if isinstance(held, Unconfirmed):
+            return UNCONFIRMED
+        prepared = held.prepared if isinstance(held, Portal) else held
+        if isinstance(prepared, Prepared) and prepared.refusal is not None:
+            return prepared.refusal
+        found = prepared.candidates if isinstance(prepared, Prepared) else None
+    if found is not None:
+        return found
+    shown = key.decode("utf-8", errors="replace")
+    if what == "statement":
+        return Refusal(
+            sqlstates.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{shown}" does not exist'
+        )
+    return Refusal(sqlstates.INVALID_CURSOR_NAME, f'cursor "{shown}" does not exist')
+
+
+def _forget(earlier: dict[bytes, Candidates | None], name: str) -> None:
+    if name == "*":
+        for key in earlier:
+            earlier[key] = None
+    else:
+        earlier[sql_name(name)] = None
