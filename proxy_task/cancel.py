@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +32,7 @@ class UpstreamCancelKey:
 
 
 class Cancellable(Protocol):
-    def cancel_requested(self) -> None: ...
+    def cancel_requested(self) -> Awaitable[object] | None: ...
 
 
 class CancelRegistry:

@@ -186,7 +186,9 @@ class ClientConnection(PeerConnection):
         if session is None:
             log.info("cancel request with an unknown key from %s ignored", self.peer)
         else:
-            session.cancel_requested()
+            delivery = session.cancel_requested()
+            if delivery is not None:
+                await asyncio.shield(delivery)
         self._close()
 
     async def _authenticate(self, startup: StartupMessage) -> Principal:
@@ -285,7 +287,11 @@ class ClientConnection(PeerConnection):
                 self.gateway.config.limits.startup_timeout_seconds,
             )
         except UpstreamConnectError as error:
-            log.error("upstream connection failed role=%s: %s", principal.role, error.message)
+            if error.sqlstate == sqlstates.INVALID_CATALOG_NAME:
+                # The client asked for a database this gateway does not serve: not a fault.
+                log.info("connection refused role=%s: %s", principal.role, error.message)
+            else:
+                log.error("upstream connection failed role=%s: %s", principal.role, error.message)
             raise HandshakeRefused(error.sqlstate, error.message) from None
         except UpstreamAuthenticationError as error:
             log.error("upstream login failed role=%s: %s", principal.role, error)

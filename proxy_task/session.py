@@ -58,6 +58,7 @@ class Machine(Protocol):
 
 class Session:
     __slots__ = (
+        "_cancel_delivery",
         "_client",
         "_closed",
         "_force_close",
@@ -90,6 +91,7 @@ class Session:
         self._on_closed = on_closed
         self.cancel_key: tuple[int, int] = (0, 0)
         self._tasks: set[asyncio.Future[object]] = set()
+        self._cancel_delivery: asyncio.Future[object] | None = None
         self._closed = False
         self._force_close: asyncio.TimerHandle | None = None
         self._opened_at = time.monotonic()
@@ -128,9 +130,18 @@ class Session:
 
     # --- events from the gateway ---------------------------------------------------------
 
-    def cancel_requested(self) -> None:
-        if not self._closed:
-            self._run(self._machine.cancel_requested())
+    def cancel_requested(self) -> Awaitable[object] | None:
+        """A CancelRequest for this session: what delivers it to the database, if it must go.
+
+        The caller waits for it before closing the client's cancel connection: clients take
+        that close to mean the cancel was processed, and PostgreSQL signals the backend more
+        than once, so an early close lets a late signal cancel the client's next statement.
+        """
+        if self._closed:
+            return None
+        self._cancel_delivery = None
+        self._run(self._machine.cancel_requested())
+        return self._cancel_delivery
 
     def drain(self) -> None:
         """Closes the session at its next idle moment, for a graceful shutdown."""
@@ -163,7 +174,7 @@ class Session:
             elif kind is StartWait:
                 self._start_wait(action.awaitable)  # type: ignore[union-attr]
             elif kind is ForwardCancel:
-                self._start_task(send_cancel(self._upstream_key))
+                self._cancel_delivery = self._start_task(send_cancel(self._upstream_key))
             elif kind is CloseSession:
                 self._finish(action.reason)  # type: ignore[union-attr]
 

@@ -33,9 +33,9 @@ from custos.protocol.messages import parse_notice
 from custos.session.actions import SendToServer
 from custos.session.lexical import LexicalSettings
 from custos.session.machine import SessionLimits, SessionMachine, SessionState
+from custos.session.own_messages import REFUSAL_EXECUTION, REFUSAL_QUERY
 from custos.session.texts import TextAnalyser
 from custos.sql.cache import AnalysisCache
-from custos.session.own_messages import REFUSAL_EXECUTION, REFUSAL_QUERY
 
 PROTECTED = "SELECT email FROM crm.customers"  # the demo policy refuses it to agents
 HARMLESS = "SELECT id FROM crm.orders LIMIT 1"
