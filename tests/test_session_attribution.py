@@ -19,8 +19,11 @@ records every answer (no policy). The direct run is the oracle:
 Errors the gateway raises itself stand in for the database's (a refusal: text its parser
 rejects, a name it knows does not exist). They carry the same SQLSTATE, message and position,
 but not the database's source location (File, Line, Routine), which only the database's
-build knows: ErrorResponses are compared without those three fields, and such statements are
-REFUSED rather than FAILED.
+build knows: ErrorResponses are compared without those three fields, and such a statement is
+REFUSED where the database would have FAILED it (or SKIPPED its stand-in).
+
+Also here: the machine fed one recorded conversation whole, a byte at a time and cut anywhere
+gives the same actions; and whatever bytes either side sends, it never raises.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import select
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -59,9 +62,13 @@ from playbook import (
     parameter_description,
     parameter_status,
     parse,
+    policy_stage,
     query,
     ready,
+    refusal_block_error,
     row_description,
+    sent_to_client,
+    sent_to_server,
 )
 
 from custos.demo.postgres import PostgresServer
@@ -77,7 +84,7 @@ from custos.session.actions import (
     SendToServer,
     Side,
 )
-from custos.session.machine import SessionMachine
+from custos.session.machine import SessionMachine, SessionState
 from custos.session.stages import Outcome, ResultRewriter, Rewrite, Status
 from custos.session.statement import Statement
 from custos.upstream.auth import UpstreamAuthExchange
@@ -88,6 +95,23 @@ SOURCE_LOCATION = frozenset("FLR")
 # a prepared statement or cursor it knows does not exist.
 GATEWAY_REFUSES = frozenset({"42601", "26000", "34000"})
 TIMEOUT_SECONDS = 10.0
+STALL_SECONDS = 1.0
+
+# The machine's bugs this test found, each with its own failing test below (marked xfail).
+# Until one is fixed, the grammar steers clear of it, or the check that meets it names it
+# instead of failing; delete its line once its xfail test passes, and the property covers it.
+KNOWN_BUGS = {
+    "skipped_query_hangs": "test_a_query_the_database_skips_does_not_hang_the_session",
+    "unnamed_statement_after_query": "test_a_simple_query_drops_the_unnamed_statement",
+    "refused_unnamed_parse": "test_a_refused_parse_drops_the_unnamed_statement",
+    "refusal_statement_visible": "test_the_refusal_blocks_statement_is_never_visible",
+    "string_refused_up_front": "test_a_missing_execute_target_fails_where_postgresql_fails",
+    "unnamed_statement_message": "test_a_missing_unnamed_statement_has_postgresqls_message",
+    "unnamed_portal_refusal": "test_an_execute_skipped_after_a_refusal_is_skipped",
+    "hold_cursor_of_failed_transaction": "test_a_hold_cursor_of_a_failed_transaction_is_gone",
+    "deallocate_all_forgets_unnamed": "test_deallocate_all_keeps_the_unnamed_statement",
+    "refusal_in_failed_transaction": "test_a_refusal_in_a_failed_transaction_keeps_its_error",
+}
 
 # --- a raw connection to the real server ----------------------------------------------------
 
@@ -193,7 +217,11 @@ class Tagger:
             return f"DEALLOCATE {arg}"
         if kind == "declare":
             name, hold = arg  # type: ignore[misc]
-            with_hold = " WITH HOLD" if hold else ""
+            with_hold = (
+                " WITH HOLD"
+                if hold and "hold_cursor_of_failed_transaction" not in KNOWN_BUGS
+                else ""
+            )
             return f"DECLARE {name} CURSOR{with_hold} FOR {_rows(self.tag(ROWS_COLUMNS), 3)}"
         if kind == "fetch":
             return f"FETCH 2 FROM {arg}"
@@ -222,9 +250,7 @@ sql_statements = st.one_of(
     st.builds(Sql, st.just("prepare"), st.sampled_from(STATEMENT_NAMES[1:])),
     st.builds(Sql, st.just("execute"), st.sampled_from(STATEMENT_NAMES[1:])),
     st.builds(Sql, st.just("deallocate"), st.sampled_from([*STATEMENT_NAMES[1:], "ALL"])),
-    st.builds(
-        Sql, st.just("declare"), st.tuples(st.sampled_from(PORTAL_NAMES[1:]), st.booleans())
-    ),
+    st.builds(Sql, st.just("declare"), st.tuples(st.sampled_from(PORTAL_NAMES[1:]), st.booleans())),
     st.builds(Sql, st.just("close_cursor"), st.sampled_from([*PORTAL_NAMES[1:], "ALL"])),
 )
 # PostgreSQL 15 crashes (SIGSEGV, the whole cluster restarts) on a Describe of a prepared
@@ -369,6 +395,31 @@ def _query(sql: str) -> Message:
     return Message("Q", f"query({sql!r})", query(sql))
 
 
+def steer_clear_of_known_bugs(name: str | None, statements: Sequence[Sql]) -> list[Sql]:
+    """The statements of a Parse (`name`) or a query string (None), without what triggers a
+    known bug that would hide every other difference behind it."""
+    result = list(statements)
+    if name == "" and "refused_unnamed_parse" in KNOWN_BUGS:
+        result = [Sql("undefined_table") if sql.kind == "bad_syntax" else sql for sql in result]
+    if "deallocate_all_forgets_unnamed" in KNOWN_BUGS:
+        result = [
+            Sql("deallocate", "s1") if sql == Sql("deallocate", "ALL") else sql for sql in result
+        ]
+    if name is None and "string_refused_up_front" in KNOWN_BUGS:
+        # EXECUTE or FETCH after the first statement only of what the string itself made.
+        made: set[object] = set()
+        for position, sql in enumerate(result):
+            if sql.kind in ("prepare", "deallocate", "declare", "close_cursor"):
+                target = sql.arg[0] if isinstance(sql.arg, tuple) else sql.arg
+                if sql.kind in ("prepare", "declare"):
+                    made.add(target)
+                else:
+                    made = set() if target == "ALL" else made - {target}
+            elif sql.kind in ("execute", "fetch") and position > 0 and sql.arg not in made:
+                result[position] = Sql("no_rows")
+    return result
+
+
 def build(drawn: list[object]) -> Program:
     tagger = Tagger()
     out: list[Message] = []
@@ -378,7 +429,8 @@ def build(drawn: list[object]) -> Program:
         elif spec == _FLUSH_SPEC:
             out.append(FLUSH_MESSAGE)
         elif isinstance(spec, ParseSpec):
-            out.append(_parse(spec.name, tagger.render(spec.sql)))
+            (sql,) = steer_clear_of_known_bugs(spec.name, [spec.sql])
+            out.append(_parse(spec.name, tagger.render(sql)))
         elif isinstance(spec, BindSpec):
             out.append(_bind(spec.portal, spec.statement, spec.values, spec.formats))
         elif isinstance(spec, ExecuteSpec):
@@ -388,10 +440,12 @@ def build(drawn: list[object]) -> Program:
             call = f"{spec.kind}({spec.target!r}, {spec.name!r})"
             out.append(Message(spec.kind[0].upper(), call, builder(spec.target, spec.name)))
         elif isinstance(spec, QuerySpec):
-            out.append(_query("; ".join(tagger.render(sql) for sql in spec.statements)))
+            statements = steer_clear_of_known_bugs(None, spec.statements)
+            out.append(_query("; ".join(tagger.render(sql) for sql in statements)))
         elif isinstance(spec, RunSpec):
             values = (b"5",) if spec.sql.kind == "param" else ()
-            out.append(_parse(spec.statement, tagger.render(spec.sql)))
+            (sql,) = steer_clear_of_known_bugs(spec.statement, [spec.sql])
+            out.append(_parse(spec.statement, tagger.render(sql)))
             out.append(_bind(spec.portal, spec.statement, values, spec.formats))
             out.append(_execute(spec.portal, spec.max_rows))
             if spec.sync:
@@ -423,11 +477,16 @@ def unique_executes(program: list[Message]) -> list[Message]:
 programs = st.lists(specs, min_size=1, max_size=10).map(build)
 
 # Ends every conversation and inspects it: a Sync (the program's last segment may have failed,
-# and a Query is skipped then too), what the unnamed statement is (a Query would drop it),
-# then out of any transaction the names the server holds.
+# and a Query is skipped then too), a Describe of the unnamed statement (whether it exists,
+# which the Queries after it drop), then out of any transaction the names the server holds.
 PROBE = (
     "SELECT 's:' || name AS custos_probe FROM pg_prepared_statements"
-    " UNION ALL SELECT 'p:' || name FROM pg_cursors ORDER BY 1"
+    + (
+        " WHERE name NOT LIKE 'custos_refusal%'"
+        if "refusal_statement_visible" in KNOWN_BUGS
+        else ""
+    )
+    + " UNION ALL SELECT 'p:' || name FROM pg_cursors ORDER BY 1"
 )
 
 
@@ -469,14 +528,9 @@ class Unanswerable(AssertionError):
     """The server's stream does not answer the client's messages as the protocol says."""
 
 
-@dataclass
-class Walk:
-    answers: dict[int, Answer]  # of each Query and Execute, by its position in the client's
-    replies: dict[int, str]  # the types of the messages that answered each other message
-
-
-def walk(client: Sequence[Message], stream: bytes) -> Walk:
-    """Attributes the server's stream to the client's messages, by the protocol's rules alone."""
+def walk(client: Sequence[Message], stream: bytes) -> dict[int, Answer]:
+    """Attributes the server's stream to the client's messages, by the protocol's rules alone:
+    the answer to each Query and Execute, by its position in `client`."""
     server = deque(
         (kind, body) for kind, body in messages_of(stream) if kind not in "NSA"
     )  # notices, settings and notifications come anywhere
@@ -490,7 +544,6 @@ def walk(client: Sequence[Message], stream: bytes) -> Walk:
         return kind, body
 
     answers: dict[int, Answer] = {}
-    replies: dict[int, str] = {}
     skipping = False
     for position, m in enumerate(client):
         if m.kind == "S":
@@ -545,15 +598,13 @@ def walk(client: Sequence[Message], stream: bytes) -> Walk:
         elif m.kind == "D":
             kind, _ = next_is("t", "T", "n", "E")
             if kind == "t":
-                replies[position] = kind
                 kind, _ = next_is("T", "n")
         else:
             raise AssertionError(m)
-        replies[position] = replies.get(position, "") + kind
         skipping = kind == "E"
     if server:
         raise Unanswerable(f"the stream holds more than the client asked for: {list(server)}")
-    return Walk(answers, replies)
+    return answers
 
 
 def segments(client: Sequence[Message]) -> list[int]:
@@ -634,7 +685,9 @@ class MachineRun:
     stage: JournalStage
     to_client: bytes
     to_server: bytes
-    closed: str | None
+    from_server: bytes
+    closed: str | None  # why the machine closed the session, if it did
+    holding: bool  # whether the machine held the client's messages back when the run ended
     idle: bool
 
 
@@ -660,16 +713,24 @@ def resplit(data: bytes, rnd: random.Random) -> list[bytes]:
 
 
 def run_through_machine(
-    pg: PostgresServer, client_pieces: Sequence[bytes], rnd: random.Random
+    pg: PostgresServer,
+    client_pieces: Sequence[bytes],
+    rnd: random.Random,
+    stall_seconds: float = TIMEOUT_SECONDS,
 ) -> MachineRun:
+    """Feeds the client's pieces to a machine as a network adapter would (not while it pauses
+    the client), carries out its actions on a real connection, and feeds it what comes back."""
     sock = connect(pg)
     stage = JournalStage()
     machine = new_machine([stage])
     to_client: list[bytes] = []
     to_server: list[bytes] = []
-    state = {"paused": False, "closed": None}
+    from_server: list[bytes] = []
+    paused = False
+    closed: str | None = None
 
     def perform(actions: list[Action]) -> None:
+        nonlocal paused, closed
         for action in actions:
             if isinstance(action, SendToServer):
                 to_server.append(action.data)
@@ -677,40 +738,46 @@ def run_through_machine(
             elif isinstance(action, SendToClient):
                 to_client.append(action.data)
             elif isinstance(action, PauseReading) and action.side is Side.CLIENT:
-                state["paused"] = True
+                paused = True
             elif isinstance(action, ResumeReading) and action.side is Side.CLIENT:
-                state["paused"] = False
+                paused = False
             elif isinstance(action, CloseSession):
-                state["closed"] = action.reason
+                closed = action.reason
             else:
-                raise AssertionError(f"unexpected action {action!r} with no stage waiting")
+                raise AssertionError(f"unexpected action {action!r}: no stage waits or pauses")
 
     def read(timeout: float) -> bool:
+        nonlocal closed
         if not select.select([sock], [], [], timeout)[0]:
             return False
         data = sock.recv(65536)
         if not data:
-            state["closed"] = state["closed"] or "the server closed the connection"
+            closed = closed or "the server closed the connection"
             return False
+        from_server.append(data)
         for piece in resplit(data, rnd):
             perform(machine.server_data(piece))
         return True
 
     pending = deque(client_pieces)
     try:
-        while state["closed"] is None:
-            if pending and not state["paused"]:
+        while closed is None:
+            if pending and not paused:
                 perform(machine.client_data(pending.popleft()))
                 while read(0):
                     pass
                 continue
             if not pending and probe_answered(b"".join(to_client)):
                 break
-            if not read(TIMEOUT_SECONDS):
+            # The server answers these statements in milliseconds: a machine that holds the
+            # client's messages back and hears nothing for long waits for what never comes.
+            holding = machine.state is SessionState.HOLDING
+            if not read(stall_seconds if holding else TIMEOUT_SECONDS):
                 break
-        # The gateway may still clean up after itself (its refusal block's statement).
-        while state["closed"] is None and not machine.idle and read(TIMEOUT_SECONDS):
-            pass
+        if probe_answered(b"".join(to_client)):
+            # The gateway may still clean up after itself (its refusal block's statement).
+            while closed is None and not machine.idle and read(STALL_SECONDS):
+                pass
     finally:
         sock.close()
     return MachineRun(
@@ -718,7 +785,9 @@ def run_through_machine(
         stage,
         b"".join(to_client),
         b"".join(to_server),
-        state["closed"],  # type: ignore[arg-type]
+        b"".join(from_server),
+        closed,
+        machine.state is SessionState.HOLDING,
         machine.idle,
     )
 
@@ -745,19 +814,40 @@ def run_direct(pg: PostgresServer, data: bytes) -> bytes:
 def comparable(kind: str, body: bytes) -> tuple[str, object]:
     if kind == "E":
         fields = parse_notice(body).fields
+        if (
+            "unnamed_statement_message" in KNOWN_BUGS
+            and fields.get("M") == 'prepared statement "" does not exist'
+        ):
+            fields = {**fields, "M": "unnamed prepared statement does not exist"}
         return kind, {code: v for code, v in fields.items() if code not in SOURCE_LOCATION}
     return kind, body
 
 
-def assert_same_stream(direct: bytes, through: bytes) -> None:
+def stream_differences(direct: bytes, through: bytes) -> list[str]:
     """(a): message for message, ErrorResponses without their source location."""
     expected = [comparable(*m) for m in messages_of(direct)]
     got = [comparable(*m) for m in messages_of(through)]
     for position, (want, have) in enumerate(zip(expected, got, strict=False)):
-        assert have == want, f"message {position} differs: direct {want!r}, through {have!r}"
-    assert len(got) == len(expected), (
-        f"direct sent {len(expected)} messages, the machine {len(got)}: "
-        f"extra {expected[len(got) :] or got[len(expected) :]!r}"
+        if have != want and not _failed_transactions_error(want, have):
+            return [f"(a) message {position} differs: direct {want!r}, through {have!r}"]
+    if len(got) != len(expected):
+        return [
+            f"(a) direct sent {len(expected)} messages, the machine {len(got)}:"
+            f" extra {expected[len(got) :] or got[len(expected) :]!r}"
+        ]
+    return []
+
+
+def _failed_transactions_error(want: tuple[str, object], have: tuple[str, object]) -> bool:
+    """A refusal the gateway sent in a failed transaction, whose stand-in the database failed
+    with 25P02 where it would have raised the refused statement's own error."""
+    return (
+        "refusal_in_failed_transaction" in KNOWN_BUGS
+        and want[0] == have[0] == "E"
+        and isinstance(want[1], dict)
+        and isinstance(have[1], dict)
+        and want[1].get("C") in GATEWAY_REFUSES
+        and have[1].get("C") == "25P02"
     )
 
 
@@ -766,26 +856,45 @@ def statement_text(statement: Statement, index: int) -> str:
     return texts[index] if index < len(texts) else " ".join(texts)
 
 
-def check_conversation(program: Program, direct: bytes, run: MachineRun) -> None:
+def check_conversation(program: Program, direct: bytes, run: MachineRun) -> list[str]:
+    """What differs between the direct conversation and the one through the machine."""
     client = [*program.messages, *trailer(program)]
-    oracle = walk(client, direct).answers
+    oracle = walk(client, direct)
     numbers = segments(client)
+    probe_at = len(client) - 1
+    problems: list[str] = []
 
     # The generator's own promise: every row the database sends carries its statement's tag.
-    probe_at = len(client) - 1
     for position, answer in oracle.items():
         if position != probe_at:
             for body in answer.rows:
                 assert tag_of(body) in program.columns, f"untagged row {body!r}"
 
-    assert run.closed is None, f"the machine closed the session: {run.closed}"
+    if run.closed is not None:
+        problems.append(f"the machine closed the session: {run.closed}")
+    if not probe_answered(run.to_client):
+        skipped_queries = [
+            client[p]
+            for p, a in oracle.items()
+            if client[p].kind == "Q" and a.status is Status.SKIPPED
+        ]
+        if "skipped_query_hangs" in KNOWN_BUGS and skipped_queries and run.holding:
+            return problems
+        return [
+            *problems,
+            f"hang: the conversation stalled {'(holding) ' if run.holding else ''}after"
+            f" {len(messages_of(run.to_client))} of {len(messages_of(direct))} messages;"
+            f" queries the database skipped: {skipped_queries}",
+        ]
 
     # (c) every statement the machine made has one outcome, matching the direct stream.
     outcomes: dict[int, tuple[Statement, Outcome]] = {}
     for statement, outcome in run.stage.outcomes:
-        assert statement.number not in outcomes, f"{statement} finished twice"
+        if statement.number in outcomes:
+            problems.append(f"(c) statement {statement.number} finished twice")
         outcomes[statement.number] = (statement, outcome)
-    assert sorted(outcomes) == list(range(1, len(outcomes) + 1)), "a statement never finished"
+    if sorted(outcomes) != list(range(1, len(outcomes) + 1)):
+        problems.append(f"(c) a statement never finished: {sorted(outcomes)}")
     source: dict[int, int] = {}  # statement number: position of its client message
     for number, (statement, _) in outcomes.items():
         if statement.portal_name is None:
@@ -800,78 +909,108 @@ def check_conversation(program: Program, direct: bytes, run: MachineRun) -> None
                 and numbers[p] == statement.segment
                 and m.max_rows == statement.max_rows
             ]
-        assert len(found) == 1, f"{statement} matches client messages {found}"
+        if len(found) != 1:
+            problems.append(f"(c) statement {number} matches client messages {found}")
+            continue
         source[number] = found[0]
-    unmatched = set(oracle) - set(source.values())
-    for position in unmatched:
+    for position in sorted(set(oracle) - set(source.values())):
         answer = oracle[position]
         # An Execute of a portal the machine knows is missing is refused without a statement.
-        assert client[position].kind == "E", f"no statement for {client[position]!r}"
-        assert answer.status is Status.SKIPPED or answer.sqlstate == "34000", (
-            f"no statement for {client[position]!r}, which the database ran: {answer}"
-        )
+        if client[position].kind != "E" or not (
+            answer.status is Status.SKIPPED or answer.sqlstate == "34000"
+        ):
+            problems.append(f"(c) no statement for {client[position]!r}: the database {answer}")
 
     for number, (statement, outcome) in sorted(outcomes.items()):
+        if number not in source:
+            continue
         answer = oracle[source[number]]
         what = f"{client[source[number]]!r} (statement {number})"
-        if answer.status is Status.FAILED and outcome.status is Status.REFUSED:
-            assert answer.sqlstate in GATEWAY_REFUSES, (
-                f"{what}: refused, where the database failed it with {answer.sqlstate}"
-            )
-        else:
-            assert outcome.status is answer.status, (
-                f"{what}: {outcome.status}, the database's answer says {answer.status}"
-            )
-        if outcome.status is Status.FAILED:
-            assert outcome.sqlstate == answer.sqlstate, f"{what}: sqlstate {outcome.sqlstate}"
-        assert list(outcome.tags) == answer.tags, f"{what}: tags {outcome.tags}"
-        assert outcome.rows == len(answer.rows), f"{what}: {outcome.rows} rows"
+        status = outcome.status
+        if status is Status.REFUSED and answer.status is Status.FAILED:
+            # In a failed transaction the database fails the gateway's stand-in as it would
+            # have failed the statement.
+            if answer.sqlstate not in GATEWAY_REFUSES | {"25P02"}:
+                problems.append(f"(c) {what}: refused; the database failed it ({answer.sqlstate})")
+        elif status is Status.REFUSED and answer.status is Status.SKIPPED:
+            # A statement the gateway refused is REFUSED even where the database skipped its
+            # stand-in; but an Execute with no text of its own was refused for another message.
+            misattributed = statement.portal_name is not None and not statement.candidates
+            if misattributed and "unnamed_portal_refusal" not in KNOWN_BUGS:
+                problems.append(
+                    f"(c) {what}: refused ({outcome.sqlstate}); the database skipped it"
+                )
+        elif status is not answer.status:
+            problems.append(f"(c) {what}: {status}; the database's answer says {answer.status}")
+        if status is Status.FAILED and outcome.sqlstate != answer.sqlstate:
+            problems.append(f"(c) {what}: sqlstate {outcome.sqlstate}, not {answer.sqlstate}")
+        if list(outcome.tags) != answer.tags:
+            problems.append(f"(c) {what}: tags {list(outcome.tags)}, not {answer.tags}")
+        if outcome.rows != len(answer.rows):
+            problems.append(f"(c) {what}: {outcome.rows} rows, not {len(answer.rows)}")
 
     # (b) the rows each statement's rewriter saw are the database's for that statement, carry
     # its tag, and the columns it was told describe them.
     seen: dict[int, list[bytes]] = {}
     for number, index, columns, body in run.stage.journal:
         seen.setdefault(number, []).append(body)
-        statement, _ = outcomes[number]
-        if source[number] == probe_at:
+        if number not in source or source[number] == probe_at:
             continue
+        statement, _ = outcomes[number]
         tag = tag_of(body)
-        assert tag is not None, f"statement {number} got an untagged row {body!r}"
-        assert f"'tag-{tag}'" in statement_text(statement, index), (
-            f"statement {number} ({statement_text(statement, index)!r}) got tag-{tag}'s row"
-        )
-        values = row_values(body)
-        assert columns is not None, f"statement {number}'s rewriter was not told its columns"
-        expected = program.columns[tag]
-        assert [(c.name, c.type_oid) for c in columns] == list(expected), (
-            f"statement {number} was told columns {columns} for tag-{tag}'s row"
-        )
-        for column, value in zip(columns, values, strict=True):
+        if tag is None or f"'tag-{tag}'" not in statement_text(statement, index):
+            problems.append(
+                f"(b) statement {number} ({statement_text(statement, index)!r}) got row {body!r}"
+            )
+            continue
+        if columns is None:
+            problems.append(f"(b) statement {number}'s rewriter was not told its columns")
+            continue
+        if [(c.name, c.type_oid) for c in columns] != list(program.columns[tag]):
+            problems.append(f"(b) statement {number} was told columns {columns} for tag-{tag}")
+            continue
+        for column, value in zip(columns, row_values(body), strict=True):
             if column.type_oid == 23 and value is not None:
                 binary = len(value) == 4 and not value.isdigit()
-                assert column.format == int(binary), (
-                    f"statement {number}: column {column.name!r} told format"
-                    f" {column.format} for value {value!r}"
-                )
-    for number in outcomes:
-        assert seen.get(number, []) == oracle[source[number]].rows, (
-            f"statement {number} ({client[source[number]]!r}) saw rows {seen.get(number)},"
-            f" the database sent {oracle[source[number]].rows}"
-        )
+                if column.format != int(binary):
+                    problems.append(
+                        f"(b) statement {number}: column {column.name!r} told format"
+                        f" {column.format} for value {value!r}"
+                    )
+    for number in source:
+        if seen.get(number, []) != oracle[source[number]].rows:
+            problems.append(
+                f"(b) statement {number} ({client[source[number]]!r}) saw rows"
+                f" {seen.get(number, [])}; the database sent {oracle[source[number]].rows}"
+            )
 
     # (a) the client cannot tell the machine is there.
-    assert_same_stream(direct, run.to_client)
+    problems.extend(stream_differences(direct, run.to_client))
 
-    # (d) the machine ends idle, knowing what the server holds.
-    assert run.idle, "the machine is not idle after the conversation"
-    through = walk(client, run.to_client)
-    names = {row_values(body)[0] for body in through.answers[probe_at].rows}
+    # (d) the machine ends idle, knowing what the server holds. The trailer's Queries dropped
+    # the unnamed statement, and ended every transaction.
+    if not run.idle:
+        problems.append("(d) the machine is not idle after the conversation")
+    try:
+        through = walk(client, run.to_client)
+    except Unanswerable as unanswerable:
+        problems.append(f"(d) the client's stream does not answer its messages: {unanswerable}")
+        return problems
+    names = {row_values(body)[0] for body in through[probe_at].rows}
     statements = {name[2:] for name in names if name and name.startswith(b"s:")}
     portals = {name[2:] for name in names if name and name.startswith(b"p:")}
-    if through.replies[len(client) - 4] != "E":  # the trailer's Describe of the unnamed one
-        statements.add(b"")
-    assert set(run.machine.prepared_statements) == statements, "prepared statements differ"
-    assert set(run.machine.portals) == portals, "portals differ"
+    believed = set(run.machine.prepared_statements)
+    if "unnamed_statement_after_query" in KNOWN_BUGS:
+        believed.discard(b"")
+    if believed != statements:
+        problems.append(
+            f"(d) prepared statements: the machine has {believed}, the server {statements}"
+        )
+    if set(run.machine.portals) != portals:
+        problems.append(
+            f"(d) portals: the machine has {set(run.machine.portals)}, the server {portals}"
+        )
+    return problems
 
 
 @settings(
@@ -895,8 +1034,392 @@ def test_the_machine_attributes_every_answer_as_the_database_gave_it(
 ) -> None:
     data = program.data + b"".join(m.data for m in trailer(program))
     direct = run_direct(pg, data)
-    pieces = [data[i : i + 1] for i in range(len(data))] if client_bytewise else cut(data, client_cuts)
+    client = [*program.messages, *trailer(program)]
+    skipped_query = any(
+        client[p].kind == "Q" and a.status is Status.SKIPPED
+        for p, a in walk(client, direct).items()
+    )
+    pieces = (
+        [data[i : i + 1] for i in range(len(data))] if client_bytewise else cut(data, client_cuts)
+    )
     # How the socket chunks the server's answers varies run to run; how they are re-split then
     # follows from the seed alone, so hypothesis sees no draw that depends on the network.
-    run = run_through_machine(pg, pieces, random.Random(seed))
-    check_conversation(program, direct, run)
+    run = run_through_machine(
+        pg, pieces, random.Random(seed), STALL_SECONDS if skipped_query else TIMEOUT_SECONDS
+    )
+    problems = check_conversation(program, direct, run)
+    assert not problems, "\n".join(problems)
+
+
+# --- the known bugs, each at its smallest ---------------------------------------------------
+
+
+def converse(pg: PostgresServer, data: bytes) -> tuple[bytes, MachineRun]:
+    """A conversation direct and through a machine (the trailer's probe ends both)."""
+    data += SYNC + query("ROLLBACK") + query(PROBE)
+    return run_direct(pg, data), run_through_machine(pg, [data], random.Random(0), STALL_SECONDS)
+
+
+def outcome_of(run: MachineRun, number: int) -> Outcome:
+    return next(outcome for statement, outcome in run.stage.outcomes if statement.number == number)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug skipped_query_hangs")
+def test_a_query_the_database_skips_does_not_hang_the_session() -> None:
+    machine = new_machine([RecordingStage()])
+    request = (
+        parse("", "SELECT * FROM nope") + query("SELECT 1") + bind("", "") + execute("") + SYNC
+    )
+    sent = sent_to_server(machine.client_data(request))
+    # After the Parse fails, PostgreSQL skips everything up to Sync, the Query included: no
+    # ReadyForQuery answers it. The Bind of the statement the failed segment touched must not
+    # wait for one, or the Sync never goes and both sides wait for ever.
+    sent += sent_to_server(machine.server_data(error("42P01", 'relation "nope" does not exist')))
+    assert sent == request
+    assert machine.state is SessionState.RELAYING
+
+
+@pytest.mark.xfail(strict=True, reason="known bug unnamed_statement_after_query")
+def test_a_simple_query_drops_the_unnamed_statement(pg: PostgresServer) -> None:
+    direct, run = converse(pg, parse("", "SELECT 1") + SYNC + query("SELECT 2"))
+    assert stream_differences(direct, run.to_client) == []
+    # PostgreSQL runs a simple Query in the unnamed statement, dropping the client's.
+    assert b"" not in run.machine.prepared_statements
+
+
+@pytest.mark.xfail(strict=True, reason="known bug refused_unnamed_parse")
+def test_a_refused_parse_drops_the_unnamed_statement(pg: PostgresServer) -> None:
+    # PostgreSQL drops the unnamed statement before it parses the new text, so a Parse that
+    # fails leaves none; the gateway refuses the text without sending it, and the old statement
+    # stays: the Bind below runs `SELECT 1` and returns its row instead of failing with 26000.
+    direct, run = converse(
+        pg,
+        parse("", "SELECT 1")
+        + SYNC
+        + parse("", "SELEC 1")
+        + SYNC
+        + bind("", "")
+        + execute("")
+        + SYNC,
+    )
+    assert stream_differences(direct, run.to_client) == []
+
+
+@pytest.mark.xfail(strict=True, reason="known bug refusal_statement_visible")
+def test_the_refusal_blocks_statement_is_never_visible(pg: PostgresServer) -> None:
+    # The refusal block's prepared statement is closed only once the session is idle: a query
+    # pipelined behind the refusal lists it.
+    direct, run = converse(
+        pg, execute("no_such_portal") + SYNC + query("SELECT name FROM pg_prepared_statements")
+    )
+    assert stream_differences(direct, run.to_client) == []
+
+
+@pytest.mark.xfail(strict=True, reason="known bug string_refused_up_front")
+def test_a_missing_execute_target_fails_where_postgresql_fails(pg: PostgresServer) -> None:
+    # PostgreSQL runs `SELECT 1` (its row reaches the client) before EXECUTE fails; the gateway
+    # refuses the whole string first. With an earlier error (`CLOSE nope; EXECUTE s9`) the
+    # client even gets another SQLSTATE (26000, not 34000).
+    direct, run = converse(pg, query("SELECT 1; EXECUTE s9"))
+    assert stream_differences(direct, run.to_client) == []
+    assert outcome_of(run, 1).tags == ("SELECT 1",)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug unnamed_statement_message")
+def test_a_missing_unnamed_statement_has_postgresqls_message(pg: PostgresServer) -> None:
+    _, run = converse(pg, bind("", "") + SYNC)
+    errors = [
+        parse_notice(body).fields["M"] for kind, body in messages_of(run.to_client) if kind == "E"
+    ]
+    # PostgreSQL: "unnamed prepared statement does not exist"; the gateway: 'prepared
+    # statement "" does not exist'.
+    assert errors[0] == "unnamed prepared statement does not exist"
+
+
+@pytest.mark.xfail(strict=True, reason="known bug unnamed_portal_refusal")
+def test_an_execute_skipped_after_a_refusal_is_skipped(pg: PostgresServer) -> None:
+    # The refused Bind's stand-in binds the unnamed portal, and the machine takes the Execute
+    # that follows for the stand-in's: the database skipped it, yet it is reported REFUSED with
+    # the Bind's refusal (26000), which it never had.
+    _, run = converse(pg, bind("", "no_such_statement") + execute("") + SYNC)
+    assert outcome_of(run, 1).status is Status.SKIPPED
+
+
+@pytest.mark.xfail(strict=True, reason="known bug hold_cursor_of_failed_transaction")
+def test_a_hold_cursor_of_a_failed_transaction_is_gone(pg: PostgresServer) -> None:
+    # A WITH HOLD cursor survives the end of the transaction that declared it only if that
+    # transaction commits; the machine keeps it after a rollback too.
+    declare = parse("", "DECLARE c1 CURSOR WITH HOLD FOR SELECT 1") + bind("", "") + execute("")
+    direct, run = converse(pg, declare + parse("", "SELECT 1/0") + bind("", "") + SYNC)
+    assert stream_differences(direct, run.to_client) == []
+    assert run.machine.portals == {}
+
+
+@pytest.mark.xfail(strict=True, reason="known bug deallocate_all_forgets_unnamed")
+def test_deallocate_all_keeps_the_unnamed_statement(pg: PostgresServer) -> None:
+    # DEALLOCATE ALL drops the named prepared statements only; the machine forgets the unnamed
+    # one too, and refuses (26000) the Bind that PostgreSQL runs.
+    deallocate_all = parse("d", "DEALLOCATE ALL") + bind("x", "d") + execute("x")
+    direct, run = converse(
+        pg, parse("", "SELECT 1") + deallocate_all + SYNC + bind("", "") + execute("") + SYNC
+    )
+    assert stream_differences(direct, run.to_client) == []
+
+
+@pytest.mark.xfail(strict=True, reason="known bug refusal_in_failed_transaction")
+def test_a_refusal_in_a_failed_transaction_keeps_its_error(pg: PostgresServer) -> None:
+    # PostgreSQL parses (and looks up names) before it checks for a failed transaction, so the
+    # client gets the syntax error; the gateway's stand-in fails with 25P02 instead. Likewise
+    # for the Bind of a missing statement (26000) and the Execute of a missing portal (34000).
+    _, run = converse(pg, query("BEGIN") + query("SELECT 1/0") + query("SELEC 1"))
+    errors = [
+        parse_notice(body).sqlstate for kind, body in messages_of(run.to_client) if kind == "E"
+    ]
+    assert errors[:2] == ["22012", "42601"]
+
+
+@pytest.mark.xfail(strict=True, reason="a refused statement has no candidates to show")
+def test_a_refused_statement_can_be_shown_to_its_stages() -> None:
+    # A stage hears the outcome of a statement the gateway refused; showing it (repr, or its
+    # `analysis` for an audit record) raises IndexError: it has no candidates.
+    stage = RecordingStage()
+    machine = new_machine([stage])
+    machine.client_data(query("SELEC 1"))
+    machine.server_data(refusal_block_error() + ready())
+    ((statement, outcome),) = stage.outcomes
+    assert outcome.status is Status.REFUSED
+    assert "SELEC 1" in repr(statement)
+
+
+# --- the same conversation, however it is split ---------------------------------------------
+
+RECORDED = (
+    query("BEGIN")
+    + parse("s1", _rows(1, 3))
+    + describe("S", "s1")
+    + bind("p1", "s1", [], [1, 0])
+    + execute("p1", 2)
+    + FLUSH
+    + execute("p1", 0)
+    + parse("s2", "SELEC 'tag-2'")
+    + execute("p1", 0)
+    + SYNC
+    + query(f"ROLLBACK; {_rows(3, 2)}; SELECT 1/0; {_rows(4, 1)}")
+    + parse("", "SELECT 'tag-5'::text AS tag, 1 / (3 - i) AS n FROM generate_series(1, 3) AS i")
+    + bind("", "")
+    + execute("", 0)
+    + SYNC
+    + query(f"PREPARE s3 AS {_rows(6, 2)}; EXECUTE s3; DEALLOCATE s3")
+    + bind("", "s1", [], [1])
+    + describe("P", "")
+    + execute("", 1)
+    + execute("", 5)
+    + SYNC
+    + bind("p2", "no_such_statement")
+    + SYNC
+    + query("SET application_name = 'tag-7'")
+    + query("SELEC 'tag-8'")
+    + parse("", "")
+    + bind("", "")
+    + execute("")
+    + close("S", "s1")
+    + SYNC
+)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    to_server: bytes
+    to_client: bytes
+    outcomes: list[tuple[int, Status, tuple[str, ...], int, str | None]]
+    journal: list[tuple[int, int, tuple[Column, ...] | None, bytes]]
+    prepared: set[bytes]
+    portals: set[bytes]
+    idle: bool
+
+
+def replay(client: Sequence[bytes], server: Sequence[bytes]) -> Replayed:
+    """A machine fed all the client's pieces, then all the server's, as they were recorded."""
+    stage = JournalStage()
+    machine = new_machine([stage])
+    actions = [action for piece in client for action in machine.client_data(piece)]
+    actions += [action for piece in server for action in machine.server_data(piece)]
+    assert all(
+        isinstance(a, (SendToServer, SendToClient, PauseReading, ResumeReading)) for a in actions
+    )
+    return Replayed(
+        sent_to_server(actions),
+        sent_to_client(actions),
+        [(s.number, o.status, o.tags, o.rows, o.sqlstate) for s, o in stage.outcomes],
+        stage.journal,
+        set(machine.prepared_statements),
+        set(machine.portals),
+        machine.idle,
+    )
+
+
+@pytest.fixture(scope="module")
+def recorded(pg: PostgresServer) -> tuple[bytes, bytes, Replayed]:
+    """RECORDED through a machine on a real connection: the client's bytes, the server's, and
+    what the machine made of them fed whole."""
+    data = RECORDED + query(PROBE)
+    direct = run_direct(pg, data)
+    run = run_through_machine(pg, [data], random.Random(0))
+    assert stream_differences(direct, run.to_client) == []
+    whole = replay([data], [run.from_server])
+    assert whole.to_server == run.to_server
+    assert whole.to_client == run.to_client
+    assert whole.idle
+    statuses = [status for _, status, *_ in whole.outcomes]
+    assert {Status.COMPLETED, Status.SUSPENDED, Status.FAILED, Status.REFUSED} <= set(statuses)
+    return data, run.from_server, whole
+
+
+def test_a_recorded_conversation_fed_a_byte_at_a_time_gives_the_same_actions(
+    recorded: tuple[bytes, bytes, Replayed],
+) -> None:
+    client, server, whole = recorded
+    one_by_one = [client[i : i + 1] for i in range(len(client))]
+    server_bytes = [server[i : i + 1] for i in range(len(server))]
+    assert replay(one_by_one, [server]) == whole
+    assert replay([client], server_bytes) == whole
+    assert replay(one_by_one, server_bytes) == whole
+
+
+@settings(max_examples=100, derandomize=True, database=None)
+@given(
+    client_cuts=st.lists(st.integers(0, 1 << 16), max_size=12),
+    server_cuts=st.lists(st.integers(0, 1 << 16), max_size=12),
+)
+def test_a_recorded_conversation_split_anywhere_gives_the_same_actions(
+    recorded: tuple[bytes, bytes, Replayed], client_cuts: list[int], server_cuts: list[int]
+) -> None:
+    client, server, whole = recorded
+    assert replay(cut(client, client_cuts), cut(server, server_cuts)) == whole
+
+
+# --- anything at all, from either side ---------------------------------------------------------
+
+_names = st.sampled_from(["", "s1", "p1", "x" * 70])
+_sql = st.sampled_from(
+    [
+        "SELECT 1",
+        "SELEC",
+        "BEGIN",
+        "COMMIT",
+        "",
+        "SELECT 1; SELECT 2",
+        "EXECUTE s1",
+        "FETCH 1 FROM p1",
+        "DECLARE p1 CURSOR FOR SELECT 1",
+        "PREPARE s1 AS SELECT 1",
+        "SET search_path TO x",
+        "COPY t FROM STDIN",
+    ]
+)
+frontend_messages = st.one_of(
+    st.builds(query, _sql),
+    st.builds(parse, _names, _sql),
+    st.builds(
+        bind,
+        _names,
+        _names,
+        st.sampled_from([(), (b"1",), (None,)]),
+        st.sampled_from([(), (1,), (0, 1)]),
+    ),
+    st.builds(describe, st.sampled_from("SPX"), _names),
+    st.builds(execute, _names, st.integers(-1, 3)),
+    st.builds(close, st.sampled_from("SP"), _names),
+    st.sampled_from(
+        [
+            SYNC,
+            FLUSH,
+            message("d", b"1\n"),
+            message("c"),
+            message("f", b"no\0"),
+            message("X"),
+            message("F", b"\0\0\0\1\0\0\0\0\0\0"),
+        ]
+    ),
+)
+backend_messages = st.one_of(
+    st.sampled_from(
+        [
+            PARSE_COMPLETE,
+            BIND_COMPLETE,
+            CLOSE_COMPLETE,
+            NO_DATA,
+            EMPTY_QUERY,
+            PORTAL_SUSPENDED,
+            message("c"),
+        ]
+    ),
+    st.builds(ready, st.sampled_from("ITE")),
+    st.builds(
+        row_description,
+        st.just("a"),
+        type_oid=st.sampled_from([23, 25]),
+        format_code=st.sampled_from([0, 1]),
+    ),
+    st.builds(data_row, st.sampled_from([b"1", b"\0\0\0\1", b""])),
+    st.builds(
+        command_complete,
+        st.sampled_from(
+            ["SELECT 1", "BEGIN", "COMMIT", "ROLLBACK", "PREPARE", "DECLARE CURSOR", "SET"]
+        ),
+    ),
+    st.builds(
+        error,
+        st.sampled_from(["42601", "22012", "P0001", "25P02"]),
+        st.sampled_from(["boom", "statement refused by the custos gateway"]),
+        st.sampled_from(["ERROR", "FATAL"]),
+    ),
+    st.builds(notice, st.just("hm")),
+    st.builds(
+        parameter_status,
+        st.sampled_from(["client_encoding", "standard_conforming_strings", "search_path"]),
+        st.sampled_from(["UTF8", "SJIS", "off", "x"]),
+    ),
+    st.builds(parameter_description, st.just(23)),
+    st.sampled_from(
+        [
+            message("G", b"\0\0\1\0\0"),
+            message("H", b"\0\0\1\0\0"),
+            message("d", b"x"),
+            message("W", b"\0\0\0"),
+        ]
+    ),
+)
+garbage = st.binary(min_size=1, max_size=40)
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("client"), st.one_of(frontend_messages, garbage)),
+        st.tuples(st.just("server"), st.one_of(backend_messages, garbage)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(
+    events=events,
+    cuts=st.lists(st.integers(0, 1 << 16), max_size=6),
+    bytewise=st.booleans(),
+    with_policy=st.booleans(),
+)
+def test_whatever_either_side_sends_the_machine_never_raises(
+    events: list[tuple[str, bytes]], cuts: list[int], bytewise: bool, with_policy: bool
+) -> None:
+    # Each side's bytes, cut anywhere (messages may straddle events); the machine may end the
+    # session with its own error, and must then stay closed.
+    stages = [policy_stage(), RecordingStage(rewrite=True)] if with_policy else [JournalStage()]
+    machine = new_machine(stages)
+    closed = False
+    for side, data in events:
+        pieces = [data[i : i + 1] for i in range(len(data))] if bytewise else cut(data, cuts)
+        for piece in pieces:
+            actions = machine.client_data(piece) if side == "client" else machine.server_data(piece)
+            if closed:
+                assert not any(isinstance(a, (SendToServer, CloseSession)) for a in actions)
+            closed = closed or any(isinstance(a, CloseSession) for a in actions)

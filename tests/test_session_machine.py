@@ -424,7 +424,9 @@ def test_a_refused_execute_leaves_the_unnamed_statement_to_the_client():
     request = parse("", "SELECT email FROM crm.customers") + bind("", "") + execute("") + SYNC
     (sent,) = machine.client_data(request)
     parse_and_bind = parse("", "SELECT email FROM crm.customers") + bind("", "")
-    assert sent == SendToServer(parse_and_bind + REFUSAL_EXECUTION + SYNC)
+    # The block's own statement is closed again right after the Sync, before anything of
+    # the client's that follows could see it.
+    assert sent == SendToServer(parse_and_bind + REFUSAL_EXECUTION + SYNC + REFUSAL_CLEANUP)
     answers = machine.server_data(
         PARSE_COMPLETE
         + BIND_COMPLETE
@@ -433,11 +435,10 @@ def test_a_refused_execute_leaves_the_unnamed_statement_to_the_client():
         + BIND_COMPLETE
         + refusal_block_error()
         + ready()
+        + CLOSE_COMPLETE
     )
     assert types(sent_to_client(answers)) == "12EZ"
-    # Once idle, the block's own statement is closed again.
-    assert sent_to_server(answers) == REFUSAL_CLEANUP
-    assert machine.server_data(CLOSE_COMPLETE) == []
+    assert sent_to_server(answers) == b""
     assert set(machine.prepared_statements) == {b""}
     assert outcomes(recording) == [(1, Status.REFUSED, (), 0)]
     assert machine.idle
@@ -456,9 +457,14 @@ def test_an_unknown_portal_or_statement_is_refused_as_postgresql_would():
     (sent,) = machine.client_data(bind("", "nowhere") + execute("") + SYNC)
     # The Execute of the portal the refused Bind did not make is refused too (the database
     # skips it after the first error).
-    assert sent == SendToServer(REFUSAL_EXECUTION + REFUSAL_EXECUTION + SYNC)
+    assert sent == SendToServer(REFUSAL_EXECUTION + REFUSAL_EXECUTION + SYNC + REFUSAL_CLEANUP)
     answers = machine.server_data(
-        CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + refusal_block_error() + ready()
+        CLOSE_COMPLETE
+        + PARSE_COMPLETE
+        + BIND_COMPLETE
+        + refusal_block_error()
+        + ready()
+        + CLOSE_COMPLETE
     )
     (error_message, _) = split(sent_to_client(answers))
     fields = parse_notice(error_message[1]).fields

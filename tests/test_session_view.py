@@ -383,3 +383,16 @@ def test_text_in_a_single_byte_encoding_is_decoded_as_the_server_does():
     machine.server_data(
         row_description("x") + data_row(b"y") + command_complete("SELECT 1") + ready()
     )
+
+
+def test_under_a_path_of_too_many_schemas_only_qualified_names_go_on():
+    machine = new_machine(search_path=tuple(f"s{index}" for index in range(40)))
+    assert forwarded(machine, query("SELECT id FROM crm.orders LIMIT 1"))
+    machine.server_data(
+        row_description("id") + data_row(b"1") + command_complete("SELECT 1") + ready()
+    )
+    assert forwarded(machine, query("SET search_path TO crm"))
+    machine.server_data(command_complete("SET") + ready())
+    assert refused(
+        new_machine(search_path=tuple(f"s{i}" for i in range(40))), query("SELECT 1 FROM t")
+    )

@@ -83,9 +83,6 @@ class Listener(Protocol):
 
     def finished(self, statement: Statement, status: Status, sqlstate: str | None) -> None: ...
 
-    def ready(self) -> None:
-        """A ReadyForQuery was attributed: earlier segments are confirmed."""
-
 
 class Answers:
     def __init__(
@@ -621,6 +618,8 @@ class Answers:
         self._rewriter = None
         view = self._view
         if kind == L.QUERY:
+            # A simple Query drops the unnamed prepared statement, as PostgreSQL does.
+            view.statements.forget(b"")
             statement: Statement = payload
             if statement.refusal is not None:
                 self._listener.finished(statement, Status.REFUSED, statement.refusal.sqlstate)
@@ -633,7 +632,6 @@ class Answers:
         if status == _IDLE:
             view.end_transaction(committed=not view.transaction_failed)
         view.forget_predictions()
-        self._listener.ready()
         return None
 
 

@@ -77,11 +77,15 @@ from custos.session.stages import (
 )
 from custos.session.statement import Candidates, Portal, Prepared, Statement
 from custos.session.texts import TextAnalyser
-from custos.session.view import UNCONFIRMED, SessionView, Unconfirmed
+from custos.session.view import NAME_BYTES, UNCONFIRMED, SessionView, Unconfirmed
 
 log = logging.getLogger("custos.session")
 
 _PARSE_MEMO_ENTRIES: Final = 2048
+MAX_CANDIDATE_SCHEMAS: Final = 32
+"""A statement is analysed once per schema the search path may hold, up to this many."""
+_UNQUALIFIED: Final = "custos_unqualified_names"
+_UNQUALIFIED_PREFIX: Final = _UNQUALIFIED + "."
 _CANCELED: Final = "canceling statement due to user request"
 _STAGE_FAILED: Final = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
@@ -95,9 +99,10 @@ _FUNCTION_CALL_REFUSAL: Final = Refusal(
 )
 _LEXICAL_PIPELINE: Final = Refusal(
     sqlstates.FEATURE_NOT_SUPPORTED,
-    "a statement with a backslash or characters outside ASCII cannot follow a statement"
-    " that may change client_encoding or standard_conforming_strings in the same pipeline"
-    " segment; send Sync between them",
+    "text with a backslash or characters outside ASCII cannot follow another statement in"
+    " the same pipeline segment: that statement (or a function or trigger it runs) may"
+    " change client_encoding or standard_conforming_strings, which the server reports only"
+    " at Sync; send Sync between them",
 )
 
 
@@ -275,6 +280,7 @@ class SessionMachine:
     def server_data(self, data: bytes) -> list[Action]:
         if self._state is SessionState.CLOSED:
             return []
+        confirmed = self._view.confirmed_segments
         try:
             self._answers.feed(data, self._to_client)
         except (ProtocolViolation, LostTrack) as lost:
@@ -284,6 +290,8 @@ class SessionMachine:
             self._answers.lost()
             self._fail(sqlstates.PROGRAM_LIMIT_EXCEEDED, str(too_large))
         else:
+            if self._view.confirmed_segments != confirmed:
+                self._segments_confirmed()
             self._after_server()
         return self._take_actions()
 
@@ -359,7 +367,7 @@ class SessionMachine:
         self._pause_client("backpressure", paused)
         return self._take_actions()
 
-    # --- what the answers tell (answers.Listener) ----------------------------------------
+    # --- how statements finished (answers.Listener) --------------------------------------
 
     def finished(self, statement: Statement, status: Status, sqlstate: str | None) -> None:
         if statement.finished:
@@ -381,7 +389,8 @@ class SessionMachine:
             except Exception:
                 log.exception("a stage failed to hear how a statement finished")
 
-    def ready(self) -> None:
+    def _segments_confirmed(self) -> None:
+        """The database answered (or skipped) sync points: what waited on them may go on."""
         if self._refusal_statement_left and not self._answers.ledger:
             self._refusal_statement_left = False
             self._send(REFUSAL_CLEANUP, [(L.OWN_CLOSE, None)])
@@ -400,31 +409,35 @@ class SessionMachine:
             try:
                 taken = self._take_in(message_type, chunk, start, end)
             except ProtocolViolation as violation:
-                self._enqueue(chunk[run_start:start])
+                self._enqueue(chunk, run_start, start)
                 self._fail(violation.sqlstate, violation.message)
                 return
             if taken is None:
                 if self._terminating:
                     # Nothing more will be read: what still waits is withdrawn, the rest goes.
-                    self._enqueue(chunk[run_start:end])
+                    self._enqueue(chunk, run_start, end)
                     self._finish_session("client ended the session")
                     return
                 continue
-            self._enqueue(chunk[run_start:start])
+            self._enqueue(chunk, run_start, start)
             if isinstance(taken, _Block):
                 self._backlog.appendleft((chunk, spans, index))
                 self._intake_blocked = True
                 return
             self._outbox.append(taken)
             run_start = end
-        self._enqueue(chunk[run_start : spans[-1][2]])
+        self._enqueue(chunk, run_start, spans[-1][2])
 
-    def _enqueue(self, data: bytes) -> None:
+    def _enqueue(self, chunk: bytes, start: int, end: int) -> None:
         """Client bytes (with the entries gathered for them) go out, or queue behind a wait."""
-        entries = self._run_entries
-        if not data:
+        if start == end:
             return
+        data = chunk[start:end]
+        entries = self._run_entries
         self._run_entries = []
+        if start:
+            # A Sync's entry holds where it ends: in the chunk so far, in these bytes from now.
+            entries = [(L.SYNC, e[1] - start) if e[0] == L.SYNC else e for e in entries]
         if self._outbox:
             self._outbox.append(_Item(data, entries))
         else:
@@ -451,15 +464,13 @@ class SessionMachine:
             answers = self._answers
             if answers.copy_in is not None and not answers.copy_end_sent:
                 return None  # the database ignores Sync during COPY FROM STDIN
-            self._run_entries.append((L.SYNC, None))
+            self._run_entries.append((L.SYNC, end))
             self._view.end_segment()
             return None
         if message_type == codes.DESCRIBE:
-            self._take_describe(chunk[start + 5 : end])
-            return None
+            return self._take_describe(chunk[start + 5 : end])
         if message_type == codes.CLOSE:
-            self._take_close(chunk[start + 5 : end])
-            return None
+            return self._take_close(chunk[start + 5 : end])
         if message_type == codes.COPY_DONE or message_type == codes.COPY_FAIL:
             self._run_entries.append((L.COPY_END, None))
             if self._answers.copy_in is not None:
@@ -504,12 +515,16 @@ class SessionMachine:
                 return _BLOCK
             if isinstance(read, Refusal):
                 return self._refused_message(read)
-            name = view.name_key(parse.statement)
+            name_read = self._name(parse.statement)
+            if not isinstance(name_read, bytes):
+                return self._not_taken(name_read)
+            name = name_read
             prepared = Prepared(read, parse.parameter_types)
             if not read[0][0].session_effects:
                 if len(self._parse_memo) >= _PARSE_MEMO_ENTRIES:
                     self._parse_memo.clear()
-                self._parse_memo[key] = (name, prepared, lexically_sensitive(parse.query))
+                sensitive = lexically_sensitive(parse.query) or not parse.statement.isascii()
+                self._parse_memo[key] = (name, prepared, sensitive)
         else:
             name, prepared, sensitive = known
             if sensitive:
@@ -525,7 +540,12 @@ class SessionMachine:
     def _take_bind(self, body: bytes) -> _Taken:
         view = self._view
         portal_name, statement_name = names(body, 2, "Bind")
-        name = view.name_key(statement_name)
+        name = self._name(statement_name)
+        key = self._name(portal_name)
+        if not isinstance(name, bytes):
+            return self._not_taken(name)
+        if not isinstance(key, bytes):
+            return self._not_taken(key)
         prepared = view.statements.lookup(name, view.segment, view.confirmed_segments)
         if prepared is UNCONFIRMED:
             return _BLOCK
@@ -537,7 +557,6 @@ class SessionMachine:
                 )
             )
         portal = Portal(prepared, body)
-        key = view.name_key(portal_name)
         view.portals.predict(key, portal, view.segment)
         self._run_entries.append((L.BIND, (key, portal)))
         return None
@@ -545,7 +564,9 @@ class SessionMachine:
     def _take_execute(self, chunk: bytes, start: int, end: int) -> _Taken:
         view = self._view
         portal_name, max_rows = execute_message(chunk[start + 5 : end])
-        key = view.name_key(portal_name)
+        key = self._name(portal_name)
+        if not isinstance(key, bytes):
+            return self._not_taken(key)
         portal = view.portals.lookup(key, view.segment, view.confirmed_segments)
         if portal is UNCONFIRMED:
             return _BLOCK
@@ -561,6 +582,9 @@ class SessionMachine:
             resolved = resolve(prepared.candidates, self._view)
             if isinstance(resolved, Unconfirmed):
                 return _BLOCK
+        # Whatever it runs (a function, a trigger) may change how later text reads, and the
+        # server reports that only at the end of the segment.
+        view.segment_lexical_change = True
         statement = self._new_statement(prepared.candidates, portal.parameters())
         statement.portal_name = key
         statement.portal = portal
@@ -571,10 +595,12 @@ class SessionMachine:
             statement.candidates = resolved
         return self._statement_item(statement, chunk, start, end, L.EXECUTE)
 
-    def _take_describe(self, body: bytes) -> None:
+    def _take_describe(self, body: bytes) -> _Taken:
         view = self._view
         kind, raw_name = target(body, "Describe")
-        name = view.name_key(raw_name)
+        name = self._name(raw_name)
+        if not isinstance(name, bytes):
+            return self._not_taken(name)
         # Its answer reaches a later Execute's rewriter: no Describe of the gateway's is needed.
         described: Prepared | Portal | object | None
         if kind == ord("S"):
@@ -584,16 +610,56 @@ class SessionMachine:
         if isinstance(described, (Prepared, Portal)):
             described.described = True
         self._run_entries.append((L.DESCRIBE, (kind, name)))
+        return None
 
-    def _take_close(self, body: bytes) -> None:
+    def _take_close(self, body: bytes) -> _Taken:
         view = self._view
         kind, raw_name = target(body, "Close")
-        name = view.name_key(raw_name)
+        name = self._name(raw_name)
+        if not isinstance(name, bytes):
+            return self._not_taken(name)
         if kind == ord("S"):
             view.statements.predict(name, None, view.segment)
         else:
             view.portals.predict(name, None, view.segment)
         self._run_entries.append((L.CLOSE, (kind, name)))
+        return None
+
+    def _name(self, raw: bytes) -> bytes | Refusal | _Block:
+        """A statement or portal name as the database keys it.
+
+        ASCII names are the bytes themselves (PostgreSQL keys the first 63). Others are
+        followed only in UTF-8, where the database compares the bytes as sent: in another
+        encoding its conversion may make two byte strings one name, and which conversion
+        applies may still be changing.
+        """
+        if raw.isascii():
+            return raw[:NAME_BYTES]
+        gate = self._lexical_gate()
+        if gate is not None:
+            return gate
+        lexical = self._view.lexical
+        encoding = lexical.client_encoding
+        if encoding == "SQL_ASCII":
+            encoding = lexical.server_encoding
+        if encoding != "UTF8":
+            return Refusal(
+                sqlstates.FEATURE_NOT_SUPPORTED,
+                f"statement and portal names outside ASCII are refused in client_encoding"
+                f" {lexical.client_encoding}: the gateway could not tell them apart as the"
+                " database does; use ASCII names, or client_encoding UTF8",
+            )
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Refusal(
+                sqlstates.CHARACTER_NOT_IN_REPERTOIRE,
+                "a statement or portal name is not valid UTF-8, the session's client_encoding",
+            )
+        return raw[:NAME_BYTES]
+
+    def _not_taken(self, outcome: Refusal | _Block) -> _Taken:
+        return _BLOCK if isinstance(outcome, _Block) else self._refused_message(outcome)
 
     def _lexical_gate(self) -> Refusal | _Block | None:
         """For text that could read differently under other settings: whether it can be read."""
@@ -614,11 +680,34 @@ class SessionMachine:
             sql = self._view.lexical.decode(text)
         except LexicalRefusal as refusal:
             return Refusal(refusal.sqlstate, refusal.message)
-        candidates = self._analyser.candidates(sql, self._view.path.schemas())
+        schemas = self._view.path.schemas()
+        if len(schemas) > MAX_CANDIDATE_SCHEMAS:
+            return self._read_under_long_path(sql, schemas)
+        candidates = self._analyser.candidates(sql, schemas)
         error = candidates[0][0].error
         if error is not None:
             return syntax_refusal(error, sql)
         return candidates
+
+    def _read_under_long_path(self, sql: str, schemas: tuple[str, ...]) -> Candidates | Refusal:
+        """A statement under a search path of too many schemas to analyse it once for each.
+
+        It is analysed once, with unqualified names put in a schema of their own: a statement
+        that names no table without its schema reads alike under any path, and goes on.
+        """
+        ((analysis, _),) = self._analyser.candidates(sql, (_UNQUALIFIED,))
+        if analysis.error is not None:
+            return syntax_refusal(analysis.error, sql)
+        for facts in analysis.statements:
+            for relation in facts.relations_read | facts.relations_written:
+                if relation.startswith(_UNQUALIFIED_PREFIX):
+                    return Refusal(
+                        sqlstates.PROGRAM_LIMIT_EXCEEDED,
+                        f"the search path holds {len(schemas)} schemas, more than the"
+                        f" {MAX_CANDIDATE_SCHEMAS} the gateway resolves a table name against;"
+                        " write schema.table, or set a shorter search_path",
+                    )
+        return ((analysis, schemas[:1]),)
 
     def _new_statement(
         self, candidates: Candidates, parameters: tuple[str | None, ...]
@@ -786,15 +875,28 @@ class SessionMachine:
         self._pause_client("holding", held > self._limits.max_held_client_bytes)
 
     def _send(self, data: bytes, entries: list[L.Entry]) -> None:
-        self._to_server.append(data)
         if data is REFUSAL_EXECUTION:
             self._refusal_statement_left = True
+        elif self._refusal_statement_left:
+            data, entries = self._with_cleanup(data, entries)
+        self._to_server.append(data)
         answers = self._answers
         answers.expect(entries)
         if len(answers.ledger) > self._limits.max_ledger_entries:
             self._pause_client("ledger", True)
         elif "ledger" in self._client_pauses:
             self._pause_client("ledger", False)
+
+    def _with_cleanup(self, data: bytes, entries: list[L.Entry]) -> tuple[bytes, list[L.Entry]]:
+        """The bytes with the refusal block's statement closed right after their first Sync,
+        before any later statement of the client's can see it."""
+        for position, (kind, payload) in enumerate(entries):
+            if kind == L.SYNC and isinstance(payload, int):
+                self._refusal_statement_left = False
+                cleanup: list[L.Entry] = [(L.OWN_CLOSE, None)]
+                entries = entries[: position + 1] + cleanup + entries[position + 1 :]
+                return data[:payload] + REFUSAL_CLEANUP + data[payload:], entries
+        return data, entries
 
     # --- flow control and the end --------------------------------------------------------
 

@@ -28,8 +28,11 @@ def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal |
         return candidates
     resolved: list[tuple[Analysis, tuple[str, ...]]] = []
     for analysis, path in candidates:
-        facts: list[StatementFacts] = []
-        texts: list[str] = []
+        # One statement in, one out: the database completes each statement of the string
+        # once, and the session matches its answers to them by position. What EXECUTE or
+        # FETCH runs is one statement, or none (an empty one: then its own facts stay). A
+        # name analysed under several search-path candidates gives one variant each.
+        variants: list[tuple[list[StatementFacts], list[str]]] = [([], [])]
         statements: dict[bytes, Candidates | None] = {}
         cursors: dict[bytes, Candidates | None] = {}
         for position, statement in enumerate(analysis.statements):
@@ -48,17 +51,44 @@ def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal |
             elif statement.fetches is not None:
                 found = _runs(statement.fetches, cursors, view.portals, view, "cursor")
             else:
-                facts.append(statement)
-                texts.append(text)
-                continue
+                found = ((Analysis((statement,), (text,)), path),)
             if not isinstance(found, tuple):
                 return found
+            options: dict[int, tuple[StatementFacts, str]] = {}
             for candidate, _ in found:
-                facts.extend(candidate.statements)
-                texts.extend(candidate.texts)
-        # A new analysis, not a shared one: it must not be decided as its canonical.
-        resolved.append((Analysis(tuple(facts), tuple(texts)), path))
+                ran = _texts(candidate)
+                if len(ran) > 1:
+                    return _MANY
+                option = ran[0] if ran else (statement, text)
+                options[id(option[0])] = option
+            variants = [
+                ([*facts, fact], [*texts, ran_text])
+                for facts, texts in variants
+                for fact, ran_text in options.values()
+            ]
+            if len(variants) > _MAX_VARIANTS:
+                return _TOO_MANY
+        # New analyses, not shared ones: they must not be decided as their canonical.
+        resolved.extend((Analysis(tuple(facts), tuple(texts)), path) for facts, texts in variants)
     return tuple(resolved)
+
+
+_MANY = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "the gateway cannot follow a prepared statement or cursor that holds several statements",
+)
+_MAX_VARIANTS = 64
+_TOO_MANY = Refusal(
+    sqlstates.PROGRAM_LIMIT_EXCEEDED,
+    "the query string runs too many prepared statements or cursors, each of several readings"
+    " under the search path, for the gateway to decide; send them one at a time or qualify"
+    " the names in them",
+)
+
+
+def _texts(analysis: Analysis) -> list[tuple[StatementFacts, str]]:
+    texts = list(analysis.texts) + [""] * (len(analysis.statements) - len(analysis.texts))
+    return list(zip(analysis.statements, texts, strict=False))
 
 
 def _runs(

@@ -20,7 +20,6 @@ by construction:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Final, Generic, TypeVar
 
@@ -33,16 +32,15 @@ from custos.session.effects import (
     SetPath,
     Transaction,
 )
-from custos.session.lexical import LexicalRefusal, LexicalSettings
+from custos.session.lexical import LexicalSettings
 from custos.session.statement import Candidates, Portal, Prepared, Statement
-from custos.sql.facts import Analysis, StatementFacts, StatementKind
+from custos.sql.facts import Analysis
 
 T = TypeVar("T", Prepared, Portal)
 
 # PostgreSQL keeps statement and portal names in NAMEDATALEN-byte keys: longer names that
 # agree on their first 63 bytes are one name.
 NAME_BYTES: Final = 63
-_LEXICAL_CHANGERS = frozenset({StatementKind.SET, StatementKind.DO, StatementKind.CALL})
 
 
 class Unconfirmed:
@@ -196,21 +194,13 @@ class SessionView:
         self.lexical_version = 0  # changes with the settings: readings kept by text expire
         self.segment = 0  # sync points the client sent so far: the segment being taken in
         self.confirmed_segments = 0  # sync points the database answered (or skipped)
-        # A statement earlier in the current segment may change how text reads.
+        # A statement ran earlier in the current segment: it may change how text reads.
         self.segment_lexical_change = False
         self.transaction_failed = False  # an error since the transaction began
 
     def end_segment(self) -> None:
         self.segment += 1
         self.segment_lexical_change = False
-
-    def name_key(self, raw: bytes) -> bytes:
-        """A protocol name as the server compares it: in its encoding, cut to 63 bytes."""
-        if not raw.isascii():
-            # A name is never lexed: one the settings refuse to decode is compared as sent.
-            with contextlib.suppress(LexicalRefusal):
-                raw = self.lexical.decode(raw).encode()
-        return raw[:NAME_BYTES]
 
     def reported(self, name: str, value: str) -> None:
         """The server reported a setting (ParameterStatus)."""
@@ -226,8 +216,6 @@ class SessionView:
         analysis = statement.candidates[0][0] if statement.candidates else None
         if analysis is None or not analysis.session_effects:
             return
-        if not self.segment_lexical_change and any(map(_may_change_lexing, analysis.statements)):
-            self.segment_lexical_change = True
         path = statement.candidates[0][1]
         segment = self.segment
         effects: list[tuple[Effect, ...]] = []
@@ -310,16 +298,6 @@ class SessionView:
     def forget_predictions(self) -> None:
         self.statements.forget_predictions(self.confirmed_segments)
         self.portals.forget_predictions(self.confirmed_segments)
-
-
-def _may_change_lexing(facts: StatementFacts) -> bool:
-    """Whether a statement may change client_encoding or standard_conforming_strings."""
-    return (
-        not facts.kinds.isdisjoint(_LEXICAL_CHANGERS)
-        or facts.dynamic
-        or "set_config" in facts.functions
-        or facts.statement_type == "DiscardStmt"
-    )
 
 
 def single(analysis: Analysis, position: int, path: tuple[str, ...]) -> Candidates:

@@ -33,6 +33,9 @@ SQL_TEXT_FUNCTIONS = frozenset(
         "database_to_xml",
         "database_to_xmlschema",
         "database_to_xml_and_xmlschema",
+        # fetch from a portal or cursor named by a value: whatever statement it holds runs
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
         "ts_stat",
         # dblink runs its SQL on another connection, perhaps this very database
         "dblink",
