@@ -58,7 +58,6 @@ class Machine(Protocol):
 
 class Session:
     __slots__ = (
-        "_cancel_delivery",
         "_client",
         "_closed",
         "_force_close",
@@ -91,7 +90,6 @@ class Session:
         self._on_closed = on_closed
         self.cancel_key: tuple[int, int] = (0, 0)
         self._tasks: set[asyncio.Future[object]] = set()
-        self._cancel_delivery: asyncio.Future[object] | None = None
         self._closed = False
         self._force_close: asyncio.TimerHandle | None = None
         self._opened_at = time.monotonic()
@@ -139,9 +137,7 @@ class Session:
         """
         if self._closed:
             return None
-        self._cancel_delivery = None
-        self._run(self._machine.cancel_requested())
-        return self._cancel_delivery
+        return self._run(self._machine.cancel_requested())
 
     def drain(self) -> None:
         """Closes the session at its next idle moment, for a graceful shutdown."""
@@ -159,7 +155,9 @@ class Session:
 
     # --- carrying out actions ------------------------------------------------------------
 
-    def _run(self, actions: list[Action]) -> None:
+    def _run(self, actions: list[Action]) -> asyncio.Future[object] | None:
+        """Carries out the actions; the cancel's delivery to the database, if one started."""
+        delivery: asyncio.Future[object] | None = None
         for action in actions:
             kind = type(action)
             if kind is SendToServer:
@@ -174,9 +172,10 @@ class Session:
             elif kind is StartWait:
                 self._start_wait(action.awaitable)  # type: ignore[union-attr]
             elif kind is ForwardCancel:
-                self._cancel_delivery = self._start_task(send_cancel(self._upstream_key))
+                delivery = self._start_task(send_cancel(self._upstream_key))
             elif kind is CloseSession:
                 self._finish(action.reason)  # type: ignore[union-attr]
+        return delivery
 
     def _transport(self, side: Side) -> asyncio.Transport:
         return self._client if side is Side.CLIENT else self._upstream
