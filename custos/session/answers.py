@@ -139,6 +139,11 @@ class Answers:
         return self._skip == 0 and not self._gathered
 
     @property
+    def discarding(self) -> bool:
+        """The database skips what it is sent until the next Sync."""
+        return self._discarding
+
+    @property
     def busy(self) -> bool:
         """Whether the database may be running a statement (what a cancel would hit)."""
         return any(entry[0] in L.RUNS_SQL for entry in self.ledger)
@@ -310,9 +315,9 @@ class Answers:
         if kind in L.SYNC_POINTS:
             self._view.segment_confirmed()
         if kind == L.EXECUTE or kind == L.QUERY:
+            # Refused or not, the client heard nothing of it: the database skipped it.
             self._view.abandoned(payload)
-            status = Status.REFUSED if payload.refusal is not None else Status.SKIPPED
-            self._listener.finished(payload, status, None)
+            self._listener.finished(payload, Status.SKIPPED, None)
 
     def _discard_until_sync(self) -> None:
         ledger = self.ledger

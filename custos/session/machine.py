@@ -205,6 +205,7 @@ class SessionMachine:
         self._outbox: deque[_Item] = deque()
         self._waits: dict[int, list[tuple[_Item, int, Callable[[Settled], Plan]]]] = {}
         self._refusal_statement_left = False  # a refusal block's statement may remain
+        self._confirmed_seen = 0  # the view's confirmed segments, when last acted on
         # The end.
         self._own_pending: list[bytes] = []
         self._closing_reason: str | None = None
@@ -280,7 +281,6 @@ class SessionMachine:
     def server_data(self, data: bytes) -> list[Action]:
         if self._state is SessionState.CLOSED:
             return []
-        confirmed = self._view.confirmed_segments
         try:
             self._answers.feed(data, self._to_client)
         except (ProtocolViolation, LostTrack) as lost:
@@ -290,8 +290,6 @@ class SessionMachine:
             self._answers.lost()
             self._fail(sqlstates.PROGRAM_LIMIT_EXCEEDED, str(too_large))
         else:
-            if self._view.confirmed_segments != confirmed:
-                self._segments_confirmed()
             self._after_server()
         return self._take_actions()
 
@@ -391,7 +389,8 @@ class SessionMachine:
 
     def _segments_confirmed(self) -> None:
         """The database answered (or skipped) sync points: what waited on them may go on."""
-        if self._refusal_statement_left and not self._answers.ledger:
+        answers = self._answers
+        if self._refusal_statement_left and not answers.ledger and not answers.discarding:
             self._refusal_statement_left = False
             self._send(REFUSAL_CLEANUP, [(L.OWN_CLOSE, None)])
         if self._intake_blocked:
@@ -550,12 +549,12 @@ class SessionMachine:
         if prepared is UNCONFIRMED:
             return _BLOCK
         if not isinstance(prepared, Prepared):
-            return self._refused_message(
-                Refusal(
-                    sqlstates.INVALID_SQL_STATEMENT_NAME,
-                    f'prepared statement "{_shown(name)}" does not exist',
-                )
+            missing = (
+                f'prepared statement "{_shown(name)}" does not exist'
+                if name
+                else "unnamed prepared statement does not exist"
             )
+            return self._refused_message(Refusal(sqlstates.INVALID_SQL_STATEMENT_NAME, missing))
         portal = Portal(prepared, body)
         view.portals.predict(key, portal, view.segment)
         self._run_entries.append((L.BIND, (key, portal)))
@@ -983,6 +982,12 @@ class SessionMachine:
             self._controls.clear()
 
     def _take_actions(self) -> list[Action]:
+        # Sync points may be answered by the server, or skipped as the client's messages are
+        # sent after an error: either way, what waited on them may now go on.
+        while self._confirmed_seen != self._view.confirmed_segments:
+            self._confirmed_seen = self._view.confirmed_segments
+            if self._state is not SessionState.CLOSED:
+                self._segments_confirmed()
         self._flush()
         actions = self._actions
         self._actions = []

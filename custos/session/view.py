@@ -95,12 +95,15 @@ class Namespace(Generic[T]):
         self._touched.clear()
         self._cleared_in = segment
 
-    def forget(self, name: bytes | None) -> None:
-        """The database confirmed a removal (None: of every name)."""
-        if name is None:
-            self.confirmed.clear()
-        else:
+    def forget(self, name: bytes | None, *, all_but_unnamed: bool = False) -> None:
+        """The database confirmed a removal (None: of every one, or every named one)."""
+        if name is not None:
             self.confirmed.pop(name, None)
+            return
+        unnamed = self.confirmed.get(b"") if all_but_unnamed else None
+        self.confirmed.clear()
+        if unnamed is not None:
+            self.confirmed[b""] = unnamed
 
     def forget_predictions(self, confirmed_segments: int) -> None:
         """Drops predictions for segments the database has answered, keeping memory flat."""
@@ -179,6 +182,7 @@ class SessionView:
         "path",
         "portals",
         "segment",
+        "declared_in_transaction",
         "segment_lexical_change",
         "statements",
         "transaction_failed",
@@ -197,6 +201,7 @@ class SessionView:
         # A statement ran earlier in the current segment: it may change how text reads.
         self.segment_lexical_change = False
         self.transaction_failed = False  # an error since the transaction began
+        self.declared_in_transaction: set[bytes] = set()  # cursors its rollback would drop
 
     def end_segment(self) -> None:
         self.segment += 1
@@ -262,9 +267,11 @@ class SessionView:
             if isinstance(effect, Prepare):
                 self.statements.confirmed[effect.name] = effect.prepared
             elif isinstance(effect, Deallocate):
-                self.statements.forget(effect.name)
+                # DEALLOCATE ALL (and DISCARD ALL) drop the named statements, not the unnamed.
+                self.statements.forget(effect.name, all_but_unnamed=True)
             elif isinstance(effect, Declare):
                 self.portals.confirmed[effect.name] = effect.portal
+                self.declared_in_transaction.add(effect.name)
             elif isinstance(effect, CloseCursor):
                 self.portals.forget(effect.name)
             elif isinstance(effect, SetPath):
@@ -289,7 +296,13 @@ class SessionView:
         self.path.transaction_ended(committed)
         confirmed = self.portals.confirmed
         if confirmed:
-            self.portals.confirmed = {k: v for k, v in confirmed.items() if v.holdable}
+            # A WITH HOLD cursor outlives its transaction only if that transaction commits.
+            self.portals.confirmed = {
+                name: portal
+                for name, portal in confirmed.items()
+                if portal.holdable and (committed or name not in self.declared_in_transaction)
+            }
+        self.declared_in_transaction.clear()
         self.transaction_failed = False
 
     def segment_confirmed(self) -> None:
