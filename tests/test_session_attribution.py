@@ -105,10 +105,7 @@ STALL_SECONDS = 2.0
 # Until one is fixed, the grammar steers clear of it, or the check that meets it names it
 # instead of failing; delete its line once its xfail test passes, and the property covers it.
 KNOWN_BUGS = {
-    "refused_unnamed_parse": "test_a_refused_parse_drops_the_unnamed_statement",
     "string_refused_up_front": "test_a_missing_execute_target_fails_where_postgresql_fails",
-    "refusal_in_failed_transaction": "test_a_refusal_in_a_failed_transaction_keeps_its_error",
-    "own_describe_fails_for_execute": "test_an_execute_the_database_fails_is_failed",
     "close_all_spares_running_portal": "test_close_all_spares_the_portal_that_runs_it",
 }
 
@@ -867,7 +864,7 @@ def stream_differences(direct: bytes, through: bytes) -> list[str]:
     expected = [comparable(*m) for m in messages_of(direct)]
     got = [comparable(*m) for m in messages_of(through)]
     for position, (want, have) in enumerate(zip(expected, got, strict=False)):
-        if have != want and not _failed_transactions_error(want, have):
+        if have != want:
             return [f"(a) message {position} differs: direct {want!r}, through {have!r}"]
     if len(got) != len(expected):
         return [
@@ -875,19 +872,6 @@ def stream_differences(direct: bytes, through: bytes) -> list[str]:
             f" extra {expected[len(got) :] or got[len(expected) :]!r}"
         ]
     return []
-
-
-def _failed_transactions_error(want: tuple[str, object], have: tuple[str, object]) -> bool:
-    """A refusal the gateway sent in a failed transaction, whose stand-in the database failed
-    with 25P02 where it would have raised the refused statement's own error."""
-    return (
-        "refusal_in_failed_transaction" in KNOWN_BUGS
-        and want[0] == have[0] == "E"
-        and isinstance(want[1], dict)
-        and isinstance(have[1], dict)
-        and want[1].get("C") in GATEWAY_REFUSES
-        and have[1].get("C") == "25P02"
-    )
 
 
 def statement_text(statement: Statement, index: int) -> str:
@@ -979,14 +963,6 @@ def check_conversation(program: Program, direct: bytes, run: MachineRun) -> list
                 problems.append(
                     f"(c) {what}: refused ({outcome.sqlstate}); the database skipped it"
                 )
-        elif status is Status.SKIPPED and answer.status is Status.FAILED:
-            # The gateway's own Describe before the Execute fails as the Execute would have.
-            if not (
-                "own_describe_fails_for_execute" in KNOWN_BUGS
-                and statement.portal_name is not None
-                and answer.sqlstate in ("34000", "25P02")
-            ):
-                problems.append(f"(c) {what}: skipped; the database failed it ({answer.sqlstate})")
         elif status is not answer.status:
             problems.append(f"(c) {what}: {status}; the database's answer says {answer.status}")
         if status is Status.FAILED and outcome.sqlstate != answer.sqlstate:
@@ -1106,6 +1082,28 @@ def converse(pg: PostgresServer, data: bytes) -> tuple[bytes, MachineRun]:
     return run_direct(pg, data), run_through_machine(pg, [data], random.Random(0), STALL_SECONDS)
 
 
+@pytest.mark.parametrize("target", ["S", "P"])
+def test_describing_a_fetch_of_a_closed_cursor_is_refused(pg: PostgresServer, target: str) -> None:
+    # PostgreSQL 15 crashes describing a prepared FETCH whose cursor has been closed, and
+    # restarts every session of the server; the gateway refuses the Describe instead (only
+    # through the machine: the direct run would crash the tests' server).
+    prepared = (
+        query("BEGIN") + query("DECLARE c CURSOR FOR SELECT 1") + parse("s", "FETCH 1 FROM c")
+    )
+    described = describe("S", "s") if target == "S" else bind("p", "s") + describe("P", "p")
+    data = prepared + query("CLOSE c") + described + SYNC + query("ROLLBACK") + query("SELECT 7")
+    run = run_through_machine(pg, [data], random.Random(0), STALL_SECONDS)
+    answers = messages_of(run.to_client)
+    errors = [parse_notice(body).sqlstate for kind, body in answers if kind == "E"]
+    assert errors == ["34000"]
+    assert run.closed is None
+    assert answers[-3:] == [
+        ("D", b"\x00\x01\x00\x00\x00\x017"),
+        ("C", b"SELECT 1\x00"),
+        ("Z", b"I"),
+    ]
+
+
 def outcome_of(run: MachineRun, number: int) -> Outcome:
     return next(outcome for statement, outcome in run.stage.outcomes if statement.number == number)
 
@@ -1143,7 +1141,6 @@ def test_a_simple_query_drops_the_unnamed_statement(pg: PostgresServer) -> None:
     assert b"" not in run.machine.prepared_statements
 
 
-@pytest.mark.xfail(strict=True, reason="known bug refused_unnamed_parse")
 def test_a_refused_parse_drops_the_unnamed_statement(pg: PostgresServer) -> None:
     # PostgreSQL drops the unnamed statement before it parses the new text, so a Parse that
     # fails leaves none; the gateway refuses the text without sending it, and the old statement
@@ -1225,7 +1222,26 @@ def test_deallocate_all_keeps_the_unnamed_statement(pg: PostgresServer) -> None:
     assert stream_differences(direct, run.to_client) == []
 
 
-@pytest.mark.xfail(strict=True, reason="known bug refusal_in_failed_transaction")
+@pytest.mark.parametrize(
+    "refused",
+    [
+        parse("", "SELEC 1") + SYNC,
+        parse("s", "SELEC 1") + bind("", "s") + execute("") + SYNC,
+        bind("", "no_such_statement") + execute("") + SYNC,
+        execute("no_such_portal") + SYNC,
+        query("FETCH 1 FROM no_such_cursor"),
+        query("EXECUTE no_such_statement"),
+    ],
+    ids=["parse", "parse_then_bind", "bind", "execute", "fetch", "execute_sql"],
+)
+def test_a_refusal_in_a_failed_transaction_answers_as_postgresql(
+    pg: PostgresServer, refused: bytes
+) -> None:
+    failed = query("BEGIN") + query("SELECT 1/0")
+    direct, run = converse(pg, failed + refused + query("ROLLBACK") + query("SELECT 1"))
+    assert stream_differences(direct, run.to_client) == []
+
+
 def test_a_refusal_in_a_failed_transaction_keeps_its_error(pg: PostgresServer) -> None:
     # PostgreSQL parses (and looks up names) before it checks for a failed transaction, so the
     # client gets the syntax error; the gateway's stand-in fails with 25P02 instead. Likewise
@@ -1237,7 +1253,6 @@ def test_a_refusal_in_a_failed_transaction_keeps_its_error(pg: PostgresServer) -
     assert errors[:2] == ["22012", "42601"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug own_describe_fails_for_execute")
 def test_an_execute_the_database_fails_is_failed(pg: PostgresServer) -> None:
     # The machine asks for the portal's columns (its own Describe, cut from the answers) before
     # the Execute; in a failed transaction the Describe fails first (25P02), as the Execute
@@ -1259,17 +1274,18 @@ def test_close_all_spares_the_portal_that_runs_it(pg: PostgresServer) -> None:
     assert stream_differences(direct, run.to_client) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a refused statement has no candidates to show")
 def test_a_refused_statement_can_be_shown_to_its_stages() -> None:
-    # A stage hears the outcome of a statement the gateway refused; showing it (repr, or its
-    # `analysis` for an audit record) raises IndexError: it has no candidates.
+    # A stage hears the outcome of a statement the gateway refused before reading it; it can
+    # show it (repr, or its `analysis` for an audit record) without its text.
     stage = RecordingStage()
     machine = new_machine([stage])
     machine.client_data(query("SELEC 1"))
     machine.server_data(refusal_block_error() + ready())
     ((statement, outcome),) = stage.outcomes
     assert outcome.status is Status.REFUSED
-    assert "SELEC 1" in repr(statement)
+    assert repr(statement) == "<Statement 1 refused 42601>"
+    assert statement.analysis.statements == ()
+    assert statement.analysis.error is not None
 
 
 # --- the same conversation, however it is split ---------------------------------------------

@@ -20,6 +20,9 @@ PROTOCOL_VIOLATION: Final = "08P01"
 # Class 0A: feature not supported
 FEATURE_NOT_SUPPORTED: Final = "0A000"
 
+# Class 25: invalid transaction state
+IN_FAILED_SQL_TRANSACTION: Final = "25P02"
+
 # Class 26 and 34: unknown prepared statement or portal
 INVALID_SQL_STATEMENT_NAME: Final = "26000"
 INVALID_CURSOR_NAME: Final = "34000"

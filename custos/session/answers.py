@@ -22,9 +22,9 @@ from typing import Any, Final, Protocol
 
 from custos.protocol.backend import command_tag, parameter_status, row_description
 from custos.protocol.errors import ProtocolViolation
-from custos.protocol.messages import parse_notice
+from custos.protocol.messages import ServerNotice, parse_notice
 from custos.session import ledger as L
-from custos.session.own_messages import is_refusal_error, refusal_error
+from custos.session.own_messages import answers_refusal, refusal_error
 from custos.session.refusal import Refusal
 from custos.session.stages import ResultRewriter, Status
 from custos.session.statement import Statement
@@ -353,6 +353,8 @@ class Answers:
         kind, payload = self._head()
         if kind == L.OWN_CLOSE:
             self._pop()
+            if payload is not None:
+                self._view.statements.forget(payload)
             return b""
         if kind != L.CLOSE:
             raise LostTrack(f"CloseComplete answered {L.NAMES.get(kind)}")
@@ -544,13 +546,24 @@ class Answers:
         if kind == L.QUERY or kind == L.EXECUTE:
             return self._statement_failed(kind, payload, notice.sqlstate, data, start, end)
         if kind == L.REFUSAL or kind == L.REFUSED_QUERY:
-            replacement = refusal_error(payload) if is_refusal_error(notice) else None
-            if kind == L.REFUSAL:
+            by_message = kind == L.REFUSAL
+            replaced = answers_refusal(notice, payload, by_message=by_message)
+            replacement = refusal_error(payload) if replaced else None
+            if by_message:
                 self._pop()
                 self._discard_until_sync()
             return replacement
         if kind in L.SYNC_POINTS:
             return None  # a failed commit at Sync; ReadyForQuery follows
+        if kind == L.OWN_PARSE:
+            return self._refusal_block_failed(notice, data, start, end)
+        if kind == L.OWN_DESCRIBE:
+            # Asked for the columns of the portal the Execute behind it runs: its failure
+            # is the Execute's (a failed transaction, or a portal that is gone).
+            self._pop()
+            kind, payload = self._head()
+            if kind == L.EXECUTE:
+                return self._statement_failed(kind, payload, notice.sqlstate, data, start, end)
         if kind == L.PARSE and payload[0] == b"":
             # The unnamed statement was dropped before the new one failed.
             self._view.statements.forget(b"")
@@ -558,16 +571,33 @@ class Answers:
         self._discard_until_sync()
         return None
 
+    def _refusal_block_failed(
+        self, notice: ServerNotice, data: bytes, start: int, end: int
+    ) -> bytes | None:
+        """The refusal block did not get to run (a failed transaction): the refused message
+        behind it fails with the database's error, or with the refusal's where PostgreSQL
+        would have found that first."""
+        ledger = self.ledger
+        self._pop()
+        if ledger and ledger[0][0] == L.OWN_BIND:
+            self._pop()
+        kind, payload = self._head()
+        if kind == L.EXECUTE:
+            return self._statement_failed(kind, payload, notice.sqlstate, data, start, end)
+        if kind != L.REFUSAL:
+            raise LostTrack(f"the refusal block came before {L.NAMES.get(kind)}")
+        self._pop()
+        self._discard_until_sync()
+        return refusal_error(payload) if answers_refusal(notice, payload, by_message=True) else None
+
     def _statement_failed(
         self, kind: int, statement: Statement, sqlstate: str, data: bytes, start: int, end: int
     ) -> bytes | None:
         refusal: Refusal | None = statement.refusal
         if refusal is not None:
-            replacement = (
-                refusal_error(refusal)
-                if is_refusal_error(parse_notice(data[start + 5 : end]))
-                else None
-            )
+            notice = parse_notice(data[start + 5 : end])
+            replaced = answers_refusal(notice, refusal, by_message=False)
+            replacement = refusal_error(refusal) if replaced else None
             status = Status.REFUSED
         else:
             replacement = self._rewritten_fields(statement, data, start, end)

@@ -60,7 +60,12 @@ from custos.session.actions import (
 )
 from custos.session.answers import Answers, HeldTooLarge, LostTrack
 from custos.session.lexical import LexicalRefusal, LexicalSettings, lexically_sensitive
-from custos.session.own_messages import REFUSAL_CLEANUP, REFUSAL_EXECUTION, REFUSAL_QUERY
+from custos.session.own_messages import (
+    REFUSAL_CLEANUP,
+    REFUSAL_EXECUTION,
+    REFUSAL_EXECUTION_DROPPING_UNNAMED,
+    REFUSAL_QUERY,
+)
 from custos.session.refusal import Refusal, syntax_refusal
 from custos.session.resolution import resolve
 from custos.session.stages import (
@@ -132,6 +137,14 @@ class _Block:
 
 
 _BLOCK: Final = _Block()
+
+
+def _fetches(prepared: Prepared) -> bool:
+    """Whether a prepared statement is a FETCH or MOVE."""
+    candidates = prepared.candidates
+    return bool(candidates) and any(
+        statement.fetches is not None for statement in candidates[0][0].statements
+    )
 
 
 class _Item:
@@ -513,7 +526,7 @@ class SessionMachine:
             if isinstance(read, _Block):
                 return _BLOCK
             if isinstance(read, Refusal):
-                return self._refused_message(read)
+                return self._refused_parse(parse.statement, read)
             name_read = self._name(parse.statement)
             if not isinstance(name_read, bytes):
                 return self._not_taken(name_read)
@@ -531,7 +544,7 @@ class SessionMachine:
                 if isinstance(gate, _Block):
                     return _BLOCK
                 if gate is not None:
-                    return self._refused_message(gate)
+                    return self._refused_parse(name, gate)
         view.statements.predict(name, prepared, view.segment)
         self._run_entries.append((L.PARSE, (name, prepared)))
         return None
@@ -601,12 +614,22 @@ class SessionMachine:
         if not isinstance(name, bytes):
             return self._not_taken(name)
         # Its answer reaches a later Execute's rewriter: no Describe of the gateway's is needed.
-        described: Prepared | Portal | object | None
+        described: Prepared | Portal | Unconfirmed | None
         if kind == ord("S"):
             described = view.statements.lookup(name, view.segment, view.confirmed_segments)
         else:
             described = view.portals.lookup(name, view.segment, view.confirmed_segments)
+        if described is UNCONFIRMED:
+            return _BLOCK  # it may be a FETCH (below): known once the database has answered
         if isinstance(described, (Prepared, Portal)):
+            prepared = described.prepared if isinstance(described, Portal) else described
+            cursor = resolve(prepared.candidates, view) if _fetches(prepared) else None
+            if isinstance(cursor, Unconfirmed):
+                return _BLOCK
+            if isinstance(cursor, Refusal):
+                # PostgreSQL 15 crashes (and restarts every session) describing a FETCH or
+                # MOVE whose cursor has been closed: it is refused as its Execute would be.
+                return self._refused_message(cursor)
             described.described = True
         self._run_entries.append((L.DESCRIBE, (kind, name)))
         return None
@@ -809,6 +832,18 @@ class SessionMachine:
         data, entries = self._refused_execution(refusal, (L.REFUSAL, refusal), self._view.segment)
         return _Item(data, entries)
 
+    def _refused_parse(self, name: bytes, refusal: Refusal) -> _Item:
+        """A refused Parse; one of the unnamed statement drops it, as PostgreSQL does before
+        it parses the new text."""
+        item = self._refused_message(refusal)
+        if name == b"":
+            view = self._view
+            view.statements.predict(b"", None, view.segment)
+            assert item.entries is not None
+            item.data = REFUSAL_EXECUTION_DROPPING_UNNAMED
+            item.entries.insert(0, (L.OWN_CLOSE, b""))
+        return item
+
     def _refused_execution(
         self, refusal: Refusal, last: L.Entry, segment: int
     ) -> tuple[bytes, list[L.Entry]]:
@@ -874,7 +909,7 @@ class SessionMachine:
         self._pause_client("holding", held > self._limits.max_held_client_bytes)
 
     def _send(self, data: bytes, entries: list[L.Entry]) -> None:
-        if data is REFUSAL_EXECUTION:
+        if data is REFUSAL_EXECUTION or data is REFUSAL_EXECUTION_DROPPING_UNNAMED:
             self._refusal_statement_left = True
         elif self._refusal_statement_left:
             data, entries = self._with_cleanup(data, entries)

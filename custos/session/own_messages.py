@@ -53,14 +53,38 @@ REFUSAL_EXECUTION = (
 block (the unnamed portal, which the error's rollback ends anyway), answered CloseComplete,
 ParseComplete, BindComplete and the error."""
 
+REFUSAL_EXECUTION_DROPPING_UNNAMED = _message(b"C", b"S\x00") + REFUSAL_EXECUTION
+"""Sent instead of a refused Parse of the unnamed statement: PostgreSQL drops the unnamed
+statement before it parses the new text, so a Parse that fails leaves none."""
+
 REFUSAL_CLEANUP = _CLOSE_REFUSAL_STATEMENT + _message(b"H", b"")
 """Close of the block's statement and a Flush, answered CloseComplete at once."""
 
 
-def is_refusal_error(notice: ServerNotice) -> bool:
-    """Whether an error is the refusal block's own, not one the database raised before it."""
+# In a failed transaction PostgreSQL still parses a statement's text, and looks up the
+# statement a Bind names and the portal an Execute names, before it answers 25P02.
+_FOUND_BEFORE_THE_ABORT_CHECK = frozenset(
+    {sqlstates.SYNTAX_ERROR, sqlstates.INVALID_SQL_STATEMENT_NAME, sqlstates.INVALID_CURSOR_NAME}
+)
+
+
+def answers_refusal(notice: ServerNotice, refusal: Refusal, *, by_message: bool) -> bool:
+    """Whether the database's error stands for the refusal, and the client gets the refusal's.
+
+    It does when it is the refusal block's own error, or when a failed transaction stopped the
+    block before it ran but PostgreSQL would have found the refused statement's fault first:
+    a syntax error always, a missing statement or portal when a protocol message (Bind,
+    Execute) named it, not SQL's EXECUTE or FETCH, which PostgreSQL checks after.
+    """
     fields = notice.fields
-    return fields.get("C") == sqlstates.RAISE_EXCEPTION and fields.get("M") == REFUSAL_MESSAGE
+    code = fields.get("C")
+    if code == sqlstates.RAISE_EXCEPTION:
+        return fields.get("M") == REFUSAL_MESSAGE
+    if code != sqlstates.IN_FAILED_SQL_TRANSACTION:
+        return False
+    if by_message:
+        return refusal.sqlstate in _FOUND_BEFORE_THE_ABORT_CHECK
+    return refusal.sqlstate == sqlstates.SYNTAX_ERROR
 
 
 def refusal_error(refusal: Refusal) -> bytes:

@@ -175,9 +175,18 @@ class Statement:
 
     @property
     def analysis(self) -> Analysis:
-        """The analysis under the first candidate search path."""
-        return self.candidates[0][0]
+        """The analysis under the first candidate search path; none for a statement refused
+        before it was read (its text did not parse, or could not be decoded)."""
+        candidates = self.candidates
+        return candidates[0][0] if candidates else _UNREAD
 
     def __repr__(self) -> str:
         texts = self.analysis.texts
-        return f"<Statement {self.number} {texts[0][:40] if texts else ''!r}>"
+        if texts:
+            return f"<Statement {self.number} {texts[0][:40]!r}>"
+        refusal = self.refusal
+        shown = f"refused {refusal.sqlstate}" if refusal is not None else "unread"
+        return f"<Statement {self.number} {shown}>"
+
+
+_UNREAD = Analysis(statements=(), error="refused before it was read")

@@ -177,12 +177,12 @@ class SessionView:
 
     __slots__ = (
         "confirmed_segments",
+        "declared_in_transaction",
         "lexical",
         "lexical_version",
         "path",
         "portals",
         "segment",
-        "declared_in_transaction",
         "segment_lexical_change",
         "statements",
         "transaction_failed",
