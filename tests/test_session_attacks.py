@@ -437,11 +437,6 @@ def test_standard_conforming_strings_off_by_a_function_in_the_same_extended_segm
 # === holes: what the policy lets agents read ===================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the next issue (policy under attack): statistics views expose the personal"
-    " columns they describe",
-)
 def test_pg_stats_shows_customer_emails(governed, customer_emails):
     """Hole: pg_catalog.pg_stats, readable as a catalog, holds a histogram of customers' emails."""
     with psycopg_connect(governed) as connection:
@@ -453,10 +448,6 @@ def test_pg_stats_shows_customer_emails(governed, customer_emails):
     assert not emails_in_rows(rows, customer_emails)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the next issue (policy under attack): functions that expose other sessions' statements",
-)
 def test_pg_stat_get_activity_shows_another_sessions_customer_email(governed, customer_emails):
     """Hole: pg_stat_get_activity() shows what pg_stat_activity (denied) would show."""
     email = sorted(customer_emails)[0].decode()
@@ -466,10 +457,6 @@ def test_pg_stat_get_activity_shows_another_sessions_customer_email(governed, cu
     assert not emails_in_rows(rows, customer_emails)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the next issue (policy under attack): bulk export measured in rows read, not returned",
-)
 def test_an_aggregate_returns_every_customer_in_one_row_under_limit_1(governed, customer_names):
     """Hole: string_agg(...) LIMIT 1 returns all customers in one row: a page limit of rows only."""
     with psycopg_connect(governed) as connection:

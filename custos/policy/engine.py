@@ -38,6 +38,7 @@ own thresholds; never a literal or parameter value from the SQL, which can be pe
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -55,7 +56,14 @@ from custos.policy.conditions import (
 )
 from custos.policy.models import Effect, MaskMethod, PolicyDocument, Rule
 from custos.policy.version import policy_version
-from custos.sql.facts import Analysis, ParameterRef, PatternMatch, StatementFacts, StatementKind
+from custos.sql.facts import (
+    ALL_COLUMNS,
+    Analysis,
+    ParameterRef,
+    PatternMatch,
+    StatementFacts,
+    StatementKind,
+)
 
 __all__ = [
     "ApprovalRequirement",
@@ -73,6 +81,13 @@ _PERMITTING_DYNAMIC = frozenset({Effect.ALLOW, Effect.REQUIRE_APPROVAL})
 # upstream, so a bounded cache here keeps the hot statements' work done once.
 _PROFILE_CACHE_SIZE = 4096
 _ROLE_CACHE_SIZE = 1024
+_READS_STATISTICS = (
+    "reads the planner's statistics, which hold sample values of every column they describe"
+)
+_COLLECTS_ROWS = (
+    "gathers many rows into one value (string_agg, array_agg, json_agg, xmlagg, ARRAY(SELECT"
+    " ...), a recursive WITH): LIMIT does not bound the rows read"
+)
 _SETS_ROLE = "changes the role later statements run as"
 _MULTIPLE = "multiple statements in one query"
 
@@ -256,7 +271,8 @@ class PolicyEngine:
         )
         self._has_time_windows = any(rule.time_window for rule in self._rules)
         self._role_rules: dict[str, tuple[_Rule, ...]] = {}
-        self._profiles: dict[int, _Profile] = {}
+        # id of the statement -> (the statement, its profile)
+        self._profiles: dict[int, tuple[StatementFacts, _Profile]] = {}
 
     @property
     def time_dependent(self) -> bool:
@@ -503,14 +519,33 @@ class PolicyEngine:
     def _profile(self, statement: StatementFacts) -> _Profile:
         # Keyed by identity: the profile holds the statement, so its id cannot be reused
         # while cached. StatementFacts holds dicts and cannot be hashed by value.
-        profile = self._profiles.get(id(statement))
-        if profile is not None and profile.statement is statement:
-            return profile
-        profile = self._build_profile(statement)
+        cached = self._profiles.get(id(statement))
+        if cached is not None and cached[0] is statement:
+            return cached[1]
+        profile = self._build_profile(self._exposed(statement))
         if len(self._profiles) >= _PROFILE_CACHE_SIZE:
             del self._profiles[next(iter(self._profiles))]
-        self._profiles[id(statement)] = profile
+        self._profiles[id(statement)] = (statement, profile)
         return profile
+
+    def _exposed(self, statement: StatementFacts) -> StatementFacts:
+        """The statement with what it exposes counted as read: the statistics hold sample
+        values of every column, in rows no LIMIT of the statement bounds; rows gathered into
+        one value are not bounded by the LIMIT either."""
+        if statement.collects_rows and not statement.reads_statistics:
+            return dataclasses.replace(statement, limit=None)
+        if not statement.reads_statistics:
+            return statement
+        relations = self.catalog.relations
+        columns_read = dict(statement.columns_read)
+        for relation in relations:
+            columns_read[relation] = frozenset({ALL_COLUMNS})
+        return dataclasses.replace(
+            statement,
+            relations_read=statement.relations_read | frozenset(relations),
+            columns_read=columns_read,
+            limit=None,
+        )
 
     def _build_profile(self, statement: StatementFacts) -> _Profile:
         catalog = self.catalog
@@ -540,9 +575,20 @@ class PolicyEngine:
             copy_risk = f"COPY {direction} {statement.copy_destination}"
         dynamic_risk = "dynamic code (a DO block or dynamic SQL)" if statement.dynamic else None
         role_risk = _SETS_ROLE if statement.sets_role else None
+        exposures = (
+            _READS_STATISTICS if statement.reads_statistics else None,
+            _COLLECTS_ROWS if statement.collects_rows else None,
+        )
         static_risks = tuple(
             risk
-            for risk in (without_where_risk, copy_risk, dynamic_risk, role_risk, *pattern_risks)
+            for risk in (
+                without_where_risk,
+                copy_risk,
+                dynamic_risk,
+                role_risk,
+                *exposures,
+                *pattern_risks,
+            )
             if risk is not None
         )
         categories_read = catalog.categories(statement.columns_read)

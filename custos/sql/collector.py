@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from custos.sql import exposure
 from custos.sql.facts import (
     OutputColumn,
     ParameterRef,
@@ -49,6 +50,7 @@ class SearchPathCall:
 class Collector:
     __slots__ = (
         "closes",
+        "collects_rows",
         "columns_read",
         "columns_written",
         "copy_destination",
@@ -91,6 +93,9 @@ class Collector:
         self.limit: int | ParameterRef | None = None
         self.copy_destination: str | None = None
         self.dynamic = False
+        # Rows gathered into one value (a collecting aggregate, ARRAY(SELECT ...), a recursive
+        # WITH): the LIMIT does not bound the rows read.
+        self.collects_rows = False
         self.new_search_path: tuple[str, ...] | None = None
         self.search_path_local = False
         self.search_path_calls: list[SearchPathCall] = []
@@ -123,10 +128,13 @@ class Collector:
     def facts(self) -> StatementFacts:
         kinds = self.kinds or {K.OTHER}
         kind = next(k for k in KIND_PRIORITY if k in kinds)
+        relations_read = set(self.relations_read)
+        if exposure.reads_other_sessions_statements(self.functions):
+            relations_read.add(exposure.ACTIVITY_RELATION)
         return StatementFacts(
             kind=kind,
             kinds=frozenset(kinds),
-            relations_read=frozenset(self.relations_read),
+            relations_read=frozenset(relations_read),
             relations_written=frozenset(self.relations_written),
             columns_read={r: frozenset(c) for r, c in self.columns_read.items()},
             columns_written={r: frozenset(c) for r, c in self.columns_written.items()},
@@ -152,4 +160,6 @@ class Collector:
                 OutputColumn(c.name, c.sources, c.expandable) for c in self.output_columns
             ),
             statement_type=self.statement_type,
+            reads_statistics=exposure.reads_statistics(relations_read, self.functions),
+            collects_rows=self.collects_rows,
         )

@@ -119,6 +119,13 @@ class StatementFacts:
     # The parse node's name (e.g. "VariableShowStmt", "FetchStmt"), to tell statements of one
     # kind apart, above all those of kind OTHER.
     statement_type: str = ""
+    # It reads the planner's statistics, which hold sample values of every column they
+    # describe (sql/exposure.py): policy counts it as reading every column of every relation.
+    reads_statistics: bool = False
+    # It gathers the values of many rows into one (array_agg, string_agg, json_agg, xmlagg,
+    # ARRAY(SELECT ...), a recursive WITH): its LIMIT bounds the rows returned, not the rows
+    # of personal data it reads, so policy counts it as having none.
+    collects_rows: bool = False
 
 
 @dataclass(frozen=True, slots=True)

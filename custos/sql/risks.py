@@ -47,5 +47,72 @@ SQL_TEXT_FUNCTIONS = frozenset(
 )
 """Calls of these (bare, or in any schema: dblink lives where it was installed) are dynamic."""
 
+ROW_FUNCTIONS = frozenset(
+    {
+        # The built-in functions of one argument that take any row (record or a polymorphic
+        # type): in field notation, `c.row_to_json` is row_to_json(c) when c has no such
+        # column, and returns every column of c. tests/test_sql_catalog.py checks the list
+        # against the server's catalog.
+        "any_out",
+        "anycompatible_out",
+        "anycompatiblenonarray_out",
+        "anyelement_out",
+        "anynonarray_out",
+        "array_agg",
+        "concat",
+        "count",
+        "hash_record",
+        "json_agg",
+        "json_build_array",
+        "json_build_object",
+        "jsonb_agg",
+        "jsonb_build_array",
+        "jsonb_build_object",
+        "mode",
+        "num_nonnulls",
+        "num_nulls",
+        "pg_collation_for",
+        "pg_column_compression",
+        "pg_column_size",
+        "pg_typeof",
+        "quote_literal",
+        "quote_nullable",
+        "record_out",
+        "record_send",
+        "row_to_json",
+        "to_json",
+        "to_jsonb",
+        "hash_record_extended",
+        "json_populate_record",
+        "jsonb_populate_record",
+    }
+)
+
+COLLECTING_AGGREGATES = frozenset(
+    {
+        # Aggregates that gather the values of many rows into one: under them a LIMIT bounds
+        # the rows returned, not the rows read. tests/test_sql_catalog.py checks the list
+        # against the server's catalog.
+        "array_agg",
+        "json_agg",
+        "json_agg_strict",
+        "json_object_agg",
+        "json_object_agg_strict",
+        "json_object_agg_unique",
+        "json_object_agg_unique_strict",
+        "jsonb_agg",
+        "jsonb_agg_strict",
+        "jsonb_object_agg",
+        "jsonb_object_agg_strict",
+        "jsonb_object_agg_unique",
+        "jsonb_object_agg_unique_strict",
+        "percentile_cont",
+        "percentile_disc",
+        "range_agg",
+        "range_intersect_agg",
+        "string_agg",
+        "xmlagg",
+    }
+)
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 """Settings that change the role the session's statements run as."""

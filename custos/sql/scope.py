@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from custos.sql.facts import ALL_COLUMNS
+from custos.sql.risks import ROW_FUNCTIONS
 
 Source = tuple[str, str]
 """(schema-qualified relation, column); column ALL_COLUMNS means any column of it."""
@@ -190,13 +191,19 @@ def resolve_name(scope: Scope | None, name: str) -> set[Source]:
 
 
 def resolve_qualified(scope: Scope | None, qualifier: str, name: str) -> set[Source]:
-    """`q.name`: a column of the FROM item q, or else field `name` of a composite column q."""
+    """`q.name`: a column of the FROM item q, or else field `name` of a composite column q.
+
+    Where q has no column `name`, or `name` is a function that takes any row, PostgreSQL
+    may read it as the call name(q) (field notation), which receives the whole row.
+    """
     rte = scope.find_rte(qualifier) if scope is not None else None
     if rte is None:
         return resolve_name(scope, qualifier)
     rte.touched += 1
     hit = rte.lookup(name)
-    return set() if hit is None else hit[1]
+    if hit is None or name in ROW_FUNCTIONS:
+        return rte.whole_row() if hit is None else hit[1] | rte.whole_row()
+    return hit[1]
 
 
 def resolve_schema_qualified(

@@ -21,9 +21,11 @@ from custos.sql.collector import Collector, SearchPathCall
 from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementKind
 from custos.sql.names import function_name, split_identifier_list, strings
 from custos.sql.risks import (
+    COLLECTING_AGGREGATES,
     PATTERN_EXPR_KINDS,
     PATTERN_OPERATORS,
     ROLE_SETTINGS,
+    ROW_FUNCTIONS,
     SQL_TEXT_FUNCTIONS,
 )
 from custos.sql.scope import (
@@ -236,6 +238,7 @@ class Walker:
         ctes = [item["CommonTableExpr"] for item in clause.get("ctes") or ()]
         recursive = bool(clause.get("recursive"))
         if recursive:
+            self._c.collects_rows = True  # each step may append another row's values
             # Every CTE of a recursive WITH is visible in all of them, itself included.
             for cte in ctes:
                 placeholder = [Col(None, NO_SOURCES, opaque=True)]
@@ -561,7 +564,10 @@ class Walker:
                 return resolve_name(scope, first["sval"])
             second = fields[1].get("String")
             if len(fields) == 2 and second is not None:
-                return resolve_qualified(scope, first["sval"], second["sval"])
+                name = second["sval"]
+                if name in ROW_FUNCTIONS:
+                    self._c.functions.add(name)  # field notation: name(q)
+                return resolve_qualified(scope, first["sval"], name)
         if "A_Star" in fields[-1]:
             qualifier = strings(fields[:-1])
             if qualifier:
@@ -572,8 +578,10 @@ class Walker:
                 sources |= rte.whole_row()
             return sources
         names = strings(fields)
-        # schema.table.column (catalog.schema.table.column), else table.composite.field
+        # schema.table.column (catalog.schema.table.column), else table.composite.field,
+        # where the field may be a function of the composite value: `t.c.lo_unlink`.
         schema, table, column = names[-3:]
+        self._c.functions.add(column)
         relation = self._c.resolver.name(schema, table)
         sources = resolve_schema_qualified(scope, schema, table, column, relation)
         if len(names) > 3:
@@ -584,6 +592,8 @@ class Walker:
         parts = strings(body["funcname"])
         self._c.functions.add(function_name(body["funcname"]))
         name = parts[-1] if parts else ""
+        if name in COLLECTING_AGGREGATES:
+            self._c.collects_rows = True
         if name in SQL_TEXT_FUNCTIONS:
             self._c.dynamic = True
         elif name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
@@ -608,6 +618,20 @@ class Walker:
             local = literals.boolean(args[2]) if len(args) > 2 else None
             self._c.search_path_calls.append(SearchPathCall(call, path, local))
 
+    def collects(self) -> None:
+        self._c.collects_rows = True
+
+    def indirection(self, body: Node, scope: Scope | None) -> None:
+        """`(expr).name` selects a field, or calls name(expr) (field notation): any name may
+        be a function, so each counts as one."""
+        self.expr(body.get("arg"), scope)
+        for step in body.get("indirection") or ():
+            field = step.get("String")
+            if field is not None:
+                self._c.functions.add(field["sval"])
+            else:
+                self.expr(step, scope)
+
     def sublink(self, body: Node, scope: Scope | None) -> None:
         link_type = body.get("subLinkType")
         operator_name = body.get("operName")
@@ -620,6 +644,8 @@ class Walker:
             self.add_patterns(tested, operator, None)
         else:
             self.expr(body.get("testexpr"), scope)
+        if link_type == "ARRAY_SUBLINK":
+            self._c.collects_rows = True
         outer = self._sink
         self._sink = None
         # EXISTS ignores its SELECT list, so `EXISTS (SELECT * ...)` reads no column.
@@ -686,6 +712,11 @@ def _type_cast(walker: Walker, body: Node, scope: Scope | None) -> None:
     walker.expr(body.get("arg"), scope)
 
 
+def _collecting(walker: Walker, body: Node, scope: Scope | None) -> None:
+    walker.collects()
+    walker.expr(body, scope)
+
+
 def _select(walker: Walker, body: Node, scope: Scope | None) -> None:
     walker.select(body, scope)
 
@@ -694,6 +725,9 @@ _HANDLERS: dict[str, Callable[[Walker, Node, Scope | None], None]] = {
     "ColumnRef": Walker.column_ref,
     "FuncCall": Walker.func_call,
     "SubLink": Walker.sublink,
+    "A_Indirection": Walker.indirection,
+    "JsonArrayAgg": _collecting,
+    "JsonObjectAgg": _collecting,
     "A_Expr": Walker.a_expr,
     "TypeCast": _type_cast,
     "A_Const": _skip,

@@ -1,0 +1,215 @@
+"""Policy under attack: ways SQL reaches personal data or server functions past the rules.
+
+Each class is one way in, tried as the role `agent` under the demo policy through the real
+gateway, and judged by evidence: the values that came back, or what changed in the database.
+Every class also runs the same data through an allowed path first, so a test cannot pass
+because nothing would ever have come back.
+"""
+
+# ruff: noqa: F811 - the fixtures of test_session_attacks, imported, are redefined as arguments
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from gateway_fixtures import GatewayProcess
+from test_session_attacks import (  # noqa: F401 - fixtures
+    customer_emails,
+    customer_names,
+    emails_in_rows,
+    governed,
+    psycopg_connect,
+    rows_of,
+    superuser,
+)
+
+
+def names_in(rows: list[tuple], names: frozenset[str]) -> set[str]:
+    """Customer names found anywhere in the values received, however they were joined."""
+    text = " ".join(str(value) for row in rows for value in row)
+    return {name for name in names if name in text}
+
+
+def refused(connection: psycopg.Connection, sql: str) -> str | None:
+    """The SQLSTATE of the error the statement got, or None when it ran."""
+    try:
+        connection.execute(sql).fetchall()
+    except psycopg.Error as error:
+        return error.sqlstate
+    return None
+
+
+# --- functions called in field notation ----------------------------------------------------
+
+
+class TestFieldNotation:
+    """`(x).f` and `t.f` call f(x) and f(t) when f is a function: rules on f apply."""
+
+    def test_a_large_object_is_not_created_through_field_notation(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        count = "SELECT count(*) FROM pg_largeobject_metadata"
+        (before,) = superuser.execute(count).fetchone()
+        with psycopg_connect(governed) as agent:
+            for sql in ("SELECT (-1).lo_creat", "SELECT (-1).pg_catalog.lo_creat"):
+                assert refused(agent, sql) is not None, sql
+            assert refused(agent, "SELECT 1") is None
+        (after,) = superuser.execute(count).fetchone()
+        assert after == before
+
+    @pytest.mark.parametrize(
+        "template",
+        [
+            "SELECT ({pid}).pg_terminate_backend",
+            "SELECT ({pid}::int).pg_terminate_backend",
+            "SELECT (p.pid).pg_terminate_backend FROM (SELECT {pid} AS pid) p",
+        ],
+    )
+    def test_another_session_is_not_terminated_through_field_notation(
+        self, governed: GatewayProcess, template: str
+    ) -> None:
+        # A session of the gateway's own database role, which that role may terminate.
+        with psycopg.connect(governed.upstream_dsn, autocommit=True) as victim:
+            (pid,) = victim.execute("SELECT pg_backend_pid()").fetchone()
+            with psycopg_connect(governed) as agent:
+                refused(agent, template.format(pid=pid))
+            time.sleep(0.1)
+            assert victim.execute("SELECT 1").fetchone() == (1,)
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT c.row_to_json::text FROM crm.customers c ORDER BY c.id LIMIT 5",
+            "SELECT (c).row_to_json::text FROM crm.customers c ORDER BY c.id LIMIT 5",
+            "SELECT c.to_jsonb::text FROM crm.customers c ORDER BY c.id LIMIT 5",
+            "SELECT c.record_out::text FROM crm.customers c ORDER BY c.id LIMIT 5",
+            "SELECT s.to_json::text FROM (SELECT id, email FROM crm.customers) s LIMIT 5",
+            "SELECT s.concat FROM (SELECT id, email FROM crm.customers) s LIMIT 5",
+        ],
+    )
+    def test_a_whole_row_through_field_notation_is_a_read_of_every_column(
+        self, governed: GatewayProcess, customer_emails: frozenset[bytes], sql: str
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            rows = rows_of(agent, sql)
+            # The same rows without the personal columns the masking rule covers are allowed.
+            allowed = rows_of(agent, "SELECT id, full_name FROM crm.customers LIMIT 5")
+        assert len(allowed) == 5
+        assert not emails_in_rows(rows, customer_emails)
+
+
+# --- catalog views and functions that expose other data ---------------------------------------
+
+
+class TestExposingViews:
+    """Reading the statistics or other sessions' activity is reading what they hold."""
+
+    @pytest.fixture
+    def analysed(self, superuser: psycopg.Connection) -> Iterator[None]:
+        superuser.execute(
+            "CREATE STATISTICS IF NOT EXISTS crm.custos_attack_stats (mcv)"
+            " ON email, phone FROM crm.customers"
+        )
+        superuser.execute("ANALYZE crm.customers")
+        yield
+        superuser.execute("DROP STATISTICS IF EXISTS crm.custos_attack_stats")
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats"
+            " WHERE schemaname = 'crm' AND tablename = 'customers'",
+            "SELECT histogram_bounds::text FROM pg_catalog.pg_stats"
+            " WHERE attname = 'email' LIMIT 1",
+            "SELECT most_common_vals::text FROM pg_stats_ext WHERE tablename = 'customers'",
+            "SELECT x FROM (SELECT histogram_bounds::text AS x FROM pg_stats"
+            " WHERE attname = 'email') s",
+        ],
+    )
+    def test_the_statistics_do_not_return_customers_values(
+        self,
+        governed: GatewayProcess,
+        superuser: psycopg.Connection,
+        customer_emails: frozenset[bytes],
+        analysed: None,
+        sql: str,
+    ) -> None:
+        # The statistics hold emails in clear: the superuser sees them.
+        direct = rows_of(superuser, sql)
+        assert emails_in_rows(direct, customer_emails)
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) is not None
+            assert not emails_in_rows(rows_of(agent, sql), customer_emails)
+            # Other catalogs stay readable.
+            assert rows_of(agent, "SELECT relname FROM pg_class WHERE relname = 'customers'")
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT query FROM pg_stat_get_activity(NULL)",
+            "SELECT pg_catalog.pg_stat_get_activity(NULL)::text",
+            "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+        ],
+    )
+    def test_other_sessions_statements_are_not_returned(
+        self,
+        governed: GatewayProcess,
+        pg_dsn: str,
+        customer_emails: frozenset[bytes],
+        sql: str,
+    ) -> None:
+        email = sorted(customer_emails)[0].decode()
+        with (
+            psycopg.connect(pg_dsn, autocommit=True) as victim,
+            psycopg.connect(pg_dsn, autocommit=True) as observer,
+        ):
+            # The victim's last statement, with its email, stays in its activity entry.
+            victim.execute(f"SELECT id FROM crm.customers WHERE email = '{email}'").fetchall()
+            assert emails_in_rows(rows_of(observer, sql), customer_emails)
+            with psycopg_connect(governed) as agent:
+                assert refused(agent, sql) is not None
+                assert not emails_in_rows(rows_of(agent, sql), customer_emails)
+
+
+# --- bulk export measured in rows read ----------------------------------------------------------
+
+
+class TestRowsRead:
+    """An aggregate returns many customers in one row: LIMIT bounds rows, not rows read."""
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT string_agg(full_name, '|') FROM crm.customers LIMIT 1",
+            "SELECT array_agg(full_name)::text FROM crm.customers LIMIT 1",
+            "SELECT json_agg(full_name)::text FROM crm.customers LIMIT 1",
+            "SELECT jsonb_agg(c.full_name)::text FROM crm.customers c LIMIT 1",
+            "SELECT xmlagg(xmlelement(name n, full_name))::text FROM crm.customers LIMIT 1",
+            "SELECT json_object_agg(id, full_name)::text FROM crm.customers LIMIT 1",
+            "SELECT (SELECT string_agg(full_name, '|') FROM crm.customers) LIMIT 1",
+            "SELECT * FROM (SELECT string_agg(full_name, '|') FROM crm.customers) s LIMIT 1",
+            "SELECT array(SELECT full_name FROM crm.customers)::text LIMIT 1",
+            "SELECT array_to_string(ARRAY(SELECT full_name FROM crm.customers), '|') LIMIT 1",
+            "SELECT string_agg(full_name, '|') OVER () FROM crm.customers LIMIT 1",
+            "SELECT percentile_disc('{" + ",".join(str(i / 200) for i in range(200)) + "}'"
+            "::float8[]) WITHIN GROUP (ORDER BY full_name)::text FROM crm.customers LIMIT 1",
+            "WITH RECURSIVE r(n, s) AS (SELECT 0, ''::text UNION ALL SELECT r.n + 1, r.s || '|'"
+            " || (SELECT full_name FROM crm.customers WHERE id = r.n + 1) FROM r WHERE r.n < 500)"
+            " SELECT s FROM r ORDER BY n DESC LIMIT 1",
+        ],
+    )
+    def test_an_aggregate_under_limit_1_does_not_return_every_customer(
+        self, governed: GatewayProcess, customer_names: frozenset[str], sql: str
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            rows = rows_of(agent, sql)
+            # A page of 100 names is allowed, and a count reads no value.
+            page = rows_of(agent, "SELECT full_name FROM crm.customers ORDER BY id LIMIT 100")
+            counted = rows_of(agent, "SELECT count(*) FROM crm.customers LIMIT 1")
+        assert len(names_in(page, customer_names)) > 50
+        assert counted
+        assert counted[0][0] > 100
+        assert len(names_in(rows, customer_names)) <= 100

@@ -1,0 +1,96 @@
+"""The analysis' lists of special functions, checked against the server's own catalog.
+
+A built-in the lists miss would be a way past policy: a function that runs SQL given as text
+(dynamic), one that takes a whole row in field notation (`t.row_to_json`), or an aggregate
+that gathers many rows' values into one (a bulk export under LIMIT 1).
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from custos.sql.exposure import STATEMENT_FUNCTIONS, STATISTICS_RELATIONS
+from custos.sql.risks import COLLECTING_AGGREGATES, ROW_FUNCTIONS, SQL_TEXT_FUNCTIONS
+
+_ROW_TYPES = (
+    "'record', 'anyelement', 'anycompatible', '\"any\"', 'anynonarray', 'anycompatiblenonarray'"
+)
+
+
+@pytest.fixture(scope="module")
+def catalog(pg_dsn: str) -> psycopg.Connection:
+    connection = psycopg.connect(pg_dsn, autocommit=True)
+    yield connection
+    connection.close()
+
+
+def names(connection: psycopg.Connection, sql: str) -> set[str]:
+    return {row[0] for row in connection.execute(sql).fetchall()}
+
+
+def test_every_builtin_that_runs_a_query_or_reads_a_named_table_is_dynamic(catalog) -> None:
+    # Their input arguments are named for what they take: a query, a cursor, a table or a
+    # schema whose rows they read.
+    found = names(
+        catalog,
+        """
+        SELECT p.proname FROM pg_proc p
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND (
+          'refcursor'::regtype = ANY (p.proargtypes)
+          OR EXISTS (
+            SELECT 1 FROM unnest(
+              p.proargnames,
+              coalesce(p.proargmodes,
+                       array_fill('i'::"char", ARRAY[coalesce(cardinality(p.proargnames), 0)]))
+            ) AS a(n, m)
+            WHERE a.m IN ('i', 'b', 'v')
+              AND a.n IN ('query', 'sqlquery', 'cursor', 'tbl', 'schema'))
+          OR p.proname LIKE 'database\\_to\\_xml%')
+        """,
+    )
+    assert found, "the catalog query found nothing: it no longer matches the server's catalog"
+    assert found - SQL_TEXT_FUNCTIONS == set()
+
+
+def test_every_builtin_that_takes_a_whole_row_is_a_row_function(catalog) -> None:
+    found = names(
+        catalog,
+        f"""
+        SELECT p.proname FROM pg_proc p
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f'
+          AND p.pronargs - p.pronargdefaults <= 1 AND p.pronargs >= 1
+          AND p.proargtypes[0] IN (SELECT t::regtype FROM unnest(ARRAY[{_ROW_TYPES}]) t)
+        """,
+    )
+    assert "row_to_json" in found
+    assert found - ROW_FUNCTIONS == set()
+
+
+def test_every_builtin_aggregate_that_gathers_values_is_collecting(catalog) -> None:
+    # An aggregate whose result can hold many input values: an array, a text, JSON, XML,
+    # bytes or a multirange. min and max return one input value whatever their type.
+    found = names(
+        catalog,
+        """
+        SELECT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid
+        JOIN pg_type t ON t.oid = p.prorettype
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace
+          AND p.proname NOT IN ('min', 'max', 'mode')
+          AND (t.typcategory IN ('A', 'S', 'U', 'R', 'P') OR t.typname IN ('json', 'jsonb', 'xml'))
+        """,
+    )
+    assert {"string_agg", "array_agg", "xmlagg"} <= found
+    assert found - COLLECTING_AGGREGATES == set()
+
+
+def test_the_statistics_relations_and_activity_functions_exist(catalog) -> None:
+    # Names that no longer exist would silently protect nothing.
+    relations = names(
+        catalog,
+        "SELECT 'pg_catalog.' || relname FROM pg_class"
+        " WHERE relnamespace = 'pg_catalog'::regnamespace",
+    )
+    assert relations >= STATISTICS_RELATIONS
+    functions = names(catalog, "SELECT proname FROM pg_proc")
+    assert STATEMENT_FUNCTIONS - {"pg_stat_statements"} <= functions
