@@ -444,9 +444,22 @@ def test_a_refused_execute_leaves_the_unnamed_statement_to_the_client():
     assert machine.idle
 
 
-def test_a_refusal_the_database_preempts_with_its_own_error_keeps_that_error():
+def test_a_policy_refusal_in_a_failed_transaction_keeps_its_reason():
+    # The refusal block cannot run in a failed transaction; the statement would not have run
+    # either way, and the client hears the policy's reason, not 25P02.
     machine = new_machine()
     machine.client_data(query("SELECT email FROM crm.customers"))
+    aborted = error("25P02", "current transaction is aborted")
+    (answer,) = machine.server_data(aborted + ready("E"))
+    (error_message, ready_message) = split(answer.data)
+    assert parse_notice(error_message[1]).sqlstate == "42501"
+    assert ready_message == ("Z", b"E")
+
+
+def test_a_refusal_the_database_would_have_preempted_keeps_the_databases_error():
+    # SQL's EXECUTE of a missing statement: PostgreSQL checks the failed transaction first.
+    machine = new_machine()
+    machine.client_data(query("EXECUTE nowhere"))
     aborted = error("25P02", "current transaction is aborted")
     (answer,) = machine.server_data(aborted + ready("E"))
     assert answer.data == aborted + ready("E")

@@ -67,7 +67,7 @@ from custos.session.own_messages import (
     REFUSAL_QUERY,
 )
 from custos.session.refusal import Refusal, syntax_refusal
-from custos.session.resolution import resolve
+from custos.session.resolution import resolve, runs_another
 from custos.session.stages import (
     FORWARD,
     Outcome,
@@ -82,7 +82,7 @@ from custos.session.stages import (
 )
 from custos.session.statement import Candidates, Portal, Prepared, Statement
 from custos.session.texts import TextAnalyser
-from custos.session.view import NAME_BYTES, UNCONFIRMED, SessionView, Unconfirmed
+from custos.session.view import NAME_BYTES, UNCONFIRMED, SessionView, Unconfirmed, sql_name
 
 log = logging.getLogger("custos.session")
 
@@ -101,6 +101,13 @@ _FUNCTION_CALL_REFUSAL: Final = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
     "fast-path function calls are not allowed through the gateway",
     "call the function in a SQL statement, where policy can see it",
+)
+_UNSAFE_DESCRIBE: Final = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "the gateway does not describe a FETCH or MOVE once other statements have run since it"
+    " was parsed, nor an EXECUTE of one: PostgreSQL 15 crashes describing one whose cursor has"
+    " been closed",
+    "describe it right after its Parse (as drivers do), or execute it without a Describe",
 )
 _LEXICAL_PIPELINE: Final = Refusal(
     sqlstates.FEATURE_NOT_SUPPORTED,
@@ -137,14 +144,6 @@ class _Block:
 
 
 _BLOCK: Final = _Block()
-
-
-def _fetches(prepared: Prepared) -> bool:
-    """Whether a prepared statement is a FETCH or MOVE."""
-    candidates = prepared.candidates
-    return bool(candidates) and any(
-        statement.fetches is not None for statement in candidates[0][0].statements
-    )
 
 
 class _Item:
@@ -218,6 +217,10 @@ class SessionMachine:
         self._outbox: deque[_Item] = deque()
         self._waits: dict[int, list[tuple[_Item, int, Callable[[Settled], Plan]]]] = {}
         self._refusal_statement_left = False  # a refusal block's statement may remain
+        # Messages taken that may run SQL, end a transaction or close a portal (Query,
+        # Execute, FunctionCall, Sync, Close): what a cursor's fate depends on since a FETCH
+        # was parsed.
+        self._runs_taken = 0
         self._confirmed_seen = 0  # the view's confirmed segments, when last acted on
         # The end.
         self._own_pending: list[bytes] = []
@@ -465,14 +468,21 @@ class SessionMachine:
 
     def _take_in(self, message_type: int, chunk: bytes, start: int, end: int) -> _Taken:
         if message_type == codes.QUERY:
-            return self._take_query(chunk, start, end)
+            taken = self._take_query(chunk, start, end)
+            if taken is not _BLOCK:
+                self._runs_taken += 1
+            return taken
         if message_type == codes.PARSE:
             return self._take_parse(chunk[start + 5 : end])
         if message_type == codes.BIND:
             return self._take_bind(chunk[start + 5 : end])
         if message_type == codes.EXECUTE:
-            return self._take_execute(chunk, start, end)
+            taken = self._take_execute(chunk, start, end)
+            if taken is not _BLOCK:
+                self._runs_taken += 1
+            return taken
         if message_type == codes.SYNC:
+            self._runs_taken += 1
             answers = self._answers
             if answers.copy_in is not None and not answers.copy_end_sent:
                 return None  # the database ignores Sync during COPY FROM STDIN
@@ -489,6 +499,7 @@ class SessionMachine:
                 self._answers.copy_end_sent = True
             return None
         if message_type == codes.FUNCTION_CALL:
+            self._runs_taken += 1
             self._view.end_segment()
             self._log_refusal(_FUNCTION_CALL_REFUSAL)
             return _Item(REFUSAL_QUERY, [(L.REFUSED_QUERY, _FUNCTION_CALL_REFUSAL)])
@@ -532,6 +543,7 @@ class SessionMachine:
                 return self._not_taken(name_read)
             name = name_read
             prepared = Prepared(read, parse.parameter_types)
+            prepared.runs_before = self._runs_taken
             if not read[0][0].session_effects:
                 if len(self._parse_memo) >= _PARSE_MEMO_ENTRIES:
                     self._parse_memo.clear()
@@ -623,16 +635,48 @@ class SessionMachine:
             return _BLOCK  # it may be a FETCH (below): known once the database has answered
         if isinstance(described, (Prepared, Portal)):
             prepared = described.prepared if isinstance(described, Portal) else described
-            cursor = resolve(prepared.candidates, view) if _fetches(prepared) else None
-            if isinstance(cursor, Unconfirmed):
+            unsafe = self._describing_may_crash(prepared)
+            if unsafe is None:
                 return _BLOCK
-            if isinstance(cursor, Refusal):
-                # PostgreSQL 15 crashes (and restarts every session) describing a FETCH or
-                # MOVE whose cursor has been closed: it is refused as its Execute would be.
-                return self._refused_message(cursor)
+            if unsafe:
+                return self._refused_message(_UNSAFE_DESCRIBE)
             described.described = True
         self._run_entries.append((L.DESCRIBE, (kind, name)))
         return None
+
+    def _describing_may_crash(self, prepared: Prepared) -> bool | None:
+        """Whether describing the statement may crash the server; None: not known yet.
+
+        PostgreSQL 15 crashes (restarting every session) describing a FETCH or MOVE whose
+        cursor was closed after the statement was parsed, which the gateway cannot always
+        see (a function, a DO block, a savepoint's rollback may close it). A FETCH is safe
+        to describe while nothing has run since its Parse, as drivers do (Parse, Bind,
+        Describe, Execute); an EXECUTE of a FETCH, or a FETCH of a portal that holds one,
+        never is.
+        """
+        candidates = prepared.candidates
+        if not runs_another(candidates):
+            return False
+        view = self._view
+        for statement in candidates[0][0].statements:
+            held: Prepared | Portal | Unconfirmed | None = None
+            if statement.fetches is not None:
+                if prepared.runs_before != self._runs_taken:
+                    return True
+                held = view.portals.lookup(
+                    sql_name(statement.fetches), view.segment, view.confirmed_segments
+                )
+            elif statement.executes is not None:
+                held = view.statements.lookup(
+                    sql_name(statement.executes), view.segment, view.confirmed_segments
+                )
+            if isinstance(held, Unconfirmed):
+                return None
+            if held is not None:
+                target = held.prepared if isinstance(held, Portal) else held
+                if runs_another(target.candidates):
+                    return True
+        return False
 
     def _take_close(self, body: bytes) -> _Taken:
         view = self._view
@@ -644,6 +688,7 @@ class SessionMachine:
             view.statements.predict(name, None, view.segment)
         else:
             view.portals.predict(name, None, view.segment)
+            self._runs_taken += 1  # it may close a cursor a FETCH was parsed against
         self._run_entries.append((L.CLOSE, (kind, name)))
         return None
 
@@ -796,6 +841,11 @@ class SessionMachine:
         """The statement's plan is complete: the bytes and entries that go upstream for it."""
         statement = item.statement
         assert statement is not None
+        if self._needs_own_describe(statement):
+            portal = statement.portal
+            assert portal is not None
+            if self._describing_may_crash(portal.prepared) is not False:
+                statement.refusal = _UNSAFE_DESCRIBE
         refusal = statement.refusal
         if refusal is not None:
             self._log_refusal(refusal)
@@ -808,19 +858,26 @@ class SessionMachine:
             return
         entries: list[L.Entry] = [(item.via, statement)]
         data = item.held
-        portal = statement.portal
-        if (
-            statement.rewriter is not None
-            and portal is not None
-            and statement.portal_name is not None
-            and not portal.described
-            and not portal.prepared.described
-        ):
+        if self._needs_own_describe(statement):
             # The rewriter must know the columns: ask the database, and cut its answer out.
+            assert statement.portal_name is not None
             data = encode_describe_portal(statement.portal_name) + data
             entries.insert(0, (L.OWN_DESCRIBE, statement.portal_name))
         item.entries = entries
         item.data = data
+
+    @staticmethod
+    def _needs_own_describe(statement: Statement) -> bool:
+        """Whether a rewriter will need the columns of a portal nobody has described."""
+        portal = statement.portal
+        return (
+            statement.rewriter is not None
+            and statement.refusal is None
+            and portal is not None
+            and statement.portal_name is not None
+            and not portal.described
+            and not portal.prepared.described
+        )
 
     def _log_refusal(self, refusal: Refusal) -> None:
         # The refusal's text stays out: a syntax error quotes the statement.

@@ -74,7 +74,9 @@ def answers_refusal(notice: ServerNotice, refusal: Refusal, *, by_message: bool)
     It does when it is the refusal block's own error, or when a failed transaction stopped the
     block before it ran but PostgreSQL would have found the refused statement's fault first:
     a syntax error always, a missing statement or portal when a protocol message (Bind,
-    Execute) named it, not SQL's EXECUTE or FETCH, which PostgreSQL checks after.
+    Execute) named it, not SQL's EXECUTE or FETCH, which PostgreSQL checks after. Policy's
+    refusals are kept too: `ROLLBACK; SELECT ...` would have ended the failed transaction
+    before the refused statement, and its reason is what the client needs to hear.
     """
     fields = notice.fields
     code = fields.get("C")
@@ -82,6 +84,8 @@ def answers_refusal(notice: ServerNotice, refusal: Refusal, *, by_message: bool)
         return fields.get("M") == REFUSAL_MESSAGE
     if code != sqlstates.IN_FAILED_SQL_TRANSACTION:
         return False
+    if refusal.sqlstate == sqlstates.INSUFFICIENT_PRIVILEGE:
+        return True  # policy's refusal says more than 25P02, whatever the string began with
     if by_message:
         return refusal.sqlstate in _FOUND_BEFORE_THE_ABORT_CHECK
     return refusal.sqlstate == sqlstates.SYNTAX_ERROR

@@ -16,16 +16,18 @@ from custos.session.view import UNCONFIRMED, Namespace, SessionView, Unconfirmed
 from custos.sql.facts import Analysis, StatementFacts
 
 
-def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal | Unconfirmed:
-    """The candidates with each EXECUTE, FETCH or MOVE replaced by what it runs.
+def resolve(
+    candidates: Candidates, view: SessionView, depth: int = 0
+) -> Candidates | Refusal | Unconfirmed:
+    """The candidates with each EXECUTE, FETCH or MOVE replaced by what it runs, and what
+    that runs in turn (`EXECUTE f` where f is `FETCH ALL FROM p` runs p's statement).
 
     UNCONFIRMED: a name it runs was touched by messages the database has not answered yet.
     """
-    first = candidates[0][0]
-    if not first.session_effects or not any(
-        s.executes is not None or s.fetches is not None for s in first.statements
-    ):
+    if not runs_another(candidates):
         return candidates
+    if depth >= _MAX_DEPTH:
+        return _TOO_DEEP
     resolved: list[tuple[Analysis, tuple[str, ...]]] = []
     for analysis, path in candidates:
         # One statement in, one out: the database completes each statement of the string
@@ -52,6 +54,8 @@ def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal |
                 found = _runs(statement.fetches, cursors, view.portals, view, "cursor")
             else:
                 found = ((Analysis((statement,), (text,)), path),)
+            if isinstance(found, tuple):
+                found = resolve(found, view, depth + 1)
             if not isinstance(found, tuple):
                 return found
             options: dict[int, tuple[StatementFacts, str]] = {}
@@ -73,6 +77,22 @@ def resolve(candidates: Candidates, view: SessionView) -> Candidates | Refusal |
     return tuple(resolved)
 
 
+def runs_another(candidates: Candidates) -> bool:
+    """Whether the statement is an EXECUTE, FETCH or MOVE: it runs another statement."""
+    if not candidates:
+        return False
+    first = candidates[0][0]
+    return bool(first.session_effects) and any(
+        s.executes is not None or s.fetches is not None for s in first.statements
+    )
+
+
+_MAX_DEPTH = 8
+_TOO_DEEP = Refusal(
+    sqlstates.PROGRAM_LIMIT_EXCEEDED,
+    "the statement runs a prepared statement or cursor that runs another, too many levels"
+    " deep for the gateway to follow; run the innermost statement directly",
+)
 _MANY = Refusal(
     sqlstates.FEATURE_NOT_SUPPORTED,
     "the gateway cannot follow a prepared statement or cursor that holds several statements",

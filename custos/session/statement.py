@@ -47,6 +47,7 @@ class Prepared:
         "parameter_types",
         "refusal",
         "row_description",
+        "runs_before",
         "uses_parameters",
     )
 
@@ -65,6 +66,8 @@ class Prepared:
         # that returns no rows (NoData); None until described. Decoded only when read.
         self.row_description: bytes | None = None
         self.described = False  # a Describe of it was sent: its answer will say
+        # How many messages that may run SQL the session had taken when it was parsed.
+        self.runs_before = 0
 
 
 class Portal:
