@@ -213,3 +213,57 @@ class TestRowsRead:
         assert counted
         assert counted[0][0] > 100
         assert len(names_in(rows, customer_names)) <= 100
+
+
+# --- pattern searches by any means --------------------------------------------------------------
+
+
+class TestPatternSearches:
+    """A search of a personal column not anchored to a fixed prefix is a wildcard search,
+    whatever function or operator writes it."""
+
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            "strpos(full_name, 'Begum') > 0",
+            "position('Begum' in full_name) > 0",
+            "textlike(full_name, '%Begum%')",
+            "texticlike(full_name, '%begum%')",
+            "full_name ~ '^T?.*Begum'",
+            "full_name ~ '^.*Begum'",
+            "regexp_like(full_name, 'Begum')",
+            "regexp_match(full_name, 'Begum') IS NOT NULL",
+            "regexp_count(full_name, 'Begum') > 0",
+            "textregexeq(full_name, 'Begum')",
+            "substring(full_name from 'Begum') IS NOT NULL",
+            "full_name SIMILAR TO 'T*%Begum%'",
+            "full_name LIKE 'T%Begum%'",
+            "starts_with(full_name, '')",
+            "full_name ^@ ''",
+            "full_name ILIKE ANY (ARRAY['%begum%'])",
+            "NOT (full_name !~~ '%Begum%')",
+        ],
+    )
+    def test_an_unanchored_search_is_refused(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+    ) -> None:
+        sql = f"SELECT id FROM crm.customers WHERE {condition} ORDER BY id LIMIT 5"
+        assert superuser.execute(sql).fetchall(), "the search finds customers directly"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            "full_name LIKE 'Theo%'",
+            "full_name ~ '^Theo'",
+            "starts_with(full_name, 'Theo')",
+            "full_name SIMILAR TO 'Theo%'",
+            "full_name = 'Theo Begum'",
+        ],
+    )
+    def test_a_search_by_prefix_is_allowed(self, governed: GatewayProcess, condition: str) -> None:
+        sql = f"SELECT id FROM crm.customers WHERE {condition} ORDER BY id LIMIT 5"
+        with psycopg_connect(governed) as agent:
+            assert rows_of(agent, sql)

@@ -76,7 +76,7 @@ def test_explain_prints_decision_facts_rules_and_version(
         "deciding rule:   agents-no-wildcard-search",
         "message:         denied by rule 'agents-no-wildcard-search': agents may not search "
         "personal data with leading-wildcard, unanchored or negated patterns; look customers "
-        "up by id, or by a prefix such as 'smith%' (a leading-wildcard pattern on "
+        "up by id, or by a prefix such as 'smith%' (a pattern not anchored to a fixed prefix on "
         "crm.customers.email)",
         "rules fired:     agents-no-wildcard-search, agents-mask-contact-details, agents-read-crm",
         "facts:",
@@ -90,7 +90,7 @@ def test_explain_prints_decision_facts_rules_and_version(
         "  categories read:     email",
         "  categories written:  -",
         "  functions:           -",
-        "  risks:               a leading-wildcard pattern on crm.customers.email",
+        "  risks:               a pattern not anchored to a fixed prefix on crm.customers.email",
         "result columns:",
         "  email               crm.customers.email",
         "mask:            email, iban, phone by partial (rule agents-mask-contact-details)",

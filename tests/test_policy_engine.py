@@ -368,21 +368,39 @@ def test_without_where() -> None:
 @pytest.mark.parametrize(
     ("match", "risk"),
     [
-        (like("email", "%example.com"), "a leading-wildcard pattern"),
-        (like("email", "%"), "a leading-wildcard pattern"),
-        (like("email", "_lice%"), "a leading-wildcard pattern"),
-        (like("email", "%", operator="~~*"), "a leading-wildcard pattern"),
+        (like("email", "%example.com"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "%"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "_lice%"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "%", operator="~~*"), "a pattern not anchored to a fixed prefix"),
         (like("email", "alice%", negated=True), "a negated pattern"),
         (like("email", None), "a pattern computed by an expression"),
         (like("email", ".*", operator="~"), "an unanchored regular expression"),
         (like("email", "alice", operator="~*"), "an unanchored regular expression"),
-        (like("email", "^.*x", operator="~"), "a leading-wildcard pattern"),
-        (like("email", "^a|b", operator="~"), "a leading-wildcard pattern"),
-        (like("email", "%a", operator="similar"), "a leading-wildcard pattern"),
+        (like("email", "^.*x", operator="~"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "^a|b", operator="~"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "%a", operator="similar"), "a pattern not anchored to a fixed prefix"),
         (like("email", "a%", operator="!~~"), "a pattern operator the gateway does not know"),
-        (like("id", "%1"), "a leading-wildcard pattern"),
+        (like("id", "%1"), "a pattern not anchored to a fixed prefix"),
+        # Anchored to a letter, but the rest searches anywhere.
+        (like("email", "a%smith%"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "al_ce%"), "a pattern not anchored to a fixed prefix"),
+        (
+            like("email", "A*%smith%", operator="similar"),
+            "a pattern not anchored to a fixed prefix",
+        ),
+        (like("email", "^A?.*smith", operator="~"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "^(?i)smith", operator="~"), "a pattern not anchored to a fixed prefix"),
+        (like("email", "", operator="prefix"), "a pattern not anchored to a fixed prefix"),
+        (
+            like("email", "smith", operator="contains"),
+            "a search inside the values (strpos, position)",
+        ),
         (like("email", "alice%"), None),
+        (like("email", "alice"), None),
         (like("email", ""), None),
+        (like("email", "^alice.*", operator="~"), None),
+        (like("email", "^alice$", operator="~"), None),
+        (like("email", "al", operator="prefix"), None),
         (like("email", "^alice", operator="~"), None),
         (like("email", "alice%", operator="similar"), None),
         (like("country", "%"), None),  # not a personal-data column in the catalog
@@ -724,7 +742,7 @@ def test_facts_summarise_without_values() -> None:
     assert facts.categories_read == ("email", "name")
     assert facts.functions == ("lower",)
     assert facts.risks == (
-        "a leading-wildcard pattern on crm.customers.email",
+        "a pattern not anchored to a fixed prefix on crm.customers.email",
         "no LIMIT on a read of crm.customers, crm.orders",
     )
     json.dumps(decision.as_dict())

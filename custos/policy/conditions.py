@@ -15,8 +15,12 @@ from custos.sql.facts import ParameterRef, PatternMatch
 
 _LIKE = frozenset({"~~", "~~*"})
 _REGEX = frozenset({"~", "~*"})
-# After a leading ^, these start something that can match any first character.
-_REGEX_WILDCARD_STARTS = frozenset(".[(\\")
+# Characters that make a pattern match more than one fixed prefix (escapes included: which
+# escape character applies is not always known, so an escaped character counts as special).
+_LIKE_SPECIALS = frozenset("%_\\")
+_SIMILAR_SPECIALS = frozenset("%_|*+?{}()[]\\")
+_REGEX_SPECIALS = frozenset(".[]()*+?{}|\\^$")
+_WILDCARD = "a pattern not anchored to a fixed prefix"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -41,18 +45,35 @@ def pattern_risk(match: PatternMatch, params: Sequence[str | None]) -> str | Non
             return "a pattern from a parameter without a text value"
     elif pattern is None:
         return "a pattern computed by an expression"
-    if match.operator in _LIKE:
-        return "a leading-wildcard pattern" if pattern[:1] in ("%", "_") else None
-    if match.operator == "similar":
-        wild = pattern == "" or pattern[0] in "%_([" or "|" in pattern
-        return "a leading-wildcard pattern" if wild else None
-    if match.operator in _REGEX:
+    operator = match.operator
+    if operator in _LIKE:
+        return None if _exact_or_prefix(pattern, _LIKE_SPECIALS) else _WILDCARD
+    if operator == "similar":
+        return None if _exact_or_prefix(pattern, _SIMILAR_SPECIALS) else _WILDCARD
+    if operator in _REGEX:
         if not pattern.startswith("^"):
             return "an unanchored regular expression"
-        if len(pattern) == 1 or pattern[1] in _REGEX_WILDCARD_STARTS or "|" in pattern:
-            return "a leading-wildcard pattern"
-        return None
+        prefix = pattern[1:].removesuffix("$") if pattern.endswith("$") else pattern[1:]
+        prefix = prefix.removesuffix(".*")
+        return None if _fixed_prefix(prefix, _REGEX_SPECIALS) else _WILDCARD
+    if operator == "prefix":
+        return None if pattern else _WILDCARD
+    if operator == "contains":
+        return "a search inside the values (strpos, position)"
     return "a pattern operator the gateway does not know"
+
+
+def _exact_or_prefix(pattern: str, specials: frozenset[str]) -> bool:
+    """A LIKE or SIMILAR TO pattern that is one value, or a fixed prefix and a final `%`."""
+    if not any(character in specials for character in pattern):
+        return True
+    return _fixed_prefix(pattern.removesuffix("%"), specials)
+
+
+def _fixed_prefix(prefix: str, specials: frozenset[str]) -> bool:
+    """Whether the text is a non-empty run of ordinary characters: a search that can only
+    find values starting with it (a trailing wildcard already taken off)."""
+    return bool(prefix) and not any(character in specials for character in prefix)
 
 
 def bounded_limit(limit: int | ParameterRef | None, params: Sequence[str | None]) -> int | None:

@@ -12,7 +12,39 @@ PATTERN_OPERATORS: dict[str, tuple[str, bool]] = {
     "!~": ("~", True),
     "~*": ("~*", False),
     "!~*": ("~*", True),
+    "^@": ("prefix", False),
 }
+PATTERN_FUNCTIONS: dict[str, tuple[str, bool]] = {
+    # function -> (operator in the facts, negated): searches of their first argument's
+    # values for their second, whatever the notation. "contains" finds a text anywhere;
+    # "prefix" finds values that start with it.
+    **dict.fromkeys(("textlike", "bpcharlike", "namelike", "like"), ("~~", False)),
+    **dict.fromkeys(("textnlike", "bpcharnlike", "namenlike", "notlike"), ("~~", True)),
+    **dict.fromkeys(("texticlike", "bpchariclike", "nameiclike"), ("~~*", False)),
+    **dict.fromkeys(("texticnlike", "bpcharicnlike", "nameicnlike"), ("~~*", True)),
+    **dict.fromkeys(("textregexeq", "bpcharregexeq", "nameregexeq"), ("~", False)),
+    **dict.fromkeys(("textregexne", "bpcharregexne", "nameregexne"), ("~", True)),
+    **dict.fromkeys(("texticregexeq", "bpcharicregexeq", "nameicregexeq"), ("~*", False)),
+    **dict.fromkeys(("texticregexne", "bpcharicregexne", "nameicregexne"), ("~*", True)),
+    **dict.fromkeys(
+        (
+            "regexp_like",
+            "regexp_match",
+            "regexp_matches",
+            "regexp_count",
+            "regexp_instr",
+            "regexp_substr",
+            "regexp_replace",
+            "regexp_split_to_array",
+            "regexp_split_to_table",
+            "substring",
+        ),
+        ("~", False),
+    ),
+    **dict.fromkeys(("strpos", "position"), ("contains", False)),
+    **dict.fromkeys(("starts_with", "text_starts_with"), ("prefix", False)),
+}
+
 PATTERN_EXPR_KINDS = frozenset(
     {"AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_SIMILAR", "AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL"}
 )

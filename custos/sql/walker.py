@@ -23,6 +23,7 @@ from custos.sql.names import function_name, split_identifier_list, strings
 from custos.sql.risks import (
     COLLECTING_AGGREGATES,
     PATTERN_EXPR_KINDS,
+    PATTERN_FUNCTIONS,
     PATTERN_OPERATORS,
     ROLE_SETTINGS,
     ROW_FUNCTIONS,
@@ -594,6 +595,9 @@ class Walker:
         name = parts[-1] if parts else ""
         if name in COLLECTING_AGGREGATES:
             self._c.collects_rows = True
+        searched = PATTERN_FUNCTIONS.get(name)
+        if searched is not None and self.search_call(body, scope, name, *searched):
+            return
         if name in SQL_TEXT_FUNCTIONS:
             self._c.dynamic = True
         elif name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
@@ -602,6 +606,39 @@ class Walker:
             value = body.get(key)
             if value:
                 self.expr(value, scope)
+
+    def search_call(
+        self, body: Node, scope: Scope | None, name: str, operator: str, negated: bool
+    ) -> bool:
+        """A function that searches its first argument's values for its second (strpos,
+        regexp_like, textlike, starts_with...): a pattern match, as the operator would be.
+        False when it is not one after all (substring by position)."""
+        args: Sequence[Node] = body.get("args") or ()
+        if len(args) < 2:
+            return False
+        if name == "substring":
+            if literals.string(args[1]) is None and "A_Const" in args[1]:
+                return False  # substring(text, start, count)
+            if len(args) == 3 and literals.string(args[2]) is not None:
+                operator = "similar"  # substring(text SIMILAR pattern ESCAPE escape)
+        searched = self.sunk(args[0], scope)
+        patterns = self.sunk(list(args[1:]), scope)
+        if self._sink is not None:
+            self._sink |= searched | patterns
+        self.add_searches(searched, operator, literals.pattern(args[1]), negated)
+        self.add_searches(patterns - searched, operator, None, negated)
+        return True
+
+    def add_searches(
+        self,
+        columns: set[Source],
+        operator: str,
+        pattern: str | ParameterRef | None,
+        negated: bool,
+    ) -> None:
+        """Pattern matches on the columns, as the facts name the operator."""
+        for relation, column in sorted(columns):
+            self._c.patterns[PatternMatch(relation, column, operator, pattern, negated)] = None
 
     def set_config(self, args: Sequence[Node], call: Node) -> None:
         self._c.kinds.add(K.SET)
@@ -685,11 +722,7 @@ class Walker:
         similar: bool = False,
     ) -> None:
         fact_operator, negated = PATTERN_OPERATORS[operator]
-        if similar:
-            fact_operator = "similar"
-        for relation, column in sorted(columns):
-            match = PatternMatch(relation, column, fact_operator, pattern, negated)
-            self._c.patterns[match] = None
+        self.add_searches(columns, "similar" if similar else fact_operator, pattern, negated)
 
     def stray_relation(self, body: Node, scope: Scope | None) -> None:
         # A relation where the walk expects none: it is read, every column of it.
