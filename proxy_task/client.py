@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
+from custos.policy.engine import Decision
+from custos.policy.models import Effect
 from custos.protocol import codes, sqlstates
 from custos.protocol.errors import ProtocolViolation
 from custos.protocol.messages import (
@@ -30,8 +32,10 @@ from custos.protocol.startup import (
 from custos.session.hints import StarHints
 from custos.session.lexical import lexical_settings
 from custos.session.machine import SessionLimits, SessionMachine
-from custos.session.policy_stage import PolicyStage
+from custos.session.policy_stage import PolicyStage, refusal_for
+from custos.session.refusal import Refusal
 from custos.session.relay import RelayMachine
+from custos.session.startup_settings import startup_settings
 from custos.session.texts import TextAnalyser
 from custos.upstream.errors import UpstreamAuthenticationError
 from custos.upstream.errors import UpstreamError as CredentialError
@@ -56,6 +60,7 @@ _MAX_PASSWORD_MESSAGE_BYTES = 64 << 10
 # Startup parameters that change what kind of connection this is: never forwarded.
 _REFUSED_PARAMETERS = frozenset({"replication"})
 _GATEWAY_PARAMETERS = frozenset({"user", "database"})
+_NO_SEARCH_PATH: tuple[str, ...] = ()  # a SET names no relation
 
 
 class HandshakeRefused(Exception):
@@ -114,6 +119,7 @@ class ClientConnection(PeerConnection):
                 if startup is None:
                     return
                 principal = await self._authenticate(startup)
+                await self._decide_startup_settings(startup, principal)
                 upstream = await self._connect_upstream(startup, principal)
                 machine = await self._machine(principal, upstream)
             self._start_session(principal, upstream, machine)
@@ -267,6 +273,36 @@ class ClientConnection(PeerConnection):
             if len(received) > length:
                 self.reader.feed(received[1 + length :])
                 return password_message_text(received[5 : 1 + length])
+
+    async def _decide_startup_settings(
+        self, startup: StartupMessage, principal: Principal
+    ) -> None:
+        """Policy decides each setting of the startup packet as the SET it amounts to, before
+        anything reaches the database; one it refuses refuses the connection."""
+        decision_point = self.gateway.decision_point
+        if decision_point is None:
+            return
+        settings = startup_settings(startup.parameters)
+        if isinstance(settings, Refusal):
+            raise HandshakeRefused(settings.sqlstate, settings.message, settings.hint)
+        for setting in settings:
+            analysis = self.gateway.analyses.analyze(setting.as_statement(), _NO_SEARCH_PATH)
+            outcome = decision_point.decide(principal.role, analysis, (), _NO_SEARCH_PATH)
+            decision = outcome if isinstance(outcome, Decision) else await outcome
+            if decision.effect is Effect.ALLOW:
+                continue
+            refusal = refusal_for(decision)
+            log.info(
+                "connection refused role=%s subject=%s: startup setting %s refused by policy",
+                principal.role,
+                shown(principal.subject),
+                shown(setting.name),
+            )
+            raise HandshakeRefused(
+                refusal.sqlstate,
+                f"the startup setting {shown(setting.name)} is refused: {refusal.message}",
+                refusal.hint,
+            )
 
     async def _connect_upstream(
         self, startup: StartupMessage, principal: Principal

@@ -21,10 +21,12 @@ from test_session_attacks import (  # noqa: F401 - fixtures
     customer_names,
     emails_in_rows,
     governed,
+    login,
     psycopg_connect,
     rows_of,
     superuser,
 )
+from wire import ConnectionEnded
 
 
 def names_in(rows: list[tuple], names: frozenset[str]) -> set[str]:
@@ -267,3 +269,53 @@ class TestPatternSearches:
         sql = f"SELECT id FROM crm.customers WHERE {condition} ORDER BY id LIMIT 5"
         with psycopg_connect(governed) as agent:
             assert rows_of(agent, sql)
+
+
+# --- startup parameters are statements ---------------------------------------------------------
+
+
+class TestStartupSettings:
+    """A setting in the startup packet is decided as the SET it amounts to."""
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            "-c role=postgres",
+            "-crole=postgres",
+            "--role=postgres",
+            "-c search_path=crm -c session_authorization=postgres",
+            "-c\\ role=postgres",
+        ],
+    )
+    def test_a_role_change_in_options_refuses_the_connection(
+        self, governed: GatewayProcess, options: str
+    ) -> None:
+        with pytest.raises(psycopg.OperationalError) as raised:
+            psycopg_connect(governed, options=options).close()
+        message = str(raised.value)
+        assert "startup setting" in message
+        assert "no-role-change" in message or "not supported" in message
+
+    def test_a_role_change_as_a_startup_parameter_refuses_the_connection(
+        self, governed: GatewayProcess
+    ) -> None:
+        with pytest.raises(ConnectionEnded, match="no-role-change"):
+            login(governed, "agent", session_authorization="postgres").close()
+
+    def test_an_unknown_switch_in_options_refuses_the_connection(
+        self, governed: GatewayProcess
+    ) -> None:
+        with pytest.raises(psycopg.OperationalError, match="not supported through the gateway"):
+            psycopg_connect(governed, options="-B 100").close()
+
+    def test_an_allowed_setting_applies_and_the_gateway_follows_it(
+        self, governed: GatewayProcess, customer_emails: frozenset[bytes]
+    ) -> None:
+        with psycopg_connect(governed, options="-c search_path=crm") as agent:
+            assert rows_of(agent, "SHOW search_path") == [("crm",)]
+            # Unqualified names resolve in crm: the policy for crm.customers applies.
+            assert rows_of(agent, "SELECT full_name FROM customers ORDER BY id LIMIT 1")
+            assert refused(agent, "SELECT email FROM customers LIMIT 1") == "42501"
+            assert not emails_in_rows(
+                rows_of(agent, "SELECT email FROM customers LIMIT 1"), customer_emails
+            )
