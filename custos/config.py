@@ -36,6 +36,13 @@ class LimitSettings(BaseModel):
 
     max_message_bytes: int = Field(default=64 << 20, ge=1 << 10)
     max_connections: int = Field(default=1000, ge=1)
+    # Sessions one identity (issuer and subject) may hold at once, and one role (None: no
+    # limit of its own): a single agent token must not take every slot of the database.
+    max_sessions_per_subject: int = Field(default=20, ge=1)
+    max_sessions_per_role: int | None = Field(default=None, ge=1)
+    # Database connection slots the gateway leaves free (beyond the superusers' reserved
+    # ones) so that an administrator can still log in directly.
+    database_reserved_connections: int = Field(default=3, ge=0)
     startup_timeout_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     write_buffer_high_bytes: int = Field(default=256 << 10, ge=1 << 12)

@@ -113,6 +113,7 @@ class ClientConnection(PeerConnection):
 
     async def _run_handshake(self) -> None:
         upstream: UpstreamReady | None = None
+        admitted: Principal | None = None
         try:
             async with asyncio.timeout(self.gateway.config.limits.startup_timeout_seconds):
                 startup = await self._negotiate()
@@ -120,10 +121,13 @@ class ClientConnection(PeerConnection):
                     return
                 principal = await self._authenticate(startup)
                 await self._decide_startup_settings(startup, principal)
+                self._admit(principal)
+                admitted = principal
                 upstream = await self._connect_upstream(startup, principal)
                 machine = await self._machine(principal, upstream)
             self._start_session(principal, upstream, machine)
             upstream = None
+            admitted = None  # the session holds the admission now
         except HandshakeRefused as refusal:
             self._refuse(refusal.sqlstate, refusal.message, refusal.hint)
         except ProtocolViolation as violation:
@@ -140,6 +144,8 @@ class ClientConnection(PeerConnection):
         finally:
             if upstream is not None and upstream.connection.transport is not None:
                 upstream.connection.transport.abort()
+            if admitted is not None:
+                self.gateway.release(admitted)
 
     async def _negotiate(self) -> StartupMessage | None:
         """Reads startup packets until a StartupMessage; None when the connection is done."""
@@ -274,9 +280,13 @@ class ClientConnection(PeerConnection):
                 self.reader.feed(received[1 + length :])
                 return password_message_text(received[5 : 1 + length])
 
-    async def _decide_startup_settings(
-        self, startup: StartupMessage, principal: Principal
-    ) -> None:
+    def _admit(self, principal: Principal) -> None:
+        refused = self.gateway.admit(principal)
+        if refused is not None:
+            log.info("connection refused role=%s: %s", principal.role, refused)
+            raise HandshakeRefused(sqlstates.TOO_MANY_CONNECTIONS, refused)
+
+    async def _decide_startup_settings(self, startup: StartupMessage, principal: Principal) -> None:
         """Policy decides each setting of the startup packet as the SET it amounts to, before
         anything reaches the database; one it refuses refuses the connection."""
         decision_point = self.gateway.decision_point

@@ -5,19 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import Counter
 from dataclasses import dataclass
 
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
+from custos.identity.errors import shown
+from custos.identity.principal import Principal
 from custos.policy.source import FilePolicySource, S3PolicySource
 from custos.protocol import sqlstates
+from custos.protocol.errors import ProtocolViolation
 from custos.session.policy_stage import DecisionPoint
 from custos.sql.cache import AnalysisCache
 from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import CredentialSource
+from custos.upstream.errors import UpstreamError
 from proxy_task.cancel import CancelRegistry
 from proxy_task.client import ClientConnection
 from proxy_task.session import Session
+from proxy_task.upstream import UpstreamConnectError, database_session_slots, side_connector
+
+CAPACITY_APPLICATION_NAME = "custos-capacity"
+"""How the gateway's start-up query of the database's connection limit shows."""
 
 log = logging.getLogger("custos.gateway")
 
@@ -50,11 +59,46 @@ class Gateway:
         self._sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
+        # At most this many sessions at once: the configured limit, kept below what the
+        # database accepts (read at start).
+        self.max_sessions = config.limits.max_connections
+        self._per_subject: Counter[tuple[str, str]] = Counter()
+        self._per_role: Counter[str] = Counter()
 
     @property
     def at_capacity(self) -> bool:
         total = len(self._handshaking) + len(self._sessions)
-        return total > self.config.limits.max_connections
+        return total > self.max_sessions
+
+    def admit(self, principal: Principal) -> str | None:
+        """Counts a session for its identity and role; why not, when a limit is reached."""
+        limits = self.config.limits
+        identity = (principal.issuer, principal.subject)
+        if self._per_subject[identity] >= limits.max_sessions_per_subject:
+            return (
+                f"identity {shown(principal.subject)} already holds"
+                f" {limits.max_sessions_per_subject} sessions through the gateway"
+                " (limits.max_sessions_per_subject); close one before opening another"
+            )
+        role_limit = limits.max_sessions_per_role
+        if role_limit is not None and self._per_role[principal.role] >= role_limit:
+            return (
+                f"role {shown(principal.role)} already holds {role_limit} sessions through the"
+                " gateway (limits.max_sessions_per_role); close one, or try again shortly"
+            )
+        self._per_subject[identity] += 1
+        self._per_role[principal.role] += 1
+        return None
+
+    def release(self, principal: Principal) -> None:
+        """A session admit() counted has ended (or never started)."""
+        identity = (principal.issuer, principal.subject)
+        self._per_subject[identity] -= 1
+        if self._per_subject[identity] <= 0:
+            del self._per_subject[identity]
+        self._per_role[principal.role] -= 1
+        if self._per_role[principal.role] <= 0:
+            del self._per_role[principal.role]
 
     @property
     def session_count(self) -> int:
@@ -76,6 +120,7 @@ class Gateway:
             backlog=1024,
             reuse_address=True,
         )
+        self.max_sessions = await self._session_capacity()
         if self.policy is not None:
             self._policy_watch = loop.create_task(self.policy.watch())
         log.info(
@@ -85,6 +130,37 @@ class Gateway:
             self.tls_context is not None,
             self.policy.current().version[:12] if self.policy else "none",
         )
+
+    async def _session_capacity(self) -> int:
+        """The configured limit, lowered to what the database can take: its slots for
+        ordinary sessions, less those left free for administrators and the gateway's own."""
+        limits = self.config.limits
+        connect = side_connector(
+            self.credentials, CAPACITY_APPLICATION_NAME, limits.startup_timeout_seconds
+        )
+        try:
+            connection = await connect()
+            try:
+                slots = await database_session_slots(connection)
+            finally:
+                connection.close()
+        except (UpstreamConnectError, UpstreamError, ProtocolViolation, OSError) as error:
+            log.warning(
+                "could not read the database's connection limit (%s); at most %d sessions",
+                error,
+                limits.max_connections,
+            )
+            return limits.max_connections
+        own = 1 if self.columns is not None else 0
+        capacity = min(limits.max_connections, slots - limits.database_reserved_connections - own)
+        if capacity < limits.max_connections:
+            log.info(
+                "at most %d sessions: the database takes %d, %d left free for administrators",
+                max(capacity, 1),
+                slots,
+                limits.database_reserved_connections,
+            )
+        return max(capacity, 1)
 
     async def shutdown(self) -> None:
         """Stops accepting, lets sessions finish their transactions, then closes the rest."""
@@ -127,6 +203,8 @@ class Gateway:
         self._sessions.add(session)
 
     def session_closed(self, session: Session) -> None:
+        if session in self._sessions:
+            self.release(session.principal)
         self._sessions.discard(session)
         self.cancels.unregister(session.cancel_key)
         if not self._sessions:

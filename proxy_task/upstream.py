@@ -298,6 +298,19 @@ async def fetch_search_path(ready: UpstreamReady) -> tuple[str, ...]:
     return tuple(schemas)
 
 
+async def database_session_slots(connection: SideConnection) -> int:
+    """How many ordinary sessions the database accepts at once: its max_connections less
+    the slots it reserves for superusers (and, from PostgreSQL 16, reserved roles)."""
+    rows = await connection.query(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - coalesce(current_setting('reserved_connections', true)::int, 0)",
+    )
+    if len(rows) != 1 or len(rows[0]) != 1 or rows[0][0] is None:
+        raise ProtocolViolation("the database answered the connection limit query oddly")
+    return int(rows[0][0])
+
+
 class SideConnection:
     """A connection the gateway opens for its own catalog queries (see ColumnCatalog)."""
 

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from gateway_fixtures import GatewayProcess
+from gateway_fixtures import GatewayProcess, start_gateway
 from test_session_attacks import (  # noqa: F401 - fixtures
+    DEMO_POLICY,
     customer_emails,
     customer_names,
     emails_in_rows,
@@ -26,7 +27,9 @@ from test_session_attacks import (  # noqa: F401 - fixtures
     rows_of,
     superuser,
 )
-from wire import ConnectionEnded
+from wire import ConnectionEnded, WireClient
+
+from custos.demo.postgres import PostgresServer
 
 
 def names_in(rows: list[tuple], names: frozenset[str]) -> set[str]:
@@ -319,3 +322,81 @@ class TestStartupSettings:
             assert not emails_in_rows(
                 rows_of(agent, "SELECT email FROM customers LIMIT 1"), customer_emails
             )
+
+
+# --- sessions: no identity takes every slot ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(
+    pg: PostgresServer, gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    running = start_gateway(
+        tmp_path_factory.mktemp("limited"),
+        pg,
+        upstream_dsn=gateway.upstream_dsn,
+        extra_config={
+            "roles": [],
+            "policy": {"file": str(DEMO_POLICY)},
+            "limits": {"max_sessions_per_subject": 2, "max_sessions_per_role": 3},
+        },
+    )
+    yield running
+    running.stop()
+
+
+def connect_as(gateway: GatewayProcess, subject: str) -> psycopg.Connection:
+    token = gateway.token("agent", subject)
+    return psycopg.connect(gateway.dsn("agent", token), autocommit=True)
+
+
+class TestSessionLimits:
+    def test_one_identity_holds_at_most_its_limit_of_sessions(
+        self, limited: GatewayProcess
+    ) -> None:
+        first, second = connect_as(limited, "agent-a"), connect_as(limited, "agent-a")
+        with pytest.raises(psycopg.OperationalError, match="max_sessions_per_subject"):
+            connect_as(limited, "agent-a")
+        raw = WireClient.connect(limited.port, timeout=5.0)
+        with pytest.raises(ConnectionEnded, match="'C': '53300'"):
+            raw.login(
+                limited.tls.ca_cert, "agent", limited.token("agent", "agent-a"), limited.database
+            )
+        raw.close()
+        # Another identity still gets in, and a closed session frees its slot.
+        other = connect_as(limited, "agent-b")
+        assert other.execute("SELECT 1").fetchone() == (1,)
+        first.close()
+        again = connect_as(limited, "agent-a")
+        assert again.execute("SELECT 1").fetchone() == (1,)
+        for connection in (second, other, again):
+            connection.close()
+
+    def test_a_role_holds_at_most_its_limit_of_sessions(self, limited: GatewayProcess) -> None:
+        time.sleep(0.3)  # the sessions of the test before end as the gateway notices
+        held = [connect_as(limited, f"agent-{n}") for n in range(3)]
+        with pytest.raises(psycopg.OperationalError, match="max_sessions_per_role"):
+            connect_as(limited, "agent-9")
+        for connection in held:
+            connection.close()
+        time.sleep(0.2)
+        connect_as(limited, "agent-9").close()
+
+    def test_refused_logins_leave_no_slot_taken(self, limited: GatewayProcess) -> None:
+        # Logins refused after admission (a database the gateway does not serve) give their
+        # slot back: more of them than the limit, then a session still opens.
+        token = limited.token("agent", "agent-c")
+        for _ in range(4):
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(limited.dsn("agent", token, dbname="elsewhere")).close()
+        connect_as(limited, "agent-c").close()
+
+    def test_the_gateway_stays_below_the_databases_connection_limit(
+        self, limited: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        (slots,) = superuser.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        ).fetchone()
+        # 3 left free for administrators, 1 for the gateway's own catalog connection.
+        assert f"at most {slots - 3 - 1} sessions" in limited.log()

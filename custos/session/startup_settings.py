@@ -76,9 +76,7 @@ def _split_options(options: str) -> Iterator[str]:
 
 def _switch_setting(switch: str) -> StartupSetting | None:
     """`-cname=value` (`-c name=value` joined) or `--name=value`; None for any other."""
-    if switch.startswith("--"):
-        assignment = switch[2:]
-    elif switch.startswith("-c"):
+    if switch.startswith("--") or switch.startswith("-c"):
         assignment = switch[2:]
     else:
         return None
