@@ -30,6 +30,8 @@ from test_session_attacks import (  # noqa: F401 - fixtures
 from wire import ConnectionEnded, WireClient
 
 from custos.demo.postgres import PostgresServer
+from custos.sql import budget
+from custos.sql.analysis import analyze
 
 
 def names_in(rows: list[tuple], names: frozenset[str]) -> set[str]:
@@ -400,3 +402,36 @@ class TestSessionLimits:
         ).fetchone()
         # 3 left free for administrators, 1 for the gateway's own catalog connection.
         assert f"at most {slots - 3 - 1} sessions" in limited.log()
+
+
+# --- no statement holds the gateway -------------------------------------------------------------
+
+
+class TestAnalysisBudget:
+    """A statement built to be expensive to analyse is refused once it has cost its budget."""
+
+    CROSS = "SELECT " + ", ".join(["x"] * 6000) + " FROM " + ", ".join(f"t{i}" for i in range(6000))
+
+    def test_a_statement_past_the_budget_is_refused_and_the_session_goes_on(
+        self, governed: GatewayProcess
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            with pytest.raises(psycopg.errors.StatementTooComplex, match="too complex"):
+                agent.execute(self.CROSS)
+            assert agent.execute("SELECT 1").fetchone() == (1,)
+
+    def test_a_statement_past_the_size_limit_is_refused_before_it_is_parsed(
+        self, governed: GatewayProcess
+    ) -> None:
+        huge = "SELECT " + ", ".join(["1"] * (budget.MAX_STATEMENT_CHARS // 3 + 10))
+        with psycopg_connect(governed) as agent:
+            with pytest.raises(psycopg.errors.StatementTooComplex, match="characters long"):
+                agent.execute(huge)
+            assert agent.execute("SELECT 1").fetchone() == (1,)
+
+    def test_the_budget_holds_for_every_expensive_shape(self) -> None:
+        # Without the budget, this one analysed for minutes (quadratic in its size).
+        analysis = analyze(self.CROSS, ("public",))
+        assert analysis.statements == ()
+        assert analysis.error is not None
+        assert "too complex" in analysis.error

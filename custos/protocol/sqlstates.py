@@ -42,6 +42,7 @@ CHARACTER_NOT_IN_REPERTOIRE: Final = "22021"
 # Class 53 and 54: insufficient resources, program limit exceeded
 TOO_MANY_CONNECTIONS: Final = "53300"
 PROGRAM_LIMIT_EXCEEDED: Final = "54000"
+STATEMENT_TOO_COMPLEX: Final = "54001"
 
 # Class 57: operator intervention
 QUERY_CANCELED: Final = "57014"

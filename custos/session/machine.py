@@ -66,7 +66,7 @@ from custos.session.own_messages import (
     REFUSAL_EXECUTION_DROPPING_UNNAMED,
     REFUSAL_QUERY,
 )
-from custos.session.refusal import Refusal, syntax_refusal
+from custos.session.refusal import Refusal, analysis_refusal
 from custos.session.resolution import resolve, runs_another
 from custos.session.stages import (
     FORWARD,
@@ -751,9 +751,9 @@ class SessionMachine:
         if len(schemas) > MAX_CANDIDATE_SCHEMAS:
             return self._read_under_long_path(sql, schemas)
         candidates = self._analyser.candidates(sql, schemas)
-        error = candidates[0][0].error
-        if error is not None:
-            return syntax_refusal(error, sql)
+        first = candidates[0][0]
+        if first.error is not None:
+            return analysis_refusal(first.error, first.error_sqlstate, sql)
         return candidates
 
     def _read_under_long_path(self, sql: str, schemas: tuple[str, ...]) -> Candidates | Refusal:
@@ -764,7 +764,7 @@ class SessionMachine:
         """
         ((analysis, _),) = self._analyser.candidates(sql, (_UNQUALIFIED,))
         if analysis.error is not None:
-            return syntax_refusal(analysis.error, sql)
+            return analysis_refusal(analysis.error, analysis.error_sqlstate, sql)
         for facts in analysis.statements:
             for relation in facts.relations_read | facts.relations_written:
                 if relation.startswith(_UNQUALIFIED_PREFIX):

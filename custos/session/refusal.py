@@ -34,3 +34,11 @@ def syntax_refusal(error: str, sql: str) -> Refusal:
     # The analysis reports a byte offset into the UTF-8 text; PostgreSQL counts characters.
     position = len(sql.encode()[: int(where)].decode(errors="ignore")) + 1
     return Refusal(sqlstates.SYNTAX_ERROR, message, position=position)
+
+
+def analysis_refusal(error: str, error_sqlstate: str | None, sql: str) -> Refusal:
+    """The refusal of a text the analysis could not read: PostgreSQL's syntax error, or the
+    analysis' own limit (too long, too complex) with its SQLSTATE."""
+    if error_sqlstate is None:
+        return syntax_refusal(error, sql)
+    return Refusal(error_sqlstate, error)

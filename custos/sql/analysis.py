@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 from pglast.parser import ParseError, parse_sql_json
 
+from custos.protocol import sqlstates
+from custos.sql import budget
 from custos.sql.facts import Analysis, StatementFacts
 from custos.sql.names import Resolver
 from custos.sql.search_path import PathTracker
@@ -43,13 +45,33 @@ ENCODING_ERROR = (
 DEPTH_ERROR = "the statement is nested too deeply to analyse; simplify it and send it again"
 
 
-def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
+def analyze(
+    sql: str,
+    search_path: Sequence[str] = ("public",),
+    budget_seconds: float = budget.DEFAULT_SECONDS,
+) -> Analysis:
+    """The facts of the query string; an error instead when it cannot be analysed, or not
+    within `budget_seconds` (see budget.py)."""
     if isinstance(search_path, str):
         # A lone string is a sequence of one-letter schemas: a caller's mistake, not the SQL's.
         raise TypeError("search_path is a sequence of schema names, not a string")
     # PostgreSQL's parser stops at a NUL, so text after one would go unseen by us.
     if "\x00" in sql:
         return Analysis((), error=NUL_ERROR)
+    if len(sql) > budget.MAX_STATEMENT_CHARS:
+        too_long = budget.TOO_LONG.format(chars=len(sql), limit=budget.MAX_STATEMENT_CHARS)
+        return Analysis((), error=too_long, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
+    budget.start(budget_seconds)
+    try:
+        return _analyze(sql, search_path)
+    except budget.BudgetExceeded:
+        too_complex = budget.TOO_COMPLEX.format(seconds=budget_seconds)
+        return Analysis((), error=too_complex, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
+    finally:
+        budget.stop()
+
+
+def _analyze(sql: str, search_path: Sequence[str]) -> Analysis:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as error:
@@ -57,7 +79,7 @@ def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
     except UnicodeEncodeError:
         return Analysis((), error=ENCODING_ERROR)
     except RecursionError:
-        return Analysis((), error=DEPTH_ERROR)
+        return Analysis((), error=DEPTH_ERROR, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
     source = None if sql.isascii() else sql.encode()
     tracker = PathTracker(tuple(search_path))
     statements: list[StatementFacts] = []
@@ -70,7 +92,9 @@ def analyze(sql: str, search_path: Sequence[str] = ("public",)) -> Analysis:
             statements.append(facts)
             texts.append(_text(sql, source, raw))
     except RecursionError:
-        return Analysis((), error=DEPTH_ERROR)
+        return Analysis((), error=DEPTH_ERROR, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
+    except budget.BudgetExceeded:
+        raise
     except Exception as error:
         # A parse tree shape the walk does not expect must refuse the statement, not crash the
         # session; the message names only the exception type, never the statement's text.

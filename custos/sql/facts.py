@@ -135,6 +135,9 @@ class Analysis:
     statements: tuple[StatementFacts, ...]
     texts: tuple[str, ...] = ()  # each statement's own SQL text, as sent, in order
     error: str | None = None  # set when the text does not parse: policy must deny
+    # The SQLSTATE for `error` when the text parses but cannot be analysed (too long, too
+    # complex, too deep): None for a syntax error.
+    error_sqlstate: str | None = None
     # For a text answered by its shape (see cache.py): the analysis of the first text of that
     # shape, which decides exactly alike. Decisions are remembered by it, not by this copy.
     canonical: Analysis | None = field(default=None, compare=False, repr=False)

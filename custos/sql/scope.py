@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from custos.sql import budget
 from custos.sql.facts import ALL_COLUMNS
 from custos.sql.risks import ROW_FUNCTIONS
 
@@ -172,6 +173,7 @@ def resolve_name(scope: Scope | None, name: str) -> set[Source]:
     while level is not None:
         definite: list[tuple[Rte, set[Source]]] = []
         possible: list[tuple[Rte, set[Source]]] = []
+        budget.spend(len(level.rtes))
         for rte in level.rtes:
             hit = rte.lookup(name)
             if hit is not None:

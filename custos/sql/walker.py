@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from custos.sql import literals
+from custos.sql import budget, literals
 from custos.sql.collector import Collector, SearchPathCall
 from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementKind
 from custos.sql.names import function_name, split_identifier_list, strings
@@ -526,6 +526,7 @@ class Walker:
     # -- expressions -----------------------------------------------------------------------
 
     def expr(self, node: Any, scope: Scope | None) -> None:
+        budget.spend()
         if type(node) is list:
             for item in node:
                 self.expr(item, scope)

@@ -1,0 +1,61 @@
+"""A budget of time for one analysis, so that no statement can hold the gateway for long.
+
+The analysis runs on the gateway's event loop, where every session waits while it runs:
+a statement built to be expensive (thousands of tables and column references, a megabyte of
+select-list items) must be refused once it has cost its budget, not analysed to the end.
+The walk spends ticks as it goes (a node visited, a FROM item looked at); every few thousand
+it checks the clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+DEFAULT_SECONDS = 0.2
+MAX_STATEMENT_CHARS = 256 << 10
+"""Longer texts are refused before they are parsed: parsing alone would hold the loop."""
+
+TOO_COMPLEX = (
+    "the statement is too complex for the gateway to analyse within its budget ({seconds:g} s);"
+    " it is refused: split it into smaller statements, or name fewer tables and columns"
+)
+TOO_LONG = (
+    "the statement is {chars} characters long, more than the {limit} the gateway analyses;"
+    " it is refused: split it into smaller statements"
+)
+
+_CHECK_EVERY = 4096
+
+
+class BudgetExceeded(Exception):
+    """The analysis ran past its deadline."""
+
+
+class _Budget:
+    __slots__ = ("deadline", "ticks")
+
+    def __init__(self) -> None:
+        self.deadline = float("inf")
+        self.ticks = 0
+
+
+_current = _Budget()
+
+
+def start(seconds: float) -> None:
+    _current.deadline = time.monotonic() + seconds
+    _current.ticks = 0
+
+
+def stop() -> None:
+    _current.deadline = float("inf")
+
+
+def spend(ticks: int = 1) -> None:
+    """Counts work done; raises BudgetExceeded once the deadline has passed."""
+    budget = _current
+    budget.ticks += ticks
+    if budget.ticks >= _CHECK_EVERY:
+        budget.ticks = 0
+        if time.monotonic() > budget.deadline:
+            raise BudgetExceeded
