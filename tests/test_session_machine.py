@@ -698,3 +698,14 @@ def test_a_message_larger_than_the_session_may_hold_ends_it_cleanly():
     assert (notice.sqlstate, notice.severity) == ("54000", "FATAL")
     assert "limits.max_message_bytes" in notice.message
     assert actions[-1] == CloseSession(notice.message)
+
+
+def test_the_parse_memo_holds_a_bounded_number_of_bytes():
+    # A client that sends ever new Parse messages (each a different 12 KiB text) must not
+    # make the session keep them all: the memo holds at most 1 MiB of bodies.
+    machine = new_machine([RecordingStage()])
+    for number in range(300):
+        text = f"SELECT {number} AS n, '" + "x" * (12 << 10) + "' AS filler"
+        machine.client_data(parse("", text) + SYNC)
+        machine.server_data(PARSE_COMPLETE + ready())
+    assert 0 < machine._parse_memo_bytes <= 1 << 20

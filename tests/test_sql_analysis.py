@@ -7,12 +7,13 @@ same name on the chosen statement.
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
 
 from custos.sql.analysis import analyze
-from custos.sql.cache import AnalysisCache
+from custos.sql.cache import AnalysisCache, estimated_bytes
 from custos.sql.facts import (
     ALL_COLUMNS,
     Analysis,
@@ -973,14 +974,49 @@ def test_cache_evicts_the_least_recently_used() -> None:
     assert cache.misses == 4
 
 
-def test_cache_bounds_the_text_it_holds() -> None:
-    cache = AnalysisCache(max_entries=100, max_total_chars=30)
-    big = "SELECT 1 AS " + "x" * 40
-    assert cache.analyze(big, ()).statements[0].kind == "select"
+def test_cache_bounds_the_bytes_it_holds() -> None:
+    small = [f"SELECT {name}" for name in "abcde"]  # no literal to share a shape
+    weight = estimated_bytes(small[0], analyze(small[0], ()))
+    cache = AnalysisCache(max_entries=100, max_total_bytes=64 * 3 * weight)
+    # One analysis heavier than a sixty-fourth of the budget is not kept at all.
+    heavy = "SELECT " + ", ".join(["1"] * 2000)
+    assert cache.analyze(heavy, ()).statements[0].kind == "select"
     assert len(cache) == 0
-    for name in "abcde":
-        cache.analyze(f"SELECT {name}", ())  # 8 characters each, no literal to share a shape
-    assert len(cache) == 3
+    for sql in small:
+        cache.analyze(sql, ())
+    assert cache.total_bytes <= cache.max_total_bytes
+    assert len(cache) == 5
+    # Past the budget the least recently used go: the newest is always held.
+    tight = AnalysisCache(max_entries=1000, max_total_bytes=64 * (weight + 64))
+    names = [f"SELECT c{number}" for number in range(200)]
+    for sql in names:
+        tight.analyze(sql, ())
+    assert tight.total_bytes <= tight.max_total_bytes
+    assert 32 <= len(tight) <= 70
+    assert tight.analyze(names[-1], ()) is tight.analyze(names[-1], ())
+    assert tight.hits == 2
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+        "SELECT " + ", ".join(["1"] * 3000),
+        "SELECT " + ", ".join(f"c{i}" for i in range(1500)) + " FROM t",
+        "SELECT " + ", ".join(["x"] * 100) + " FROM " + ", ".join(f"t{i}" for i in range(100)),
+        "INSERT INTO t (a, b, c) VALUES " + ", ".join(["(1, 'x', 2)"] * 800),
+    ],
+    ids=["point", "literals", "columns", "cross", "values"],
+)
+def test_the_cache_estimate_is_not_below_half_the_memory_an_analysis_holds(sql: str) -> None:
+    tracemalloc.start()
+    try:
+        analysis = analyze(sql, ("public",))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert analysis.error is None
+    assert estimated_bytes(sql, analysis) >= held / 2
 
 
 def test_cache_keeps_errors_too() -> None:

@@ -87,6 +87,10 @@ from custos.session.view import NAME_BYTES, UNCONFIRMED, SessionView, Unconfirme
 log = logging.getLogger("custos.session")
 
 _PARSE_MEMO_ENTRIES: Final = 2048
+# The memo keeps Parse bodies: at most this many bytes of them, none longer than the second
+# (a client that sends each statement once gains nothing from it).
+_PARSE_MEMO_BYTES: Final = 1 << 20
+_PARSE_MEMO_MAX_BODY: Final = 16 << 10
 MAX_CANDIDATE_SCHEMAS: Final = 32
 """A statement is analysed once per schema the search path may hold, up to this many."""
 _UNQUALIFIED: Final = "custos_unqualified_names"
@@ -207,6 +211,7 @@ class SessionMachine:
         )
         self._parse_memo: dict[tuple[bytes, tuple[str, ...], int], tuple[bytes, Prepared, bool]]
         self._parse_memo = {}
+        self._parse_memo_bytes = 0
         self._numbers = 0
         # Intake.
         self._run_entries: list[L.Entry] = []
@@ -544,11 +549,16 @@ class SessionMachine:
             name = name_read
             prepared = Prepared(read, parse.parameter_types)
             prepared.runs_before = self._runs_taken
-            if not read[0][0].session_effects:
-                if len(self._parse_memo) >= _PARSE_MEMO_ENTRIES:
+            if not read[0][0].session_effects and len(body) <= _PARSE_MEMO_MAX_BODY:
+                if (
+                    len(self._parse_memo) >= _PARSE_MEMO_ENTRIES
+                    or self._parse_memo_bytes + len(body) > _PARSE_MEMO_BYTES
+                ):
                     self._parse_memo.clear()
+                    self._parse_memo_bytes = 0
                 sensitive = lexically_sensitive(parse.query) or not parse.statement.isascii()
                 self._parse_memo[key] = (name, prepared, sensitive)
+                self._parse_memo_bytes += len(body)
         else:
             name, prepared, sensitive = known
             if sensitive:
