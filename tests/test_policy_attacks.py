@@ -435,3 +435,46 @@ class TestAnalysisBudget:
         assert analysis.statements == ()
         assert analysis.error is not None
         assert "too complex" in analysis.error
+
+
+# --- one capability, one decision, whether by statement or by function ---------------------------
+
+
+class TestConsistentKinds:
+    """A function that does what a statement does is decided as that statement."""
+
+    @pytest.mark.parametrize(
+        "sql", ["NOTIFY custos_attack, 'hello'", "SELECT pg_notify('custos_attack', 'hello')"]
+    )
+    def test_a_notification_is_refused_either_way(
+        self, governed: GatewayProcess, pg_dsn: str, sql: str
+    ) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as listener:
+            listener.execute("LISTEN custos_attack")
+            with psycopg_connect(governed) as agent:
+                assert refused(agent, sql) == "42501"
+            listener.execute("SELECT 1")
+            assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+            # The same statement directly does notify: the test can see one.
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                other.execute(sql)
+            assert len(list(listener.notifies(timeout=2, stop_after=1))) == 1
+
+    @pytest.mark.parametrize(
+        "sql", ["SELECT pg_advisory_lock(4711)", "SELECT pg_try_advisory_xact_lock(4711)"]
+    )
+    def test_an_advisory_lock_is_decided_as_a_lock(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            locks = superuser.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4711"
+            ).fetchone()
+            assert locks == (0,)
+
+    def test_reading_a_server_file_through_a_large_object_is_copy_from_a_file(self) -> None:
+        (statement,) = analyze("SELECT lo_import('/etc/passwd')", ("public",)).statements
+        (copy,) = analyze("COPY t FROM '/etc/passwd'", ("public",)).statements
+        assert statement.kind is copy.kind
+        assert statement.copy_destination == copy.copy_destination == "file"

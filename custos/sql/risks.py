@@ -146,5 +146,33 @@ COLLECTING_AGGREGATES = frozenset(
         "xmlagg",
     }
 )
+FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
+    # function -> (the kind of the statement that does the same, its COPY destination):
+    # a capability reached by a function is decided as the statement that reaches it.
+    "pg_notify": ("other", None),  # NOTIFY
+    **dict.fromkeys(
+        (
+            "pg_advisory_lock",
+            "pg_advisory_lock_shared",
+            "pg_advisory_xact_lock",
+            "pg_advisory_xact_lock_shared",
+            "pg_try_advisory_lock",
+            "pg_try_advisory_lock_shared",
+            "pg_try_advisory_xact_lock",
+            "pg_try_advisory_xact_lock_shared",
+            "pg_advisory_unlock",
+            "pg_advisory_unlock_shared",
+            "pg_advisory_unlock_all",
+        ),
+        ("other", None),  # LOCK
+    ),
+    # Server-side files: a large object imported from one, or exported to one, and files
+    # read whole, are COPY FROM and COPY TO a file on the database server.
+    "lo_import": ("copy_from", "file"),
+    "pg_read_file": ("copy_from", "file"),
+    "pg_read_binary_file": ("copy_from", "file"),
+    "lo_export": ("copy_to", "file"),
+}
+
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 """Settings that change the role the session's statements run as."""

@@ -22,6 +22,7 @@ from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementK
 from custos.sql.names import function_name, split_identifier_list, strings
 from custos.sql.risks import (
     COLLECTING_AGGREGATES,
+    FUNCTION_STATEMENTS,
     PATTERN_EXPR_KINDS,
     PATTERN_FUNCTIONS,
     PATTERN_OPERATORS,
@@ -596,6 +597,12 @@ class Walker:
         name = parts[-1] if parts else ""
         if name in COLLECTING_AGGREGATES:
             self._c.collects_rows = True
+        statement = FUNCTION_STATEMENTS.get(name)
+        if statement is not None:
+            kind, destination = statement
+            self._c.kinds.add(K(kind))
+            if destination is not None:
+                self._c.copy_destination = destination
         searched = PATTERN_FUNCTIONS.get(name)
         if searched is not None and self.search_call(body, scope, name, *searched):
             return
