@@ -29,7 +29,7 @@ from test_session_attacks import (  # noqa: F401 - fixtures
 )
 from wire import ConnectionEnded, WireClient
 
-from custos.demo.postgres import PostgresServer
+from custos.demo.postgres import PostgresServer, TemporaryPostgres
 from custos.sql import budget
 from custos.sql.analysis import analyze
 
@@ -478,3 +478,57 @@ class TestConsistentKinds:
         (copy,) = analyze("COPY t FROM '/etc/passwd'", ("public",)).statements
         assert statement.kind is copy.kind
         assert statement.copy_destination == copy.copy_destination == "file"
+
+
+# --- nothing of a refused statement leaks ---------------------------------------------------------
+
+
+class TestRefusalsLeakNothing:
+    """A refused statement's values reach neither the database (its log, pg_stat_activity)
+    nor the gateway's log; the client that sent an unparsable one alone sees its token."""
+
+    MARKER = "leak.canary.4711@example.org"
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            f"SELECT id FROM crm.customers WHERE email = '{MARKER}'",  # masked: refused
+            f"SELECT id FROM crm.customers WHERE email LIKE '%{MARKER}'",  # wildcard
+            f"SELEC '{MARKER}'",  # a syntax error
+            f"SELECT (-1).lo_creat, '{MARKER}'",  # a denied function
+            f"SELECT x, '{MARKER}' FROM " + ", ".join(f"t{i}" for i in range(3000)),
+        ],
+        ids=["masked", "wildcard", "syntax", "function", "too_complex"],
+    )
+    def test_a_refused_statements_values_are_nowhere_but_its_own_error(
+        self,
+        governed: GatewayProcess,
+        pg_cluster: TemporaryPostgres,
+        superuser: psycopg.Connection,
+        sql: str,
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            with pytest.raises(psycopg.Error) as raised:
+                agent.execute(sql)
+            activity = superuser.execute(
+                "SELECT string_agg(query, ' ') FROM pg_stat_activity"
+            ).fetchone()
+        if "SELEC " in sql:
+            assert self.MARKER in str(raised.value)  # PostgreSQL's own syntax error
+        else:
+            assert self.MARKER not in str(raised.value)
+        assert self.MARKER not in (activity[0] or "")
+        assert self.MARKER not in pg_cluster.log_file.read_text(errors="replace")
+        assert self.MARKER not in governed.log()
+
+    def test_the_database_log_shows_the_text_of_a_statement_that_failed_there(
+        self, pg_cluster: TemporaryPostgres, superuser: psycopg.Connection
+    ) -> None:
+        # What the scans above would find, had the statement reached the database.
+        marker = "direct.canary.4712@example.org"
+        with pytest.raises(psycopg.errors.SyntaxError):
+            superuser.execute(f"SELEC '{marker}'")
+        deadline = time.monotonic() + 5
+        while marker not in pg_cluster.log_file.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the database did not log the failed statement"
+            time.sleep(0.05)
