@@ -709,3 +709,25 @@ def test_the_parse_memo_holds_a_bounded_number_of_bytes():
         machine.client_data(parse("", text) + SYNC)
         machine.server_data(PARSE_COMPLETE + ready())
     assert 0 < machine._parse_memo_bytes <= 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "at_parse"),
+    [
+        ("SELECT id FROM crm.customers WHERE email = 'a.secret@example.org'", True),
+        ("SELECT id FROM crm.customers WHERE email = $$a.secret@example.org$$", True),
+        ("SELECT id FROM crm.customers WHERE email = E'a.secret@example.org'", True),
+        ("SELECT email FROM crm.customers ORDER BY id LIMIT 3", False),  # no value to show
+        ("SELECT id FROM crm.customers WHERE full_name LIKE $1", False),  # decided with $1
+        ("SELECT id FROM crm.customers WHERE id = '5'::int LIMIT 1", False),  # allowed
+    ],
+)
+def test_a_refused_text_carrying_values_is_refused_at_its_parse(text: str, at_parse: bool):
+    # The database shows a Parse's text in pg_stat_activity and its log: a text that may
+    # carry values, and that policy refuses whatever the Bind values, never reaches it.
+    machine = new_machine([policy_stage()])
+    sent = sent_to_server(machine.client_data(parse("s", text) + SYNC))
+    reached = text.encode() in sent
+    assert reached is not at_parse
+    if at_parse:
+        assert REFUSAL_EXECUTION in sent

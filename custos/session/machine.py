@@ -150,6 +150,14 @@ class _Block:
 _BLOCK: Final = _Block()
 
 
+def _holds_quoted_values(query: bytes) -> bool:
+    """Whether a text may carry values: a string constant (quoted, E'', U&'' or dollar
+    quoted). The database shows a Parse's text in pg_stat_activity and its log, so a text
+    policy refuses whatever the Bind values is refused at its Parse when it may carry some;
+    one without is decided at its Execute, like every other."""
+    return query.find(b"'") >= 0 or query.find(b"$") >= 0
+
+
 class _Item:
     """Client messages in the outbox: ready bytes, or a statement its stages hold."""
 
@@ -547,6 +555,11 @@ class SessionMachine:
             if not isinstance(name_read, bytes):
                 return self._not_taken(name_read)
             name = name_read
+            if _holds_quoted_values(parse.query):
+                for stage in self._stages:
+                    refused = stage.refuse_text(read)
+                    if refused is not None:
+                        return self._refused_parse(name, refused)
             prepared = Prepared(read, parse.parameter_types)
             prepared.runs_before = self._runs_taken
             if not read[0][0].session_effects and len(body) <= _PARSE_MEMO_MAX_BODY:

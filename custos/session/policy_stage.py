@@ -19,8 +19,9 @@ from custos.policy.engine import Decision, Effect
 from custos.protocol import sqlstates
 from custos.session.hints import StarHints
 from custos.session.refusal import Refusal
+from custos.session.resolution import runs_another
 from custos.session.stages import FORWARD, Plan, Refuse, Settled, Stage, WaitFor
-from custos.session.statement import Candidates, Statement
+from custos.session.statement import Candidates, Statement, uses_parameters
 from custos.sql.facts import Analysis
 
 _RESTRICTIVENESS = {
@@ -81,6 +82,25 @@ class PolicyStage(Stage):
         # gather: cancelling the wait (the session closed) cancels every decision under way.
         pending = asyncio.gather(*(_awaited(outcome) for outcome in outcomes))
         return WaitFor(pending, lambda settled: self._resumed(statement, settled))
+
+    def refuse_text(self, candidates: Candidates) -> Refusal | None:
+        """Refuses at Parse what policy denies whatever the Bind values: nothing of it then
+        reaches the database. A text whose decision may depend on them (a LIMIT $1, a
+        pattern $1), one that runs another statement (EXECUTE, FETCH: decided on what they
+        run), and one the decision point cannot decide at once wait for their Execute."""
+        if uses_parameters(candidates) or runs_another(candidates):
+            return None
+        decisions: list[Decision] = []
+        for analysis, path in candidates:
+            outcome = self._decision_point.decide(self._role, analysis, (), path)
+            if not isinstance(outcome, Decision):
+                _discard(outcome)
+                return None
+            decisions.append(outcome)
+        decision = most_restrictive(decisions)
+        # Masking and approvals refuse for now (see refusal_for); once they land, a text
+        # they govern must pass its Parse.
+        return None if decision.effect is Effect.ALLOW else refusal_for(decision)
 
     def _resumed(self, statement: Statement, settled: Settled) -> Plan:
         value = settled.value
@@ -143,6 +163,13 @@ def _analyses(candidates: Candidates) -> list[Analysis]:
 
 def _hinted_or(settled: Settled, refusal: Refusal) -> Refusal:
     return settled.value if isinstance(settled.value, Refusal) else refusal
+
+
+def _discard(outcome: Awaitable[Decision]) -> None:
+    """An awaitable decision nobody will wait for: closed (a coroutine) or left to finish."""
+    close = getattr(outcome, "close", None)
+    if close is not None:
+        close()
 
 
 async def _awaited(outcome: Decision | Awaitable[Decision]) -> Decision:

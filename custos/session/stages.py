@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from mypy_extensions import mypyc_attr
 
 from custos.session.refusal import Refusal
-from custos.session.statement import Statement
+from custos.session.statement import Candidates, Statement
 
 
 class Forward:
@@ -123,6 +123,12 @@ class Stage:
 
     def plan(self, statement: Statement) -> Plan:
         return FORWARD
+
+    def refuse_text(self, candidates: Candidates) -> Refusal | None:
+        """A refusal for a text at its Parse, before the database sees it (its text would
+        show in pg_stat_activity and the database's log), when the stage already knows it
+        will refuse every Execute of it, whatever the Bind values; else None."""
+        return None
 
     def after_chunk(self) -> None:
         """The session has planned every statement of what the client sent at once."""
