@@ -330,3 +330,23 @@ def test_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) 
     assert out == json_schema_text()
     assert out == (ROOT / "custos" / "policy" / "policy.schema.json").read_text()
     assert json.loads(out)["title"] == "PolicyDocument"
+
+
+@pytest.mark.parametrize(
+    ("sql", "shown"),
+    [
+        ("SELECT (-1).lo_creat", "functions:           lo_creat"),
+        ("SELECT c.row_to_json FROM crm.customers c LIMIT 1", "crm.customers: *, row_to_json"),
+        ("SELECT query_to_xml('SELECT 1', true, false, '')", "dynamic code"),
+        ("SELECT string_agg(full_name, ',') FROM crm.customers LIMIT 1", "LIMIT does not bound"),
+        ("SELECT histogram_bounds FROM pg_stats", "reads the planner's statistics"),
+        ("SELECT query FROM pg_stat_get_activity(NULL)", "pg_catalog.pg_stat_activity"),
+        ("SELECT id FROM crm.customers WHERE strpos(email, 'x') > 0 LIMIT 1", "strpos"),
+    ],
+    ids=["field_notation", "whole_row", "dynamic", "gathered", "statistics", "activity", "search"],
+)
+def test_explain_shows_what_the_analysis_saw(
+    sql: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("policy", "explain", "--role", "agent", DEMO_POLICY, sql)
+    assert shown in capsys.readouterr().out
