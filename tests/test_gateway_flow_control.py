@@ -114,7 +114,15 @@ def test_graceful_shutdown(gateway: GatewayProcess, pg: PostgresServer, tmp_path
         upstream_dsn=gateway.upstream_dsn,
         extra_config={"limits": {"shutdown_grace_seconds": grace}},
     )
+    # The gateway's start-up query of the database's connection limit ends its own session
+    # as the gateway starts: count once that one is gone.
     before = gateway_backends(pg)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = gateway_backends(pg)
+        if now == before:
+            break
+        before = now
     try:
         with (
             login_as_agent(stopping, timeout=30) as idle,

@@ -7,7 +7,11 @@ through that PostgreSQL would resolve to a protected table.
 
 from __future__ import annotations
 
+import time
+
 from custos.session.statement import Candidates
+from custos.sql import budget
+from custos.sql.analysis import too_complex
 from custos.sql.cache import AnalysisCache
 from custos.sql.facts import Analysis
 
@@ -26,7 +30,19 @@ class TextAnalyser:
     def candidates(self, sql: str, schemas: tuple[str, ...]) -> Candidates:
         if len(schemas) == 1:
             return ((self._analysis(sql, schemas), schemas),)
-        return tuple((self._analysis(sql, (schema,)), (schema,)) for schema in schemas)
+        # One budget for them all: each analysis has its own, and a text built to take
+        # nearly all of it would otherwise hold the gateway once per schema.
+        deadline = time.monotonic() + budget.DEFAULT_SECONDS
+        candidates: list[tuple[Analysis, tuple[str, ...]]] = []
+        for schema in schemas:
+            if time.monotonic() > deadline:
+                return ((too_complex(), (schema,)),)
+            analysis = self._analysis(sql, (schema,))
+            if analysis.error is not None:
+                # Refused whatever the schema: the others would only spend their budgets.
+                return ((analysis, (schema,)),)
+            candidates.append((analysis, (schema,)))
+        return tuple(candidates)
 
     def _analysis(self, sql: str, path: tuple[str, ...]) -> Analysis:
         if not self._exact_texts:

@@ -65,10 +65,15 @@ def analyze(
     try:
         return _analyze(sql, search_path)
     except budget.BudgetExceeded:
-        too_complex = budget.TOO_COMPLEX.format(seconds=budget_seconds)
-        return Analysis((), error=too_complex, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
+        return too_complex(budget_seconds)
     finally:
         budget.stop()
+
+
+def too_complex(budget_seconds: float = budget.DEFAULT_SECONDS) -> Analysis:
+    """The analysis of a text that cost more than its budget: refused, saying so."""
+    message = budget.TOO_COMPLEX.format(seconds=budget_seconds)
+    return Analysis((), error=message, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
 
 
 def _analyze(sql: str, search_path: Sequence[str]) -> Analysis:

@@ -122,8 +122,9 @@ ROW_FUNCTIONS = frozenset(
 
 COLLECTING_AGGREGATES = frozenset(
     {
-        # Aggregates that gather the values of many rows into one: under them a LIMIT bounds
-        # the rows returned, not the rows read. tests/test_sql_catalog.py checks the list
+        # Aggregates that gather the values of many rows into one, and window functions that
+        # bring other rows' values into each: under them a LIMIT bounds the rows returned,
+        # not the rows read. tests/test_sql_catalog.py checks the list
         # against the server's catalog.
         "array_agg",
         "json_agg",
@@ -144,6 +145,12 @@ COLLECTING_AGGREGATES = frozenset(
         "range_intersect_agg",
         "string_agg",
         "xmlagg",
+        # Window functions that put another row's value in this one.
+        "lag",
+        "lead",
+        "first_value",
+        "last_value",
+        "nth_value",
     }
 )
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {

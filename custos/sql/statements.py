@@ -268,7 +268,8 @@ def _call(c: Collector, w: Walker, body: Node) -> None:
 def _variable_set(c: Collector, w: Walker, body: Node) -> None:
     c.kinds.add(K.SET)
     kind = body.get("kind")
-    name = body.get("name")
+    # PostgreSQL finds a setting by its name in any case: SET "ROLE" is SET role.
+    name = (body.get("name") or "").lower()
     if kind == "VAR_RESET_ALL":
         c.new_search_path = ()
         c.sets_role = True

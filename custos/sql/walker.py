@@ -103,12 +103,17 @@ _FIXED_NAMES = {
 class Walker:
     """Walks one statement's queries and expressions into its Collector."""
 
-    __slots__ = ("_c", "_sink")
+    __slots__ = ("_c", "_filtering", "_scans", "_sink")
 
     def __init__(self, collector: Collector) -> None:
         self._c = collector
         # The lineage of the output column being walked, when there is one.
         self._sink: set[Source] | None = None
+        self._scans: set[str] = set()  # relations and CTEs a FROM item has read
+        # True while walking a filter (WHERE, HAVING, ON) through AND and OR only: a pattern
+        # met there selects the rows it matches. Anywhere else (under NOT, compared with a
+        # boolean, in a CASE, in a select list) its result may be turned around.
+        self._filtering = False
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -141,8 +146,14 @@ class Walker:
         if with_clause is not None:
             self.with_clause(with_clause, scope)
         if body.get("op", "SETOP_NONE") != "SETOP_NONE":
+            # Each branch's rows are its own: a relation read in both is not read twice
+            # into one row.
+            before = set(self._scans)
             left = self.select(body["larg"], scope, record_star=record_star)
+            after_left = self._scans
+            self._scans = set(before)
             right = self.select(body["rarg"], scope, record_star=record_star)
+            self._scans |= after_left
             columns = _union(left, right)
         elif "valuesLists" in body:
             columns = self.values(body["valuesLists"], scope)
@@ -152,10 +163,13 @@ class Walker:
             if from_clause:
                 self.from_clause(from_clause, scope)
             columns = self.target_list(body.get("targetList") or (), scope, record_star)
-            for key in ("whereClause", "havingClause", "windowClause"):
+            for key in ("whereClause", "havingClause"):
                 clause = body.get(key)
                 if clause:
-                    self.expr(clause, scope)
+                    self.condition(clause, scope)
+            window = body.get("windowClause")
+            if window:
+                self.expr(window, scope)
             for key in ("groupClause", "distinctClause"):
                 clause = body.get(key)
                 if clause:
@@ -215,6 +229,7 @@ class Walker:
             rtes = [] if found is None else [found]
         else:
             rtes = [rte for rte in scope.rtes if rte.expands]
+        budget.spend(len(rtes) + 1)
         columns: list[Col] = []
         for rte in rtes:
             rte.touched += 1
@@ -305,9 +320,11 @@ class Walker:
         if "schemaname" not in range_var:
             cte = scope.find_cte(name)
             if cte is not None:
+                self.scanned(f"WITH {name}")
                 return Rte(refname, renamed(cte, _alias_names(alias)))
         relation = self._c.resolver.range_var(range_var)
         self._c.relations_read.add(relation)
+        self.scanned(relation)
         columns = renamed(base_columns(relation), _alias_names(alias))
         return Rte(refname, columns, relation, aliased=alias is not None)
 
@@ -342,7 +359,7 @@ class Walker:
         both = [*left, *right]
         quals = body.get("quals")
         if quals is not None:
-            self.expr(quals, Scope(scope.parent, both, scope.ctes))
+            self.condition(quals, Scope(scope.parent, both, scope.ctes))
         merged: list[Col] = []
         for name in strings(body.get("usingClause") or ()):
             sources: set[Source] = set()
@@ -526,6 +543,13 @@ class Walker:
 
     # -- expressions -----------------------------------------------------------------------
 
+    def condition(self, node: Any, scope: Scope | None) -> None:
+        """A filter: patterns met through AND and OR alone select the rows they match."""
+        outer = self._filtering
+        self._filtering = True
+        self.expr(node, scope)
+        self._filtering = outer
+
     def expr(self, node: Any, scope: Scope | None) -> None:
         budget.spend()
         if type(node) is list:
@@ -534,12 +558,19 @@ class Walker:
             return
         if type(node) is not dict:
             return
+        filtering = self._filtering
         for key, value in node.items():
+            if filtering and not (
+                key in _FILTER_KEYS
+                or (key == "BoolExpr" and value.get("boolop") in _FILTER_BOOLOPS)
+            ):
+                self._filtering = False
             handler = _HANDLERS.get(key)
             if handler is not None:
                 handler(self, value, scope)
             elif type(value) is dict or type(value) is list:
                 self.expr(value, scope)
+            self._filtering = filtering
 
     def sunk(self, node: Any, scope: Scope | None) -> set[Source]:
         """Walk an expression; return the lineage of its value."""
@@ -568,8 +599,8 @@ class Walker:
             second = fields[1].get("String")
             if len(fields) == 2 and second is not None:
                 name = second["sval"]
-                if name in ROW_FUNCTIONS:
-                    self._c.functions.add(name)  # field notation: name(q)
+                if name in ROW_FUNCTIONS or _no_such_column(scope, first["sval"], name):
+                    self.field_call(name)  # field notation: name(q)
                 return resolve_qualified(scope, first["sval"], name)
         if "A_Star" in fields[-1]:
             qualifier = strings(fields[:-1])
@@ -584,31 +615,60 @@ class Walker:
         # schema.table.column (catalog.schema.table.column), else table.composite.field,
         # where the field may be a function of the composite value: `t.c.lo_unlink`.
         schema, table, column = names[-3:]
-        self._c.functions.add(column)
+        self.field_call(column)
         relation = self._c.resolver.name(schema, table)
         sources = resolve_schema_qualified(scope, schema, table, column, relation)
         if len(names) > 3:
             sources |= resolve_qualified(scope, names[0], names[1])
         return sources
 
-    def func_call(self, body: Node, scope: Scope | None) -> None:
-        parts = strings(body["funcname"])
-        self._c.functions.add(function_name(body["funcname"]))
-        name = parts[-1] if parts else ""
-        if name in COLLECTING_AGGREGATES:
+    def scanned(self, source: str) -> None:
+        """A FROM item reads the relation (or CTE): read twice in one statement (a self-join,
+        two subqueries), one row of the result can hold several of its rows, and a LIMIT
+        no longer bounds how many of them come back."""
+        scans = self._scans
+        if source in scans:
             self._c.collects_rows = True
+        scans.add(source)
+
+    def called(self, name: str) -> None:
+        """What calling the function `name` (bare, lower-case) does, however it is written."""
+        c = self._c
+        if name in COLLECTING_AGGREGATES:
+            c.collects_rows = True
+        if name in SQL_TEXT_FUNCTIONS:
+            c.dynamic = True
         statement = FUNCTION_STATEMENTS.get(name)
         if statement is not None:
             kind, destination = statement
-            self._c.kinds.add(K(kind))
+            c.kinds.add(K(kind))
             if destination is not None:
-                self._c.copy_destination = destination
+                c.copy_destination = destination
+
+    def field_call(self, name: str) -> None:
+        """`x.name` or `(x).name` where it may be the call name(x) (field notation)."""
+        self._c.functions.add(name)
+        self.called(name)
+        if name == "set_config":
+            self._c.kinds.add(K.SET)
+            self._c.dynamic = True  # which setting is not known
+
+    def func_call(self, body: Node, scope: Scope | None) -> None:
+        selects = self._filtering  # a search function met in a filter selects its rows
+        self._filtering = False
+        parts = strings(body["funcname"])
+        self._c.functions.add(function_name(body["funcname"]))
+        name = parts[-1] if parts else ""
+        self.called(name)
         searched = PATTERN_FUNCTIONS.get(name)
-        if searched is not None and self.search_call(body, scope, name, *searched):
-            return
-        if name in SQL_TEXT_FUNCTIONS:
-            self._c.dynamic = True
-        elif name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
+        if searched is not None:
+            operator, negated = searched
+            args: Sequence[Node] = body.get("args") or ()
+            if not (selects and args and _searches_a_column(args[0])):
+                negated = True  # its result may be turned around, or the value is computed
+            if self.search_call(body, scope, name, operator, negated):
+                return
+        if name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
             self.set_config(body.get("args") or (), body)
         for key in ("args", "agg_order", "agg_filter", "over"):
             value = body.get(key)
@@ -673,7 +733,7 @@ class Walker:
         for step in body.get("indirection") or ():
             field = step.get("String")
             if field is not None:
-                self._c.functions.add(field["sval"])
+                self.field_call(field["sval"])
             else:
                 self.expr(step, scope)
 
@@ -707,19 +767,33 @@ class Walker:
         if operator in PATTERN_OPERATORS and kind in PATTERN_EXPR_KINDS:
             self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
             return
+        self._filtering = False
+        if operator in _SEARCHING_COMPARISONS and kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN"):
+            left = self.sunk(body.get("lexpr"), scope)
+            right = self.sunk(body.get("rexpr"), scope)
+            if self._sink is not None:
+                self._sink |= left | right
+            # A value computed from a column (right(name, 5), split_part, to_tsvector)
+            # compared with a constant finds rows by a part of the value: a search.
+            for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
+                if columns and _computed(side):
+                    self.add_searches(columns, "~", None, False)
+            return
         self.expr(body.get("lexpr"), scope)
         self.expr(body.get("rexpr"), scope)
 
     def pattern_match(self, body: Node, scope: Scope | None, similar: bool, operator: str) -> None:
+        selects = self._filtering and _searches_a_column(body.get("lexpr"))
+        self._filtering = False
         left = self.sunk(body.get("lexpr"), scope)
         right = self.sunk(body.get("rexpr"), scope)
         if self._sink is not None:
             self._sink |= left | right
         quantified = body.get("kind") in ("AEXPR_OP_ANY", "AEXPR_OP_ALL")
         pattern = None if quantified else literals.pattern(body.get("rexpr"))
-        self.add_patterns(left, operator, pattern, similar=similar)
+        self.add_patterns(left, operator, pattern, similar=similar, turned=not selects)
         # A column on the pattern side is matched against too; its pattern is an expression.
-        self.add_patterns(right - left, operator, None, similar=similar)
+        self.add_patterns(right - left, operator, None, similar=similar, turned=not selects)
 
     def add_patterns(
         self,
@@ -728,15 +802,67 @@ class Walker:
         pattern: str | ParameterRef | None,
         *,
         similar: bool = False,
+        turned: bool = False,
     ) -> None:
+        """`turned`: the match's result may be turned around (it is not met in a filter
+        through AND and OR alone), or it matches a value computed from the column."""
         fact_operator, negated = PATTERN_OPERATORS[operator]
-        self.add_searches(columns, "similar" if similar else fact_operator, pattern, negated)
+        operator_name = "similar" if similar else fact_operator
+        self.add_searches(columns, operator_name, pattern, negated or turned)
 
     def stray_relation(self, body: Node, scope: Scope | None) -> None:
         # A relation where the walk expects none: it is read, every column of it.
         relation = self._c.resolver.range_var(body)
         self._use({(relation, ALL_COLUMNS)})
         self._c.dynamic = True
+
+
+_FILTER_KEYS = frozenset({"A_Expr", "FuncCall", "args"})
+_FILTER_BOOLOPS = frozenset({"AND_EXPR", "OR_EXPR"})
+# Comparisons that find rows by a value: with a value computed from a column on one side,
+# they search a part of it.
+_SEARCHING_COMPARISONS = frozenset({"=", "@@", "@>", "<@", "&&"})
+# Functions that keep a value whole (case, blanks): a prefix search of their result is one
+# of the column's.
+_WHOLE_VALUE_FUNCTIONS = frozenset({"lower", "upper", "btrim", "trim", "casefold"})
+
+
+def _searches_a_column(node: Node | None) -> bool:
+    """Whether the searched side is a column itself (maybe cased or cast), not a value
+    computed from it (reverse(name), substr(name, 6)): a prefix of it is a prefix of the
+    column's."""
+    while node is not None:
+        if "ColumnRef" in node:
+            return True
+        cast = node.get("TypeCast")
+        if cast is not None:
+            node = cast.get("arg")
+            continue
+        call = node.get("FuncCall")
+        if call is None:
+            return False
+        args: Sequence[Node] = call.get("args") or ()
+        if strings(call["funcname"])[-1] not in _WHOLE_VALUE_FUNCTIONS or len(args) != 1:
+            return False
+        node = args[0]
+    return False
+
+
+def _computed(node: Node | None) -> bool:
+    """Whether a comparison's side is computed from a value by a function that takes it
+    apart (not lower or upper, which keep it whole)."""
+    return node is not None and "FuncCall" in node and not _searches_a_column(node)
+
+
+def _no_such_column(scope: Scope | None, qualifier: str, name: str) -> bool:
+    """Whether `qualifier.name` may name no column of its FROM item: then PostgreSQL reads
+    it as the call name(qualifier) (`g.lo_creat` over a function's or a subquery's alias).
+    A base table's columns are not known here: a name there is taken for a column."""
+    rte = scope.find_rte(qualifier) if scope is not None else None
+    if rte is None or rte.plain_relation is not None:
+        return False
+    hit = rte.lookup(name)
+    return hit is None or not hit[0]
 
 
 def _items(node: Any) -> list[Node]:
