@@ -52,7 +52,11 @@ class Gateway:
         self.policy = services.policy
         self.decision_point = services.decision_point
         self.columns = services.columns
-        self.analyses = AnalysisCache()
+        limits = config.limits
+        self.analyses = AnalysisCache(
+            budget_seconds=limits.analysis_budget_seconds,
+            max_statement_chars=limits.max_statement_chars,
+        )
         self._policy_watch: asyncio.Task[None] | None = None
         self.cancels = CancelRegistry()
         self._handshaking: set[ClientConnection] = set()

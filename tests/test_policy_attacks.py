@@ -340,7 +340,11 @@ def limited(
         extra_config={
             "roles": [],
             "policy": {"file": str(DEMO_POLICY)},
-            "limits": {"max_sessions_per_subject": 2, "max_sessions_per_role": 3},
+            "limits": {
+                "max_sessions_per_subject": 2,
+                "max_sessions_per_role": 3,
+                "max_statement_chars": 4096,
+            },
         },
     )
     yield running
@@ -392,6 +396,14 @@ class TestSessionLimits:
             with pytest.raises(psycopg.OperationalError):
                 psycopg.connect(limited.dsn("agent", token, dbname="elsewhere")).close()
         connect_as(limited, "agent-c").close()
+
+    def test_the_statement_limit_is_the_configured_one(self, limited: GatewayProcess) -> None:
+        time.sleep(0.3)  # the sessions of the tests before end as the gateway notices
+        long = "SELECT " + ", ".join(["1"] * 1500)  # 4.5 KB: under the default, over 4096
+        with connect_as(limited, "agent-d") as agent:
+            with pytest.raises(psycopg.errors.StatementTooComplex, match="more than the 4096"):
+                agent.execute(long)
+            assert agent.execute("SELECT 1").fetchone() == (1,)
 
     def test_the_gateway_stays_below_the_databases_connection_limit(
         self, limited: GatewayProcess, superuser: psycopg.Connection

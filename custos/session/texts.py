@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 from custos.session.statement import Candidates
-from custos.sql import budget
 from custos.sql.analysis import too_complex
 from custos.sql.cache import AnalysisCache
 from custos.sql.facts import Analysis
@@ -32,11 +31,12 @@ class TextAnalyser:
             return ((self._analysis(sql, schemas), schemas),)
         # One budget for them all: each analysis has its own, and a text built to take
         # nearly all of it would otherwise hold the gateway once per schema.
-        deadline = time.monotonic() + budget.DEFAULT_SECONDS
+        seconds = self._cache.budget_seconds
+        deadline = time.monotonic() + seconds
         candidates: list[tuple[Analysis, tuple[str, ...]]] = []
         for schema in schemas:
             if time.monotonic() > deadline:
-                return ((too_complex(), (schema,)),)
+                return ((too_complex(seconds), (schema,)),)
             analysis = self._analysis(sql, (schema,))
             if analysis.error is not None:
                 # Refused whatever the schema: the others would only spend their budgets.

@@ -49,17 +49,18 @@ def analyze(
     sql: str,
     search_path: Sequence[str] = ("public",),
     budget_seconds: float = budget.DEFAULT_SECONDS,
+    max_chars: int = budget.MAX_STATEMENT_CHARS,
 ) -> Analysis:
-    """The facts of the query string; an error instead when it cannot be analysed, or not
-    within `budget_seconds` (see budget.py)."""
+    """The facts of the query string; an error instead when it cannot be analysed, is longer
+    than `max_chars`, or is not analysed within `budget_seconds` (see budget.py)."""
     if isinstance(search_path, str):
         # A lone string is a sequence of one-letter schemas: a caller's mistake, not the SQL's.
         raise TypeError("search_path is a sequence of schema names, not a string")
     # PostgreSQL's parser stops at a NUL, so text after one would go unseen by us.
     if "\x00" in sql:
         return Analysis((), error=NUL_ERROR)
-    if len(sql) > budget.MAX_STATEMENT_CHARS:
-        too_long = budget.TOO_LONG.format(chars=len(sql), limit=budget.MAX_STATEMENT_CHARS)
+    if len(sql) > max_chars:
+        too_long = budget.TOO_LONG.format(chars=len(sql), limit=max_chars)
         return Analysis((), error=too_long, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
     budget.start(budget_seconds)
     try:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from custos.sql import budget
 from custos.sql.analysis import analyze
 from custos.sql.facts import Analysis
 from custos.sql.literals import recording_consumed_literals
@@ -46,9 +47,17 @@ class _Shaped:
 
 
 class AnalysisCache:
-    def __init__(self, max_entries: int = 10_000, max_total_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        max_total_bytes: int = 64 << 20,
+        budget_seconds: float = budget.DEFAULT_SECONDS,
+        max_statement_chars: int = budget.MAX_STATEMENT_CHARS,
+    ) -> None:
         self.max_entries = max_entries
         self.max_total_bytes = max_total_bytes
+        self.budget_seconds = budget_seconds  # for one analysis (see sql/budget.py)
+        self.max_statement_chars = max_statement_chars
         self.hits = 0
         self.shape_hits = 0
         self.misses = 0
@@ -73,7 +82,7 @@ class AnalysisCache:
             return _for_text(known, sql)
         self.misses += 1
         with recording_consumed_literals() as locations:
-            analysis = analyze(sql, path)
+            analysis = analyze(sql, path, self.budget_seconds, self.max_statement_chars)
         self._remember((sql, path), analysis)
         if shape is not None:
             self._remember_shape(shape, path, sql, analysis, locations)
