@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
@@ -155,3 +156,28 @@ def gateway(
     running = start_gateway(tmp_path_factory.mktemp("gateway"), pg)
     yield running
     running.stop()
+
+
+def psycopg_session(
+    gateway: GatewayProcess, role: str, subject: str, **params: str
+) -> psycopg.Connection:
+    """A psycopg connection through the gateway as `role`, with a token for `subject`
+    (the demo's analysts and DBAs in their groups), in autocommit."""
+    groups = {"analyst": ["analysts"], "dba": ["dba"]}.get(role, [])
+    token = gateway.token(role, subject, groups=groups)
+    return psycopg.connect(gateway.dsn(role, token, **params), autocommit=True)
+
+
+def rows_of(connection: psycopg.Connection, sql: str) -> list[tuple[Any, ...]]:
+    """Every row of every result of `sql`; none when the gateway or the database refuses it."""
+    rows: list[tuple[Any, ...]] = []
+    try:
+        cursor = connection.execute(sql)
+        while True:
+            if cursor.description is not None:
+                rows.extend(cursor.fetchall())
+            if not cursor.nextset():
+                break
+    except psycopg.Error:
+        pass
+    return rows

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from gateway_fixtures import GatewayProcess, start_gateway
+from gateway_fixtures import GatewayProcess, psycopg_session, start_gateway
 from test_session_attacks import (  # noqa: F401 - fixtures
     DEMO_POLICY,
     customer_emails,
@@ -47,6 +47,17 @@ def refused(connection: psycopg.Connection, sql: str) -> str | None:
     except psycopg.Error as error:
         return error.sqlstate
     return None
+
+
+def assert_search_refused(
+    governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+) -> None:
+    """The search finds customers directly, and nothing as the agent: refused by policy."""
+    sql = f"SELECT id FROM crm.customers WHERE {condition} ORDER BY id LIMIT 5"
+    assert superuser.execute(sql).fetchall(), "the search finds customers directly"
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, sql) == "42501"
+        assert rows_of(agent, sql) == []
 
 
 # --- functions called in field notation ----------------------------------------------------
@@ -254,11 +265,7 @@ class TestPatternSearches:
     def test_an_unanchored_search_is_refused(
         self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
     ) -> None:
-        sql = f"SELECT id FROM crm.customers WHERE {condition} ORDER BY id LIMIT 5"
-        assert superuser.execute(sql).fetchall(), "the search finds customers directly"
-        with psycopg_connect(governed) as agent:
-            assert refused(agent, sql) == "42501"
-            assert rows_of(agent, sql) == []
+        assert_search_refused(governed, superuser, condition)
 
     @pytest.mark.parametrize(
         "condition",
@@ -352,8 +359,7 @@ def limited(
 
 
 def connect_as(gateway: GatewayProcess, subject: str) -> psycopg.Connection:
-    token = gateway.token("agent", subject)
-    return psycopg.connect(gateway.dsn("agent", token), autocommit=True)
+    return psycopg_session(gateway, "agent", subject)
 
 
 class TestSessionLimits:

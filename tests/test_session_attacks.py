@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from compare import libpq_environment, run_program
-from gateway_fixtures import GatewayProcess, client_program, start_gateway
+from gateway_fixtures import GatewayProcess, client_program, psycopg_session, rows_of, start_gateway
 from wire import (
     SYNC,
     ConnectionEnded,
@@ -226,25 +226,7 @@ def emails_in(messages: list[Message], emails: frozenset[bytes]) -> set[bytes]:
 def psycopg_connect(
     governed: GatewayProcess, role: str = "agent", **params: str
 ) -> psycopg.Connection:
-    subject = "agent-attack" if role == "agent" else f"{role}-attack"
-    groups = {"analyst": ["analysts"], "dba": ["dba"]}.get(role, [])
-    token = governed.token(role, subject, groups=groups)
-    return psycopg.connect(governed.dsn(role, token, **params), autocommit=True)
-
-
-def rows_of(connection: psycopg.Connection, sql: str) -> list[tuple]:
-    """Every row of every result of `sql`; none when the gateway or the database refuses it."""
-    rows: list[tuple] = []
-    try:
-        cursor = connection.execute(sql)
-        while True:
-            if cursor.description is not None:
-                rows.extend(cursor.fetchall())
-            if not cursor.nextset():
-                break
-    except psycopg.Error:
-        pass
-    return rows
+    return psycopg_session(governed, role, f"{role}-attack", **params)
 
 
 def emails_in_rows(rows: list[tuple], emails: frozenset[bytes]) -> set[bytes]:

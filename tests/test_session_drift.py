@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from gateway_fixtures import GatewayProcess, start_gateway
+from gateway_fixtures import GatewayProcess, psycopg_session, rows_of, start_gateway
 from wire import (
     SYNC,
     ConnectionEnded,
@@ -174,25 +174,7 @@ def assert_nothing_leaked(session: RawSession, emails: frozenset[bytes]) -> None
 def psycopg_connect(
     gateway: GatewayProcess, role: str = "agent", **params: str
 ) -> psycopg.Connection:
-    subject = "agent-drift" if role == "agent" else f"{role}-drift"
-    groups = {"analyst": ["analysts"], "dba": ["dba"]}.get(role, [])
-    token = gateway.token(role, subject, groups=groups)
-    return psycopg.connect(gateway.dsn(role, token, **params), autocommit=True)
-
-
-def rows_of(connection: psycopg.Connection, sql: str) -> list[tuple]:
-    """Every row of every result of `sql`; none when the gateway or the database refuses it."""
-    rows: list[tuple] = []
-    try:
-        cursor = connection.execute(sql)
-        while True:
-            if cursor.description is not None:
-                rows.extend(cursor.fetchall())
-            if not cursor.nextset():
-                break
-    except psycopg.Error:
-        pass
-    return rows
+    return psycopg_session(gateway, role, f"{role}-drift", **params)
 
 
 def emails_in(rows: list[tuple], emails: frozenset[bytes]) -> list[str]:

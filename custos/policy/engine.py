@@ -532,18 +532,16 @@ class PolicyEngine:
         """The statement with what it exposes counted as read: the statistics hold sample
         values of every column, in rows no LIMIT of the statement bounds; rows gathered into
         one value are not bounded by the LIMIT either."""
-        if statement.collects_rows and not statement.reads_statistics:
-            return dataclasses.replace(statement, limit=None)
         if not statement.reads_statistics:
-            return statement
+            return (
+                dataclasses.replace(statement, limit=None) if statement.collects_rows else statement
+            )
         relations = self.catalog.relations
-        columns_read = dict(statement.columns_read)
-        for relation in relations:
-            columns_read[relation] = frozenset({ALL_COLUMNS})
+        every_column = frozenset({ALL_COLUMNS})
         return dataclasses.replace(
             statement,
             relations_read=statement.relations_read | frozenset(relations),
-            columns_read=columns_read,
+            columns_read={**statement.columns_read, **dict.fromkeys(relations, every_column)},
             limit=None,
         )
 

@@ -581,6 +581,14 @@ class Walker:
         self._sink = outer
         return sink
 
+    def traced(self, node: Any, scope: Scope | None) -> set[Source]:
+        """Walk a part of the expression being walked: its lineage, which the whole's value
+        carries too."""
+        sources = self.sunk(node, scope)
+        if self._sink is not None:
+            self._sink |= sources
+        return sources
+
     def _use(self, sources: Iterable[Source]) -> None:
         self._c.read(sources)
         if self._sink is not None:
@@ -689,10 +697,8 @@ class Walker:
                 return False  # substring(text, start, count)
             if len(args) == 3 and literals.string(args[2]) is not None:
                 operator = "similar"  # substring(text SIMILAR pattern ESCAPE escape)
-        searched = self.sunk(args[0], scope)
-        patterns = self.sunk(list(args[1:]), scope)
-        if self._sink is not None:
-            self._sink |= searched | patterns
+        searched = self.traced(args[0], scope)
+        patterns = self.traced(list(args[1:]), scope)
         self.add_searches(searched, operator, literals.pattern(args[1]), negated)
         self.add_searches(patterns - searched, operator, None, negated)
         return True
@@ -743,9 +749,7 @@ class Walker:
         operator = operator_name[-1]["String"]["sval"] if operator_name else ""
         if operator in PATTERN_OPERATORS:
             # email LIKE ANY (SELECT pattern FROM ...): a match against computed patterns
-            tested = self.sunk(body.get("testexpr"), scope)
-            if self._sink is not None:
-                self._sink |= tested
+            tested = self.traced(body.get("testexpr"), scope)
             self.add_patterns(tested, operator, None)
         else:
             self.expr(body.get("testexpr"), scope)
@@ -769,10 +773,8 @@ class Walker:
             return
         self._filtering = False
         if operator in _SEARCHING_COMPARISONS and kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN"):
-            left = self.sunk(body.get("lexpr"), scope)
-            right = self.sunk(body.get("rexpr"), scope)
-            if self._sink is not None:
-                self._sink |= left | right
+            left = self.traced(body.get("lexpr"), scope)
+            right = self.traced(body.get("rexpr"), scope)
             # A value computed from a column (right(name, 5), split_part, to_tsvector)
             # compared with a constant finds rows by a part of the value: a search.
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
@@ -785,10 +787,8 @@ class Walker:
     def pattern_match(self, body: Node, scope: Scope | None, similar: bool, operator: str) -> None:
         selects = self._filtering and _searches_a_column(body.get("lexpr"))
         self._filtering = False
-        left = self.sunk(body.get("lexpr"), scope)
-        right = self.sunk(body.get("rexpr"), scope)
-        if self._sink is not None:
-            self._sink |= left | right
+        left = self.traced(body.get("lexpr"), scope)
+        right = self.traced(body.get("rexpr"), scope)
         quantified = body.get("kind") in ("AEXPR_OP_ANY", "AEXPR_OP_ALL")
         pattern = None if quantified else literals.pattern(body.get("rexpr"))
         self.add_patterns(left, operator, pattern, similar=similar, turned=not selects)
