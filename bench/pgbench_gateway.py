@@ -116,7 +116,11 @@ def bench_policy(work: Path) -> Path:
 
 @contextmanager
 def custos_gateway(
-    server: PostgresServer, work: Path, tls: bool, policy: bool = False
+    server: PostgresServer,
+    work: Path,
+    tls: bool,
+    policy: bool = False,
+    limits: dict[str, object] | None = None,
 ) -> Iterator[tuple[Endpoint, int]]:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -130,6 +134,8 @@ def custos_gateway(
     }
     if policy:
         config["policy"] = {"file": str(bench_policy(work))}
+    if limits:
+        config["limits"] = limits
     environment = {"PGUSER": "bench", "PGPASSWORD": issuer.mint("bench", "bench", ttl_seconds=3600)}
     if tls:
         bundle = generate_ca_and_server_cert(work / "tls")

@@ -43,10 +43,12 @@ class LimitSettings(BaseModel):
     # Database connection slots the gateway leaves free (beyond the superusers' reserved
     # ones) so that an administrator can still log in directly.
     database_reserved_connections: int = Field(default=3, ge=0)
-    # The analysis runs on the event loop, where every session waits while it runs: a text
-    # longer than this is refused before it is parsed, and an analysis past the budget.
+    # A text longer than this is refused before it is parsed, and an analysis past the
+    # budget. Long or slow analyses run in this many worker processes, off the event loop
+    # every session shares (0: all on the loop, where each holds every other session).
     max_statement_chars: int = Field(default=256 << 10, ge=1 << 10)
     analysis_budget_seconds: float = Field(default=0.2, gt=0)
+    analysis_processes: int = Field(default=1, ge=0)
     startup_timeout_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     write_buffer_high_bytes: int = Field(default=256 << 10, ge=1 << 12)

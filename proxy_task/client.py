@@ -374,7 +374,11 @@ class ClientConnection(PeerConnection):
         ]
         return SessionMachine(
             stages=stages,
-            analyser=TextAnalyser(self.gateway.analyses, decision_point.reads_statement_text),
+            analyser=TextAnalyser(
+                self.gateway.analyses,
+                decision_point.reads_statement_text,
+                self.gateway.analysis_workers,
+            ),
             search_path=search_path,
             lexical=lexical_settings(upstream.messages),
             limits=SessionLimits(

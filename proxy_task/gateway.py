@@ -17,6 +17,7 @@ from custos.protocol import sqlstates
 from custos.protocol.errors import ProtocolViolation
 from custos.session.policy_stage import DecisionPoint
 from custos.sql.cache import AnalysisCache
+from custos.sql.workers import AnalysisWorkers
 from custos.upstream.columns import ColumnCatalog
 from custos.upstream.credentials import CredentialSource
 from custos.upstream.errors import UpstreamError
@@ -56,6 +57,15 @@ class Gateway:
         self.analyses = AnalysisCache(
             budget_seconds=limits.analysis_budget_seconds,
             max_statement_chars=limits.max_statement_chars,
+        )
+        self.analysis_workers = (
+            AnalysisWorkers(
+                limits.analysis_processes,
+                limits.analysis_budget_seconds,
+                limits.max_statement_chars,
+            )
+            if limits.analysis_processes
+            else None
         )
         self._policy_watch: asyncio.Task[None] | None = None
         self.cancels = CancelRegistry()
@@ -194,6 +204,8 @@ class Gateway:
             await self._server.wait_closed()
         if self.columns is not None:
             self.columns.close()
+        if self.analysis_workers is not None:
+            self.analysis_workers.close()
         log.info("gateway stopped")
 
     def connection_opened(self, connection: ClientConnection) -> None:

@@ -20,7 +20,7 @@ from custos.session.policy_stage import PolicyStage
 from custos.session.refusal import Refusal
 from custos.session.stages import Outcome, Refuse, ResultRewriter, Settled, Stage, WaitFor
 from custos.session.statement import Statement
-from custos.session.texts import TextAnalyser
+from custos.session.texts import AnalysisWorkers, TextAnalyser
 from custos.sql.cache import AnalysisCache
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
@@ -236,10 +236,11 @@ def new_machine(
     lexical: LexicalSettings | None = None,
     limits: SessionLimits | None = None,
     exact_texts: bool = True,
+    workers: AnalysisWorkers | None = None,
 ) -> SessionMachine:
     return SessionMachine(
         stages=[policy_stage()] if stages is None else stages,
-        analyser=TextAnalyser(AnalysisCache(), exact_texts=exact_texts),
+        analyser=TextAnalyser(AnalysisCache(), exact_texts=exact_texts, workers=workers),
         search_path=search_path,
         lexical=lexical or LexicalSettings(),
         limits=limits or SessionLimits(),

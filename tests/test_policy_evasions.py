@@ -313,6 +313,48 @@ class TestHoldingTheGateway:
             assert agent.execute("SELECT 1").fetchone() == (1,)
 
 
+class TestAnalysisOffTheLoop:
+    """Long texts are analysed in the gateway's worker process (custos/sql/workers.py):
+    decided as any other, and answered as the database answers them."""
+
+    LONG = "SELECT " + ", ".join(f"{n} AS c{n}" for n in range(1500))
+    # The demo policy masks full_name for the agent, so it is refused for now.
+    LONG_PERSONAL = "SELECT " + ", ".join(["full_name"] * 1500) + " FROM crm.customers"
+
+    def test_a_long_statement_answers_as_the_database_does(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            assert rows_of(agent, self.LONG) == superuser.execute(self.LONG).fetchall()
+
+    def test_a_long_statement_reading_personal_data_is_refused(
+        self, governed: GatewayProcess, customer_names: frozenset[str]
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, self.LONG_PERSONAL) == "42501"
+            assert names_in(rows_of(agent, self.LONG_PERSONAL), customer_names) == set()
+            assert rows_of(agent, "SELECT 1") == [(1,)]
+
+    def test_a_star_past_postgresqls_column_limit_is_refused_as_postgresql_refuses_it(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        def doubling(levels: int) -> str:
+            # Each level doubles the columns `*` stands for: 100, 200, 400...
+            text = "WITH c0 AS (SELECT " + ", ".join(f"1 a{n}" for n in range(100)) + ")"
+            text += "".join(
+                f", c{n} AS (SELECT * FROM c{n - 1} x, c{n - 1} y)" for n in range(1, levels + 1)
+            )
+            return text + f" SELECT count(*) FROM c{levels}"
+
+        assert refused(superuser, doubling(5)) == "54011"  # 3200
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, doubling(5)) == "54011"
+            assert refused(agent, doubling(40)) == "54011"
+            # Within PostgreSQL's limit (1600), it is answered.
+            within = doubling(4)
+            assert rows_of(agent, within) == superuser.execute(within).fetchall() == [(1,)]
+
+
 # --- held -----------------------------------------------------------------------------------
 #
 # Attacks that the gateway refused today; kept so that they stay refused.

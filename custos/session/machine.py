@@ -96,6 +96,11 @@ MAX_CANDIDATE_SCHEMAS: Final = 32
 _UNQUALIFIED: Final = "custos_unqualified_names"
 _UNQUALIFIED_PREFIX: Final = _UNQUALIFIED + "."
 _CANCELED: Final = "canceling statement due to user request"
+_ANALYSIS_FAILED: Final = Refusal(
+    sqlstates.INTERNAL_ERROR,
+    "the gateway's analysis worker stopped while analysing this statement, so it refuses it",
+    "try again; if it persists, tell the gateway's operators",
+)
 _STAGE_FAILED: Final = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
     "the gateway could not decide on this statement, so it refuses it",
@@ -234,6 +239,12 @@ class SessionMachine:
         # Execute, FunctionCall, Sync, Close): what a cursor's fate depends on since a FETCH
         # was parsed.
         self._runs_taken = 0
+        # A worker's analysis of the text intake stopped at, under way or ready (by text
+        # and schemas): the message is read again once it is ready.
+        self._analysis_under_way: tuple[tuple[str, tuple[str, ...]], Awaitable[object]] | None
+        self._analysis_under_way = None
+        self._analysis_ready: tuple[tuple[str, tuple[str, ...]], Candidates | Refusal] | None
+        self._analysis_ready = None
         self._confirmed_seen = 0  # the view's confirmed segments, when last acted on
         # The end.
         self._own_pending: list[bytes] = []
@@ -324,9 +335,13 @@ class SessionMachine:
 
     def settled(self, awaitable: Awaitable[object], outcome: Settled) -> list[Action]:
         """An awaitable of a StartWait settled."""
-        waiting = self._waits.pop(id(awaitable), [])
         if self._state is SessionState.CLOSED:
             return []
+        under_way = self._analysis_under_way
+        if under_way is not None and under_way[1] is awaitable:
+            self._analysis_settled(under_way[0], outcome)
+            return self._take_actions()
+        waiting = self._waits.pop(id(awaitable), [])
         for item, stage_index, resume in waiting:
             statement = item.statement
             if statement is None or item.data is not None:
@@ -350,11 +365,15 @@ class SessionMachine:
         if self._state is SessionState.CLOSED:
             return []
         waiting = next((item for item in self._outbox if item.data is None), None)
+        under_way = self._analysis_under_way
         if waiting is not None and not self._answers.busy:
             # PostgreSQL would cancel the statement it runs: the gateway's is the waiting one.
             self._withdraw(waiting, Refusal(sqlstates.QUERY_CANCELED, _CANCELED))
             self._flush_outbox()
             self._resume_if_clear()
+        elif under_way is not None and not self._answers.busy:
+            # Its worker goes on (within its budget); what it finds is no longer waited for.
+            self._read_again(under_way[0], Refusal(sqlstates.QUERY_CANCELED, _CANCELED))
         else:
             self._act(FORWARD_CANCEL)
         return self._take_actions()
@@ -771,23 +790,63 @@ class SessionMachine:
         except LexicalRefusal as refusal:
             return Refusal(refusal.sqlstate, refusal.message)
         schemas = self._view.path.schemas()
-        if len(schemas) > MAX_CANDIDATE_SCHEMAS:
-            return self._read_under_long_path(sql, schemas)
-        candidates = self._analyser.candidates(sql, schemas)
-        first = candidates[0][0]
+        long_path = len(schemas) > MAX_CANDIDATE_SCHEMAS
+        read = self._analysed(sql, (_UNQUALIFIED,) if long_path else schemas)
+        if not isinstance(read, tuple):
+            return read
+        first = read[0][0]
         if first.error is not None:
             return analysis_refusal(first.error, first.error_sqlstate, sql)
-        return candidates
+        return self._under_long_path(read, schemas) if long_path else read
 
-    def _read_under_long_path(self, sql: str, schemas: tuple[str, ...]) -> Candidates | Refusal:
+    def _analysed(self, sql: str, schemas: tuple[str, ...]) -> Candidates | Refusal | _Block:
+        """The analyser's candidates, or _BLOCK while a worker analyses the text: intake
+        reads the message again once it has (analysis_settled)."""
+        key = (sql, schemas)
+        ready = self._analysis_ready
+        if ready is not None and ready[0] == key:
+            self._analysis_ready = None
+            return ready[1]
+        under_way = self._analysis_under_way
+        if under_way is not None and under_way[0] == key:
+            return _BLOCK  # the database answered meanwhile: the worker has not
+        outcome = self._analyser.candidates(sql, schemas)
+        if isinstance(outcome, tuple):
+            return outcome
+        self._analysis_under_way = (key, outcome)
+        self._controls.append(StartWait(outcome))
+        return _BLOCK
+
+    def _analysis_settled(self, key: tuple[str, tuple[str, ...]], outcome: Settled) -> None:
+        sql, schemas = key
+        value = outcome.value
+        read: Candidates | Refusal
+        if outcome.error is None and isinstance(value, tuple) and value:
+            read = self._analyser.kept(sql, schemas, value)
+        else:
+            # The text stays out of the log: only what went wrong, and for whom.
+            log.warning(
+                "%sthe analysis worker failed (%s); refusing the statement",
+                self._log_context,
+                type(outcome.error).__name__,
+            )
+            read = _ANALYSIS_FAILED
+        self._read_again(key, read)
+
+    def _read_again(self, key: tuple[str, tuple[str, ...]], read: Candidates | Refusal) -> None:
+        """The message intake stopped at is read again, with this for its text."""
+        self._analysis_under_way = None
+        self._analysis_ready = (key, read)
+        self._intake_blocked = False
+        self._resume_if_clear()
+
+    def _under_long_path(self, read: Candidates, schemas: tuple[str, ...]) -> Candidates | Refusal:
         """A statement under a search path of too many schemas to analyse it once for each.
 
         It is analysed once, with unqualified names put in a schema of their own: a statement
         that names no table without its schema reads alike under any path, and goes on.
         """
-        ((analysis, _),) = self._analyser.candidates(sql, (_UNQUALIFIED,))
-        if analysis.error is not None:
-            return analysis_refusal(analysis.error, analysis.error_sqlstate, sql)
+        ((analysis, _),) = read
         for facts in analysis.statements:
             for relation in facts.relations_read | facts.relations_written:
                 if relation.startswith(_UNQUALIFIED_PREFIX):

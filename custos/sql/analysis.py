@@ -24,7 +24,8 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from pglast.parser import ParseError, parse_sql_json
 
@@ -53,6 +54,14 @@ def analyze(
 ) -> Analysis:
     """The facts of the query string; an error instead when it cannot be analysed, is longer
     than `max_chars`, or is not analysed within `budget_seconds` (see budget.py)."""
+    analysis = analyze_within(sql, search_path, budget_seconds, max_chars)
+    return too_complex(budget_seconds) if analysis is None else analysis
+
+
+def analyze_within(
+    sql: str, search_path: Sequence[str], budget_seconds: float, max_chars: int
+) -> Analysis | None:
+    """As analyze, but None when the budget runs out: a caller may try again with more."""
     if isinstance(search_path, str):
         # A lone string is a sequence of one-letter schemas: a caller's mistake, not the SQL's.
         raise TypeError("search_path is a sequence of schema names, not a string")
@@ -66,9 +75,47 @@ def analyze(
     try:
         return _analyze(sql, search_path)
     except budget.BudgetExceeded:
-        return too_complex(budget_seconds)
+        return None
     finally:
         budget.stop()
+
+
+AnalyseOne = Callable[[str, tuple[str, ...], float], Analysis | None]
+"""Analyses a text under one search path within a number of seconds (None: not within)."""
+
+
+def under_each_schema(
+    sql: str, schemas: tuple[str, ...], budget_seconds: float, analyse_one: AnalyseOne
+) -> tuple[Analysis, ...] | None:
+    """The text's analysis once per schema, in order, all within one budget (None: not within).
+
+    One budget for them all: each analysis has its own, and a text built to take nearly all
+    of it would otherwise cost it once per schema. An error ends it with that analysis alone:
+    the text is refused whatever the schema, and the others would only spend the budget.
+    """
+    deadline = time.monotonic() + budget_seconds
+    analyses: list[Analysis] = []
+    for schema in schemas:
+        remaining = deadline - time.monotonic()
+        analysis = analyse_one(sql, (schema,), remaining) if remaining > 0 else None
+        if analysis is None:
+            return None
+        if analysis.error is not None:
+            return (analysis,)
+        analyses.append(analysis)
+    return tuple(analyses)
+
+
+def analyze_each(
+    sql: str, schemas: tuple[str, ...], budget_seconds: float, max_chars: int
+) -> tuple[Analysis, ...]:
+    """under_each_schema without a cache, as a worker process runs it (see workers.py)."""
+
+    def analyse_one(text: str, path: tuple[str, ...], seconds: float) -> Analysis | None:
+        return analyze_within(text, path, seconds, max_chars)
+
+    analyses = under_each_schema(sql, schemas, budget_seconds, analyse_one)
+    return (too_complex(budget_seconds),) if analyses is None else analyses
 
 
 def too_complex(budget_seconds: float = budget.DEFAULT_SECONDS) -> Analysis:
@@ -101,6 +148,8 @@ def _analyze(sql: str, search_path: Sequence[str]) -> Analysis:
         return Analysis((), error=DEPTH_ERROR, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
     except budget.BudgetExceeded:
         raise
+    except budget.TooManyColumns as too_many:
+        return Analysis((), error=str(too_many), error_sqlstate=sqlstates.TOO_MANY_COLUMNS)
     except Exception as error:
         # A parse tree shape the walk does not expect must refuse the statement, not crash the
         # session; the message names only the exception type, never the statement's text.

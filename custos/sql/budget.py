@@ -1,8 +1,9 @@
 """A budget of time for one analysis, so that no statement can hold the gateway for long.
 
-The analysis runs on the gateway's event loop, where every session waits while it runs:
-a statement built to be expensive (thousands of tables and column references, a megabyte of
-select-list items) must be refused once it has cost its budget, not analysed to the end.
+A statement built to be expensive (thousands of tables and column references, a megabyte of
+select-list items) must be refused once it has cost its budget, not analysed to the end:
+its session waits for it, and on the event loop every other session would too (long
+analyses run in a worker process: custos/sql/workers.py).
 The walk spends ticks as it goes (a node visited, a FROM item looked at); every few thousand
 it checks the clock.
 """
@@ -24,11 +25,24 @@ TOO_LONG = (
     " it is refused: split it into smaller statements"
 )
 
+MAX_TARGET_COLUMNS = 1664
+"""PostgreSQL's own limit on a select list's columns: a `*` may expand to no more (each
+level of self-joined CTEs doubles what it stands for, so a short text could ask for
+millions)."""
+TOO_MANY_COLUMNS = (
+    "target lists can have at most 1664 entries: a * in the statement stands for {columns}"
+    " columns, so PostgreSQL would refuse it too; name the columns you need"
+)
+
 _CHECK_EVERY = 4096
 
 
 class BudgetExceeded(Exception):
     """The analysis ran past its deadline."""
+
+
+class TooManyColumns(Exception):
+    """A `*` expands past what PostgreSQL accepts in one select list."""
 
 
 class _Budget:

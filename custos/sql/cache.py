@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from custos.sql import budget
-from custos.sql.analysis import analyze
+from custos.sql.analysis import analyze_within, too_complex
 from custos.sql.facts import Analysis
 from custos.sql.literals import recording_consumed_literals
 from custos.sql.shapes import (
@@ -72,6 +72,17 @@ class AnalysisCache:
         return len(self._entries)
 
     def analyze(self, sql: str, search_path: Sequence[str]) -> Analysis:
+        analysis = self.analyze_within(sql, search_path, self.budget_seconds)
+        if analysis is None:
+            # Kept: the same text sent again is refused without spending the budget again.
+            analysis = too_complex(self.budget_seconds)
+            self.keep(sql, search_path, analysis)
+        return analysis
+
+    def analyze_within(
+        self, sql: str, search_path: Sequence[str], budget_seconds: float
+    ) -> Analysis | None:
+        """The text's analysis, held or made within the seconds given; None: not within."""
         path = _as_path(search_path)
         known, shape = self._lookup(sql, path)
         if isinstance(known, Analysis):
@@ -82,11 +93,21 @@ class AnalysisCache:
             return _for_text(known, sql)
         self.misses += 1
         with recording_consumed_literals() as locations:
-            analysis = analyze(sql, path, self.budget_seconds, self.max_statement_chars)
+            analysis = analyze_within(sql, path, budget_seconds, self.max_statement_chars)
+        if analysis is None:
+            return None
         self._remember((sql, path), analysis)
         if shape is not None:
             self._remember_shape(shape, path, sql, analysis, locations)
         return analysis
+
+    def holds_text(self, sql: str, search_path: Sequence[str]) -> bool:
+        """Whether the analysis of this very text is held (a shape's is not looked for)."""
+        return (sql, _as_path(search_path)) in self._entries
+
+    def keep(self, sql: str, search_path: Sequence[str], analysis: Analysis) -> None:
+        """Holds an analysis made elsewhere (in a worker process) for the text."""
+        self._remember((sql, _as_path(search_path)), analysis)
 
     def decided_alike(self, sql: str, search_path: Sequence[str]) -> Analysis | None:
         """An analysis already held that decides exactly like the text's own, or None.

@@ -236,6 +236,8 @@ class Walker:
             columns.extend(
                 unexpandable(rte.columns) if rte.merged and not qualifier else rte.columns
             )
+        if len(columns) > budget.MAX_TARGET_COLUMNS:
+            raise budget.TooManyColumns(budget.TOO_MANY_COLUMNS.format(columns=len(columns)))
         return columns
 
     def output_refs(self, items: Iterable[Node], scope: Scope, columns: list[Col]) -> None:
