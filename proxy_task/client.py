@@ -370,6 +370,7 @@ class ClientConnection(PeerConnection):
                 principal.role,
                 decision_point,
                 StarHints(columns) if columns is not None else None,
+                self.gateway.function_reach,
             )
         ]
         return SessionMachine(

@@ -16,6 +16,7 @@ from custos.policy.source import FilePolicySource, S3PolicySource
 from custos.protocol import sqlstates
 from custos.protocol.errors import ProtocolViolation
 from custos.session.policy_stage import DecisionPoint
+from custos.session.reached import FunctionReach
 from custos.sql.cache import AnalysisCache
 from custos.sql.workers import AnalysisWorkers
 from custos.upstream.columns import ColumnCatalog
@@ -53,6 +54,8 @@ class Gateway:
         self.policy = services.policy
         self.decision_point = services.decision_point
         self.columns = services.columns
+        # What statements reach through their tables and views (defaults, triggers...).
+        self.function_reach = FunctionReach(self.columns) if self.columns is not None else None
         limits = config.limits
         self.analyses = AnalysisCache(
             budget_seconds=limits.analysis_budget_seconds,

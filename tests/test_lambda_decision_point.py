@@ -170,6 +170,10 @@ def test_request_carries_role_sql_parameters_and_path(function: InProcessLambda)
             "sql": "SELECT 1;\nSELECT name FROM products",
             "params": ["7", None],
             "session": {"search_path": ["crm"]},
+            "reached": [
+                {"functions": [], "unknown": False},
+                {"functions": [], "unknown": False},
+            ],
         }
     ]
 

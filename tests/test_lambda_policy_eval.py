@@ -181,6 +181,24 @@ def test_denied_statement(s3: Any, lambda_context: LambdaContext) -> None:
     assert "add a WHERE clause" in result["message"]
 
 
+def test_functions_the_gateway_says_a_statement_reaches_are_decided_as_called(
+    s3: Any, lambda_context: LambdaContext
+) -> None:
+    # A view over lo_creat(-1): the text names no function; the gateway's catalog does.
+    plain = decide(lambda_context, "SELECT * FROM crm.products")
+    assert plain["effect"] == "allow"
+    reached = [{"functions": ["lo_creat", "pg_catalog.lo_creat"], "unknown": False}]
+    through_view = decide(lambda_context, "SELECT * FROM crm.products", reached=reached)
+    assert through_view["effect"] == "deny"
+    assert "it calls lo_creat" in through_view["message"]
+    unknown = [{"functions": [], "unknown": True}]
+    assert decide(lambda_context, "SELECT * FROM crm.products", reached=unknown)["effect"] == "deny"
+    # A list that does not match the statements is read as reaching the unknown.
+    mismatched = [{"functions": []}, {"functions": []}]
+    result = decide(lambda_context, "SELECT * FROM crm.products", reached=mismatched)
+    assert result["effect"] == "deny"
+
+
 def test_statement_no_rule_covers_is_denied_by_default(
     s3: Any, lambda_context: LambdaContext
 ) -> None:

@@ -405,3 +405,104 @@ class TestHeld:
     def test_refused(self, governed: GatewayProcess, sql: str) -> None:
         with psycopg_connect(governed) as agent:
             assert refused(agent, sql) is not None
+
+
+# --- the third round ------------------------------------------------------------------------
+#
+# Found by attacking the gateway again: ts_rewrite runs its second argument as a query (every
+# email and IBAN in one row, other sessions' statements, pg_terminate_backend of another
+# agent); min/max with FILTER or a one-row window frame put fifty customers in each row
+# under LIMIT 100; a value computed from a personal column compared with the column itself,
+# tested for NULL, or fed to a function that is the filter found Smiths; SELECT ... FOR
+# UPDATE locked rows other sessions wait to write; pg_logical_emit_message wrote 46 MB of WAL.
+
+
+class TestThirdRound:
+    def test_ts_rewrite_running_a_query_is_dynamic_and_refused(
+        self, governed: GatewayProcess, customer_emails: frozenset[bytes]
+    ) -> None:
+        inner = "select 'a'::tsquery, (quote_literal(email) || ' | a')::tsquery from crm.customers"
+        sql = f"SELECT ts_rewrite('a'::tsquery, $q${inner}$q$)::text"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert emails_in_rows(rows_of(agent, sql), customer_emails) == set()
+            # As a Bind value the query is not in the text at all.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                agent.execute("SELECT ts_rewrite('a'::tsquery, %s)::text", [inner])
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT (id - 1) / 50, "
+            + ", ".join(f"min(full_name) FILTER (WHERE (id - 1) % 50 = {k})" for k in range(50))
+            + " FROM crm.customers GROUP BY 1 ORDER BY 1 LIMIT 100",
+            "SELECT "
+            + ", ".join(
+                f"max(full_name) OVER (ORDER BY id ROWS BETWEEN {k} FOLLOWING AND {k} FOLLOWING)"
+                for k in range(50)
+            )
+            + " FROM crm.customers ORDER BY id LIMIT 100",
+            "SELECT "
+            + ", ".join(f"max(full_name) OVER w{k}" for k in range(50))
+            + " FROM crm.customers WINDOW "
+            + ", ".join(
+                f"w{k} AS (ORDER BY id ROWS BETWEEN {k} FOLLOWING AND {k} FOLLOWING)"
+                for k in range(50)
+            )
+            + " ORDER BY id LIMIT 100",
+        ],
+    )
+    def test_rows_gathered_by_filter_or_window_are_not_bounded_by_limit(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        names = {value for row in superuser.execute(sql).fetchall() for value in row[-50:]}
+        assert len(names) > 100  # directly, more customers than LIMIT 100 would give
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            "replace(full_name, 'mith', '') <> full_name",
+            "length(replace(full_name, 'mith', '')) < length(full_name)",
+            "translate(full_name, 'S', '#') <> full_name",
+            "array_position(string_to_array(full_name, ' '), 'Smith') IS NOT NULL",
+            "jsonb_path_exists(to_jsonb(full_name), '$ ? (@ like_regex \"mit\")')",
+            "to_jsonb(full_name) @? '$ ? (@ like_regex \"mit\")'",
+            "xmlexists('//a[contains(., \"mit\")]' PASSING xmlelement(name a, full_name))",
+            "ts_headline(full_name, 'smith'::tsquery) <> full_name",
+        ],
+    )
+    def test_searches_through_any_computed_value_are_refused(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+    ) -> None:
+        assert_search_refused(governed, superuser, condition)
+
+    def test_select_for_update_is_decided_as_the_lock_it_takes(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        with psycopg_connect(governed) as agent:
+            agent.execute("BEGIN")
+            assert refused(agent, "SELECT id FROM crm.orders FOR UPDATE") == "42501"
+            agent.execute("ROLLBACK")
+            agent.execute("BEGIN")
+            assert refused(agent, "SELECT id FROM crm.orders LIMIT 1 FOR SHARE") == "42501"
+            agent.execute("ROLLBACK")
+        # Nothing holds the rows: another session writes at once.
+        superuser.execute("SET lock_timeout = '1s'")
+        superuser.execute("BEGIN")
+        superuser.execute("UPDATE crm.orders SET status = status WHERE id = 1")
+        superuser.execute("ROLLBACK")
+
+    def test_emitting_wal_messages_needs_a_rule_naming_the_function(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        (before,) = superuser.execute("SELECT pg_current_wal_lsn()").fetchone()
+        with psycopg_connect(governed) as agent:
+            sql = "SELECT pg_logical_emit_message(false, 'x', repeat('x', 5000000))"
+            assert refused(agent, sql) == "42501"
+        (grown,) = superuser.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [before]
+        ).fetchone()
+        assert grown < 5_000_000

@@ -11,7 +11,13 @@ import psycopg
 import pytest
 
 from custos.sql.exposure import STATEMENT_FUNCTIONS, STATISTICS_RELATIONS
-from custos.sql.risks import COLLECTING_AGGREGATES, ROW_FUNCTIONS, SQL_TEXT_FUNCTIONS
+from custos.sql.risks import (
+    COLLECTING_AGGREGATES,
+    EFFECT_FUNCTIONS,
+    ROW_FUNCTIONS,
+    SQL_TEXT_FUNCTIONS,
+    has_effects,
+)
 
 _ROW_TYPES = (
     "'record', 'anyelement', 'anycompatible', '\"any\"', 'anynonarray', 'anycompatiblenonarray'"
@@ -46,7 +52,9 @@ def test_every_builtin_that_runs_a_query_or_reads_a_named_table_is_dynamic(catal
             ) AS a(n, m)
             WHERE a.m IN ('i', 'b', 'v')
               AND a.n IN ('query', 'sqlquery', 'cursor', 'tbl', 'schema'))
-          OR p.proname LIKE 'database\\_to\\_xml%')
+          OR p.proname LIKE 'database\\_to\\_xml%'
+          -- C functions that run their text argument through SPI, whatever it is named
+          OR p.prosrc IN ('tsquery_rewrite_query', 'ts_stat1', 'ts_stat2'))
         """,
     )
     assert found, "the catalog query found nothing: it no longer matches the server's catalog"
@@ -94,3 +102,34 @@ def test_the_statistics_relations_and_activity_functions_exist(catalog) -> None:
     assert relations >= STATISTICS_RELATIONS
     functions = names(catalog, "SELECT proname FROM pg_proc")
     assert STATEMENT_FUNCTIONS - {"pg_stat_statements"} <= functions
+
+
+def test_every_builtin_with_effects_beyond_the_statement_is_listed(catalog) -> None:
+    # Found by what they touch: large objects, files, backends, configuration, WAL and
+    # replication, the statistics the server keeps for everyone.
+    found = names(
+        catalog,
+        r"""
+        SELECT p.proname FROM pg_proc p
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f' AND (
+          p.proname ~ '^(lo_|lo(read|write)$|pg_(read|ls)_|pg_stat_file$)'
+          OR p.proname ~ '^pg_(cancel|terminate)_backend$|^pg_(reload_conf|rotate_logfile)$'
+          OR p.proname ~ '^pg_(promote|switch_wal|create_restore_point|backup_(start|stop))$'
+          OR p.proname ~ '^pg_log_backend_memory_contexts$|^pg_import_system_collations$'
+          OR p.proname ~ 'replication_slot|^pg_logical_|^pg_replication_origin_'
+          OR p.proname ~ '^pg_wal_replay_(pause|resume)$|^pg_stat_reset')
+          AND p.proname NOT IN ('pg_get_replication_slots', 'pg_stat_get_replication_slot')
+        """,
+    )
+    assert len(found) > 40, "the catalog query no longer matches the server's catalog"
+    assert {name for name in found if not has_effects(name)} == set()
+    # Reading a replication slot's state stays a plain call, as do ordinary functions.
+    ordinary = ("lower", "length", "pg_sleep", "now", "pg_get_replication_slots")
+    assert not any(has_effects(name) for name in ordinary)
+
+
+def test_every_listed_function_with_effects_exists(catalog) -> None:
+    builtins = names(catalog, "SELECT proname FROM pg_proc")
+    # Those of extensions the test server does not install, and of older servers.
+    elsewhere = {"pg_stat_statements_reset", "pg_start_backup", "pg_stop_backup"}
+    assert EFFECT_FUNCTIONS - builtins - elsewhere == set()

@@ -64,6 +64,7 @@ from custos.sql.facts import (
     StatementFacts,
     StatementKind,
 )
+from custos.sql.risks import has_effects
 
 __all__ = [
     "ApprovalRequirement",
@@ -218,6 +219,13 @@ class _Rule:
     def covers_relation(self, relation: str) -> bool:
         return self.relations is None or self.relations.match(relation) is not None
 
+    def allows_function(self, function: str) -> bool:
+        """Whether this permitting rule names the function (bare or as qualified)."""
+        if self.functions is None or self.effect is Effect.DENY:
+            return False
+        bare = function.rpartition(".")[2]
+        return bool(self.functions.match(function) or self.functions.match(bare))
+
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
@@ -241,6 +249,9 @@ class _Profile:
     # The facts of this statement alone; complete unless it depends on Bind values.
     facts: DecisionFacts
     depends_on_parameters: bool
+    # Functions called whose effects reach beyond the statement's tables (risks.has_effects),
+    # sorted: refused unless a permitting rule that fired names them.
+    effect_functions: tuple[str, ...]
     # role -> the role's rules whose conditions on the statement alone hold.
     candidates: dict[str, tuple[_Rule, ...]]
 
@@ -337,6 +348,20 @@ class PolicyEngine:
                 "it is dynamic code (a DO block or dynamic SQL) the gateway cannot see into, "
                 f"and no rule allows role '{shown(request.role)}' to run dynamic code "
                 "(a rule must say risks: {dynamic: true}); send the statements themselves"
+            )
+            return outcome
+        unnamed = [
+            function
+            for function in profile.effect_functions
+            if not any(rule.allows_function(function) for rule in fired)
+        ]
+        if unnamed:
+            outcome.reason = (
+                f"it calls {', '.join(shown(name) for name in unnamed)}, whose effects reach"
+                " beyond the statement's own tables (large objects, server files, other"
+                " sessions, configuration, replication, other databases), and no rule allows"
+                f" role '{shown(request.role)}' to call it by name; ask a DBA, or the policy"
+                " owner for a rule naming it"
             )
             return outcome
         kinds = [kind for kind in profile.kind_names if not any(r.covers_kind(kind) for r in fired)]
@@ -622,6 +647,7 @@ class PolicyEngine:
             facts=facts,
             depends_on_parameters=bool(parameter_patterns)
             or isinstance(statement.limit, ParameterRef),
+            effect_functions=tuple(sorted(f for f in statement.functions if has_effects(f))),
             candidates={},
         )
 

@@ -75,7 +75,11 @@ UNAVAILABLE_VERSION = "unavailable"
 # policy gives exactly the engine's own message; only its version is replaced.
 _NO_POLICY = PolicyEngine(PolicyDocument())
 
-_Key = tuple[str, str, tuple[str, ...], tuple[str | None, ...]]
+# role, SQL, search path, parameters, and per statement the functions it calls or reaches
+# and whether it reaches something the gateway could not analyse (see sql/reached.py).
+_Key = tuple[
+    str, str, tuple[str, ...], tuple[str | None, ...], tuple[tuple[tuple[str, ...], bool], ...]
+]
 
 
 # --- the decision as the Lambda returns it -------------------------------------------------
@@ -212,7 +216,13 @@ class LambdaDecisionPoint:
                 decision, policy_version=self._version or UNAVAILABLE_VERSION
             )
         sql = ";\n".join(analysis.texts)
-        key = (role, sql, search_path, parameters)
+        # The Lambda analyses the text itself; what the statements reach through the
+        # catalog (views, defaults, triggers) only the gateway knows, so it is sent along.
+        functions = tuple(
+            (tuple(sorted(statement.functions)), statement.dynamic)
+            for statement in analysis.statements
+        )
+        key = (role, sql, search_path, parameters, functions)
         cached = self._cached(key)
         if cached is not None:
             return cached
@@ -262,7 +272,7 @@ class LambdaDecisionPoint:
             del self._in_flight[key]
 
     async def _invoke(self, key: _Key, analysis: Analysis) -> Decision:
-        role, sql, search_path, parameters = key
+        role, sql, search_path, parameters, functions = key
         if len(sql.encode()) > MAX_SQL_BYTES or len(parameters) > MAX_PARAMETERS:
             return _local_deny(analysis, TOO_LARGE_MESSAGE)
         # principal: the proxy decides by role; the request has room for one when policy
@@ -273,6 +283,9 @@ class LambdaDecisionPoint:
             "sql": sql,
             "params": list(parameters),
             "session": {"search_path": list(search_path)},
+            "reached": [
+                {"functions": list(called), "unknown": dynamic} for called, dynamic in functions
+            ],
         }
         payload = json.dumps(request, separators=(",", ":")).encode()
         if len(payload) > _MAX_PAYLOAD_BYTES:

@@ -18,6 +18,7 @@ from typing import Protocol
 from custos.policy.engine import Decision, Effect
 from custos.protocol import sqlstates
 from custos.session.hints import StarHints
+from custos.session.reached import CATALOG_UNREADABLE, FunctionReach
 from custos.session.refusal import Refusal
 from custos.session.resolution import runs_another
 from custos.session.stages import FORWARD, Plan, Refuse, Settled, Stage, WaitFor
@@ -56,14 +57,37 @@ class DecisionPoint(Protocol):
 
 class PolicyStage(Stage):
     def __init__(
-        self, role: str, decision_point: DecisionPoint, hints: StarHints | None = None
+        self,
+        role: str,
+        decision_point: DecisionPoint,
+        hints: StarHints | None = None,
+        reach: FunctionReach | None = None,
     ) -> None:
         self._role = role
         self._decision_point = decision_point
         self._hints = hints
+        self._reach = reach
 
     def plan(self, statement: Statement) -> Plan:
-        candidates = statement.candidates
+        reach = self._reach
+        if reach is None:
+            return self._decide(statement, statement.candidates)
+        applied = reach.applied(statement.candidates)
+        if applied is not None:
+            return self._decide(statement, applied)
+        # Tasks, not coroutines: a wait is cancelled when its session closes.
+        loading = asyncio.ensure_future(reach.load(statement.candidates))
+        return WaitFor(loading, lambda settled: self._reached(statement, settled))
+
+    def _reached(self, statement: Statement, settled: Settled) -> Plan:
+        assert self._reach is not None
+        applied = None if settled.error is not None else self._reach.applied(statement.candidates)
+        if applied is None:
+            return Refuse(CATALOG_UNREADABLE)
+        return self._decide(statement, applied)
+
+    def _decide(self, statement: Statement, candidates: Candidates) -> Plan:
+        """Decides the statement as its candidates read (with what they reach)."""
         parameters = statement.parameters
         decide = self._decision_point.decide
         if len(candidates) == 1:
@@ -90,6 +114,11 @@ class PolicyStage(Stage):
         run), and one the decision point cannot decide at once wait for their Execute."""
         if uses_parameters(candidates) or runs_another(candidates):
             return None
+        if self._reach is not None:
+            applied = self._reach.applied(candidates)
+            if applied is None:
+                return None  # decided at its Execute, once the catalog is read
+            candidates = applied
         decisions: list[Decision] = []
         for analysis, path in candidates:
             outcome = self._decision_point.decide(self._role, analysis, (), path)

@@ -69,6 +69,8 @@ SQL_TEXT_FUNCTIONS = frozenset(
         "cursor_to_xml",
         "cursor_to_xmlschema",
         "ts_stat",
+        # ts_rewrite(query, select): its second argument is a query it runs for the rewrites
+        "ts_rewrite",
         # dblink runs its SQL on another connection, perhaps this very database
         "dblink",
         "dblink_exec",
@@ -183,3 +185,72 @@ FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
 
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 """Settings that change the role the session's statements run as."""
+
+EFFECT_FUNCTIONS = frozenset(
+    {
+        # Large objects: stored outside any table the statement names.
+        "loread",
+        "lowrite",
+        # Other sessions' backends, the server's configuration and logs.
+        "pg_cancel_backend",
+        "pg_terminate_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_log_backend_memory_contexts",
+        "pg_promote",
+        "pg_import_system_collations",
+        # WAL, backups and replication.
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_start_backup",
+        "pg_stop_backup",
+        "pg_logical_emit_message",
+        "pg_copy_logical_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_create_physical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_logical_slot_peek_changes",
+        "pg_logical_slot_peek_binary_changes",
+        # Statistics the server keeps for everyone.
+        "pg_stat_reset",
+        "pg_stat_reset_shared",
+        "pg_stat_reset_single_table_counters",
+        "pg_stat_reset_single_function_counters",
+        "pg_stat_reset_slru",
+        "pg_stat_reset_replication_slot",
+        "pg_stat_reset_subscription_stats",
+        "pg_stat_statements_reset",
+    }
+)
+EFFECT_FUNCTION_PREFIXES = (
+    "lo_",  # large objects
+    "pg_read_",  # server files
+    "pg_ls_",
+    "pg_stat_file",
+    "pg_file_",  # adminpack
+    "pg_wal_replay_",
+    "pg_replication_origin_",
+    "dblink",  # other databases
+)
+"""Functions whose effects reach beyond the tables a statement names: large objects, the
+server's files, other sessions, its configuration, WAL and replication, other databases.
+Policy refuses a call of one unless a rule that fired allows it by name (its `functions`),
+whatever else the rules allow (custos/policy/engine.py). Advisory locks, pg_notify,
+set_config and server-file COPY are decided as the statements they amount to
+(FUNCTION_STATEMENTS); tests/test_sql_catalog.py checks these against the server."""
+
+
+def has_effects(function: str) -> bool:
+    """Whether a call, as the facts name it (bare or schema-qualified), has such effects.
+
+    By its name in any schema: extensions (dblink, adminpack) live where they were
+    installed, and a function of another schema named like one is taken for it.
+    """
+    name = function.rpartition(".")[2]
+    return name in EFFECT_FUNCTIONS or name.startswith(EFFECT_FUNCTION_PREFIXES)

@@ -159,6 +159,10 @@ class Walker:
             columns = self.values(body["valuesLists"], scope)
         else:
             self._c.kinds.add(K.SELECT)
+            if body.get("lockingClause"):
+                # FOR UPDATE / SHARE locks the rows it reads, holding other sessions' writes:
+                # decided as the LOCK it amounts to (kind other), besides the read.
+                self._c.kinds.add(K.OTHER)
             from_clause = body.get("fromClause")
             if from_clause:
                 self.from_clause(from_clause, scope)
@@ -680,6 +684,17 @@ class Walker:
                 return
         if name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
             self.set_config(body.get("args") or (), body)
+        if selects and searched is None:
+            # A function that is itself the filter (jsonb_path_exists, xmlexists, one of
+            # the database's own): what it tests of a column is not known, so it is a search.
+            columns = self.traced(body.get("args") or [], scope)
+            if columns:
+                self.add_searches(columns, "~", None, False)
+        if body.get("agg_filter") or body.get("over"):
+            # A FILTER picks which rows an aggregate reads, and a window brings other rows'
+            # values into each: min() FILTER (WHERE id % 50 = k) and max() OVER (ROWS
+            # BETWEEN k FOLLOWING AND k FOLLOWING) put fifty customers in one row.
+            self._c.collects_rows = True
         for key in ("args", "agg_order", "agg_filter", "over"):
             value = body.get(key)
             if value:
@@ -731,6 +746,15 @@ class Walker:
             local = literals.boolean(args[2]) if len(args) > 2 else None
             self._c.search_path_calls.append(SearchPathCall(call, path, local))
 
+    def null_test(self, body: Node, scope: Scope | None) -> None:
+        """`f(column) IS [NOT] NULL` tests a value computed from a column (array_position of
+        a name in its words): a search, as comparing it would be."""
+        self._filtering = False
+        argument = body.get("arg")
+        columns = self.traced(argument, scope)
+        if columns and _computed(argument):
+            self.add_searches(columns, "~", None, False)
+
     def collects(self) -> None:
         self._c.collects_rows = True
 
@@ -774,11 +798,11 @@ class Walker:
             self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
             return
         self._filtering = False
-        if operator in _SEARCHING_COMPARISONS and kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN"):
+        if kind in _COMPARING_KINDS and (kind != "AEXPR_OP" or operator in _SEARCHING_COMPARISONS):
             left = self.traced(body.get("lexpr"), scope)
             right = self.traced(body.get("rexpr"), scope)
-            # A value computed from a column (right(name, 5), split_part, to_tsvector)
-            # compared with a constant finds rows by a part of the value: a search.
+            # A value computed from a column (right(name, 5), replace(name, 'mith', ''),
+            # to_tsvector) compared with anything finds rows by a part of the value: a search.
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
                 if columns and _computed(side):
                     self.add_searches(columns, "~", None, False)
@@ -823,7 +847,12 @@ _FILTER_KEYS = frozenset({"A_Expr", "FuncCall", "args"})
 _FILTER_BOOLOPS = frozenset({"AND_EXPR", "OR_EXPR"})
 # Comparisons that find rows by a value: with a value computed from a column on one side,
 # they search a part of it.
-_SEARCHING_COMPARISONS = frozenset({"=", "@@", "@>", "<@", "&&"})
+_SEARCHING_COMPARISONS = frozenset(
+    {"=", "<>", "!=", "<", ">", "<=", ">=", "@@", "@@@", "@>", "<@", "&&", "@?"}
+)
+_COMPARING_KINDS = frozenset(
+    {"AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_IN", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"}
+)
 # Functions that keep a value whole (case, blanks): a prefix search of their result is one
 # of the column's.
 _WHOLE_VALUE_FUNCTIONS = frozenset({"lower", "upper", "btrim", "trim", "casefold"})
@@ -898,6 +927,7 @@ _HANDLERS: dict[str, Callable[[Walker, Node, Scope | None], None]] = {
     "JsonArrayAgg": _collecting,
     "JsonObjectAgg": _collecting,
     "A_Expr": Walker.a_expr,
+    "NullTest": Walker.null_test,
     "TypeCast": _type_cast,
     "A_Const": _skip,
     "ParamRef": _skip,

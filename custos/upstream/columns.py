@@ -1,4 +1,8 @@
-"""The columns of the database's relations, read from its catalog, to expand `*`.
+"""The columns of the database's relations, and the functions they reach, from its catalog.
+
+Columns first; the functions reading or writing a relation runs (its views' definitions,
+defaults, triggers, checks: custos/upstream/reach.py) are read alongside, in the same
+round trip, and, unlike columns, take part in decisions (custos/session/reached.py).
 
 `SELECT *` names no columns; the database knows which it stands for. A gateway keeps one
 ColumnCatalog for all its sessions: it reads the columns of the relations a `*` touches over a
@@ -23,6 +27,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from custos.sql.names import qualified, split_qualified
+from custos.sql.reached import NOTHING_REACHED, Reach
+from custos.upstream.reach import (
+    asked_about,
+    functions_called,
+    reach_from_rows,
+    reach_query,
+    string_literal,
+)
 
 Row = tuple[str | None, ...]
 
@@ -65,7 +77,7 @@ def columns_query(relations: Collection[str]) -> str:
         parts = split_qualified(relation) if askable(relation) else None
         if parts is None:
             raise ValueError(f"cannot ask the database about the relation name {relation!r}")
-        pairs.append(f"({_literal(parts[0])}, {_literal(parts[1])})")
+        pairs.append(f"({string_literal(parts[0])}, {string_literal(parts[1])})")
     return _COLUMNS_QUERY.format(relations=", ".join(pairs))
 
 
@@ -79,10 +91,6 @@ def columns_from_rows(rows: Iterable[Row]) -> dict[str, tuple[str, ...]]:
         if column is not None:
             columns.append(column)
     return {relation: tuple(columns) for relation, columns in found.items()}
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class CatalogConnection(Protocol):
@@ -109,6 +117,7 @@ class ColumnsUnavailable(Exception):
 class _Entry:
     columns: tuple[str, ...] | None  # None: the relation does not exist
     read_at: float
+    reach: Reach = NOTHING_REACHED
 
 
 class ColumnCatalog:
@@ -154,6 +163,34 @@ class ColumnCatalog:
             if not self._fresh(self._entries.get(relation), now) and askable(relation)
         )
 
+    def reach(self, relations: Iterable[str]) -> tuple[dict[str, Reach], float] | None:
+        """What reading or writing each relation reaches, and until when that holds; None
+        while one is unread or stale (one whose name cannot be asked about always is).
+
+        The database's own relations reach nothing that matters (reach.asked_about).
+        """
+        now = self._clock()
+        reached: dict[str, Reach] = {}
+        until = now + self._ttl
+        for relation in relations:
+            if not asked_about(relation):
+                continue
+            entry = self._entries.get(relation)
+            if entry is None or not self._fresh(entry, now):
+                return None
+            until = min(until, entry.read_at + self._ttl)
+            if entry.reach is not NOTHING_REACHED:
+                reached[relation] = entry.reach
+        return reached, until
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever what the catalog knew was forgotten (a schema change)."""
+        return self._generation
+
+    def now(self) -> float:
+        return self._clock()
+
     def _fresh(self, entry: _Entry | None, now: float) -> bool:
         return entry is not None and now - entry.read_at < self._ttl
 
@@ -183,11 +220,17 @@ class ColumnCatalog:
         # Timed from before the query, so an entry never outlives what it saw by more than the TTL.
         read_at = self._clock()
         found = columns_from_rows(await self._query(columns_query(relations)))
+        asked = [relation for relation in relations if asked_about(relation)]
+        reached = {}
+        if asked:
+            rows = await self._query(reach_query(asked))
+            reached = reach_from_rows(rows, functions_called)
         if generation == self._generation:
             if len(self._entries) + len(relations) > _MAX_ENTRIES:
                 self._entries.clear()
             for relation in relations:
-                self._entries[relation] = _Entry(found.get(relation), read_at)
+                reach = reached.get(relation, NOTHING_REACHED)
+                self._entries[relation] = _Entry(found.get(relation), read_at, reach)
         return {relation: columns for relation, columns in found.items() if relation in relations}
 
     async def _query(self, sql: str) -> list[Row]:

@@ -11,6 +11,7 @@ statement kinds and relations.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from custos.policy.engine import DecisionRequest, PolicyEngine
 from custos.policy.source import FilePolicySource, S3PolicySource
 from custos.sql.analysis import analyze
+from custos.sql.facts import Analysis
+from custos.sql.reached import calling
 from lambdas.policy_eval.models import PolicyEvaluationError, PolicyEvaluationRequest
 
 logger = Logger(service="custos-policy")
@@ -103,7 +106,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             error=f"invalid policy evaluation request: {'; '.join(problems)}"
         ).model_dump()
     engine = policy.engine()
-    analysis = analyze(request.sql, tuple(request.session.search_path))
+    analysis = with_reached(analyze(request.sql, tuple(request.session.search_path)), request)
     decision = engine.decide(
         DecisionRequest(role=request.role, analysis=analysis, params=tuple(request.params))
     )
@@ -139,3 +142,22 @@ def _problems(error: ValidationError) -> list[str]:
             what = item["msg"].removeprefix("Value error, ")
         problems.append(f"{where}: {what}" if where else what)
     return problems
+
+
+def with_reached(analysis: Analysis, request: PolicyEvaluationRequest) -> Analysis:
+    """The analysis with what the gateway says each statement reaches through the catalog.
+
+    A list that does not match the statements is read as reaching something unknown: the
+    statements count as dynamic, which policy refuses unless a rule allows it.
+    """
+    reached = request.reached
+    if not reached or analysis.error is not None:
+        return analysis
+    if len(reached) != len(analysis.statements):
+        unknown = [calling(statement, frozenset(), True) for statement in analysis.statements]
+        return dataclasses.replace(analysis, statements=tuple(unknown), canonical=None)
+    statements = tuple(
+        calling(statement, frozenset(sent.functions), sent.unknown)
+        for statement, sent in zip(analysis.statements, reached, strict=True)
+    )
+    return dataclasses.replace(analysis, statements=statements, canonical=None)

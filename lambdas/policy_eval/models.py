@@ -12,6 +12,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from custos.policy.lambda_point import MAX_PARAMETERS, MAX_SQL_BYTES, DecisionPayload
 
+MAX_REACHED_FUNCTIONS = 10_000
+
 __all__ = [
     "PolicyEvaluationError",
     "PolicyEvaluationRequest",
@@ -48,6 +50,14 @@ class SessionState(_Edge):
     search_path: list[str] = Field(default_factory=lambda: ["public"])
 
 
+class Reached(_Edge):
+    """What one statement calls or reaches, as the gateway read it from the database's
+    catalog (views, defaults, checks, triggers run functions the text does not name)."""
+
+    functions: list[str] = Field(default_factory=list, max_length=MAX_REACHED_FUNCTIONS)
+    unknown: bool = False  # it reaches something the gateway could not analyse
+
+
 class PolicyEvaluationRequest(_Edge):
     """One query string to decide: several statements are decided together."""
 
@@ -57,6 +67,8 @@ class PolicyEvaluationRequest(_Edge):
     # Bind parameter values in text form ($1 is params[0]); None: NULL, binary or unknown.
     params: list[str | None] = Field(default_factory=list, max_length=MAX_PARAMETERS)
     session: SessionState = Field(default_factory=SessionState)
+    # One per statement of `sql`, in order; empty when the sender reads no catalog.
+    reached: list[Reached] = Field(default_factory=list, max_length=MAX_PARAMETERS)
 
 
 class PolicyEvaluationResponse(DecisionPayload):

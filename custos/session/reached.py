@@ -1,0 +1,72 @@
+"""Statements as policy decides them: with the functions their relations reach.
+
+One per gateway, over its catalog (custos/upstream/columns.py). The first statement to
+touch a relation waits while the catalog is read; later ones find it, and the analysis
+with what it reaches is remembered by the analysis it was made from, so that the decision
+point's own memo finds the same object again. Both are forgotten when the catalog's entries
+expire or a schema change runs through the gateway.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from custos.protocol import sqlstates
+from custos.session.refusal import Refusal
+from custos.session.statement import Candidates
+from custos.sql.facts import Analysis
+from custos.sql.reached import reached_relations, with_reached_functions
+from custos.upstream.columns import ColumnCatalog
+
+CATALOG_UNREADABLE = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    "the gateway could not read from the database's catalog which functions this statement's"
+    " tables and views run (view definitions, defaults, checks, triggers), so it refuses it",
+    "try again shortly; if it persists, tell the gateway's operators",
+)
+
+# analysis -> (that analysis, it with what it reaches, catalog generation, valid until)
+_Remembered = tuple[Analysis, Analysis, int, float]
+
+
+class FunctionReach:
+    def __init__(self, catalog: ColumnCatalog, memo_entries: int = 10_000) -> None:
+        self._catalog = catalog
+        self._memo_entries = memo_entries
+        self._memo: OrderedDict[int, _Remembered] = OrderedDict()
+
+    def applied(self, candidates: Candidates) -> Candidates | None:
+        """The candidates with what their relations reach; None until the catalog is read."""
+        applied: list[tuple[Analysis, tuple[str, ...]]] = []
+        for analysis, path in candidates:
+            reached = self._applied(analysis)
+            if reached is None:
+                return None
+            applied.append((reached, path))
+        return tuple(applied)
+
+    async def load(self, candidates: Candidates) -> None:
+        """Reads what the candidates' relations reach; raises ColumnsUnavailable."""
+        relations: set[str] = set()
+        for analysis, _ in candidates:
+            relations |= reached_relations(analysis)
+        await self._catalog.load(relations)
+
+    def _applied(self, analysis: Analysis) -> Analysis | None:
+        # The relations, and so what they reach, are the same for every text of a shape.
+        base = analysis.canonical or analysis
+        catalog = self._catalog
+        remembered = self._memo.get(id(base))
+        if remembered is not None:
+            known, reached, generation, until = remembered
+            if known is base and generation == catalog.generation and catalog.now() < until:
+                return analysis if reached is base else reached
+        found = catalog.reach(reached_relations(base))
+        if found is None:
+            return None
+        reach, until = found
+        reached = with_reached_functions(base, reach)
+        self._memo[id(base)] = (base, reached, catalog.generation, until)
+        if len(self._memo) > self._memo_entries:
+            self._memo.popitem(last=False)
+        return analysis if reached is base else reached

@@ -1,0 +1,107 @@
+"""The functions a statement reaches through its relations, added to its facts.
+
+The catalog says which functions reading or writing a relation runs (a view's definition,
+row-level security, defaults, checks, domains, triggers: custos/upstream/reach.py). They
+count as called by the statement: function rules match them, and a function that does
+what a statement does (pg_notify, the advisory locks, lo_import...) or runs SQL given as
+text makes the statement that kind, or dynamic, as a call written in the text would.
+
+Pure: no IO. Unlike `*` expansion, this changes decisions, so the result is an analysis
+of its own (no `canonical`): decisions remembered for the text alone do not apply to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from custos.sql import exposure
+from custos.sql.collector import KIND_PRIORITY
+from custos.sql.facts import Analysis, StatementFacts, StatementKind
+from custos.sql.risks import FUNCTION_STATEMENTS, SQL_TEXT_FUNCTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The functions reading a relation runs, and those writing it runs besides."""
+
+    read: frozenset[str] = frozenset()
+    write: frozenset[str] = frozenset()
+    # Something it runs could not be analysed: the statement counts as dynamic.
+    unknown: bool = False
+
+
+NOTHING_REACHED = Reach()
+
+
+def with_reached_functions(analysis: Analysis, reach: Mapping[str, Reach]) -> Analysis:
+    """The analysis with what its relations reach; the analysis itself when that is nothing
+    it does not call already."""
+    if not reach:
+        return analysis
+    statements = tuple(_with_reached(statement, reach) for statement in analysis.statements)
+    if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
+        return analysis
+    return dataclasses.replace(analysis, statements=statements, canonical=None)
+
+
+def reached_relations(analysis: Analysis) -> frozenset[str]:
+    """The relations whose reach the analysis' decision depends on."""
+    found: set[str] = set()
+    for statement in analysis.statements:
+        found.update(statement.relations_read)
+        found.update(statement.relations_written)
+    return frozenset(found)
+
+
+def _with_reached(statement: StatementFacts, reach: Mapping[str, Reach]) -> StatementFacts:
+    reached: set[str] = set()
+    unknown = False
+    for relation in statement.relations_read:
+        found = reach.get(relation)
+        if found is not None:
+            reached |= found.read
+            unknown |= found.unknown
+    for relation in statement.relations_written:
+        found = reach.get(relation)
+        if found is not None:
+            reached |= found.read | found.write
+            unknown |= found.unknown
+    return calling(statement, frozenset(reached), unknown)
+
+
+def calling(
+    statement: StatementFacts, functions: frozenset[str], unknown: bool = False
+) -> StatementFacts:
+    """The statement as if it also called `functions` (and, if `unknown`, something the
+    gateway could not see into); itself when that adds nothing."""
+    new = functions - statement.functions
+    if not new and (not unknown or statement.dynamic):
+        return statement
+    kinds = set(statement.kinds)
+    destination = statement.copy_destination
+    dynamic = statement.dynamic or unknown
+    for name in new:
+        bare = name.rpartition(".")[2]
+        if bare in SQL_TEXT_FUNCTIONS or bare == "set_config":
+            dynamic = True  # which SQL, or which setting, is not known
+        if bare == "set_config":
+            kinds.add(StatementKind.SET)
+        as_statement = FUNCTION_STATEMENTS.get(bare)
+        if as_statement is not None:
+            kind, copy_destination = as_statement
+            kinds.add(StatementKind(kind))
+            destination = copy_destination or destination
+    relations_read = statement.relations_read
+    if exposure.reads_other_sessions_statements(new):
+        relations_read = relations_read | {exposure.ACTIVITY_RELATION}
+    return dataclasses.replace(
+        statement,
+        functions=statement.functions | new,
+        kinds=frozenset(kinds),
+        kind=next(kind for kind in KIND_PRIORITY if kind in kinds),
+        copy_destination=destination,
+        dynamic=dynamic,
+        relations_read=relations_read,
+    )

@@ -1,0 +1,178 @@
+"""The functions a statement reaches through the relations it touches, from the catalog.
+
+A statement's text names the functions it calls; the database runs others on its behalf.
+Reading a view runs the functions of its definition (and of the views it reads), and a
+table's row-level security policies run theirs; writing a table runs its column defaults,
+its check constraints, the checks of its columns' domains and its triggers. A function
+rule must match them all: a view that calls `lo_import` reads a server file whoever
+selects from it. This reads, for each relation, the functions reached by reading it and
+by writing it, operators resolved to the functions behind them.
+
+Relations of pg_catalog and information_schema are not asked about: they are the
+database's own, and what they call is read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+
+from custos.sql.analysis import analyze
+from custos.sql.names import qualified, split_qualified
+from custos.sql.reached import Reach
+
+Row = tuple[str | None, ...]
+
+SYSTEM_SCHEMAS = ("pg_catalog.", "information_schema.")
+
+# Views are followed down to the relations they read, at most this deep.
+_VIEW_DEPTH = 16
+
+_REACH_QUERY = """\
+WITH RECURSIVE rel(oid, schema_name, relation_name, depth) AS (
+  SELECT c.oid, n.nspname::text, c.relname::text, 0
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  WHERE (n.nspname::text, c.relname::text) IN (VALUES {relations})
+  UNION
+  SELECT d.refobjid, rel.schema_name, rel.relation_name, rel.depth + 1
+  FROM rel
+  JOIN pg_catalog.pg_rewrite AS r ON r.ev_class = rel.oid
+  JOIN pg_catalog.pg_depend AS d
+    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
+  WHERE rel.depth < {depth}
+),
+-- Expressions, as SQL text: the gateway analyses them for the functions they call (the
+-- built-in ones are pinned, so pg_depend does not name them).
+expressions(schema_name, relation_name, how, expression) AS (
+  SELECT rel.schema_name, rel.relation_name, 'read', pg_catalog.pg_get_viewdef(rel.oid)
+  FROM rel JOIN pg_catalog.pg_class AS c ON c.oid = rel.oid AND c.relkind IN ('v', 'm')
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'read',
+         'SELECT ' || pg_catalog.pg_get_expr(p.polqual, p.polrelid)
+  FROM rel JOIN pg_catalog.pg_policy AS p ON p.polrelid = rel.oid WHERE p.polqual IS NOT NULL
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'write',
+         'SELECT ' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+  FROM rel JOIN pg_catalog.pg_policy AS p ON p.polrelid = rel.oid
+  WHERE p.polwithcheck IS NOT NULL
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'write',
+         'SELECT ' || pg_catalog.pg_get_expr(a.adbin, a.adrelid)
+  FROM rel JOIN pg_catalog.pg_attrdef AS a ON a.adrelid = rel.oid
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'write',
+         'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid)
+  FROM rel JOIN pg_catalog.pg_constraint AS k ON k.conrelid = rel.oid AND k.contype = 'c'
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'write',
+         pg_catalog.regexp_replace(pg_catalog.pg_get_constraintdef(k.oid), '^CHECK ', 'SELECT ')
+  FROM rel
+  JOIN pg_catalog.pg_attribute AS a
+    ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_constraint AS k ON k.contypid = a.atttypid AND k.contype = 'c'
+),
+-- Functions by their object: triggers, and what user-defined operators call.
+functions(schema_name, relation_name, how, function_oid) AS (
+  SELECT rel.schema_name, rel.relation_name, 'write', t.tgfoid
+  FROM rel JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = rel.oid AND NOT t.tgisinternal
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name,
+         CASE WHEN d.classid IN ('pg_catalog.pg_rewrite'::regclass,
+                                 'pg_catalog.pg_policy'::regclass)
+              THEN 'read' ELSE 'write' END,
+         CASE d.refclassid WHEN 'pg_catalog.pg_proc'::regclass THEN d.refobjid
+           ELSE (SELECT o.oprcode::oid FROM pg_catalog.pg_operator AS o
+                 WHERE o.oid = d.refobjid) END
+  FROM rel
+  JOIN pg_catalog.pg_depend AS d
+    ON d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass)
+   AND ((d.classid = 'pg_catalog.pg_rewrite'::regclass
+         AND d.objid IN (SELECT r.oid FROM pg_catalog.pg_rewrite AS r WHERE r.ev_class = rel.oid))
+     OR (d.classid = 'pg_catalog.pg_policy'::regclass
+         AND d.objid IN (SELECT p.oid FROM pg_catalog.pg_policy AS p WHERE p.polrelid = rel.oid))
+     OR (d.classid = 'pg_catalog.pg_attrdef'::regclass
+         AND d.objid IN (SELECT a.oid FROM pg_catalog.pg_attrdef AS a WHERE a.adrelid = rel.oid))
+     OR (d.classid = 'pg_catalog.pg_constraint'::regclass
+         AND d.objid IN (SELECT k.oid FROM pg_catalog.pg_constraint AS k
+                         WHERE k.conrelid = rel.oid
+                            OR k.contypid IN (SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                                              WHERE a.attrelid = rel.oid AND a.attnum > 0))))
+)
+SELECT f.schema_name, f.relation_name, f.how, pn.nspname::text, p.proname::text, NULL
+FROM functions AS f
+JOIN pg_catalog.pg_proc AS p ON p.oid = f.function_oid
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
+UNION ALL
+SELECT e.schema_name, e.relation_name, e.how, NULL, NULL, e.expression
+FROM expressions AS e WHERE e.expression IS NOT NULL"""
+
+
+def asked_about(relation: str) -> bool:
+    """Whether the relation's reach is read from the catalog (not the database's own)."""
+    return not relation.startswith(SYSTEM_SCHEMAS)
+
+
+def reach_query(relations: Collection[str]) -> str:
+    """One query for what every relation in `relations` reaches (askable names only)."""
+    pairs = []
+    for relation in sorted(relations):
+        parts = split_qualified(relation)
+        if parts is None:
+            raise ValueError(f"cannot ask the database about the relation name {relation!r}")
+        pairs.append(f"({string_literal(parts[0])}, {string_literal(parts[1])})")
+    if not pairs:
+        raise ValueError("no relations to ask about")
+    return _REACH_QUERY.format(relations=", ".join(pairs), depth=_VIEW_DEPTH)
+
+
+def reach_from_rows(
+    rows: Iterable[Row], functions_in: Callable[[str], frozenset[str] | None]
+) -> dict[str, Reach]:
+    """relation (spelled as the facts spell it) -> its reach, from reach_query's rows.
+
+    `functions_in` gives the functions an expression's SQL calls (None: it could not be
+    analysed, and the relation's reach is unknown). A function the catalog names is named
+    both bare and schema-qualified, as a rule may name it either way.
+    """
+    read: dict[str, set[str]] = {}
+    write: dict[str, set[str]] = {}
+    unknown: set[str] = set()
+    for schema, name, how, function_schema, function, expression in rows:
+        if schema is None or name is None:
+            raise ValueError("the reach query returned a row without a relation name")
+        relation = qualified(schema, name)
+        found = (read if how == "read" else write).setdefault(relation, set())
+        if function is not None:
+            found.update((function, f"{function_schema}.{function}"))
+        elif expression is not None:
+            called = functions_in(expression)
+            if called is None:
+                unknown.add(relation)
+            else:
+                found.update(called)
+    return {
+        relation: Reach(
+            frozenset(read.get(relation, ())),
+            frozenset(write.get(relation, ())),
+            unknown=relation in unknown,
+        )
+        for relation in read.keys() | write.keys()
+    }
+
+
+def functions_called(sql: str) -> frozenset[str] | None:
+    """The functions an expression's or a view's SQL calls; None if it cannot be analysed."""
+    analysis = analyze(sql, ("public",))
+    if analysis.error is not None:
+        return None
+    called: set[str] = set()
+    for statement in analysis.statements:
+        called |= statement.functions
+    return frozenset(called)
+
+
+def string_literal(text: str) -> str:
+    """A string constant that reads alike whatever standard_conforming_strings says (names
+    with a backslash or a NUL are not askable: see columns.askable)."""
+    return "'" + text.replace("'", "''") + "'"
