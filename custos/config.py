@@ -49,6 +49,9 @@ class LimitSettings(BaseModel):
     max_statement_chars: int = Field(default=256 << 10, ge=1 << 10)
     analysis_budget_seconds: float = Field(default=0.2, gt=0)
     analysis_processes: int = Field(default=1, ge=0)
+    # What one session's prepared statements may hold in the gateway's memory (an estimate
+    # of their analyses); a Parse or PREPARE past it is refused with 54000.
+    max_prepared_bytes_per_session: int = Field(default=16 << 20, ge=1 << 20)
     startup_timeout_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     write_buffer_high_bytes: int = Field(default=256 << 10, ge=1 << 12)

@@ -365,6 +365,7 @@ class ClientConnection(PeerConnection):
         except UpstreamConnectError as error:
             raise HandshakeRefused(error.sqlstate, error.message) from None
         columns = self.gateway.columns
+        workers = self.gateway.analysis_workers
         stages = [
             PolicyStage(
                 principal.role,
@@ -378,13 +379,16 @@ class ClientConnection(PeerConnection):
             analyser=TextAnalyser(
                 self.gateway.analyses,
                 decision_point.reads_statement_text,
-                self.gateway.analysis_workers,
+                workers.for_identity(f"{principal.issuer} {principal.subject}")
+                if workers is not None
+                else None,
             ),
             search_path=search_path,
             lexical=lexical_settings(upstream.messages),
             limits=SessionLimits(
                 max_message_bytes=limits.max_message_bytes,
                 max_held_message_bytes=limits.max_message_bytes,
+                max_prepared_bytes=limits.max_prepared_bytes_per_session,
             ),
             transaction_status=upstream.transaction_status,
             log_context=f"role={principal.role} subject={shown(principal.subject)}",

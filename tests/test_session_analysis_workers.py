@@ -267,3 +267,42 @@ def test_workers_end_with_a_gateway_that_was_killed(tmp_path):
     while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
         time.sleep(0.1)
     assert not Path(f"/proc/{worker}").exists(), "the worker outlived its gateway"
+
+
+def test_identities_take_turns_at_the_workers():
+    # One agent's sessions send three long texts, then another identity one: it waits for
+    # one analysis at most, not for all three.
+    crossing = "SELECT x FROM " + ", ".join(f"t{n}" for n in range(3000))
+
+    async def scenario() -> list[str]:
+        workers = AnalysisWorkers(1, 10.0, budget.MAX_STATEMENT_CHARS)
+        finished: list[str] = []
+        try:
+            await workers.analyse("SELECT 1", SCHEMAS)  # the worker is up
+            busy, patient = workers.for_identity("busy"), workers.for_identity("patient")
+            waits = [busy.analyse(f"{crossing} /* {n} */", SCHEMAS) for n in range(3)]
+            waits.append(patient.analyse(crossing, SCHEMAS))
+            for wait, who in zip(waits, ["busy", "busy", "busy", "patient"], strict=True):
+                wait.add_done_callback(lambda _, who=who: finished.append(who))
+            await asyncio.gather(*waits)
+        finally:
+            workers.close()
+        return finished
+
+    assert asyncio.run(scenario()) == ["busy", "patient", "busy", "busy"]
+
+
+def test_a_text_nobody_waits_for_any_more_is_not_analysed():
+    async def scenario() -> tuple[bool, int]:
+        workers = AnalysisWorkers(1, 10.0, budget.MAX_STATEMENT_CHARS)
+        try:
+            first = workers.analyse(LONG, SCHEMAS)
+            dropped = workers.analyse(LONG_PERSONAL, SCHEMAS)
+            dropped.cancel()  # its session closed
+            await first
+            await asyncio.sleep(0)
+            return dropped.cancelled(), workers._running
+        finally:
+            workers.close()
+
+    assert asyncio.run(scenario()) == (True, 0)

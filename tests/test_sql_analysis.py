@@ -65,7 +65,13 @@ KINDS = [
     case("SELECT 1", kind="select", kinds={"select"}, relations_read=set()),
     case("VALUES (1, 'a'), (2, 'b')", kind="select", relations_read=set()),
     case("TABLE crm.customers", kind="select", columns_read={CUSTOMERS: {ALL}}),
-    case("SELECT id FROM crm.customers FOR UPDATE", kind="select", relations_written=set()),
+    # The rows it locks hold other sessions' writes: also the LOCK it amounts to.
+    case(
+        "SELECT id FROM crm.customers FOR UPDATE",
+        kind="other",
+        kinds={"select", "other"},
+        relations_written=set(),
+    ),
     case("INSERT INTO crm.customers (email) VALUES ($1)", kind="insert", kinds={"insert"}),
     case("UPDATE crm.customers SET name = 'x' WHERE id = 1", kind="update", kinds={"update"}),
     case("DELETE FROM crm.customers WHERE id = 1", kind="delete", kinds={"delete"}),

@@ -83,6 +83,7 @@ from custos.session.stages import (
 from custos.session.statement import Candidates, Portal, Prepared, Statement
 from custos.session.texts import TextAnalyser
 from custos.session.view import NAME_BYTES, UNCONFIRMED, SessionView, Unconfirmed, sql_name
+from custos.sql.cache import estimated_bytes
 
 log = logging.getLogger("custos.session")
 
@@ -144,6 +145,8 @@ class SessionLimits:
     # Client bytes held behind a waiting statement before the client is paused. Below it the
     # client is still read, so that a disconnect or Terminate withdraws what waits at once.
     max_held_client_bytes: int = 1 << 20
+    # What a session's prepared statements may hold, by an estimate of their analyses.
+    max_prepared_bytes: int = 16 << 20
 
 
 class _Block:
@@ -153,6 +156,10 @@ class _Block:
 
 
 _BLOCK: Final = _Block()
+
+
+def _analysis_bytes(prepared: Prepared) -> int:
+    return sum(estimated_bytes("", analysis) for analysis, _ in prepared.candidates)
 
 
 def _holds_quoted_values(query: bytes) -> bool:
@@ -225,6 +232,9 @@ class SessionMachine:
         self._parse_memo: dict[tuple[bytes, tuple[str, ...], int], tuple[bytes, Prepared, bool]]
         self._parse_memo = {}
         self._parse_memo_bytes = 0
+        # Prepared statement names taken in, and about the bytes each holds (_room_for).
+        self._prepared_weights: dict[bytes, int] = {}
+        self._prepared_bytes = 0
         self._numbers = 0
         # Intake.
         self._run_entries: list[L.Entry] = []
@@ -599,9 +609,50 @@ class SessionMachine:
                     return _BLOCK
                 if gate is not None:
                     return self._refused_parse(name, gate)
+        if name and not self._room_for(name, 2 * len(body) + _analysis_bytes(prepared)):
+            return self._refused_parse(name, self._too_many_prepared())
         view.statements.predict(name, prepared, view.segment)
         self._run_entries.append((L.PARSE, (name, prepared)))
         return None
+
+    def _room_for(self, name: bytes, weight: int) -> bool:
+        """Whether the session may hold one more prepared statement of about `weight` bytes
+        under `name`; counts it if so. What a session holds stays in the gateway's memory
+        for as long as the session lasts, so it is bounded in bytes."""
+        weights = self._prepared_weights
+        limit = self._limits.max_prepared_bytes
+        if self._prepared_bytes - weights.get(name, 0) + weight > limit:
+            # Some may have been closed or deallocated since: count those still held.
+            holds = self._view.statements.holds
+            for gone in [known for known in weights if not holds(known)]:
+                del weights[gone]
+            self._prepared_bytes = sum(weights.values())
+            if self._prepared_bytes - weights.get(name, 0) + weight > limit:
+                return False
+        self._prepared_bytes += weight - weights.get(name, 0)
+        weights[name] = weight
+        return True
+
+    def _too_many_prepared(self) -> Refusal:
+        limit = self._limits.max_prepared_bytes >> 20
+        return Refusal(
+            sqlstates.PROGRAM_LIMIT_EXCEEDED,
+            f"this session's prepared statements would take more than the {limit} MiB the"
+            " gateway keeps for one session (limits.max_prepared_bytes_per_session);"
+            " deallocate some (Close, or DEALLOCATE) before preparing more",
+        )
+
+    def _room_for_prepares(self, statement: Statement) -> bool:
+        """Whether a PREPARE in SQL fits the session's prepared statements (see _room_for)."""
+        analysis = statement.analysis
+        if not analysis.session_effects:
+            return True
+        for facts, text in zip(analysis.statements, analysis.texts, strict=False):
+            if facts.prepares is not None:
+                weight = 2 * len(text) + estimated_bytes(text, analysis)
+                if not self._room_for(sql_name(facts.prepares), weight):
+                    return False
+        return True
 
     def _take_bind(self, body: bytes) -> _Taken:
         view = self._view
@@ -874,6 +925,8 @@ class SessionMachine:
         self, statement: Statement, chunk: bytes, start: int, end: int, via: int
     ) -> _Item | None:
         """Plans a statement; None when it goes on at once with its message as it is."""
+        if statement.refusal is None and not self._room_for_prepares(statement):
+            statement.refusal = self._too_many_prepared()
         if statement.refusal is None:
             self._view.predict(statement)
             waiting = self._run_stages(statement, -1, FORWARD)

@@ -90,6 +90,12 @@ class Namespace(Generic[T]):
         self._overlay[name] = value
         self._touched[name] = segment
 
+    def holds(self, name: bytes) -> bool:
+        """Whether `name` is held, as far as the messages taken so far say."""
+        if name in self._touched:
+            return self._overlay[name] is not None
+        return name in self.confirmed
+
     def predict_cleared(self, segment: int) -> None:
         self._overlay.clear()
         self._touched.clear()

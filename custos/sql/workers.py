@@ -13,12 +13,14 @@ which is refused, and the next text starts a new pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from custos.sql.analysis import analyze_each
@@ -26,29 +28,86 @@ from custos.sql.facts import Analysis
 
 log = logging.getLogger("custos.analysis")
 
+# Identities whose last turn is remembered; forgetting them all only resets the order.
+_REMEMBERED_IDENTITIES = 10_000
+
 
 class AnalysisWorkers:
+    """The gateway's worker processes, shared fairly: each identity's texts wait in a queue
+    of its own, and the queues take turns, so that one agent's many sessions sending long
+    texts delay another identity's by one analysis at most."""
+
     def __init__(self, processes: int, budget_seconds: float, max_statement_chars: int) -> None:
         self.processes = processes
         self.budget_seconds = budget_seconds
         self.max_statement_chars = max_statement_chars
         self._pool: ProcessPoolExecutor | None = None
+        self._queues: dict[str, deque[_Request]] = {}
+        self._served: dict[str, int] = {}  # identity -> the turn it was last served in
+        self._turns = 0
+        self._running = 0
 
-    def analyse(self, sql: str, schemas: tuple[str, ...]) -> asyncio.Future[tuple[Analysis, ...]]:
+    def for_identity(self, identity: str) -> IdentityWorkers:
+        """What one identity's sessions analyse through (texts.AnalysisWorkers)."""
+        return IdentityWorkers(self, identity)
+
+    def analyse(
+        self, sql: str, schemas: tuple[str, ...], identity: str = ""
+    ) -> asyncio.Future[tuple[Analysis, ...]]:
         """The text's analysis under each schema, as analyze_each makes it, in a worker."""
-        arguments = (sql, schemas, self.budget_seconds, self.max_statement_chars)
-        try:
-            submitted = self._started().submit(analyze_each, *arguments)
-        except BrokenProcessPool:
-            log.warning("an analysis worker had stopped; starting new ones")
-            self.close()
-            submitted = self._started().submit(analyze_each, *arguments)
-        return asyncio.wrap_future(submitted)
+        answer: asyncio.Future[tuple[Analysis, ...]] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(identity, deque()).append((sql, schemas, answer))
+        self._dispatch()
+        return answer
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+    def _dispatch(self) -> None:
+        queues = self._queues
+        while self._running < self.processes and queues:
+            # The identity served longest ago (or never) goes next.
+            identity = min(queues, key=lambda waiting: self._served.get(waiting, -1))
+            waiting = queues[identity]
+            sql, schemas, answer = waiting.popleft()
+            if not waiting:
+                del queues[identity]
+            if answer.done():
+                continue  # its session stopped waiting
+            self._turns += 1
+            self._served[identity] = self._turns
+            if len(self._served) > _REMEMBERED_IDENTITIES:
+                self._served.clear()
+            self._running += 1
+            running = asyncio.wrap_future(self._submit(sql, schemas))
+            running.add_done_callback(functools.partial(self._finished, answer=answer))
+
+    def _submit(self, sql: str, schemas: tuple[str, ...]) -> Future[tuple[Analysis, ...]]:
+        arguments = (sql, schemas, self.budget_seconds, self.max_statement_chars)
+        try:
+            return self._started().submit(analyze_each, *arguments)
+        except BrokenProcessPool:
+            log.warning("an analysis worker had stopped; starting new ones")
+            self.close()
+            return self._started().submit(analyze_each, *arguments)
+
+    def _finished(
+        self,
+        done: asyncio.Future[tuple[Analysis, ...]],
+        answer: asyncio.Future[tuple[Analysis, ...]],
+    ) -> None:
+        self._running -= 1
+        if not answer.done():
+            error = None if done.cancelled() else done.exception()
+            if done.cancelled():
+                answer.cancel()
+            elif error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(done.result())
+        self._dispatch()
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -61,6 +120,22 @@ class AnalysisWorkers:
                 initargs=(os.getpid(),),
             )
         return self._pool
+
+
+_Request = tuple[str, tuple[str, ...], "asyncio.Future[tuple[Analysis, ...]]"]
+
+
+class IdentityWorkers:
+    """The workers as one identity's sessions see them."""
+
+    __slots__ = ("_identity", "_workers")
+
+    def __init__(self, workers: AnalysisWorkers, identity: str) -> None:
+        self._workers = workers
+        self._identity = identity
+
+    def analyse(self, sql: str, schemas: tuple[str, ...]) -> asyncio.Future[tuple[Analysis, ...]]:
+        return self._workers.analyse(sql, schemas, self._identity)
 
 
 def _end_with_gateway(gateway_pid: int) -> None:
