@@ -154,6 +154,29 @@ def test_a_view_whose_operator_calls_a_denied_function_is_refused(
     assert marks(demo_superuser) == []
 
 
+def test_an_operator_in_the_statement_runs_its_function_and_is_decided_so(
+    reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection
+) -> None:
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, "SELECT 'a'::text OPERATOR(crm.===) 'b'::text") == "42501"
+        agent.execute("SET search_path TO crm, public")
+        assert refused(agent, "SELECT 'a'::text === 'b'::text") == "42501"
+        # The database's own operators run nothing that matters.
+        assert rows_of(agent, "SELECT 'a'::text = 'b'::text, 1 + 2") == [(False, 3)]
+    assert marks(demo_superuser) == []
+
+
+def test_a_cast_to_a_domain_runs_its_check_and_is_decided_so(
+    reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection
+) -> None:
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, "SELECT '1'::crm.marked_int") == "42501"
+        assert refused(agent, "SELECT CAST(1 AS crm.marked_int)") == "42501"
+        # Casts to the database's own types run nothing that matters.
+        assert rows_of(agent, "SELECT '1'::int + 1, CAST(2 AS text)") == [(2, "2")]
+    assert marks(demo_superuser) == []
+
+
 def test_a_view_over_other_sessions_statements_counts_as_reading_them(
     reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection
 ) -> None:

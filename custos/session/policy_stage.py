@@ -115,10 +115,10 @@ class PolicyStage(Stage):
         if uses_parameters(candidates) or runs_another(candidates):
             return None
         if self._reach is not None:
-            applied = self._reach.applied(candidates)
-            if applied is None:
-                return None  # decided at its Execute, once the catalog is read
-            candidates = applied
+            # Until the catalog is read, decided on the text alone: what the relations reach
+            # can only add reasons to refuse, so a text refused without it is refused with it
+            # (one allowed is decided again at its Execute, with it).
+            candidates = self._reach.applied(candidates) or candidates
         decisions: list[Decision] = []
         for analysis, path in candidates:
             outcome = self._decision_point.decide(self._role, analysis, (), path)

@@ -1,4 +1,5 @@
-"""Statements as policy decides them: with the functions their relations reach.
+"""Statements as policy decides them: with the functions their relations, operators and
+casts reach.
 
 One per gateway, over its catalog (custos/upstream/columns.py). The first statement to
 touch a relation waits while the catalog is read; later ones find it, and the analysis
@@ -15,7 +16,12 @@ from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
 from custos.sql.facts import Analysis
-from custos.sql.reached import reached_relations, with_reached_functions
+from custos.sql.reached import (
+    cast_types,
+    reached_relations,
+    used_operators,
+    with_reached_functions,
+)
 from custos.upstream.columns import ColumnCatalog
 
 CATALOG_UNREADABLE = Refusal(
@@ -48,9 +54,16 @@ class FunctionReach:
     async def load(self, candidates: Candidates) -> None:
         """Reads what the candidates' relations reach; raises ColumnsUnavailable."""
         relations: set[str] = set()
+        operators: set[str] = set()
+        types: set[str] = set()
         for analysis, _ in candidates:
             relations |= reached_relations(analysis)
-        await self._catalog.load(relations)
+            operators |= used_operators(analysis)
+            types |= cast_types(analysis)
+        catalog = self._catalog
+        await catalog.load(relations)
+        await catalog.load_behind("operator", operators)
+        await catalog.load_behind("type", types)
 
     def _applied(self, analysis: Analysis) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
@@ -62,10 +75,13 @@ class FunctionReach:
             if known is base and generation == catalog.generation and catalog.now() < until:
                 return analysis if reached is base else reached
         found = catalog.reach(reached_relations(base))
-        if found is None:
+        operators = catalog.behind("operator", used_operators(base))
+        types = catalog.behind("type", cast_types(base))
+        if found is None or operators is None or types is None:
             return None
         reach, until = found
-        reached = with_reached_functions(base, reach)
+        until = min(until, operators[1], types[1])
+        reached = with_reached_functions(base, reach, operators[0], types[0])
         self._memo[id(base)] = (base, reached, catalog.generation, until)
         if len(self._memo) > self._memo_entries:
             self._memo.popitem(last=False)

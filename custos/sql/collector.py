@@ -49,6 +49,7 @@ class SearchPathCall:
 
 class Collector:
     __slots__ = (
+        "cast_types",
         "closes",
         "collects_rows",
         "columns_read",
@@ -65,6 +66,7 @@ class Collector:
         "kinds",
         "limit",
         "new_search_path",
+        "operators",
         "output_columns",
         "patterns",
         "prepares",
@@ -88,6 +90,8 @@ class Collector:
         self.columns_read: dict[str, set[str]] = {}
         self.columns_written: dict[str, set[str]] = {}
         self.functions: set[str] = set()
+        self.operators: set[str] = set()
+        self.cast_types: set[str] = set()
         self.patterns: dict[PatternMatch, None] = {}
         self.without_where = False
         self.limit: int | ParameterRef | None = None
@@ -139,6 +143,8 @@ class Collector:
             columns_read={r: frozenset(c) for r, c in self.columns_read.items()},
             columns_written={r: frozenset(c) for r, c in self.columns_written.items()},
             functions=frozenset(self.functions),
+            operators=frozenset(self.operators),
+            cast_types=frozenset(self.cast_types),
             update_or_delete_without_where=self.without_where,
             pattern_matches=tuple(self.patterns),
             limit=self.limit,

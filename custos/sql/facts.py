@@ -81,6 +81,12 @@ class StatementFacts:
     columns_read: dict[str, frozenset[str]] = field(default_factory=dict)
     columns_written: dict[str, frozenset[str]] = field(default_factory=dict)
     functions: frozenset[str] = frozenset()  # schema-qualified if written so, else bare name
+    # Operators used (schema-qualified if written OPERATOR(schema.op)): user-defined ones
+    # run their functions (custos/upstream/reach.py).
+    operators: frozenset[str] = frozenset()
+    # Types values are cast to, but those written pg_catalog.x: a user-defined type's
+    # input function, casts and domain checks run on the value.
+    cast_types: frozenset[str] = frozenset()
     update_or_delete_without_where: bool = False
     pattern_matches: tuple[PatternMatch, ...] = ()
     # LIMIT of the outermost query: None when absent (or LIMIT ALL), an int, or a parameter.

@@ -35,15 +35,40 @@ class Reach:
 NOTHING_REACHED = Reach()
 
 
-def with_reached_functions(analysis: Analysis, reach: Mapping[str, Reach]) -> Analysis:
-    """The analysis with what its relations reach; the analysis itself when that is nothing
-    it does not call already."""
-    if not reach:
+def with_reached_functions(
+    analysis: Analysis,
+    reach: Mapping[str, Reach],
+    operators: Mapping[str, Reach] | None = None,
+    cast_types: Mapping[str, Reach] | None = None,
+) -> Analysis:
+    """The analysis with what its relations reach, and what the user-defined operators it
+    uses and types it casts to run; the analysis itself when that is nothing it does not
+    call already."""
+    if not reach and not operators and not cast_types:
         return analysis
-    statements = tuple(_with_reached(statement, reach) for statement in analysis.statements)
+    statements = tuple(
+        _with_reached(statement, reach, operators or {}, cast_types or {})
+        for statement in analysis.statements
+    )
     if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
         return analysis
     return dataclasses.replace(analysis, statements=statements, canonical=None)
+
+
+def used_operators(analysis: Analysis) -> frozenset[str]:
+    """The operators the analysis' statements use."""
+    found: set[str] = set()
+    for statement in analysis.statements:
+        found.update(statement.operators)
+    return frozenset(found)
+
+
+def cast_types(analysis: Analysis) -> frozenset[str]:
+    """The types the analysis' statements cast values to (but pg_catalog's)."""
+    found: set[str] = set()
+    for statement in analysis.statements:
+        found.update(statement.cast_types)
+    return frozenset(found)
 
 
 def reached_relations(analysis: Analysis) -> frozenset[str]:
@@ -55,9 +80,20 @@ def reached_relations(analysis: Analysis) -> frozenset[str]:
     return frozenset(found)
 
 
-def _with_reached(statement: StatementFacts, reach: Mapping[str, Reach]) -> StatementFacts:
+def _with_reached(
+    statement: StatementFacts,
+    reach: Mapping[str, Reach],
+    operators: Mapping[str, Reach],
+    cast_types: Mapping[str, Reach],
+) -> StatementFacts:
     reached: set[str] = set()
     unknown = False
+    for used, behind in ((statement.operators, operators), (statement.cast_types, cast_types)):
+        for name in used:
+            found = behind.get(name)
+            if found is not None:
+                reached |= found.read
+                unknown |= found.unknown
     for relation in statement.relations_read:
         found = reach.get(relation)
         if found is not None:

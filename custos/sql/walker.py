@@ -755,6 +755,9 @@ class Walker:
         if columns and _computed(argument):
             self.add_searches(columns, "~", None, False)
 
+    def cast_to(self, type_name: str) -> None:
+        self._c.cast_types.add(type_name)
+
     def collects(self) -> None:
         self._c.collects_rows = True
 
@@ -794,6 +797,8 @@ class Walker:
         kind = body.get("kind")
         name = body.get("name")
         operator = name[-1]["String"]["sval"] if name else ""
+        if name:
+            self._c.operators.add(".".join(strings(name)))
         if operator in PATTERN_OPERATORS and kind in PATTERN_EXPR_KINDS:
             self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
             return
@@ -907,6 +912,10 @@ def _skip(walker: Walker, body: Node, scope: Scope | None) -> None:
 
 
 def _type_cast(walker: Walker, body: Node, scope: Scope | None) -> None:
+    names = strings((body.get("typeName") or {}).get("names") or ())
+    if names and names[0] != "pg_catalog":
+        # A user-defined type's input function, casts and domain checks run on the value.
+        walker.cast_to(".".join(names))
     walker.expr(body.get("arg"), scope)
 
 

@@ -30,10 +30,13 @@ from custos.sql.names import qualified, split_qualified
 from custos.sql.reached import NOTHING_REACHED, Reach
 from custos.upstream.reach import (
     asked_about,
+    behind_from_rows,
     functions_called,
+    operators_query,
     reach_from_rows,
     reach_query,
     string_literal,
+    types_query,
 )
 
 Row = tuple[str | None, ...]
@@ -139,6 +142,8 @@ class ColumnCatalog:
         self._timeout = timeout_seconds
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        # (operator or type, name) -> what its user-defined versions run, and when read
+        self._behind: dict[tuple[str, str], tuple[Reach, float]] = {}
         self._connection: CatalogConnection | None = None
         self._lock = asyncio.Lock()
         # Bumped by invalidate(), so that a read begun before a schema change is not kept.
@@ -194,8 +199,46 @@ class ColumnCatalog:
     def _fresh(self, entry: _Entry | None, now: float) -> bool:
         return entry is not None and now - entry.read_at < self._ttl
 
+    def behind(self, kind: str, names: Iterable[str]) -> tuple[dict[str, Reach], float] | None:
+        """What each operator (kind "operator") or cast type (kind "type") of these names
+        runs, for those that run something, and until when that holds; None while one is
+        unread or stale."""
+        now = self._clock()
+        found: dict[str, Reach] = {}
+        until = now + self._ttl
+        for name in names:
+            entry = self._behind.get((kind, name))
+            if entry is None or now - entry[1] >= self._ttl:
+                return None
+            until = min(until, entry[1] + self._ttl)
+            if entry[0] is not NOTHING_REACHED:
+                found[name] = entry[0]
+        return found, until
+
+    async def load_behind(self, kind: str, names: Iterable[str]) -> None:
+        """Reads what the names not fresh run; raises ColumnsUnavailable."""
+        now = self._clock()
+        missing = sorted(
+            name
+            for name in set(names)
+            if (entry := self._behind.get((kind, name))) is None or now - entry[1] >= self._ttl
+        )
+        if not missing:
+            return
+        async with self._lock:
+            generation = self._generation
+            read_at = self._clock()
+            query = operators_query(missing) if kind == "operator" else types_query(missing)
+            found = behind_from_rows(await self._query(query), functions_called)
+            if generation == self._generation:
+                if len(self._behind) + len(missing) > _MAX_ENTRIES:
+                    self._behind.clear()
+                for name in missing:
+                    self._behind[(kind, name)] = (found.get(name, NOTHING_REACHED), read_at)
+
     def invalidate(self) -> None:
         self._entries.clear()
+        self._behind.clear()
         self._generation += 1
 
     async def load(self, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:

@@ -126,6 +126,90 @@ def reach_query(relations: Collection[str]) -> str:
     return _REACH_QUERY.format(relations=", ".join(pairs), depth=_VIEW_DEPTH)
 
 
+_OPERATORS_QUERY = """\
+SELECT v.schema_name, v.operator_name, pn.nspname::text, p.proname::text
+FROM (VALUES {operators}) AS v(schema_name, operator_name)
+JOIN pg_catalog.pg_operator AS o ON o.oprname = v.operator_name
+JOIN pg_catalog.pg_namespace AS n
+  ON n.oid = o.oprnamespace AND n.nspname <> 'pg_catalog'
+ AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+JOIN pg_catalog.pg_proc AS p ON p.oid = o.oprcode
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace"""
+
+
+_TYPES_QUERY = """\
+WITH v(schema_name, type_name) AS (VALUES {types}),
+t AS (
+  SELECT v.schema_name, v.type_name, t.oid, t.typinput
+  FROM v
+  JOIN pg_catalog.pg_type AS t ON t.typname = v.type_name
+  JOIN pg_catalog.pg_namespace AS n
+    ON n.oid = t.typnamespace AND n.nspname <> 'pg_catalog'
+   AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+)
+SELECT t.schema_name, t.type_name, pn.nspname::text, p.proname::text, NULL
+FROM t
+JOIN pg_catalog.pg_proc AS p ON p.oid = t.typinput
+  OR p.oid IN (SELECT c.castfunc FROM pg_catalog.pg_cast AS c WHERE c.casttarget = t.oid)
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
+UNION ALL
+SELECT t.schema_name, t.type_name, NULL, NULL,
+       pg_catalog.regexp_replace(pg_catalog.pg_get_constraintdef(k.oid), '^CHECK ', 'SELECT ')
+FROM t JOIN pg_catalog.pg_constraint AS k ON k.contypid = t.oid AND k.contype = 'c'"""
+
+
+def operators_query(operators: Collection[str]) -> str:
+    """One query for the functions behind every user-defined operator of these names (as
+    the facts spell them: `schema.op` or `op`); the database's own run nothing that matters."""
+    return _OPERATORS_QUERY.format(operators=_named_values(operators))
+
+
+def types_query(types: Collection[str]) -> str:
+    """One query for what casting a value to each user-defined type of these names runs:
+    its input function, the casts to it, its domain checks (as SQL to analyse)."""
+    return _TYPES_QUERY.format(types=_named_values(types))
+
+
+def behind_from_rows(
+    rows: Iterable[Row], functions_in: Callable[[str], frozenset[str] | None]
+) -> dict[str, Reach]:
+    """name (as the facts spell it) -> what it runs, from operators_query's or types_query's
+    rows (read: the functions; unknown: an expression that could not be analysed)."""
+    found: dict[str, set[str]] = {}
+    unknown: set[str] = set()
+    for row in rows:
+        schema, name, function_schema, function = row[:4]
+        expression = row[4] if len(row) > 4 else None
+        if name is None:
+            raise ValueError("the query returned a row without a name")
+        key = f"{schema}.{name}" if schema is not None else name
+        functions = found.setdefault(key, set())
+        if function is not None:
+            functions.update((function, f"{function_schema}.{function}"))
+        elif expression is not None:
+            called = functions_in(expression)
+            if called is None:
+                unknown.add(key)
+            else:
+                functions.update(called)
+    return {
+        key: Reach(frozenset(functions), unknown=key in unknown) for key, functions in found.items()
+    }
+
+
+def _named_values(names: Collection[str]) -> str:
+    pairs = []
+    for spelled in sorted(names):
+        schema, _, name = spelled.rpartition(".")
+        if not name or "\\" in spelled or "\x00" in spelled:
+            raise ValueError(f"cannot ask the database about {spelled!r}")
+        owner = string_literal(schema) if schema else "NULL::text"
+        pairs.append(f"({owner}, {string_literal(name)})")
+    if not pairs:
+        raise ValueError("no names to ask about")
+    return ", ".join(pairs)
+
+
 def reach_from_rows(
     rows: Iterable[Row], functions_in: Callable[[str], frozenset[str] | None]
 ) -> dict[str, Reach]:
