@@ -22,6 +22,7 @@ HOT_PATH = [
     "custos/session/machine.py",
     "custos/session/own_messages.py",
     "custos/session/policy_stage.py",
+    "custos/session/reached.py",
     "custos/session/refusal.py",
     "custos/session/resolution.py",
     "custos/session/relay.py",

@@ -13,6 +13,7 @@ event loop and the socket calls. --profile runs the governed paths under cProfil
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import pstats
 import struct
@@ -33,11 +34,13 @@ from custos.session.decision import InProcessDecisionPoint  # noqa: E402
 from custos.session.lexical import LexicalSettings  # noqa: E402
 from custos.session.machine import SessionLimits, SessionMachine  # noqa: E402
 from custos.session.policy_stage import PolicyStage  # noqa: E402
+from custos.session.reached import FunctionReach  # noqa: E402
 from custos.session.relay import RelayMachine  # noqa: E402
 from custos.session.stages import Plan, ResultRewriter, Rewrite, Stage  # noqa: E402
 from custos.session.statement import Statement  # noqa: E402
 from custos.session.texts import TextAnalyser  # noqa: E402
 from custos.sql.cache import AnalysisCache  # noqa: E402
+from custos.upstream.columns import ColumnCatalog  # noqa: E402
 
 POLICY = bench_policy(Path(tempfile.mkdtemp(prefix="custos-bench-")))
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
@@ -72,10 +75,37 @@ def _request(extended: bool, aid: int) -> bytes:
     )
 
 
+class _CatalogOfPlainTables:
+    """The database's catalog for pgbench's tables: no views, defaults or triggers that run
+    anything, no user-defined operators (what a live gateway reads once and remembers)."""
+
+    closed = False
+
+    async def query(self, sql: str) -> list[tuple[str | None, ...]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _reach() -> FunctionReach:
+    async def connect() -> _CatalogOfPlainTables:
+        return _CatalogOfPlainTables()
+
+    catalog = ColumnCatalog(connect)
+
+    async def read() -> None:
+        await catalog.load(["public.pgbench_accounts"])
+        await catalog.load_behind("operator", ["="])
+
+    asyncio.run(read())
+    return FunctionReach(catalog)
+
+
 def _governed() -> SessionMachine:
     point = InProcessDecisionPoint(FilePolicySource(POLICY))
     return SessionMachine(
-        stages=[PolicyStage("bench", point)],
+        stages=[PolicyStage("bench", point, reach=_reach())],
         analyser=TextAnalyser(AnalysisCache(), exact_texts=False),
         search_path=("public",),
         lexical=LexicalSettings(),

@@ -237,10 +237,13 @@ def new_machine(
     limits: SessionLimits | None = None,
     exact_texts: bool = True,
     workers: AnalysisWorkers | None = None,
+    budget_seconds: float = 0.2,
 ) -> SessionMachine:
     return SessionMachine(
         stages=[policy_stage()] if stages is None else stages,
-        analyser=TextAnalyser(AnalysisCache(), exact_texts=exact_texts, workers=workers),
+        analyser=TextAnalyser(
+            AnalysisCache(budget_seconds=budget_seconds), exact_texts=exact_texts, workers=workers
+        ),
         search_path=search_path,
         lexical=lexical or LexicalSettings(),
         limits=limits or SessionLimits(),

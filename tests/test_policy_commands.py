@@ -196,7 +196,7 @@ def test_explain_with_an_unreachable_upstream(capsys: pytest.CaptureFixture[str]
     assert run(*argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "cannot read the columns from --upstream" in captured.err
+    assert "cannot read the catalog from --upstream" in captured.err
     assert "leave out --upstream" in captured.err
 
 

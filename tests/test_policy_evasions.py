@@ -506,3 +506,98 @@ class TestThirdRound:
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [before]
         ).fetchone()
         assert grown < 5_000_000
+
+
+# --- the fourth round -------------------------------------------------------------------------
+#
+# min(CASE WHEN (id - 1) % 50 = k THEN name END) under GROUP BY returned every customer in
+# 100 rows; a value computed by arithmetic, a cast of a call, a subscript, COALESCE, BETWEEN,
+# a filter function under NOT, or a ranking by ORDER BY ... LIMIT found Smiths; one value
+# built from 450 tables named in 1,600 columns held 100 MB of gateway memory per statement
+# (and the event loop while a worker's answer was read back).
+
+
+class TestFourthRound:
+    def test_one_value_per_column_picked_by_min_of_case_is_a_bulk_read(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        picks = ", ".join(
+            f"min(CASE WHEN (id - 1) % 50 = {k} THEN full_name END)" for k in range(50)
+        )
+        sql = f"SELECT (id - 1) / 50, {picks} FROM crm.customers GROUP BY 1 ORDER BY 1 LIMIT 100"
+        names = {value for row in superuser.execute(sql).fetchall() for value in row[1:]}
+        assert len(names) > 100
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            "replace(full_name, 'mith', '')::text <> full_name",
+            "length(full_name) - length(replace(full_name, 'mith', '')) > 0",
+            "(string_to_array(full_name, ' '))[2] = 'Smith'",
+            "NOT texteq(replace(full_name, 'mith', ''), full_name)",
+            "length(replace(full_name, 'mith', '')) BETWEEN 0 AND length(full_name) - 1",
+            "coalesce(nullif(replace(full_name, 'mith', ''), full_name), '') <> ''",
+            "CASE WHEN full_name LIKE '%mith%' THEN true END",
+        ],
+    )
+    def test_any_test_of_a_value_computed_from_a_personal_column_is_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+    ) -> None:
+        assert_search_refused(governed, superuser, condition)
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "WITH x AS (SELECT id, full_name, replace(full_name, 'mith', '') AS r"
+            " FROM crm.customers) SELECT id FROM x WHERE r <> full_name ORDER BY id LIMIT 5",
+            "WITH a AS (SELECT id, replace(full_name, 'mith', '') AS r, full_name"
+            " FROM crm.customers), b AS (SELECT id, r, full_name FROM a)"
+            " SELECT id FROM b WHERE r <> full_name ORDER BY id LIMIT 5",
+            "SELECT c.id FROM crm.customers c, string_to_table(c.full_name, ' ') w"
+            " WHERE w = 'Smith' ORDER BY c.id LIMIT 5",
+        ],
+    )
+    def test_a_computed_column_compared_as_it_is_is_still_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        assert superuser.execute(sql).fetchall(), "the search finds customers directly"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+            # A column a subquery passes through as it is compares as the column.
+            plain = (
+                "SELECT c.id FROM crm.customers c JOIN (SELECT customer_id, count(*) AS n"
+                " FROM crm.orders GROUP BY 1) s ON s.customer_id = c.id ORDER BY c.id LIMIT 5"
+            )
+            assert len(rows_of(agent, plain)) == 5
+
+    def test_a_ranking_by_a_computed_value_under_limit_is_a_search(
+        self, governed: GatewayProcess
+    ) -> None:
+        sql = (
+            "SELECT id FROM crm.customers"
+            " ORDER BY length(full_name) - length(replace(full_name, 'mith', '')) DESC LIMIT 5"
+        )
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            # Ordering by the column itself is paging, not a search.
+            assert (
+                len(rows_of(agent, "SELECT id FROM crm.customers ORDER BY full_name LIMIT 5")) == 5
+            )
+
+    def test_an_analysis_that_would_hold_too_much_is_refused(
+        self, governed: GatewayProcess
+    ) -> None:
+        tables = ", ".join(f"t{n}" for n in range(450))  # refused before it would run
+        value = "concat(" + ", ".join(f"t{n}.a" for n in range(450)) + ")"
+        columns = ", ".join(f"x AS c{n}" for n in range(1600))
+        sql = f"WITH v AS (SELECT {value} AS x FROM {tables}) SELECT {columns} FROM v"
+        analysis = analyze(sql, ("public",))
+        assert analysis.error_sqlstate == "54001"
+        assert "MiB" in (analysis.error or "")
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "54001"
+            assert rows_of(agent, "SELECT 1") == [(1,)]

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from gateway_fixtures import GatewayProcess
 from test_policy_attacks import refused
+from test_policy_commands import DEMO_POLICY, run
 from test_session_attacks import (  # noqa: F401 - fixtures
     governed,
     psycopg_connect,
@@ -271,3 +272,16 @@ def test_a_catalog_that_cannot_be_read_refuses_what_it_would_decide() -> None:
         asyncio.run(reach.load(candidates))
     assert reach.applied(candidates) is None  # and the policy stage refuses with:
     assert CATALOG_UNREADABLE.sqlstate == "42501"
+
+
+def test_explain_with_the_database_shows_what_a_statement_reaches(
+    reaching: None, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("policy", "explain", DEMO_POLICY, "--role", "agent")
+    assert run(*argv, "SELECT * FROM crm.reach_lo") == 0  # on the text alone: allowed
+    assert "decision:        allow" in capsys.readouterr().out.splitlines()
+    assert run(*argv, "--upstream", pg_dsn, "SELECT * FROM crm.reach_lo") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "decision:        deny" in lines
+    assert "deciding rule:   no-server-side-access" in lines
+    assert any(line.startswith("  functions:") and "lo_creat" in line for line in lines)

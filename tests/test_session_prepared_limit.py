@@ -11,13 +11,16 @@ from playbook import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     SYNC,
+    bind,
     close,
+    command_complete,
     new_machine,
     parse,
     query,
     ready,
     refusal_block_error,
     sent_to_client,
+    sent_to_server,
     split,
 )
 
@@ -33,7 +36,8 @@ def statement(number: int) -> str:
 
 
 def limited() -> SessionMachine:
-    return new_machine([], limits=SessionLimits(max_prepared_bytes=LIMIT))
+    # A generous analysis budget: on a busy machine the analysis must not be what refuses.
+    return new_machine([], limits=SessionLimits(max_prepared_bytes=LIMIT), budget_seconds=10.0)
 
 
 def prepare_until_refused(machine: SessionMachine, start: int = 0) -> int:
@@ -88,3 +92,26 @@ def test_prepare_in_sql_counts_too() -> None:
             return
         machine.server_data(b"C\x00\x00\x00\x0cPREPARE\x00" + ready())
     raise AssertionError("no PREPARE was refused")
+
+
+def test_named_portals_count_too_and_the_unnamed_one_does_not() -> None:
+    machine = limited()
+    machine.client_data(parse("s", "SELECT $1::text IS NULL AS n") + SYNC)
+    machine.server_data(PARSE_COMPLETE + ready())
+    large = b"x" * (LIMIT // 4)
+    # The unnamed portal, however large its values, is replaced by the next Bind.
+    for _ in range(8):
+        sent = machine.client_data(bind("", "s", [large]) + SYNC)
+        assert sent_to_server(sent).startswith(bind("", "s", [large]))
+        machine.server_data(BIND_COMPLETE + ready())
+    machine.client_data(query("BEGIN"))
+    machine.server_data(command_complete("BEGIN") + ready("T"))
+    refused = None
+    for number in range(8):
+        sent = sent_to_server(machine.client_data(bind(f"p{number}", "s", [large]) + SYNC))
+        if not sent.startswith(bind(f"p{number}", "s", [large])):
+            refused = number
+            break
+        machine.server_data(BIND_COMPLETE + ready("T"))
+    assert refused is not None
+    assert 1 <= refused < 4  # a quarter of the budget each, with the statement's own share

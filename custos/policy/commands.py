@@ -19,7 +19,17 @@ from custos.policy.models import Effect, PolicyDocument, json_schema_text
 from custos.policy.source import PolicyError, load_policy
 from custos.sql.expansion import expand_all_columns, relations_with_all_columns
 from custos.sql.facts import ALL_COLUMNS, Analysis
+from custos.sql.reached import cast_types, reached_relations, used_operators, with_reached_functions
 from custos.upstream.columns import askable, columns_from_rows, columns_query
+from custos.upstream.reach import (
+    asked_about,
+    behind_from_rows,
+    functions_called,
+    operators_query,
+    reach_from_rows,
+    reach_query,
+    types_query,
+)
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _DEFAULT_SEARCH_PATH = ("public",)
@@ -103,20 +113,22 @@ def explain_command(arguments: argparse.Namespace) -> int:
     engine = PolicyEngine(document)
     search_path = _split_path(arguments.search_path)
     analysis = _analyze(arguments.sql, search_path)
-    # Decided as the gateway decides: on the analysis alone (expansion only adds to `*`).
-    decision = engine.decide(DecisionRequest(arguments.role, analysis, tuple(arguments.param)))
     columns: dict[str, tuple[str, ...]] = {}
     if arguments.upstream is not None:
+        # Decided as the gateway decides: with what the statement reaches through the
+        # database's catalog (expansion of `*` only adds to the facts shown).
         try:
             columns = read_columns(arguments.upstream, relations_with_all_columns(analysis))
-        except psycopg.Error as error:
+            analysis = read_reach(arguments.upstream, analysis)
+        except (psycopg.Error, ValueError) as error:
             print(
-                f"custos policy explain: cannot read the columns from --upstream: {error}",
+                f"custos policy explain: cannot read the catalog from --upstream: {error}",
                 "check the DSN, or leave out --upstream to explain without the database",
                 sep="\n",
                 file=sys.stderr,
             )
             return 2
+    decision = engine.decide(DecisionRequest(arguments.role, analysis, tuple(arguments.param)))
     expanded = expand_all_columns(analysis, columns)
     if arguments.json:
         print(json.dumps({**decision.as_dict(), "columns": _columns_as_dict(expanded)}, indent=2))
@@ -166,6 +178,26 @@ def read_columns(dsn: str, relations: Iterable[str]) -> dict[str, tuple[str, ...
     with psycopg.connect(dsn, autocommit=True, application_name="custos-explain") as connection:
         rows = connection.execute(columns_query(asked)).fetchall()
     return columns_from_rows(rows)
+
+
+def read_reach(dsn: str, analysis: Analysis) -> Analysis:
+    """The analysis with what its relations, operators and casts reach, read from the
+    database at `dsn` as the gateway reads it (custos/upstream/reach.py)."""
+    relations = [r for r in reached_relations(analysis) if askable(r) and asked_about(r)]
+    operators, types = used_operators(analysis), cast_types(analysis)
+    with psycopg.connect(dsn, autocommit=True, application_name="custos-explain") as connection:
+
+        def rows(query: str) -> list[tuple[str | None, ...]]:
+            return list(connection.execute(query).fetchall())
+
+        reach = reach_from_rows(rows(reach_query(relations)), functions_called) if relations else {}
+        behind = (
+            behind_from_rows(rows(operators_query(operators)), functions_called)
+            if operators
+            else {}
+        )
+        casts = behind_from_rows(rows(types_query(types)), functions_called) if types else {}
+    return with_reached_functions(analysis, reach, behind, casts)
 
 
 def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None:

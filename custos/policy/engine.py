@@ -58,11 +58,13 @@ from custos.policy.models import Effect, MaskMethod, PolicyDocument, Rule
 from custos.policy.version import policy_version
 from custos.sql.facts import (
     ALL_COLUMNS,
+    HEAVY_BYTES,
     Analysis,
     ParameterRef,
     PatternMatch,
     StatementFacts,
     StatementKind,
+    statement_bytes,
 )
 from custos.sql.risks import has_effects
 
@@ -548,6 +550,8 @@ class PolicyEngine:
         if cached is not None and cached[0] is statement:
             return cached[1]
         profile = self._build_profile(self._exposed(statement))
+        if statement_bytes(statement) > HEAVY_BYTES:
+            return profile  # not kept (facts.HEAVY_BYTES)
         if len(self._profiles) >= _PROFILE_CACHE_SIZE:
             del self._profiles[next(iter(self._profiles))]
         self._profiles[id(statement)] = (statement, profile)

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from custos.policy.engine import Decision, DecisionRequest, PolicyEngine
 from custos.policy.source import PolicySource
-from custos.sql.facts import Analysis
+from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 
 _MemoKey = tuple[str, int, tuple[str | None, ...]]
 # Parameters are part of the key; large values (a document being inserted) are not worth it.
@@ -39,7 +39,11 @@ class InProcessDecisionPoint:
         engine = self._source.current()
         # Texts that differ only in literals the analysis did not read decide alike.
         analysis = analysis.canonical or analysis
-        if engine.time_dependent or (parameters and _too_large(parameters)):
+        if (
+            engine.time_dependent
+            or (parameters and _too_large(parameters))
+            or analysis_bytes(analysis) > HEAVY_BYTES
+        ):
             return engine.decide(DecisionRequest(role, analysis, parameters))
         if engine is not self._memo_engine:
             self._memo.clear()

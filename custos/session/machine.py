@@ -233,7 +233,7 @@ class SessionMachine:
         self._parse_memo = {}
         self._parse_memo_bytes = 0
         # Prepared statement names taken in, and about the bytes each holds (_room_for).
-        self._prepared_weights: dict[bytes, int] = {}
+        self._prepared_weights: dict[tuple[bool, bytes], int] = {}
         self._prepared_bytes = 0
         self._numbers = 0
         # Intake.
@@ -615,31 +615,37 @@ class SessionMachine:
         self._run_entries.append((L.PARSE, (name, prepared)))
         return None
 
-    def _room_for(self, name: bytes, weight: int) -> bool:
-        """Whether the session may hold one more prepared statement of about `weight` bytes
-        under `name`; counts it if so. What a session holds stays in the gateway's memory
-        for as long as the session lasts, so it is bounded in bytes."""
+    def _room_for(self, name: bytes, weight: int, portal: bool = False) -> bool:
+        """Whether the session may hold one more prepared statement (or portal) of about
+        `weight` bytes under `name`; counts it if so. What a session holds stays in the
+        gateway's memory for as long as the session lasts, so it is bounded in bytes."""
         weights = self._prepared_weights
+        key = (portal, name)
         limit = self._limits.max_prepared_bytes
-        if self._prepared_bytes - weights.get(name, 0) + weight > limit:
+        if self._prepared_bytes - weights.get(key, 0) + weight > limit:
             # Some may have been closed or deallocated since: count those still held.
-            holds = self._view.statements.holds
-            for gone in [known for known in weights if not holds(known)]:
-                del weights[gone]
+            view = self._view
+            gone = [
+                known
+                for known in weights
+                if not (view.portals if known[0] else view.statements).holds(known[1])
+            ]
+            for known in gone:
+                del weights[known]
             self._prepared_bytes = sum(weights.values())
-            if self._prepared_bytes - weights.get(name, 0) + weight > limit:
+            if self._prepared_bytes - weights.get(key, 0) + weight > limit:
                 return False
-        self._prepared_bytes += weight - weights.get(name, 0)
-        weights[name] = weight
+        self._prepared_bytes += weight - weights.get(key, 0)
+        weights[key] = weight
         return True
 
     def _too_many_prepared(self) -> Refusal:
         limit = self._limits.max_prepared_bytes >> 20
         return Refusal(
             sqlstates.PROGRAM_LIMIT_EXCEEDED,
-            f"this session's prepared statements would take more than the {limit} MiB the"
-            " gateway keeps for one session (limits.max_prepared_bytes_per_session);"
-            " deallocate some (Close, or DEALLOCATE) before preparing more",
+            f"this session's prepared statements and portals would take more than the {limit}"
+            " MiB the gateway keeps for one session (limits.max_prepared_bytes_per_session);"
+            " close some (Close, DEALLOCATE, or end the transaction) before making more",
         )
 
     def _room_for_prepares(self, statement: Statement) -> bool:
@@ -673,6 +679,9 @@ class SessionMachine:
                 else "unnamed prepared statement does not exist"
             )
             return self._refused_message(Refusal(sqlstates.INVALID_SQL_STATEMENT_NAME, missing))
+        # The unnamed portal is replaced by the next Bind and gone at the Sync: not counted.
+        if key and not self._room_for(key, 256 + 2 * len(body), portal=True):
+            return self._refused_message(self._too_many_prepared())
         portal = Portal(prepared, body)
         view.portals.predict(key, portal, view.segment)
         self._run_entries.append((L.BIND, (key, portal)))

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
-from custos.sql.facts import Analysis
+from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 from custos.sql.reached import (
     cast_types,
     reached_relations,
@@ -43,6 +43,12 @@ class FunctionReach:
 
     def applied(self, candidates: Candidates) -> Candidates | None:
         """The candidates with what their relations reach; None until the catalog is read."""
+        if len(candidates) == 1:  # the common case, kept short
+            analysis, path = candidates[0]
+            reached = self._applied(analysis)
+            if reached is None or reached is analysis:
+                return None if reached is None else candidates
+            return ((reached, path),)
         applied: list[tuple[Analysis, tuple[str, ...]]] = []
         for analysis, path in candidates:
             reached = self._applied(analysis)
@@ -82,6 +88,8 @@ class FunctionReach:
         reach, until = found
         until = min(until, operators[1], types[1])
         reached = with_reached_functions(base, reach, operators[0], types[0])
+        if analysis_bytes(base) > HEAVY_BYTES:
+            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
         self._memo[id(base)] = (base, reached, catalog.generation, until)
         if len(self._memo) > self._memo_entries:
             self._memo.popitem(last=False)

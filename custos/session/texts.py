@@ -79,6 +79,9 @@ class TextAnalyser:
         return all(holds(sql, (schema,)) for schema in schemas)
 
     def _inline(self, sql: str, schemas: tuple[str, ...], seconds: float) -> Candidates | None:
+        if len(schemas) == 1:  # the common case, kept short: most texts are held already
+            analysis = self._analysis(sql, schemas, seconds)
+            return None if analysis is None else ((analysis, schemas),)
         analyses = under_each_schema(sql, schemas, seconds, self._analysis)
         return None if analyses is None else _as_candidates(schemas, analyses)
 

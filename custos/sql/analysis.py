@@ -31,7 +31,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 from custos.protocol import sqlstates
 from custos.sql import budget
-from custos.sql.facts import Analysis, StatementFacts
+from custos.sql.facts import Analysis, StatementFacts, analysis_bytes
 from custos.sql.names import Resolver
 from custos.sql.search_path import PathTracker
 from custos.sql.statements import statement_facts
@@ -73,11 +73,16 @@ def analyze_within(
         return Analysis((), error=too_long, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
     budget.start(budget_seconds)
     try:
-        return _analyze(sql, search_path)
+        analysis = _analyze(sql, search_path)
     except budget.BudgetExceeded:
         return None
     finally:
         budget.stop()
+    weight = analysis_bytes(analysis)
+    if weight > budget.MAX_ANALYSIS_BYTES:
+        too_heavy = budget.TOO_HEAVY.format(mib=weight >> 20, limit=budget.MAX_ANALYSIS_BYTES >> 20)
+        return Analysis((), error=too_heavy, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
+    return analysis
 
 
 AnalyseOne = Callable[[str, tuple[str, ...], float], Analysis | None]

@@ -34,6 +34,16 @@ TOO_MANY_COLUMNS = (
     " columns, so PostgreSQL would refuse it too; name the columns you need"
 )
 
+MAX_ANALYSIS_BYTES = 8 << 20
+"""An analysis that would hold more (result columns times the columns each comes from: one
+value built from 450 tables, named in 1,600 columns) is refused: it would cost the memory
+of every session, and the time to hand it from a worker back to the event loop."""
+TOO_HEAVY = (
+    "the statement's analysis would hold about {mib} MiB (its result columns and the table"
+    " columns each comes from), more than the {limit} MiB the gateway keeps for one; it is"
+    " refused: select fewer columns, or build fewer of them from many tables"
+)
+
 _CHECK_EVERY = 4096
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from custos.sql import budget
 from custos.sql.analysis import analyze_within, too_complex
-from custos.sql.facts import Analysis
+from custos.sql.facts import Analysis, analysis_bytes
 from custos.sql.literals import recording_consumed_literals
 from custos.sql.shapes import (
     MAX_SHAPED_CHARS,
@@ -215,13 +215,7 @@ def estimated_bytes(sql: str, analysis: Analysis) -> int:
     """About the memory an analysis holds, from what it is made of (measured with
     tracemalloc: some 300 bytes a result column, 100 an entry of lineage or of the
     columns read), for the cache's budget."""
-    weight = 2048 + 2 * len(sql)
-    for statement in analysis.statements:
-        outputs = statement.output_columns
-        weight += 300 * len(outputs) + 100 * sum(len(output.sources) for output in outputs)
-        weight += 100 * sum(len(names) for names in statement.columns_read.values())
-        weight += 100 * len(statement.pattern_matches)
-    return weight
+    return 2 * len(sql) + analysis_bytes(analysis)
 
 
 def _as_path(search_path: Sequence[str]) -> tuple[str, ...]:

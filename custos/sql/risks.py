@@ -155,6 +155,27 @@ COLLECTING_AGGREGATES = frozenset(
         "nth_value",
     }
 )
+SELECTING_AGGREGATES = frozenset(
+    {
+        "min",
+        "max",
+        "any_value",
+        "mode",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "bool_and",
+        "bool_or",
+        "every",
+        "range_agg",
+        "range_intersect_agg",
+        "percentile_cont",
+    }
+)
+"""Aggregates that return one row's value (or a value of some rows): `min(CASE WHEN
+id % 50 = k THEN name END)` picks one customer per column, fifty per group, so under
+GROUP BY, or with many such columns, LIMIT bounds the rows returned but not those read."""
+
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     # function -> (the kind of the statement that does the same, its COPY destination):
     # a capability reached by a function is decided as the statement that reaches it.

@@ -28,6 +28,7 @@ from custos.sql.risks import (
     PATTERN_OPERATORS,
     ROLE_SETTINGS,
     ROW_FUNCTIONS,
+    SELECTING_AGGREGATES,
     SQL_TEXT_FUNCTIONS,
 )
 from custos.sql.scope import (
@@ -181,6 +182,13 @@ class Walker:
         sort_clause = body.get("sortClause")
         if sort_clause:
             self.output_refs(sort_clause, scope, columns)
+            if body.get("limitCount") is not None:
+                # Ranked by a value computed from a column, the first rows are those that
+                # match (ORDER BY length(name) - length(replace(name, 'mith', ''))).
+                for item in sort_clause:
+                    key = item.get("SortBy", {}).get("node")
+                    if not _plain_operand(key):
+                        self.unclear_search(key, scope)
         for key in ("limitOffset", "limitCount"):
             clause = body.get(key)
             if clause:
@@ -219,10 +227,13 @@ class Walker:
                 sources = self.column_sources(ref["fields"], scope)
                 self._use(sources)
                 name = target.get("name") or last["String"]["sval"]
+                # A computed column of a subquery or CTE stays computed when passed on.
+                computed = _computed_column(scope, ref["fields"])
             else:
                 sources = self.sunk(value, scope)
                 name = target.get("name") or output_name(value)
-            columns.append(Col(name, frozenset(sources)))
+                computed = bool(sources)  # a value computed from columns (opaque)
+            columns.append(Col(name, frozenset(sources), opaque=computed))
         return columns
 
     def star(self, fields: Sequence[Node], scope: Scope) -> list[Col]:
@@ -555,6 +566,21 @@ class Walker:
         self._filtering = True
         self.expr(node, scope)
         self._filtering = outer
+        for test in _tests(node):
+            if not _plain_test(test) or any(
+                _computed_column(scope, fields) for fields in _column_refs(test)
+            ):
+                self.unclear_search(test, scope)
+
+    def unclear_search(self, node: Any, scope: Scope | None) -> None:
+        """A test of a column that is not a plain comparison of it (a value computed from it
+        by arithmetic, a subscript, CASE, COALESCE, a function): what it finds of the column
+        is not known, so it counts as a search of it (fail closed)."""
+        columns: set[Source] = set()
+        for fields in _column_refs(node):
+            columns |= self.column_sources(fields, scope)
+        if columns:
+            self.add_searches(columns, "~", None, False)
 
     def expr(self, node: Any, scope: Scope | None) -> None:
         budget.spend()
@@ -648,7 +674,7 @@ class Walker:
     def called(self, name: str) -> None:
         """What calling the function `name` (bare, lower-case) does, however it is written."""
         c = self._c
-        if name in COLLECTING_AGGREGATES:
+        if name in COLLECTING_AGGREGATES or name in SELECTING_AGGREGATES:
             c.collects_rows = True
         if name in SQL_TEXT_FUNCTIONS:
             c.dynamic = True
@@ -882,6 +908,115 @@ def _searches_a_column(node: Node | None) -> bool:
             return False
         node = args[0]
     return False
+
+
+def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
+    """Whether a column reference names a value computed from columns: a subquery's or CTE's
+    computed column, or a function's result in FROM (`string_to_table(name, ' ') w`).
+    Compared as it is, it still tests a part of the columns it comes from."""
+    names = strings(fields)
+    if not names or len(names) != len(fields) or scope is None:
+        return False  # `*`, or a subscript: judged elsewhere
+    if len(names) >= 2:
+        rte = scope.find_rte(names[-2])
+        return rte is not None and _computed_in(rte, names[-1])
+    level: Scope | None = scope
+    while level is not None:
+        for rte in level.rtes:
+            if rte.plain_relation is None and any(c.name == names[0] for c in rte.columns):
+                return _computed_in(rte, names[0])
+            if rte.refname == names[0] and rte.relation is None:
+                return _computed_in(rte, None)  # a function's scalar result, by its alias
+        level = level.parent
+    return False
+
+
+def _computed_in(rte: Rte, name: str | None) -> bool:
+    return rte.relation is None and any(
+        column.opaque and column.sources and column.name in (name, None) for column in rte.columns
+    )
+
+
+def _tests(node: Any) -> list[Any]:
+    """The tests a filter combines with AND, OR and NOT."""
+    if type(node) is list:
+        return [test for item in node for test in _tests(item)]
+    if type(node) is dict and "BoolExpr" in node:
+        return _tests(node["BoolExpr"].get("args") or [])
+    return [node]
+
+
+_PLAIN_COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
+_PLAIN_KINDS = frozenset(
+    {
+        "AEXPR_OP",
+        "AEXPR_IN",
+        "AEXPR_OP_ANY",
+        "AEXPR_OP_ALL",
+        "AEXPR_DISTINCT",
+        "AEXPR_NOT_DISTINCT",
+        "AEXPR_BETWEEN",
+        "AEXPR_NOT_BETWEEN",
+    }
+)
+
+
+def _plain_test(node: Any) -> bool:
+    """Whether a test compares columns as they are (or constants): `id = 5`, `a.x = b.y`,
+    `created_at > now() - interval '1 day'`, `c IS NULL`, `x IN (SELECT ...)`. Pattern
+    matches are judged by their own rules."""
+    if type(node) is not dict:
+        return True
+    expression = node.get("A_Expr")
+    if expression is not None:
+        name = expression.get("name")
+        operator = name[-1]["String"]["sval"] if name else ""
+        kind = expression.get("kind")
+        if operator in PATTERN_OPERATORS and kind in PATTERN_EXPR_KINDS:
+            return True
+        if kind not in _PLAIN_KINDS:
+            return False
+        if not kind.endswith("BETWEEN") and operator not in _PLAIN_COMPARISONS:
+            return False
+        return _plain_operand(expression.get("lexpr")) and _plain_operand(expression.get("rexpr"))
+    call = node.get("FuncCall")
+    if call is not None:
+        return strings(call["funcname"])[-1] in PATTERN_FUNCTIONS
+    for key in ("NullTest", "BooleanTest"):
+        test = node.get(key)
+        if test is not None:
+            return _plain_operand(test.get("arg"))
+    sublink = node.get("SubLink")
+    if sublink is not None:
+        return _plain_operand(sublink.get("testexpr"))
+    return "ColumnRef" in node or "A_Const" in node or "ParamRef" in node
+
+
+def _plain_operand(node: Any) -> bool:
+    """A column as it is (maybe cast, lower- or upper-cased), or a value computed from no
+    column of the query (constants, parameters, now(), a subquery)."""
+    if type(node) is list:
+        return all(_plain_operand(item) for item in node)
+    return node is None or _searches_a_column(node) or not _column_refs(node)
+
+
+def _column_refs(node: Any) -> list[Sequence[Node]]:
+    """The column references of an expression, but those of its subqueries (their own)."""
+    found: list[Sequence[Node]] = []
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is dict:
+            for key, value in item.items():
+                if key == "ColumnRef":
+                    found.append(value["fields"])
+                elif key == "SubLink":
+                    pending.append(value.get("testexpr"))
+                elif type(value) is dict or type(value) is list:
+                    pending.append(value)
+    return found
 
 
 def _computed(node: Node | None) -> bool:
