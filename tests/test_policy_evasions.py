@@ -601,3 +601,74 @@ class TestFourthRound:
         with psycopg_connect(governed) as agent:
             assert refused(agent, sql) == "54001"
             assert rows_of(agent, "SELECT 1") == [(1,)]
+
+
+# --- the fifth round ------------------------------------------------------------------------
+#
+# sum() of one customer's name as a number carried 1,999 names in one row under LIMIT 1;
+# rankings named by an output alias or number, or computed in a subquery or LATERAL, found
+# Smiths; so did string_to_table in FROM, subqueries as the test, and USING or NATURAL
+# joins on computed columns; a statement copying one lineage thousands of times ran 10 s
+# past its budget; DECLARE ... WITH HOLD cursors were not counted in the session's bytes.
+
+
+class TestFifthRound:
+    def test_every_aggregate_but_count_reads_past_limit(
+        self, governed: GatewayProcess, superuser: psycopg.Connection
+    ) -> None:
+        picks = ", ".join(
+            f"sum(CASE WHEN id % 50 = {k} THEN birth_date - date '1900-01-01' END)"
+            for k in range(50)
+        )
+        sql = f"SELECT id / 50, {picks} FROM crm.customers GROUP BY 1 ORDER BY 1 LIMIT 100"
+        values = [value for row in superuser.execute(sql).fetchall() for value in row[1:]]
+        assert len([value for value in values if value is not None]) > 100
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+            assert rows_of(agent, "SELECT count(*) FROM crm.customers LIMIT 1") != []
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT id, full_name, length(full_name) - length(replace(full_name, 'mith', ''))"
+            " AS k FROM crm.customers ORDER BY k DESC, id LIMIT 5",
+            "SELECT id, full_name, length(full_name) - length(replace(full_name, 'mith', ''))"
+            " AS k FROM crm.customers ORDER BY 3 DESC, 1 LIMIT 5",
+            "SELECT id, full_name FROM (SELECT id, full_name, length(full_name)"
+            " - length(replace(full_name, 'mith', '')) AS k FROM crm.customers) s"
+            " ORDER BY k DESC, id LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c JOIN LATERAL (SELECT"
+            " array_length(string_to_array(c.full_name, 'mith'), 1) AS k) x ON true"
+            " ORDER BY x.k DESC, c.id LIMIT 5",
+            "SELECT id, full_name FROM (SELECT id, full_name FROM crm.customers ORDER BY"
+            " length(full_name) - length(replace(full_name, 'mith', '')) DESC, id) s LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c, string_to_table(c.full_name, 'mith') t"
+            " GROUP BY c.id, c.full_name HAVING count(*) > 1 ORDER BY c.id LIMIT 5",
+            "SELECT id, full_name FROM crm.customers c WHERE EXISTS"
+            " (SELECT FROM string_to_table(c.full_name, 'mith') OFFSET 1) ORDER BY id LIMIT 5",
+            "SELECT id, full_name FROM crm.customers c WHERE 1 <"
+            " (SELECT array_length(string_to_array(c.full_name, 'mith'), 1)) ORDER BY id LIMIT 5",
+            "SELECT s.id, s.full_name FROM (SELECT id, full_name, length(full_name)"
+            " - length(replace(full_name, 'mith', '')) AS k FROM crm.customers) s"
+            " JOIN (VALUES (4)) v(k) USING (k) ORDER BY s.id LIMIT 5",
+            "SELECT s.id, s.full_name FROM (SELECT id, full_name, length(full_name)"
+            " - length(replace(full_name, 'mith', '')) AS k FROM crm.customers) s"
+            " NATURAL JOIN (VALUES (4)) v(k) ORDER BY s.id LIMIT 5",
+        ],
+    )
+    def test_searches_by_ranking_subquery_or_join_are_refused(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        found = {row[1] for row in superuser.execute(sql).fetchall()}
+        assert found, "directly, it finds customers"
+        assert all("mith" in name for name in found), "directly, it finds Smiths"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+
+    def test_a_lineage_copied_thousands_of_times_spends_the_budget(self) -> None:
+        array = "ARRAY[" + ", ".join(f"c{n}" for n in range(20000)) + "]"
+        sql = f"WITH x AS (SELECT {array} AS v FROM t) SELECT {', '.join(['v'] * 2000)} FROM x"
+        analysis = analyze(sql, ("public",))
+        assert analysis.error_sqlstate == "54001"

@@ -115,3 +115,18 @@ def test_named_portals_count_too_and_the_unnamed_one_does_not() -> None:
         machine.server_data(BIND_COMPLETE + ready("T"))
     assert refused is not None
     assert 1 <= refused < 4  # a quarter of the budget each, with the statement's own share
+
+
+def test_cursors_declared_in_sql_count_too() -> None:
+    machine = limited()
+    for number in range(10_000):
+        sql = f"DECLARE c{number} CURSOR WITH HOLD FOR {statement(number)}"
+        if machine.client_data(query(sql))[0].data == REFUSAL_QUERY:  # type: ignore[attr-defined]
+            answer = machine.server_data(refusal_block_error() + ready())
+            (kind, body), *_ = split(sent_to_client(answer))
+            assert kind == "E"
+            assert parse_notice(body).fields["C"] == "54000"
+            assert number > 100
+            return
+        machine.server_data(command_complete("DECLARE CURSOR") + ready())
+    raise AssertionError("no DECLARE was refused")

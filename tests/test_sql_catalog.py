@@ -15,6 +15,7 @@ from custos.sql.risks import (
     COLLECTING_AGGREGATES,
     EFFECT_FUNCTIONS,
     ROW_FUNCTIONS,
+    SELECTING_AGGREGATES,
     SQL_TEXT_FUNCTIONS,
     has_effects,
 )
@@ -133,3 +134,11 @@ def test_every_listed_function_with_effects_exists(catalog) -> None:
     # Those of extensions the test server does not install, and of older servers.
     elsewhere = {"pg_stat_statements_reset", "pg_start_backup", "pg_stop_backup"}
     assert EFFECT_FUNCTIONS - builtins - elsewhere == set()
+
+
+def test_every_builtin_aggregate_but_count_makes_limit_no_bound(catalog) -> None:
+    found = names(
+        catalog, "SELECT p.proname FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid"
+    )
+    assert "sum" in found, "the catalog query no longer matches the server's catalog"
+    assert found - COLLECTING_AGGREGATES - SELECTING_AGGREGATES == {"count"}

@@ -649,15 +649,20 @@ class SessionMachine:
         )
 
     def _room_for_prepares(self, statement: Statement) -> bool:
-        """Whether a PREPARE in SQL fits the session's prepared statements (see _room_for)."""
+        """Whether a PREPARE or DECLARE in SQL fits what the session holds (see _room_for)."""
         analysis = statement.analysis
         if not analysis.session_effects:
             return True
         for facts, text in zip(analysis.statements, analysis.texts, strict=False):
-            if facts.prepares is not None:
-                weight = 2 * len(text) + estimated_bytes(text, analysis)
-                if not self._room_for(sql_name(facts.prepares), weight):
-                    return False
+            weight = 2 * len(text) + estimated_bytes(text, analysis)
+            if facts.prepares is not None and not self._room_for(
+                sql_name(facts.prepares), weight
+            ):
+                return False
+            if facts.declares is not None and not self._room_for(
+                sql_name(facts.declares), weight, portal=True
+            ):
+                return False
         return True
 
     def _take_bind(self, body: bytes) -> _Taken:

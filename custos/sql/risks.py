@@ -159,7 +159,6 @@ SELECTING_AGGREGATES = frozenset(
     {
         "min",
         "max",
-        "any_value",
         "mode",
         "bit_and",
         "bit_or",
@@ -170,11 +169,38 @@ SELECTING_AGGREGATES = frozenset(
         "range_agg",
         "range_intersect_agg",
         "percentile_cont",
+        "sum",
+        "avg",
+        "corr",
+        "covar_pop",
+        "covar_samp",
+        "regr_avgx",
+        "regr_avgy",
+        "regr_count",
+        "regr_intercept",
+        "regr_r2",
+        "regr_slope",
+        "regr_sxx",
+        "regr_sxy",
+        "regr_syy",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "rank",
+        "dense_rank",
+        "percent_rank",
+        "cume_dist",
     }
 )
-"""Aggregates that return one row's value (or a value of some rows): `min(CASE WHEN
-id % 50 = k THEN name END)` picks one customer per column, fifty per group, so under
-GROUP BY, or with many such columns, LIMIT bounds the rows returned but not those read."""
+"""Every other built-in aggregate but count: each returns a value of the rows it reads, or
+one computed from them, and one row's own value whenever a CASE leaves it alone
+(`min(CASE WHEN id % 50 = k THEN name END)`; the sum of one number is that number, and
+numbers can carry names). Under GROUP BY, or with many such columns, LIMIT bounds the rows
+returned but not those read. tests/test_sql_catalog.py checks the two lists against
+pg_aggregate."""
 
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     # function -> (the kind of the statement that does the same, its COPY destination):

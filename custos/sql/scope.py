@@ -181,6 +181,7 @@ def resolve_name(scope: Scope | None, name: str) -> set[Source]:
         for rte, found in definite or possible:
             rte.touched += 1
             sources |= found
+            budget.spend(len(found))  # a column's lineage is copied: thousands of entries
         if definite:
             return sources
         level = level.parent

@@ -182,13 +182,19 @@ class Walker:
         sort_clause = body.get("sortClause")
         if sort_clause:
             self.output_refs(sort_clause, scope, columns)
-            if body.get("limitCount") is not None:
-                # Ranked by a value computed from a column, the first rows are those that
-                # match (ORDER BY length(name) - length(replace(name, 'mith', ''))).
-                for item in sort_clause:
-                    key = item.get("SortBy", {}).get("node")
-                    if not _plain_operand(key):
-                        self.unclear_search(key, scope)
+            # Ranked by a value computed from a column, the first rows are those that match
+            # (ORDER BY length(name) - length(replace(name, 'mith', ''))), whether the key
+            # is written out, named by its alias or number, or computed in a subquery.
+            for item in sort_clause:
+                key = item.get("SortBy", {}).get("node")
+                output = _sort_output(key, columns)
+                if output is not None:
+                    if output.opaque and output.sources:
+                        self.add_searches(set(output.sources), "~", None, False)
+                elif not _plain_operand(key) or any(
+                    _computed_column(scope, fields) for fields in _column_refs(key)
+                ):
+                    self.unclear_search(key, scope)
         for key in ("limitOffset", "limitCount"):
             clause = body.get(key)
             if clause:
@@ -349,6 +355,10 @@ class Walker:
         # Functions in FROM are implicitly LATERAL; their result may carry anything of their
         # arguments, so every column of it has the arguments' lineage.
         sources = frozenset(self.sunk(body, Scope(scope.parent, list(lateral), scope.ctes)))
+        if sources:
+            # Its rows are parts of the columns it is given (string_to_table(name, 'mith'):
+            # one row more per match), so what the statement does with them searches those.
+            self.add_searches(set(sources), "~", None, False)
         alias = body.get("alias")
         names = _alias_names(alias)
         refname = alias["aliasname"] if alias else None
@@ -378,7 +388,17 @@ class Walker:
         if quals is not None:
             self.condition(quals, Scope(scope.parent, both, scope.ctes))
         merged: list[Col] = []
-        for name in strings(body.get("usingClause") or ()):
+        using = strings(body.get("usingClause") or ())
+        if body.get("isNatural") or using:
+            # Joined on equal values: a column computed from others (a subquery's, a
+            # function's) compared so is a search of those, as in a WHERE.
+            natural = bool(body.get("isNatural"))
+            for rte in both:
+                for column in rte.columns:
+                    joined = natural or column.name in using or column.name is None
+                    if joined and column.opaque and column.sources and rte.relation is None:
+                        self.add_searches(set(column.sources), "~", None, False)
+        for name in using:
             sources: set[Source] = set()
             for side in (left, right):
                 sources |= resolve_name(Scope(None, side), name)
@@ -577,7 +597,8 @@ class Walker:
         by arithmetic, a subscript, CASE, COALESCE, a function): what it finds of the column
         is not known, so it counts as a search of it (fail closed)."""
         columns: set[Source] = set()
-        for fields in _column_refs(node):
+        # A subquery's references too: those to the outer query are what it tests.
+        for fields in _column_refs(node, into_subqueries=True):
             columns |= self.column_sources(fields, scope)
         if columns:
             self.add_searches(columns, "~", None, False)
@@ -937,6 +958,21 @@ def _computed_in(rte: Rte, name: str | None) -> bool:
     )
 
 
+def _sort_output(key: Any, columns: Sequence[Col]) -> Col | None:
+    """The output column an ORDER BY key names by its number or alias, if it does."""
+    if type(key) is not dict:
+        return None
+    number = literals.constant(key) if "A_Const" in key else None
+    if type(number) is int:
+        return columns[number - 1] if 0 < number <= len(columns) else None
+    ref = key.get("ColumnRef")
+    if ref is not None and len(ref["fields"]) == 1 and "String" in ref["fields"][0]:
+        name = ref["fields"][0]["String"]["sval"]
+        named = [column for column in columns if column.name == name]
+        return named[0] if len(named) == 1 and named[0].opaque else None
+    return None
+
+
 def _tests(node: Any) -> list[Any]:
     """The tests a filter combines with AND, OR and NOT."""
     if type(node) is list:
@@ -997,11 +1033,16 @@ def _plain_operand(node: Any) -> bool:
     column of the query (constants, parameters, now(), a subquery)."""
     if type(node) is list:
         return all(_plain_operand(item) for item in node)
-    return node is None or _searches_a_column(node) or not _column_refs(node)
+    return (
+        node is None
+        or _searches_a_column(node)
+        or not _column_refs(node, into_subqueries=True)
+    )
 
 
-def _column_refs(node: Any) -> list[Sequence[Node]]:
-    """The column references of an expression, but those of its subqueries (their own)."""
+def _column_refs(node: Any, into_subqueries: bool = False) -> list[Sequence[Node]]:
+    """The column references of an expression, and those of its subqueries if asked (a
+    subquery may test the outer query's columns: `1 < (SELECT f(c.name))`)."""
     found: list[Sequence[Node]] = []
     pending = [node]
     while pending:
@@ -1012,7 +1053,7 @@ def _column_refs(node: Any) -> list[Sequence[Node]]:
             for key, value in item.items():
                 if key == "ColumnRef":
                     found.append(value["fields"])
-                elif key == "SubLink":
+                elif key == "SubLink" and not into_subqueries:
                     pending.append(value.get("testexpr"))
                 elif type(value) is dict or type(value) is list:
                     pending.append(value)
