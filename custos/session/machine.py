@@ -655,9 +655,7 @@ class SessionMachine:
             return True
         for facts, text in zip(analysis.statements, analysis.texts, strict=False):
             weight = 2 * len(text) + estimated_bytes(text, analysis)
-            if facts.prepares is not None and not self._room_for(
-                sql_name(facts.prepares), weight
-            ):
+            if facts.prepares is not None and not self._room_for(sql_name(facts.prepares), weight):
                 return False
             if facts.declares is not None and not self._room_for(
                 sql_name(facts.declares), weight, portal=True

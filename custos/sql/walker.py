@@ -1033,11 +1033,7 @@ def _plain_operand(node: Any) -> bool:
     column of the query (constants, parameters, now(), a subquery)."""
     if type(node) is list:
         return all(_plain_operand(item) for item in node)
-    return (
-        node is None
-        or _searches_a_column(node)
-        or not _column_refs(node, into_subqueries=True)
-    )
+    return node is None or _searches_a_column(node) or not _column_refs(node, into_subqueries=True)
 
 
 def _column_refs(node: Any, into_subqueries: bool = False) -> list[Sequence[Node]]:
