@@ -672,3 +672,55 @@ class TestFifthRound:
         sql = f"WITH x AS (SELECT {array} AS v FROM t) SELECT {', '.join(['v'] * 2000)} FROM x"
         analysis = analyze(sql, ("public",))
         assert analysis.error_sqlstate == "54001"
+
+
+# --- the sixth round ------------------------------------------------------------------------
+#
+# K is 1 for a Smith and 0 for anyone else, with no pattern function in sight. A
+# set-returning function in the select list given K returns no row where it is 0; a LIMIT
+# or OFFSET computed from an outer column picks rows; EXCEPT and INTERSECT compare computed
+# values without a written test; a LATERAL VALUES column was not traced back to the name.
+
+K = "(length(full_name) - length(replace(full_name, 'mith', ''))) / 4"
+KC = K.replace("full_name", "c.full_name")
+
+
+class TestSixthRound:
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            f"SELECT id, full_name, generate_series(1, {K}) FROM crm.customers ORDER BY id LIMIT 5",
+            f"SELECT id, full_name, unnest(array_fill(1, ARRAY[{K}])) FROM crm.customers"
+            " ORDER BY id LIMIT 5",
+            f"SELECT id, full_name FROM (SELECT id, full_name, generate_series(1, {K}) g"
+            " FROM crm.customers) s ORDER BY id LIMIT 5",
+            f"SELECT c.id, c.full_name FROM crm.customers c CROSS JOIN LATERAL"
+            f" (SELECT 1 LIMIT {KC}) x ORDER BY c.id LIMIT 5",
+            f"SELECT c.id, c.full_name FROM crm.customers c CROSS JOIN LATERAL"
+            f" (SELECT 1 OFFSET 1 - {KC}) x ORDER BY c.id LIMIT 5",
+            f"SELECT id, full_name FROM crm.customers c WHERE EXISTS (SELECT 1 LIMIT {KC})"
+            " ORDER BY id LIMIT 5",
+            "SELECT id, full_name FROM (SELECT id, full_name FROM crm.customers EXCEPT"
+            " SELECT id, replace(full_name, 'mith', '') FROM crm.customers) s ORDER BY id LIMIT 5",
+            "SELECT id, n FROM (SELECT id, full_name n, split_part(full_name, ' ', 2) s"
+            " FROM crm.customers INTERSECT SELECT id, full_name, 'Smith' FROM crm.customers) s"
+            " ORDER BY id LIMIT 5",
+            "SELECT id, full_name FROM crm.customers c WHERE EXISTS (SELECT"
+            " split_part(c.full_name, ' ', 2) INTERSECT SELECT 'Smith') ORDER BY id LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c CROSS JOIN LATERAL"
+            " (VALUES (split_part(c.full_name, ' ', 2))) v(s) WHERE v.s = 'Smith'"
+            " ORDER BY c.id LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c JOIN LATERAL"
+            " (VALUES (split_part(c.full_name, ' ', 2))) v(s) ON v.s = 'Smith'"
+            " ORDER BY c.id LIMIT 5",
+        ],
+    )
+    def test_rows_picked_by_a_computed_value_are_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        found = {row[1] for row in superuser.execute(sql).fetchall()}
+        assert found, "directly, it finds customers"
+        assert all("mith" in name for name in found), "directly, it finds Smiths"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []

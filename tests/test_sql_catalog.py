@@ -16,6 +16,7 @@ from custos.sql.risks import (
     EFFECT_FUNCTIONS,
     ROW_FUNCTIONS,
     SELECTING_AGGREGATES,
+    SET_RETURNING_FUNCTIONS,
     SQL_TEXT_FUNCTIONS,
     has_effects,
 )
@@ -142,3 +143,13 @@ def test_every_builtin_aggregate_but_count_makes_limit_no_bound(catalog) -> None
     )
     assert "sum" in found, "the catalog query no longer matches the server's catalog"
     assert found - COLLECTING_AGGREGATES - SELECTING_AGGREGATES == {"count"}
+
+
+def test_every_builtin_returning_rows_from_arguments_is_listed(catalog) -> None:
+    found = names(
+        catalog,
+        "SELECT proname FROM pg_proc WHERE proretset AND pronargs > 0"
+        " AND pronamespace = 'pg_catalog'::regnamespace",
+    )
+    assert "generate_series" in found, "the catalog query no longer matches the catalog"
+    assert found - SET_RETURNING_FUNCTIONS == set()

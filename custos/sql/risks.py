@@ -202,6 +202,62 @@ numbers can carry names). Under GROUP BY, or with many such columns, LIMIT bound
 returned but not those read. tests/test_sql_catalog.py checks the two lists against
 pg_aggregate."""
 
+SET_RETURNING_FUNCTIONS = frozenset(
+    {
+        "aclexplode",
+        "generate_series",
+        "generate_subscripts",
+        "json_array_elements",
+        "json_array_elements_text",
+        "json_each",
+        "json_each_text",
+        "json_object_keys",
+        "json_populate_recordset",
+        "json_to_recordset",
+        "jsonb_array_elements",
+        "jsonb_array_elements_text",
+        "jsonb_each",
+        "jsonb_each_text",
+        "jsonb_object_keys",
+        "jsonb_path_query",
+        "jsonb_path_query_tz",
+        "jsonb_populate_recordset",
+        "jsonb_to_recordset",
+        "pg_extension_update_paths",
+        "pg_get_multixact_members",
+        "pg_get_publication_tables",
+        "pg_logical_slot_get_binary_changes",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_peek_binary_changes",
+        "pg_logical_slot_peek_changes",
+        "pg_ls_dir",
+        "pg_ls_replslotdir",
+        "pg_ls_tmpdir",
+        "pg_mcv_list_items",
+        "pg_options_to_table",
+        "pg_partition_ancestors",
+        "pg_partition_tree",
+        "pg_snapshot_xip",
+        "pg_stat_get_activity",
+        "pg_stat_get_progress_info",
+        "pg_stat_get_subscription",
+        "pg_tablespace_databases",
+        "regexp_matches",
+        "regexp_split_to_table",
+        "string_to_table",
+        "ts_debug",
+        "ts_parse",
+        "ts_stat",
+        "ts_token_type",
+        "txid_snapshot_xip",
+        "unnest",
+    }
+)
+"""Built-in functions returning rows, taking arguments: given a value computed from a
+column, the rows they return (none when a count is 0: generate_series(1, f(name))) pick
+which rows the statement returns, wherever the call stands. tests/test_sql_catalog.py
+checks the list against pg_proc."""
+
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     # function -> (the kind of the statement that does the same, its COPY destination):
     # a capability reached by a function is decided as the statement that reaches it.
@@ -273,6 +329,11 @@ EFFECT_FUNCTIONS = frozenset(
         "pg_stat_reset_replication_slot",
         "pg_stat_reset_subscription_stats",
         "pg_stat_statements_reset",
+        # Indexes' own maintenance, beyond the statement's rows.
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
     }
 )
 EFFECT_FUNCTION_PREFIXES = (

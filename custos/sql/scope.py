@@ -64,12 +64,12 @@ def renamed(columns: list[Col], names: list[str]) -> list[Col]:
     for index, column in enumerate(columns):
         if column.name is None:
             # The expansion's width is unknown: every remaining alias may be any of its columns.
-            result.extend(Col(name, column.sources) for name in pending)
+            result.extend(Col(name, column.sources, column.opaque) for name in pending)
             # Some of its columns now go by the alias names, and no one knows how many.
             result.extend(unexpandable(columns[index:]))
             return result
         new_name = next(pending, None)
-        result.append(column if new_name is None else Col(new_name, column.sources))
+        result.append(column if new_name is None else Col(new_name, column.sources, column.opaque))
     return result
 
 

@@ -29,6 +29,7 @@ from custos.sql.risks import (
     ROLE_SETTINGS,
     ROW_FUNCTIONS,
     SELECTING_AGGREGATES,
+    SET_RETURNING_FUNCTIONS,
     SQL_TEXT_FUNCTIONS,
 )
 from custos.sql.scope import (
@@ -156,6 +157,11 @@ class Walker:
             right = self.select(body["rarg"], scope, record_star=record_star)
             self._scans |= after_left
             columns = _union(left, right)
+            if body.get("op") in ("SETOP_EXCEPT", "SETOP_INTERSECT"):
+                # Rows kept or dropped by comparing whole rows: a test of every column.
+                for column in columns:
+                    if column.sources:
+                        self.add_searches(set(column.sources), "~", None, False)
         elif "valuesLists" in body:
             columns = self.values(body["valuesLists"], scope)
         else:
@@ -199,6 +205,10 @@ class Walker:
             clause = body.get(key)
             if clause:
                 self.expr(clause, scope)
+                if _column_refs(clause, into_subqueries=True):
+                    # A LIMIT or OFFSET computed from an outer query's column picks rows by
+                    # it (LATERAL (SELECT 1 LIMIT f(c.name))): a search of what it reads.
+                    self.unclear_search(clause, scope)
         return columns
 
     def values(self, rows: Sequence[Node], scope: Scope) -> list[Col]:
@@ -210,7 +220,11 @@ class Walker:
                     lineage[index] |= sources
                 else:
                     lineage.append(sources)
-        return [Col(f"column{i}", frozenset(s)) for i, s in enumerate(lineage, start=1)]
+        # Values of rows given in the text: any that comes from a column is computed from
+        # it (a LATERAL VALUES (split_part(c.name, ' ', 2))), and compared as such.
+        return [
+            Col(f"column{i}", frozenset(s), opaque=bool(s)) for i, s in enumerate(lineage, start=1)
+        ]
 
     def target_list(self, items: Iterable[Node], scope: Scope, record_star: bool) -> list[Col]:
         columns: list[Col] = []
@@ -731,7 +745,13 @@ class Walker:
                 return
         if name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
             self.set_config(body.get("args") or (), body)
-        if selects and searched is None:
+        if name in SET_RETURNING_FUNCTIONS:
+            # How many rows it returns depends on its arguments: given a column's value,
+            # it picks rows (generate_series(1, f(name)) returns none where f is 0).
+            columns = self.traced(body.get("args") or [], scope)
+            if columns:
+                self.add_searches(columns, "~", None, False)
+        elif selects and searched is None:
             # A function that is itself the filter (jsonb_path_exists, xmlexists, one of
             # the database's own): what it tests of a column is not known, so it is a search.
             columns = self.traced(body.get("args") or [], scope)
