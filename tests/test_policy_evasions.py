@@ -724,3 +724,43 @@ class TestSixthRound:
         with psycopg_connect(governed) as agent:
             assert refused(agent, sql) == "42501"
             assert rows_of(agent, sql) == []
+
+
+# --- the seventh round ----------------------------------------------------------------------
+#
+# A value computed from the outer row in the results of an IN / ANY subquery: the subquery
+# was taken for a plain operand, since its own columns were not looked at.
+
+
+class TestSeventhRound:
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            f"c.id IN (SELECT c.id * ({KC}))",
+            f"c.id = ANY (SELECT c.id * ({KC}))",
+            f"c.id IN (VALUES (c.id * ({KC})))",
+            f"1 IN (SELECT {KC})",
+            f"0 NOT IN (SELECT {KC})",
+            f"c.id IN (SELECT NULLIF(({KC}), 0) * c.id)",
+            "'Smith' IN (SELECT split_part(c.full_name, ' ', 2))",
+            "c.full_name NOT IN (SELECT replace(c.full_name, 'mith', ''))",
+        ],
+    )
+    def test_a_subquery_compared_with_a_computed_value_is_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+    ) -> None:
+        sql = (
+            f"SELECT c.id, c.full_name FROM crm.customers c WHERE {condition} ORDER BY c.id LIMIT 5"
+        )
+        found = {row[1] for row in superuser.execute(sql).fetchall()}
+        assert found, "directly, it finds customers"
+        assert all("mith" in name for name in found), "directly, it finds Smiths"
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+            # A subquery of columns as they are compares as a plain IN.
+            plain = (
+                "SELECT c.id FROM crm.customers c WHERE c.id IN"
+                " (SELECT customer_id FROM crm.orders) ORDER BY c.id LIMIT 5"
+            )
+            assert len(rows_of(agent, plain)) == 5

@@ -1044,8 +1044,21 @@ def _plain_test(node: Any) -> bool:
             return _plain_operand(test.get("arg"))
     sublink = node.get("SubLink")
     if sublink is not None:
-        return _plain_operand(sublink.get("testexpr"))
+        return _plain_operand(sublink.get("testexpr")) and _plain_results(sublink)
     return "ColumnRef" in node or "A_Const" in node or "ParamRef" in node
+
+
+def _plain_results(sublink: Node) -> bool:
+    """Whether what an IN / ANY / ALL subquery compares with are columns as they are or
+    constants: `x IN (SELECT f(c.name))` tests a value computed from the outer row."""
+    if sublink.get("subLinkType") not in ("ANY_SUBLINK", "ALL_SUBLINK"):
+        return True  # EXISTS: its own WHERE is judged where it is walked
+    select = (sublink.get("subselect") or {}).get("SelectStmt") or {}
+    values = [
+        item for row in select.get("valuesLists") or () for item in row["List"].get("items") or ()
+    ]
+    targets = [target["ResTarget"].get("val") for target in select.get("targetList") or ()]
+    return all(_plain_operand(value) for value in (*values, *targets))
 
 
 def _plain_operand(node: Any) -> bool:
