@@ -603,6 +603,19 @@ class TestFourthRound:
             assert rows_of(agent, "SELECT 1") == [(1,)]
 
 
+def assert_smiths_found_and_refused(
+    governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+) -> None:
+    """The statement finds only Smiths directly (its second column, a name), and nothing
+    as the agent: refused as the search it is."""
+    found = {row[1] for row in superuser.execute(sql).fetchall()}
+    assert found, "directly, it finds customers"
+    assert all("mith" in name for name in found), "directly, it finds Smiths"
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, sql) == "42501"
+        assert rows_of(agent, sql) == []
+
+
 # --- the fifth round ------------------------------------------------------------------------
 #
 # sum() of one customer's name as a number carried 1,999 names in one row under LIMIT 1;
@@ -660,12 +673,7 @@ class TestFifthRound:
     def test_searches_by_ranking_subquery_or_join_are_refused(
         self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
     ) -> None:
-        found = {row[1] for row in superuser.execute(sql).fetchall()}
-        assert found, "directly, it finds customers"
-        assert all("mith" in name for name in found), "directly, it finds Smiths"
-        with psycopg_connect(governed) as agent:
-            assert refused(agent, sql) == "42501"
-            assert rows_of(agent, sql) == []
+        assert_smiths_found_and_refused(governed, superuser, sql)
 
     def test_a_lineage_copied_thousands_of_times_spends_the_budget(self) -> None:
         array = "ARRAY[" + ", ".join(f"c{n}" for n in range(20000)) + "]"
@@ -718,12 +726,7 @@ class TestSixthRound:
     def test_rows_picked_by_a_computed_value_are_a_search(
         self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
     ) -> None:
-        found = {row[1] for row in superuser.execute(sql).fetchall()}
-        assert found, "directly, it finds customers"
-        assert all("mith" in name for name in found), "directly, it finds Smiths"
-        with psycopg_connect(governed) as agent:
-            assert refused(agent, sql) == "42501"
-            assert rows_of(agent, sql) == []
+        assert_smiths_found_and_refused(governed, superuser, sql)
 
 
 # --- the seventh round ----------------------------------------------------------------------
@@ -752,15 +755,11 @@ class TestSeventhRound:
         sql = (
             f"SELECT c.id, c.full_name FROM crm.customers c WHERE {condition} ORDER BY c.id LIMIT 5"
         )
-        found = {row[1] for row in superuser.execute(sql).fetchall()}
-        assert found, "directly, it finds customers"
-        assert all("mith" in name for name in found), "directly, it finds Smiths"
+        assert_smiths_found_and_refused(governed, superuser, sql)
+        # A subquery of columns as they are compares as a plain IN.
+        plain = (
+            "SELECT c.id FROM crm.customers c WHERE c.id IN"
+            " (SELECT customer_id FROM crm.orders) ORDER BY c.id LIMIT 5"
+        )
         with psycopg_connect(governed) as agent:
-            assert refused(agent, sql) == "42501"
-            assert rows_of(agent, sql) == []
-            # A subquery of columns as they are compares as a plain IN.
-            plain = (
-                "SELECT c.id FROM crm.customers c WHERE c.id IN"
-                " (SELECT customer_id FROM crm.orders) ORDER BY c.id LIMIT 5"
-            )
             assert len(rows_of(agent, plain)) == 5

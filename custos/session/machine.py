@@ -654,12 +654,11 @@ class SessionMachine:
         if not analysis.session_effects:
             return True
         for facts, text in zip(analysis.statements, analysis.texts, strict=False):
+            name = facts.prepares if facts.prepares is not None else facts.declares
+            if name is None:
+                continue
             weight = 2 * len(text) + estimated_bytes(text, analysis)
-            if facts.prepares is not None and not self._room_for(sql_name(facts.prepares), weight):
-                return False
-            if facts.declares is not None and not self._room_for(
-                sql_name(facts.declares), weight, portal=True
-            ):
+            if not self._room_for(sql_name(name), weight, portal=facts.prepares is None):
                 return False
         return True
 

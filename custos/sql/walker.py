@@ -745,15 +745,10 @@ class Walker:
                 return
         if name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
             self.set_config(body.get("args") or (), body)
-        if name in SET_RETURNING_FUNCTIONS:
-            # How many rows it returns depends on its arguments: given a column's value,
-            # it picks rows (generate_series(1, f(name)) returns none where f is 0).
-            columns = self.traced(body.get("args") or [], scope)
-            if columns:
-                self.add_searches(columns, "~", None, False)
-        elif selects and searched is None:
-            # A function that is itself the filter (jsonb_path_exists, xmlexists, one of
-            # the database's own): what it tests of a column is not known, so it is a search.
+        if name in SET_RETURNING_FUNCTIONS or (selects and searched is None):
+            # What it tests of a column is not known: a function that is itself the filter
+            # (jsonb_path_exists, xmlexists), or one whose rows depend on its arguments
+            # (generate_series(1, f(name)) returns none where f is 0). A search of them.
             columns = self.traced(body.get("args") or [], scope)
             if columns:
                 self.add_searches(columns, "~", None, False)

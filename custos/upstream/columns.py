@@ -174,19 +174,12 @@ class ColumnCatalog:
 
         The database's own relations reach nothing that matters (reach.asked_about).
         """
-        now = self._clock()
-        reached: dict[str, Reach] = {}
-        until = now + self._ttl
+        pairs: list[tuple[str, tuple[Reach, float] | None]] = []
         for relation in relations:
-            if not asked_about(relation):
-                continue
-            entry = self._entries.get(relation)
-            if entry is None or not self._fresh(entry, now):
-                return None
-            until = min(until, entry.read_at + self._ttl)
-            if entry.reach is not NOTHING_REACHED:
-                reached[relation] = entry.reach
-        return reached, until
+            if asked_about(relation):
+                entry = self._entries.get(relation)
+                pairs.append((relation, None if entry is None else (entry.reach, entry.read_at)))
+        return self._gathered(pairs)
 
     @property
     def generation(self) -> int:
@@ -203,11 +196,18 @@ class ColumnCatalog:
         """What each operator (kind "operator") or cast type (kind "type") of these names
         runs, for those that run something, and until when that holds; None while one is
         unread or stale."""
+        behind = self._behind
+        return self._gathered((name, behind.get((kind, name))) for name in names)
+
+    def _gathered(
+        self, entries: Iterable[tuple[str, tuple[Reach, float] | None]]
+    ) -> tuple[dict[str, Reach], float] | None:
+        """Those of the entries (what each name reaches, and when it was read) that reach
+        something, and until when all of them hold; None if one is missing or stale."""
         now = self._clock()
         found: dict[str, Reach] = {}
         until = now + self._ttl
-        for name in names:
-            entry = self._behind.get((kind, name))
+        for name, entry in entries:
             if entry is None or now - entry[1] >= self._ttl:
                 return None
             until = min(until, entry[1] + self._ttl)

@@ -184,14 +184,8 @@ def behind_from_rows(
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
         functions = found.setdefault(key, set())
-        if function is not None:
-            functions.update((function, f"{function_schema}.{function}"))
-        elif expression is not None:
-            called = functions_in(expression)
-            if called is None:
-                unknown.add(key)
-            else:
-                functions.update(called)
+        if not _add_run(functions, function_schema, function, expression, functions_in):
+            unknown.add(key)
     return {
         key: Reach(frozenset(functions), unknown=key in unknown) for key, functions in found.items()
     }
@@ -227,14 +221,8 @@ def reach_from_rows(
             raise ValueError("the reach query returned a row without a relation name")
         relation = qualified(schema, name)
         found = (read if how == "read" else write).setdefault(relation, set())
-        if function is not None:
-            found.update((function, f"{function_schema}.{function}"))
-        elif expression is not None:
-            called = functions_in(expression)
-            if called is None:
-                unknown.add(relation)
-            else:
-                found.update(called)
+        if not _add_run(found, function_schema, function, expression, functions_in):
+            unknown.add(relation)
     return {
         relation: Reach(
             frozenset(read.get(relation, ())),
@@ -243,6 +231,25 @@ def reach_from_rows(
         )
         for relation in read.keys() | write.keys()
     }
+
+
+def _add_run(
+    functions: set[str],
+    function_schema: str | None,
+    function: str | None,
+    expression: str | None,
+    functions_in: Callable[[str], frozenset[str] | None],
+) -> bool:
+    """Adds what one row says is run: a function the catalog names (bare and qualified), or
+    those an expression's SQL calls. False when the expression could not be analysed."""
+    if function is not None:
+        functions.update((function, f"{function_schema}.{function}"))
+    elif expression is not None:
+        called = functions_in(expression)
+        if called is None:
+            return False
+        functions.update(called)
+    return True
 
 
 def functions_called(sql: str) -> frozenset[str] | None:
