@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from gateway_fixtures import GatewayProcess
 from test_policy_attacks import assert_search_refused, names_in, refused
 from test_session_attacks import (  # noqa: F401 - fixtures
+    backend_pid,
     customer_emails,
     customer_names,
     emails_in_rows,
     governed,
+    login,
+    parse,
     psycopg_connect,
     rows_of,
     superuser,
 )
+from wire import SYNC
 
 from custos.demo.embedded import GATEWAY_LOGIN
 from custos.session.texts import TextAnalyser
@@ -763,3 +768,125 @@ class TestSeventhRound:
         )
         with psycopg_connect(governed) as agent:
             assert len(rows_of(agent, plain)) == 5
+
+
+# --- the eighth round -----------------------------------------------------------------------
+#
+# Rows picked by a computed key (DISTINCT ON, GROUP BY, a window's keys), an aggregate's
+# FILTER and the filters of writes were walked for their reads only; a match operator (@@,
+# @>, &&) tested a part of a column as it is outside a WHERE. A subquery's value as the test
+# itself was taken for plain; UNION dropped a column's computed mark; an IN subquery's
+# results were judged as written, not by what they were computed from one level further
+# in; a set-returning function of information_schema, or one in field notation, was not
+# seen; and a Parse whose values were numbers went to the database before its decision.
+
+
+class TestEighthRound:
+    @pytest.mark.parametrize(
+        "keyed",
+        [
+            "(full_name::tsvector @@ 'Smith'::tsquery)",
+            f"({K})",
+        ],
+    )
+    def test_one_row_per_computed_key_is_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, keyed: str
+    ) -> None:
+        sql = f"SELECT DISTINCT ON {keyed} id, full_name FROM crm.customers"
+        found = [name for _, name in superuser.execute(sql).fetchall()]
+        assert len(found) == 2
+        assert any("Smith" in name for name in found)
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            # A subquery's value as the test, in WHERE, ON and LATERAL.
+            "SELECT c.id, c.full_name FROM crm.customers c WHERE"
+            " (SELECT textne(replace(c.full_name, 'mith', ''), c.full_name)) ORDER BY c.id LIMIT 5",
+            f"SELECT c.id, c.full_name FROM crm.customers c WHERE"
+            f" (SELECT k > 0 FROM (SELECT {KC} AS k) s) ORDER BY c.id LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c JOIN crm.orders o"
+            " ON o.customer_id = c.id AND (SELECT textne(replace(c.full_name, 'mith', ''),"
+            " c.full_name)) ORDER BY c.id LIMIT 5",
+            "SELECT c.id, c.full_name FROM crm.customers c CROSS JOIN LATERAL (SELECT 1 WHERE"
+            " (SELECT textne(replace(c.full_name, 'mith', ''), c.full_name))) x"
+            " ORDER BY c.id LIMIT 5",
+            # A computed column through UNION.
+            f"SELECT id, full_name, {K} AS k FROM crm.customers UNION ALL SELECT 0, '', 0"
+            " WHERE false ORDER BY k DESC, id LIMIT 5",
+            f"SELECT id, full_name, {K} AS k FROM crm.customers UNION ALL SELECT 0, '', 0"
+            " WHERE false ORDER BY 3 DESC, 1 LIMIT 5",
+            f"SELECT id, full_name FROM (SELECT id, full_name, {K} AS k FROM crm.customers"
+            " UNION ALL SELECT 0, '', 0 WHERE false) s WHERE k > 0 ORDER BY id LIMIT 5",
+            f"WITH s AS (SELECT id, full_name, {K} AS k FROM crm.customers UNION"
+            " SELECT 0, '', 0) SELECT id, full_name FROM s WHERE k = 1 ORDER BY id LIMIT 5",
+            f"SELECT c.id, c.full_name FROM crm.customers c WHERE EXISTS (SELECT 1 FROM"
+            f" (SELECT {KC} AS k UNION ALL SELECT 0 WHERE false) s WHERE k > 0)"
+            " ORDER BY c.id LIMIT 5",
+            # Set-returning functions given a computed value, however written.
+            "SELECT id, full_name, information_schema._pg_expandarray(array_fill(1,"
+            f" ARRAY[{K}])) FROM crm.customers ORDER BY id LIMIT 5",
+            f"SELECT id, full_name, (array_fill(1, ARRAY[{K}])).unnest FROM crm.customers"
+            " ORDER BY id LIMIT 5",
+        ],
+    )
+    def test_searches_behind_subqueries_unions_and_set_returning_calls_are_refused(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        assert_smiths_found_and_refused(governed, superuser, sql)
+
+    @pytest.mark.parametrize(
+        "condition",
+        [
+            f"c.id IN (SELECT c.id * ({KC}) UNION ALL SELECT NULL WHERE false)",
+            f"c.id IN (SELECT k FROM (SELECT c.id * ({KC}) AS k) s)",
+            f"c.id IN (WITH w AS (SELECT c.id * ({KC}) AS k) SELECT k FROM w)",
+            f"c.id = ANY (SELECT k FROM (SELECT c.id * ({KC}) AS k) s)",
+            f"c.id IN (SELECT k FROM (VALUES (c.id * ({KC}))) v(k))",
+        ],
+    )
+    def test_a_subquery_computing_one_level_further_in_is_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, condition: str
+    ) -> None:
+        sql = (
+            f"SELECT c.id, c.full_name FROM crm.customers c WHERE {condition} ORDER BY c.id LIMIT 5"
+        )
+        assert_smiths_found_and_refused(governed, superuser, sql)
+
+    def test_a_refused_statements_numbers_stay_out_of_the_database(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, pg_cluster: Any
+    ) -> None:
+        session = login(governed)
+        pid = backend_pid(session)
+        sql = "SELECT email FROM crm.customers WHERE birth_date = 19741022::text::date AND id = 13"
+        parsed = session.exchange(parse("s_leak", sql) + SYNC)
+        shown = [
+            query or ""
+            for (query,) in superuser.execute(
+                "SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchall()
+        ]
+        # One the database's own analysis would fail logs its text (no such operator).
+        failing = "SELECT email FROM crm.customers WHERE birth_date = 19741023 AND id = 13"
+        failed = session.exchange(parse("s_leak2", failing) + SYNC)
+        session.close()
+        errors = [m.notice.sqlstate for m in (*parsed, *failed) if m.type == "E"]
+        assert errors == ["42501", "42501"]  # refused at Parse: email is masked
+        assert not [text for text in shown if "19741022" in text]
+        assert "19741023" not in pg_cluster.log_file.read_text(errors="replace")
+
+    def test_plain_keys_stay_allowed(self, governed: GatewayProcess) -> None:
+        with psycopg_connect(governed) as agent:
+            by_city = rows_of(
+                agent,
+                "SELECT DISTINCT ON (city) id, city FROM crm.customers ORDER BY city, id LIMIT 5",
+            )
+            assert len(by_city) == 5
+            assert len({city for _, city in by_city}) == 5
+            counts = rows_of(
+                agent, "SELECT city, count(*) FROM crm.customers GROUP BY ROLLUP (city) LIMIT 3"
+            )
+            assert len(counts) == 3

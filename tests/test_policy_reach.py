@@ -59,6 +59,26 @@ CREATE TRIGGER mark BEFORE INSERT ON crm.reach_triggered
 CREATE TABLE crm.reach_secured (id int);
 ALTER TABLE crm.reach_secured ENABLE ROW LEVEL SECURITY;
 CREATE POLICY marked ON crm.reach_secured USING (crm.dblink_mark('policy'));
+
+-- Functions named like any other whose bodies call a denied one.
+CREATE FUNCTION crm.reach_sql_body() RETURNS oid LANGUAGE sql AS $$ SELECT lo_creat(-1) $$;
+CREATE FUNCTION crm.reach_plpgsql_body() RETURNS int LANGUAGE plpgsql
+  AS $$ BEGIN PERFORM lo_creat(-1); RETURN 1; END $$;
+CREATE FUNCTION crm.reach_chain() RETURNS int LANGUAGE sql
+  AS $$ SELECT crm.reach_plpgsql_body() $$;
+CREATE FUNCTION crm.reach_atomic() RETURNS oid LANGUAGE sql
+  BEGIN ATOMIC SELECT lo_creat(-1); END;
+CREATE FUNCTION crm.reach_dynamic() RETURNS int LANGUAGE plpgsql
+  AS $$ BEGIN EXECUTE 'SELECT lo_creat(-1)'; RETURN 1; END $$;
+CREATE FUNCTION crm.reach_harmless(n int) RETURNS int LANGUAGE sql AS $$ SELECT n * 2 $$;
+CREATE FUNCTION crm.reach_step(total int, n int) RETURNS int LANGUAGE plpgsql
+  AS $$ BEGIN PERFORM lo_creat(-1); RETURN coalesce(total, 0) + n; END $$;
+CREATE AGGREGATE crm.reach_sum(int) (SFUNC = crm.reach_step, STYPE = int);
+CREATE FUNCTION crm.reach_stamp() RETURNS trigger LANGUAGE plpgsql
+  AS $$ BEGIN PERFORM lo_creat(-1); RETURN NEW; END $$;
+CREATE TABLE crm.reach_stamped (id int);
+CREATE TRIGGER stamp BEFORE INSERT ON crm.reach_stamped
+  FOR EACH ROW EXECUTE FUNCTION crm.reach_stamp();
 """
 RELATIONS = [
     "reach_lo",
@@ -72,6 +92,7 @@ RELATIONS = [
     "reach_triggered",
     "reach_secured",
     "reach_marks",
+    "reach_stamped",
 ]
 
 
@@ -89,7 +110,11 @@ def reaching(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
             "DROP TABLE crm.reach_defaulted, crm.reach_checked, crm.reach_domain,"
             " crm.reach_triggered, crm.reach_secured, crm.reach_marks;"
             "DROP DOMAIN crm.marked_int; DROP OPERATOR crm.=== (text, text);"
-            "DROP FUNCTION crm.dblink_compare, crm.dblink_mark, crm.dblink_mark_row"
+            "DROP FUNCTION crm.dblink_compare, crm.dblink_mark, crm.dblink_mark_row;"
+            "DROP TABLE crm.reach_stamped; DROP AGGREGATE crm.reach_sum (int);"
+            "DROP FUNCTION crm.reach_sql_body, crm.reach_chain, crm.reach_plpgsql_body,"
+            " crm.reach_atomic, crm.reach_dynamic, crm.reach_harmless, crm.reach_step,"
+            " crm.reach_stamp"
         )
 
 
@@ -232,6 +257,44 @@ def test_a_table_whose_row_security_calls_a_denied_function_is_refused(
     with psycopg_connect(governed) as agent:
         assert refused(agent, "SELECT * FROM crm.reach_secured") == "42501"
     assert marks(demo_superuser) == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT crm.reach_sql_body()",
+        "SELECT crm.reach_plpgsql_body()",
+        "SELECT crm.reach_chain()",  # a SQL function calling a PL/pgSQL one
+        "SELECT crm.reach_atomic()",
+        "SELECT crm.reach_dynamic()",  # EXECUTE of a string: not seen into, so dynamic
+        "SELECT crm.reach_sum(id::int) FROM crm.orders WHERE id < 3",  # its step function
+        "SELECT (1).reach_chain",
+    ],
+)
+def test_a_function_whose_body_calls_a_denied_one_is_refused(
+    reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection, sql: str
+) -> None:
+    before = large_objects(demo_superuser)
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, sql) == "42501"
+        # A function whose body calls nothing denied runs as any other.
+        assert rows_of(agent, "SELECT crm.reach_harmless(2)") == [(4,)]
+    assert large_objects(demo_superuser) == before
+
+
+def test_a_trigger_whose_body_calls_a_denied_function_refuses_the_write(
+    reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection
+) -> None:
+    before = large_objects(demo_superuser)
+    with (
+        psycopg_connect(governed, role="dba") as dba,
+        pytest.raises(psycopg.errors.InsufficientPrivilege) as refusal,
+    ):
+        dba.execute("INSERT INTO crm.reach_stamped VALUES (1)")
+    # Denied for the function its body calls (not held for approval as unseen code).
+    assert "no-server-side-access" in (refusal.value.diag.message_hint or "")
+    assert demo_superuser.execute("SELECT count(*) FROM crm.reach_stamped").fetchone() == (0,)
+    assert large_objects(demo_superuser) == before
 
 
 def test_the_refusal_names_the_reached_function_rule(

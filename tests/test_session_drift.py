@@ -40,6 +40,9 @@ from custos.demo.postgres import PostgresServer
 PROTECTED = "SELECT email FROM crm.customers ORDER BY id LIMIT 3"
 # The same read, unqualified: crm is on the session's search path (crm, public).
 PROTECTED_UNQUALIFIED = "SELECT email FROM customers ORDER BY id LIMIT 3"
+# A refused read with no value in its text: a Parse of it reaches the database, and the
+# refusal comes at its Execute (a text that may carry values is refused at its Parse).
+REFUSED_AT_EXECUTE = "SELECT email FROM crm.customers ORDER BY id"
 HARMLESS = "SELECT 'harmless'"
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
 
@@ -436,8 +439,7 @@ def strings_off_function(pg_dsn: str) -> Iterator[str]:
     with psycopg.connect(pg_dsn, autocommit=True) as superuser:
         superuser.execute(
             f"CREATE OR REPLACE FUNCTION {name}() RETURNS int LANGUAGE plpgsql AS $$"
-            " BEGIN PERFORM set_config('standard_conforming_strings', 'off', false);"
-            " RETURN 1; END $$"
+            " BEGIN SET standard_conforming_strings = off; RETURN 1; END $$"
         )
         superuser.execute(f"GRANT EXECUTE ON FUNCTION {name}() TO PUBLIC")
         yield name
@@ -448,7 +450,7 @@ def strings_off_function(pg_dsn: str) -> Iterator[str]:
 def test_standard_conforming_strings_off_by_a_function_hides_a_statement(
     governed, customer_emails, strings_off_function, pipelined
 ):
-    """A function the gateway cannot see into changes the setting; its report is followed."""
+    """A function changes the setting out of the statement's sight; its report is followed."""
     session = agent_session(governed)
     calls = query(f"SELECT {strings_off_function}()")
     if pipelined:
@@ -506,7 +508,7 @@ def test_answers_stay_aligned_after_a_query_the_database_discarded(governed):
     """Drift: a discarded Query counts as a sync point; the next refusal's answers misalign."""
     session = agent_session(governed)
     session.exchange(FAILING_BIND + query("SELECT 1") + SYNC)  # one ReadyForQuery, not two
-    answers = session.exchange(run_unnamed("SELECT 1") + run_unnamed(PROTECTED) + SYNC)
+    answers = session.exchange(run_unnamed("SELECT 1") + run_unnamed(REFUSED_AT_EXECUTE) + SYNC)
     session.drain()
     kinds = [message.type for message in answers]
     # As from PostgreSQL: one ParseComplete and one BindComplete per Parse and Bind sent.
@@ -522,11 +524,11 @@ def test_execute_of_a_statement_parsed_through_the_protocol_is_decided_on_it(
 ):
     """EXECUTE reaches a Parse'd statement (one namespace), and is decided on its SQL."""
     session = agent_session(governed)
-    session.exchange(parse("s_protocol_only", PROTECTED) + SYNC)
+    session.exchange(parse("s_protocol_only", REFUSED_AT_EXECUTE) + SYNC)
     answers = session.exchange(query("EXECUTE s_protocol_only"))
     refused = [m.notice for m in answers if m.type == "E"]
     assert [notice.sqlstate for notice in refused] == ["42501"], answers
-    assert "agents-mask-contact-details" in refused[0].fields["H"]
+    assert "agents-no-bulk-export" in refused[0].fields["H"]
     assert_nothing_leaked(session, customer_emails)
 
 

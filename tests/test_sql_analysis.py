@@ -619,6 +619,44 @@ PATTERNS = [
     ),
     case("SELECT 'abc' LIKE 'a%'", patterns=[]),
     case("SELECT id FROM crm.customers WHERE email = 'a@b.c'", patterns=[]),
+    # Keys that rank, group or pick rows, and filters of aggregates and writes, computed
+    # from a column: searches of it. The same keys on columns as they are: none.
+    case(
+        "SELECT count(*) FILTER (WHERE split_part(email, '@', 2) = 'x.com') FROM crm.customers",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "SELECT id, rank() OVER (ORDER BY length(email) - length(replace(email, 'x', '')))"
+        " FROM crm.customers",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "SELECT id FROM crm.customers WINDOW w AS (PARTITION BY split_part(email, '@', 2))",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "SELECT count(*) FROM crm.customers GROUP BY CUBE (split_part(email, '@', 2))",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "SELECT DISTINCT ON (email::tsvector @@ 'x'::tsquery) id FROM crm.customers",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "DELETE FROM crm.orders o USING crm.customers c WHERE o.customer_id = c.id"
+        " AND c.email || '' = 'a@b.c'",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "INSERT INTO crm.customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 2"
+        " WHERE right(crm.customers.email, 4) = '.com'",
+        patterns=[pm("email", "~", None)],
+    ),
+    case(
+        "SELECT count(*) FILTER (WHERE email = 'a@b.c'), rank() OVER (PARTITION BY email"
+        " ORDER BY id) FROM crm.customers GROUP BY ROLLUP (email, id)",
+        patterns=[],
+    ),
 ]
 
 # -- LIMIT -----------------------------------------------------------------------------------

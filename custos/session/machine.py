@@ -27,6 +27,7 @@ reach the client only between two of the server's messages.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -162,12 +163,16 @@ def _analysis_bytes(prepared: Prepared) -> int:
     return sum(estimated_bytes("", analysis) for analysis, _ in prepared.candidates)
 
 
-def _holds_quoted_values(query: bytes) -> bool:
+_VALUE_BYTES: Final = re.compile(rb"['$0-9]")
+
+
+def _may_hold_values(query: bytes) -> bool:
     """Whether a text may carry values: a string constant (quoted, E'', U&'' or dollar
-    quoted). The database shows a Parse's text in pg_stat_activity and its log, so a text
-    policy refuses whatever the Bind values is refused at its Parse when it may carry some;
-    one without is decided at its Execute, like every other."""
-    return query.find(b"'") >= 0 or query.find(b"$") >= 0
+    quoted) or a number (a birth date as 19741022). The database shows a Parse's text in
+    pg_stat_activity and its log, so a text policy refuses whatever the Bind values is
+    refused at its Parse when it may carry some; one without is decided at its Execute, like
+    every other."""
+    return _VALUE_BYTES.search(query) is not None
 
 
 class _Item:
@@ -584,7 +589,7 @@ class SessionMachine:
             if not isinstance(name_read, bytes):
                 return self._not_taken(name_read)
             name = name_read
-            if _holds_quoted_values(parse.query):
+            if _may_hold_values(parse.query):
                 for stage in self._stages:
                     refused = stage.refuse_text(read)
                     if refused is not None:

@@ -15,11 +15,15 @@ from collections import OrderedDict
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
+from custos.sql.bodies import BODY_DEPTH, UNSEEN
 from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 from custos.sql.reached import (
+    Reach,
+    called_functions,
     cast_types,
     reached_relations,
     used_operators,
+    with_function_bodies,
     with_reached_functions,
 )
 from custos.upstream.columns import ColumnCatalog
@@ -30,6 +34,8 @@ CATALOG_UNREADABLE = Refusal(
     " tables and views run (view definitions, defaults, checks, triggers), so it refuses it",
     "try again shortly; if it persists, tell the gateway's operators",
 )
+
+_LONG = 1e9  # seconds: no limit of its own
 
 # analysis -> (that analysis, it with what it reaches, catalog generation, valid until)
 _Remembered = tuple[Analysis, Analysis, int, float]
@@ -58,7 +64,8 @@ class FunctionReach:
         return tuple(applied)
 
     async def load(self, candidates: Candidates) -> None:
-        """Reads what the candidates' relations reach; raises ColumnsUnavailable."""
+        """Reads what the candidates' relations reach, and the bodies of the functions they
+        call and reach; raises ColumnsUnavailable."""
         relations: set[str] = set()
         operators: set[str] = set()
         types: set[str] = set()
@@ -70,6 +77,20 @@ class FunctionReach:
         await catalog.load(relations)
         await catalog.load_behind("operator", operators)
         await catalog.load_behind("type", types)
+        pending: set[str] = set()
+        for analysis, _ in candidates:
+            reached = self._reached(analysis.canonical or analysis)
+            if reached is not None:
+                pending |= called_functions(reached[0])
+        seen: set[str] = set()
+        for _ in range(BODY_DEPTH):
+            pending -= seen
+            if not pending:
+                return
+            await catalog.load_behind("function", pending)
+            bodies = catalog.behind("function", pending)
+            seen |= pending
+            pending = set() if bodies is None else _called_by(bodies[0])
 
     def _applied(self, analysis: Analysis) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
@@ -80,6 +101,26 @@ class FunctionReach:
             known, reached, generation, until = remembered
             if known is base and generation == catalog.generation and catalog.now() < until:
                 return analysis if reached is base else reached
+        found = self._reached(base)
+        if found is None:
+            return None
+        reached, until = found
+        bodies = self._bodies(called_functions(reached))
+        if bodies is None:
+            return None
+        reached = with_function_bodies(reached, bodies[0])
+        until = min(until, bodies[1])
+        if analysis_bytes(base) > HEAVY_BYTES:
+            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
+        self._memo[id(base)] = (base, reached, catalog.generation, until)
+        if len(self._memo) > self._memo_entries:
+            self._memo.popitem(last=False)
+        return analysis if reached is base else reached
+
+    def _reached(self, base: Analysis) -> tuple[Analysis, float] | None:
+        """The analysis with what its relations, operators and casts reach, and until when
+        that holds; None while the catalog has not been read for it."""
+        catalog = self._catalog
         found = catalog.reach(reached_relations(base))
         operators = catalog.behind("operator", used_operators(base))
         types = catalog.behind("type", cast_types(base))
@@ -87,10 +128,34 @@ class FunctionReach:
             return None
         reach, until = found
         until = min(until, operators[1], types[1])
-        reached = with_reached_functions(base, reach, operators[0], types[0])
-        if analysis_bytes(base) > HEAVY_BYTES:
-            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
-        self._memo[id(base)] = (base, reached, catalog.generation, until)
-        if len(self._memo) > self._memo_entries:
-            self._memo.popitem(last=False)
-        return analysis if reached is base else reached
+        return with_reached_functions(base, reach, operators[0], types[0]), until
+
+    def _bodies(self, names: frozenset[str]) -> tuple[dict[str, Reach], float] | None:
+        """What the functions of these names run, and the functions those call, down to
+        BODY_DEPTH (deeper ones count as unseen); None while a body is unread."""
+        catalog = self._catalog
+        found: dict[str, Reach] = {}
+        until = catalog.now() + _LONG
+        seen: set[str] = set()
+        pending = set(names)
+        for _ in range(BODY_DEPTH):
+            pending -= seen
+            if not pending:
+                return found, until
+            bodies = catalog.behind("function", pending)
+            if bodies is None:
+                return None
+            seen |= pending
+            found.update(bodies[0])
+            until = min(until, bodies[1])
+            pending = _called_by(bodies[0])
+        for name in pending - seen:
+            found[name] = UNSEEN
+        return found, until
+
+
+def _called_by(bodies: dict[str, Reach]) -> set[str]:
+    called: set[str] = set()
+    for body in bodies.values():
+        called |= body.read
+    return called

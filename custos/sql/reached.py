@@ -55,6 +55,25 @@ def with_reached_functions(
     return dataclasses.replace(analysis, statements=statements, canonical=None)
 
 
+def with_function_bodies(analysis: Analysis, bodies: Mapping[str, Reach]) -> Analysis:
+    """The analysis with what the user-defined functions it calls run, and what those call
+    in turn (`bodies`: name -> what its body calls); itself when that adds nothing."""
+    if not bodies:
+        return analysis
+    statements = tuple(_with_bodies(statement, bodies) for statement in analysis.statements)
+    if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
+        return analysis
+    return dataclasses.replace(analysis, statements=statements, canonical=None)
+
+
+def called_functions(analysis: Analysis) -> frozenset[str]:
+    """The functions the analysis' statements call (with those they reach, once applied)."""
+    found: set[str] = set()
+    for statement in analysis.statements:
+        found.update(statement.functions)
+    return frozenset(found)
+
+
 def used_operators(analysis: Analysis) -> frozenset[str]:
     """The operators the analysis' statements use."""
     found: set[str] = set()
@@ -104,6 +123,24 @@ def _with_reached(
         if found is not None:
             reached |= found.read | found.write
             unknown |= found.unknown
+    return calling(statement, frozenset(reached), unknown)
+
+
+def _with_bodies(statement: StatementFacts, bodies: Mapping[str, Reach]) -> StatementFacts:
+    reached: set[str] = set()
+    unknown = False
+    pending = list(statement.functions)
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        body = bodies.get(name)
+        if body is not None:
+            reached |= body.read
+            unknown |= body.unknown
+            pending.extend(body.read)
     return calling(statement, frozenset(reached), unknown)
 
 

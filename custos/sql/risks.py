@@ -204,6 +204,7 @@ pg_aggregate."""
 
 SET_RETURNING_FUNCTIONS = frozenset(
     {
+        "_pg_expandarray",
         "aclexplode",
         "generate_series",
         "generate_subscripts",

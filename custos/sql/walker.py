@@ -69,11 +69,15 @@ def _alias_names(alias: Node | None) -> list[str]:
 def _union(left: list[Col], right: list[Col]) -> list[Col]:
     """The columns of a UNION / INTERSECT / EXCEPT: each side's values, position by position."""
     if len(left) == len(right) and all(c.name is not None for c in (*left, *right)):
-        return [Col(a.name, a.sources | b.sources) for a, b in zip(left, right, strict=True)]
+        # A value computed in either branch stays computed in the union.
+        return [
+            Col(a.name, a.sources | b.sources, a.opaque or b.opaque)
+            for a, b in zip(left, right, strict=True)
+        ]
     # A `*` of unknown width breaks the positions: any column may carry any of the values.
     everything = frozenset().union(*(c.sources for c in (*left, *right)))
     opaque = any(c.opaque for c in (*left, *right))
-    named = [Col(c.name, everything) for c in left if c.name is not None]
+    named = [Col(c.name, everything, opaque) for c in left if c.name is not None]
     return [*named, Col(None, everything, opaque)]
 
 
@@ -178,29 +182,16 @@ class Walker:
                 clause = body.get(key)
                 if clause:
                     self.condition(clause, scope)
-            window = body.get("windowClause")
-            if window:
-                self.expr(window, scope)
+            self.expr(body.get("windowClause"), scope)
             for key in ("groupClause", "distinctClause"):
                 clause = body.get(key)
                 if clause:
                     self.output_refs(clause, scope, columns)
+                    self.keys(clause, scope, columns)
         sort_clause = body.get("sortClause")
         if sort_clause:
             self.output_refs(sort_clause, scope, columns)
-            # Ranked by a value computed from a column, the first rows are those that match
-            # (ORDER BY length(name) - length(replace(name, 'mith', ''))), whether the key
-            # is written out, named by its alias or number, or computed in a subquery.
-            for item in sort_clause:
-                key = item.get("SortBy", {}).get("node")
-                output = _sort_output(key, columns)
-                if output is not None:
-                    if output.opaque and output.sources:
-                        self.add_searches(set(output.sources), "~", None, False)
-                elif not _plain_operand(key) or any(
-                    _computed_column(scope, fields) for fields in _column_refs(key)
-                ):
-                    self.unclear_search(key, scope)
+            self.keys(sort_clause, scope, columns)
         for key in ("limitOffset", "limitCount"):
             clause = body.get(key)
             if clause:
@@ -287,6 +278,36 @@ class Walker:
                 if "String" in field and field["String"]["sval"] in names:
                     continue  # an output column: its reads were recorded with it
             self.expr(item, scope)
+
+    def keys(self, items: Iterable[Node], scope: Scope | None, columns: Sequence[Col]) -> None:
+        """Keys that rank, group or pick rows (ORDER BY, GROUP BY, DISTINCT ON, a window's
+        PARTITION BY and ORDER BY). Ranked, grouped or picked by a value computed from a
+        column, the rows that come first or alone are those that match (ORDER BY
+        length(name) - length(replace(name, 'mith', ''))), whether the key is written out,
+        named by its alias or number, or computed in a subquery: a search of the column."""
+        for item in items:
+            if type(item) is not dict:
+                continue
+            sort_by = item.get("SortBy")
+            key = sort_by.get("node") if sort_by is not None else item
+            grouping = key.get("GroupingSet") if type(key) is dict else None
+            if grouping is not None:
+                self.keys(grouping.get("content") or (), scope, columns)
+                continue
+            output = _sort_output(key, columns)
+            if output is not None:
+                if output.opaque and output.sources:
+                    self.add_searches(set(output.sources), "~", None, False)
+            elif not _plain_side(key, scope):
+                self.unclear_search(key, scope)
+
+    def window(self, body: Node, scope: Scope | None) -> None:
+        """A window's keys rank and group rows as ORDER BY and GROUP BY do."""
+        self.expr(body, scope)
+        for key in ("partitionClause", "orderClause"):
+            clause = body.get(key)
+            if clause:
+                self.keys(clause, scope, ())
 
     def with_clause(self, clause: Node, scope: Scope) -> None:
         ctes = [item["CommonTableExpr"] for item in clause.get("ctes") or ()]
@@ -467,11 +488,11 @@ class Walker:
                 if "name" in index:
                     self._use(resolve_name(conflict_scope, index["name"]))
                 self.expr(index.get("expr"), conflict_scope)
-            self.expr(infer.get("whereClause"), conflict_scope)
+            self.condition(infer.get("whereClause"), conflict_scope)
             if conflict.get("action") == "ONCONFLICT_UPDATE":
                 self._c.kinds.add(K.UPDATE)
                 self.set_targets(conflict.get("targetList") or (), relation, conflict_scope)
-                self.expr(conflict.get("whereClause"), conflict_scope)
+                self.condition(conflict.get("whereClause"), conflict_scope)
         return self.returning(body.get("returningClause"), Scope(scope, [target]), target)
 
     def update(self, body: Node, outer: Scope | None) -> list[Col]:
@@ -514,11 +535,12 @@ class Walker:
         scope.rtes.append(target)
         scope.rtes.extend(self.from_item(body["sourceRelation"], scope, []))
         join = body.get("joinCondition")
-        matches_all = join is None or self.may_match_all(join, scope, target)
+        matches_all = join is None or self.chosen_by(join, scope, target)
         for item in body.get("mergeWhenClauses") or ():
             when = item["MergeWhenClause"]
             condition = when.get("condition")
-            self.expr(condition, scope)
+            if condition is not None:
+                self.condition(condition, scope)
             command = when.get("commandType")
             if command == "CMD_UPDATE":
                 self._c.kinds.add(K.UPDATE)
@@ -553,8 +575,18 @@ class Walker:
         self._c.write(relation, names)
 
     def where(self, where: Node | None, scope: Scope, target: Rte) -> None:
-        if where is None or self.may_match_all(where, scope, target):
+        if where is None or self.chosen_by(where, scope, target):
             self._c.without_where = True
+
+    def chosen_by(self, node: Node, scope: Scope, target: Rte) -> bool:
+        """A write's filter (WHERE, MERGE's ON): walked and judged as a query's filter;
+        whether it may hold for every row of the target."""
+        outer = self._filtering
+        self._filtering = True
+        matches_all = self.may_match_all(node, scope, target)
+        self._filtering = outer
+        self.judge_tests(node, scope)
+        return matches_all
 
     def may_match_all(self, node: Node, scope: Scope, target: Rte) -> bool:
         """Walk a condition; say whether it may hold for every row of the target.
@@ -600,10 +632,12 @@ class Walker:
         self._filtering = True
         self.expr(node, scope)
         self._filtering = outer
+        self.judge_tests(node, scope)
+
+    def judge_tests(self, node: Any, scope: Scope | None) -> None:
+        """A filter's tests that are not plain comparisons of columns search them."""
         for test in _tests(node):
-            if not _plain_test(test) or any(
-                _computed_column(scope, fields) for fields in _column_refs(test)
-            ):
+            if not _plain_test(test) or _uses_computed_column(test, scope):
                 self.unclear_search(test, scope)
 
     def unclear_search(self, node: Any, scope: Scope | None) -> None:
@@ -674,9 +708,10 @@ class Walker:
             second = fields[1].get("String")
             if len(fields) == 2 and second is not None:
                 name = second["sval"]
+                found = resolve_qualified(scope, first["sval"], name)
                 if name in ROW_FUNCTIONS or _no_such_column(scope, first["sval"], name):
-                    self.field_call(name)  # field notation: name(q)
-                return resolve_qualified(scope, first["sval"], name)
+                    self.field_call(name, found)  # field notation: name(q)
+                return found
         if "A_Star" in fields[-1]:
             qualifier = strings(fields[:-1])
             if qualifier:
@@ -690,11 +725,11 @@ class Walker:
         # schema.table.column (catalog.schema.table.column), else table.composite.field,
         # where the field may be a function of the composite value: `t.c.lo_unlink`.
         schema, table, column = names[-3:]
-        self.field_call(column)
         relation = self._c.resolver.name(schema, table)
         sources = resolve_schema_qualified(scope, schema, table, column, relation)
         if len(names) > 3:
             sources |= resolve_qualified(scope, names[0], names[1])
+        self.field_call(column, sources)
         return sources
 
     def scanned(self, source: str) -> None:
@@ -720,13 +755,17 @@ class Walker:
             if destination is not None:
                 c.copy_destination = destination
 
-    def field_call(self, name: str) -> None:
-        """`x.name` or `(x).name` where it may be the call name(x) (field notation)."""
+    def field_call(self, name: str, given: set[Source] | None = None) -> None:
+        """`x.name` or `(x).name` where it may be the call name(x) (field notation); `given`:
+        what x reads, when known."""
         self._c.functions.add(name)
         self.called(name)
         if name == "set_config":
             self._c.kinds.add(K.SET)
             self._c.dynamic = True  # which setting is not known
+        if given and name in SET_RETURNING_FUNCTIONS:
+            # (array_fill(1, ARRAY[f(name)])).unnest: no row where f is 0, as unnest(...).
+            self.add_searches(given, "~", None, False)
 
     def func_call(self, body: Node, scope: Scope | None) -> None:
         selects = self._filtering  # a search function met in a filter selects its rows
@@ -752,15 +791,20 @@ class Walker:
             columns = self.traced(body.get("args") or [], scope)
             if columns:
                 self.add_searches(columns, "~", None, False)
-        if body.get("agg_filter") or body.get("over"):
+        else:
+            self.expr(body.get("args"), scope)
+        self.expr(body.get("agg_order"), scope)
+        agg_filter = body.get("agg_filter")
+        over = body.get("over")
+        if agg_filter or over:
             # A FILTER picks which rows an aggregate reads, and a window brings other rows'
             # values into each: min() FILTER (WHERE id % 50 = k) and max() OVER (ROWS
             # BETWEEN k FOLLOWING AND k FOLLOWING) put fifty customers in one row.
             self._c.collects_rows = True
-        for key in ("args", "agg_order", "agg_filter", "over"):
-            value = body.get(key)
-            if value:
-                self.expr(value, scope)
+        if agg_filter:
+            self.condition(agg_filter, scope)
+        if over:
+            self.window(over, scope)
 
     def search_call(
         self, body: Node, scope: Scope | None, name: str, operator: str, negated: bool
@@ -814,7 +858,7 @@ class Walker:
         self._filtering = False
         argument = body.get("arg")
         columns = self.traced(argument, scope)
-        if columns and _computed(argument):
+        if columns and not _plain_side(argument, scope):
             self.add_searches(columns, "~", None, False)
 
     def cast_to(self, type_name: str) -> None:
@@ -826,11 +870,11 @@ class Walker:
     def indirection(self, body: Node, scope: Scope | None) -> None:
         """`(expr).name` selects a field, or calls name(expr) (field notation): any name may
         be a function, so each counts as one."""
-        self.expr(body.get("arg"), scope)
+        given = self.traced(body.get("arg"), scope)
         for step in body.get("indirection") or ():
             field = step.get("String")
             if field is not None:
-                self.field_call(field["sval"])
+                self.field_call(field["sval"], given)
             else:
                 self.expr(step, scope)
 
@@ -851,6 +895,12 @@ class Walker:
         # EXISTS ignores its SELECT list, so `EXISTS (SELECT * ...)` reads no column.
         columns = self.query(body["subselect"], scope, record_star=link_type != "EXISTS_SUBLINK")
         self._sink = outer
+        if link_type in ("ANY_SUBLINK", "ALL_SUBLINK"):
+            # Compared with values computed from columns (c.id IN (SELECT k FROM (SELECT
+            # c.id * f(c.name) AS k) s)), however deep the computing: a search of them.
+            for column in columns:
+                if column.opaque and column.sources:
+                    self.add_searches(set(column.sources), "~", None, False)
         if outer is not None and link_type in _SOURCE_SUBLINKS:
             for column in columns:
                 outer |= column.sources
@@ -869,9 +919,12 @@ class Walker:
             left = self.traced(body.get("lexpr"), scope)
             right = self.traced(body.get("rexpr"), scope)
             # A value computed from a column (right(name, 5), replace(name, 'mith', ''),
-            # to_tsvector) compared with anything finds rows by a part of the value: a search.
+            # name || '', to_tsvector(name)) compared with anything finds rows by a part of
+            # the value, and a containment or match (@@, @>, &&) tests a part of even a
+            # column as it is: a search, wherever it is met.
+            contains = operator not in _PLAIN_COMPARISONS and kind == "AEXPR_OP"
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
-                if columns and _computed(side):
+                if columns and (contains or not _plain_side(side, scope)):
                     self.add_searches(columns, "~", None, False)
             return
         self.expr(body.get("lexpr"), scope)
@@ -967,6 +1020,16 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
     return False
 
 
+def _uses_computed_column(node: Any, scope: Scope | None) -> bool:
+    return any(_computed_column(scope, fields) for fields in _column_refs(node))
+
+
+def _plain_side(node: Any, scope: Scope | None) -> bool:
+    """A column as it is or a value computed from no column (see `_plain_operand`), that
+    names no column a subquery or function computed."""
+    return _plain_operand(node) and not _uses_computed_column(node, scope)
+
+
 def _computed_in(rte: Rte, name: str | None) -> bool:
     return rte.relation is None and any(
         column.opaque and column.sources and column.name in (name, None) for column in rte.columns
@@ -1039,6 +1102,10 @@ def _plain_test(node: Any) -> bool:
             return _plain_operand(test.get("arg"))
     sublink = node.get("SubLink")
     if sublink is not None:
+        if sublink.get("subLinkType") in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
+            # The subquery's value is the test (WHERE (SELECT f(c.name))): plain only when it
+            # reads no column, of the outer query or its own.
+            return _plain_operand(node)
         return _plain_operand(sublink.get("testexpr")) and _plain_results(sublink)
     return "ColumnRef" in node or "A_Const" in node or "ParamRef" in node
 
@@ -1082,12 +1149,6 @@ def _column_refs(node: Any, into_subqueries: bool = False) -> list[Sequence[Node
                 elif type(value) is dict or type(value) is list:
                     pending.append(value)
     return found
-
-
-def _computed(node: Node | None) -> bool:
-    """Whether a comparison's side is computed from a value by a function that takes it
-    apart (not lower or upper, which keep it whole)."""
-    return node is not None and "FuncCall" in node and not _searches_a_column(node)
 
 
 def _no_such_column(scope: Scope | None, qualifier: str, name: str) -> bool:
@@ -1142,5 +1203,6 @@ _HANDLERS: dict[str, Callable[[Walker, Node, Scope | None], None]] = {
     "ParamRef": _skip,
     "String": _skip,
     "SelectStmt": _select,
+    "WindowDef": Walker.window,
     "RangeVar": Walker.stray_relation,
 }

@@ -26,11 +26,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from custos.sql.bodies import body_reach
 from custos.sql.names import qualified, split_qualified
 from custos.sql.reached import NOTHING_REACHED, Reach
 from custos.upstream.reach import (
     asked_about,
     behind_from_rows,
+    bodies_from_rows,
+    bodies_query,
     functions_called,
     operators_query,
     reach_from_rows,
@@ -193,8 +196,9 @@ class ColumnCatalog:
         return entry is not None and now - entry.read_at < self._ttl
 
     def behind(self, kind: str, names: Iterable[str]) -> tuple[dict[str, Reach], float] | None:
-        """What each operator (kind "operator") or cast type (kind "type") of these names
-        runs, for those that run something, and until when that holds; None while one is
+        """What each operator (kind "operator"), cast type (kind "type") or user-defined
+        function (kind "function", by its body) of these names runs, for those that run
+        something, and until when that holds; None while one is
         unread or stale."""
         behind = self._behind
         return self._gathered((name, behind.get((kind, name))) for name in names)
@@ -228,8 +232,11 @@ class ColumnCatalog:
         async with self._lock:
             generation = self._generation
             read_at = self._clock()
-            query = operators_query(missing) if kind == "operator" else types_query(missing)
-            found = behind_from_rows(await self._query(query), functions_called)
+            if kind == "function":
+                found = bodies_from_rows(await self._query(bodies_query(missing)), body_reach)
+            else:
+                query = operators_query(missing) if kind == "operator" else types_query(missing)
+                found = behind_from_rows(await self._query(query), functions_called)
             if generation == self._generation:
                 if len(self._behind) + len(missing) > _MAX_ENTRIES:
                     self._behind.clear()

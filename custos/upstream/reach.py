@@ -158,6 +158,65 @@ SELECT t.schema_name, t.type_name, NULL, NULL,
 FROM t JOIN pg_catalog.pg_constraint AS k ON k.contypid = t.oid AND k.contype = 'c'"""
 
 
+# A PL/pgSQL body is read as its whole definition (pglast parses that); a SQL one as its
+# statements. An aggregate runs its support functions.
+_BODIES_QUERY = """\
+WITH v(schema_name, function_name) AS (VALUES {functions}),
+f AS (
+  SELECT v.schema_name, v.function_name, p.oid, p.prokind, l.lanname::text AS language
+  FROM v
+  JOIN pg_catalog.pg_proc AS p ON p.proname = v.function_name
+  JOIN pg_catalog.pg_namespace AS n
+    ON n.oid = p.pronamespace AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+  JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+)
+SELECT f.schema_name, f.function_name, NULL, NULL, f.language,
+       CASE WHEN f.language = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid)
+            WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(f.oid)
+            ELSE p.prosrc END
+FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
+WHERE f.prokind <> 'a'
+UNION ALL
+SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL
+FROM f
+JOIN pg_catalog.pg_aggregate AS a ON a.aggfnoid = f.oid
+JOIN pg_catalog.pg_proc AS s
+  ON s.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+               a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = s.pronamespace"""
+
+
+def bodies_query(functions: Collection[str]) -> str:
+    """One query for the bodies of every user-defined function of these names (as the facts
+    spell them: `schema.f` or `f`), and the support functions of aggregates among them."""
+    return _BODIES_QUERY.format(functions=_named_values(functions))
+
+
+def bodies_from_rows(
+    rows: Iterable[Row], body_reach: Callable[[str, str], Reach]
+) -> dict[str, Reach]:
+    """name (as the facts spell it) -> what calling it runs, from bodies_query's rows: every
+    function of that name, since which one a call means is the database's choice."""
+    found: dict[str, set[str]] = {}
+    unknown: set[str] = set()
+    for schema, name, function_schema, function, language, body in rows:
+        if name is None:
+            raise ValueError("the query returned a row without a name")
+        key = f"{schema}.{name}" if schema is not None else name
+        functions = found.setdefault(key, set())
+        if function is not None:
+            functions.update((function, f"{function_schema}.{function}"))
+            continue
+        reach = body_reach(language or "", body or "")
+        functions.update(reach.read)
+        if reach.unknown:
+            unknown.add(key)
+    return {
+        key: Reach(frozenset(functions), unknown=key in unknown) for key, functions in found.items()
+    }
+
+
 def operators_query(operators: Collection[str]) -> str:
     """One query for the functions behind every user-defined operator of these names (as
     the facts spell them: `schema.op` or `op`); the database's own run nothing that matters."""
