@@ -890,3 +890,36 @@ class TestEighthRound:
                 agent, "SELECT city, count(*) FROM crm.customers GROUP BY ROLLUP (city) LIMIT 3"
             )
             assert len(counts) == 3
+
+
+# --- the ninth round ------------------------------------------------------------------------
+#
+# DISTINCT and UNION make rows distinct by every column: by id * K, every customer but the
+# Smiths collapsed into one row, and the Smiths came back, a hundred a page.
+
+
+class TestNinthRound:
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            f"SELECT DISTINCT id * {K} AS i, substr(full_name, 1, 100 * {K}) AS n"
+            " FROM crm.customers LIMIT 100",
+            f"SELECT DISTINCT nullif(id * {K}, 0) AS i, nullif(substr(full_name, 1, 100 * {K}),"
+            " '') AS n FROM crm.customers LIMIT 100",
+            f"SELECT id * {K} AS i, substr(full_name, 1, 100 * {K}) AS n FROM crm.customers"
+            " UNION SELECT 0, '' LIMIT 100",
+            f"SELECT i, n FROM (SELECT id * {K} AS i, substr(full_name, 1, 100 * {K}) AS n"
+            " FROM crm.customers UNION SELECT 0, '') s LIMIT 100",
+        ],
+    )
+    def test_rows_made_distinct_by_a_computed_value_are_a_search(
+        self, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+    ) -> None:
+        names = [name for _, name in superuser.execute(sql).fetchall() if name]
+        assert len(names) > 50
+        assert all("mith" in name for name in names)
+        with psycopg_connect(governed) as agent:
+            assert refused(agent, sql) == "42501"
+            assert rows_of(agent, sql) == []
+            # Distinct by columns as they are reads as before.
+            assert len(rows_of(agent, "SELECT DISTINCT city FROM crm.customers LIMIT 5")) == 5

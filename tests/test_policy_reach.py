@@ -71,6 +71,8 @@ CREATE FUNCTION crm.reach_atomic() RETURNS oid LANGUAGE sql
 CREATE FUNCTION crm.reach_dynamic() RETURNS int LANGUAGE plpgsql
   AS $$ BEGIN EXECUTE 'SELECT lo_creat(-1)'; RETURN 1; END $$;
 CREATE FUNCTION crm.reach_harmless(n int) RETURNS int LANGUAGE sql AS $$ SELECT n * 2 $$;
+CREATE FUNCTION crm.reach_defaulted_argument(x oid DEFAULT lo_creat(-1)) RETURNS oid
+  LANGUAGE sql AS $$ SELECT $1 $$;
 CREATE FUNCTION crm.reach_step(total int, n int) RETURNS int LANGUAGE plpgsql
   AS $$ BEGIN PERFORM lo_creat(-1); RETURN coalesce(total, 0) + n; END $$;
 CREATE AGGREGATE crm.reach_sum(int) (SFUNC = crm.reach_step, STYPE = int);
@@ -114,6 +116,7 @@ def reaching(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
             "DROP TABLE crm.reach_stamped; DROP AGGREGATE crm.reach_sum (int);"
             "DROP FUNCTION crm.reach_sql_body, crm.reach_chain, crm.reach_plpgsql_body,"
             " crm.reach_atomic, crm.reach_dynamic, crm.reach_harmless, crm.reach_step,"
+            " crm.reach_defaulted_argument,"
             " crm.reach_stamp"
         )
 
@@ -269,6 +272,7 @@ def test_a_table_whose_row_security_calls_a_denied_function_is_refused(
         "SELECT crm.reach_dynamic()",  # EXECUTE of a string: not seen into, so dynamic
         "SELECT crm.reach_sum(id::int) FROM crm.orders WHERE id < 3",  # its step function
         "SELECT (1).reach_chain",
+        "SELECT crm.reach_defaulted_argument()",  # its argument's default
     ],
 )
 def test_a_function_whose_body_calls_a_denied_one_is_refused(

@@ -42,8 +42,11 @@ from custos.demo.postgres import PostgresServer
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
 
 # Email is masked for agents (refused until masking exists); crm.customers is read in pages.
-PROTECTED = "SELECT email FROM crm.customers ORDER BY id LIMIT 3"
-PROTECTED_UNQUALIFIED = "SELECT email FROM customers ORDER BY id LIMIT 3"
+# Refused reads with no value in their text (LIMIT ALL is no bound): a Parse of one reaches
+# the database and is refused at its Execute, which is what these attacks play with. (A text
+# that may carry a value, a number or a quoted string, is refused at its Parse.)
+PROTECTED = "SELECT email FROM crm.customers ORDER BY id LIMIT ALL"
+PROTECTED_UNQUALIFIED = "SELECT email FROM customers ORDER BY id LIMIT ALL"
 HARMLESS = "SELECT 'harmless'"
 # A write that needs a data-protection officer's approval: refused.
 WRITE = "UPDATE crm.orders SET total_cents = 777777 WHERE id = 1"

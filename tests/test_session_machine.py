@@ -717,7 +717,9 @@ def test_the_parse_memo_holds_a_bounded_number_of_bytes():
         ("SELECT id FROM crm.customers WHERE email = 'a.secret@example.org'", True),
         ("SELECT id FROM crm.customers WHERE email = $$a.secret@example.org$$", True),
         ("SELECT id FROM crm.customers WHERE email = E'a.secret@example.org'", True),
-        ("SELECT email FROM crm.customers ORDER BY id LIMIT 3", False),  # no value to show
+        ("SELECT email FROM crm.customers WHERE birth_date = 19741022::text::date", True),
+        ("SELECT email FROM crm.customers ORDER BY id LIMIT 3", True),  # a number
+        ("SELECT email FROM crm.customers ORDER BY id", False),  # no value to show
         ("SELECT id FROM crm.customers WHERE full_name LIKE $1", False),  # decided with $1
         ("SELECT id FROM crm.customers WHERE id = '5'::int LIMIT 1", False),  # allowed
     ],

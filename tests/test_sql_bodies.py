@@ -65,7 +65,7 @@ def test_sql_built_at_run_time_is_unseen(body: str) -> None:
     ("body", "called"),
     [
         ("SELECT lo_creat(-1)", {"lo_creat"}),
-        ("INSERT INTO crm.t VALUES (1); SELECT pg_notify('c', $1)", {"pg_notify"}),
+        ("SELECT 1; SELECT pg_notify('c', $1)", {"pg_notify"}),
         ("RETURN (lo_creat(-1) + 1)", {"lo_creat"}),
         ("BEGIN ATOMIC\n SELECT pg_notify('c'::text, 'x'::text);\n SELECT 1;\nEND", {"pg_notify"}),
         ("SELECT $1 * 2", set()),
@@ -97,3 +97,19 @@ def test_bodies_that_do_not_parse_are_unseen(body: str) -> None:
 
 def test_a_sql_body_that_does_not_parse_is_unseen() -> None:
     assert body_reach("sql", "SELECT (") is UNSEEN
+
+
+@pytest.mark.parametrize(
+    ("language", "body"),
+    [
+        ("sql", "INSERT INTO crm.t VALUES (1); SELECT 1"),
+        ("sql", "NOTIFY c, 'hello'; SELECT 1"),
+        ("sql", "UPDATE crm.orders SET status = status"),
+        ("plpgsql", plpgsql("LOCK TABLE crm.orders IN ACCESS EXCLUSIVE MODE;")),
+        ("plpgsql", plpgsql("SET standard_conforming_strings = off;")),
+        ("plpgsql", plpgsql("DELETE FROM crm.orders WHERE id = a;")),
+    ],
+)
+def test_a_body_that_does_more_than_read_is_unseen(language: str, body: str) -> None:
+    # Its writes, NOTIFY, LOCK or SET are not carried to the calling statement.
+    assert body_reach(language, body) is UNSEEN

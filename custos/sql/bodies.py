@@ -5,8 +5,9 @@ a server file whoever calls it, and a trigger's function runs on every write. Th
 read from the catalog (custos/upstream/reach.py) and analysed here like a statement: a SQL
 body's statements, and each query and expression of a PL/pgSQL body (pglast parses it as
 the server would). What the gateway cannot see into counts as unknown, and the statement
-that reaches it as dynamic: `EXECUTE` of a string, and bodies in other languages but C
-(code a superuser installed, named by the call itself).
+that reaches it as dynamic: `EXECUTE` of a string, a body that does more than read (its
+writes, NOTIFY, LOCK or SET are not carried to the statement), and bodies in other
+languages but C (code a superuser installed, named by the call itself).
 
 Pure: no IO.
 """
@@ -29,6 +30,9 @@ BODY_DEPTH = 8
 # Languages whose functions are the server's or an extension's compiled code: their names
 # are what a rule matches.
 _COMPILED_LANGUAGES = frozenset({"c", "internal"})
+
+# Statements that read, or call what is carried by its name.
+_READING = frozenset({"SelectStmt", "CallStmt"})
 
 # PL/pgSQL statements that run SQL built at run time.
 _DYNAMIC_STATEMENTS = frozenset({"PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"})
@@ -76,7 +80,9 @@ def _reach_of_texts(texts: list[str]) -> Reach:
         if analysis.error is not None:
             return UNSEEN
         for statement in analysis.statements:
-            if statement.dynamic:
+            if statement.dynamic or statement.statement_type not in _READING:
+                # What a body does besides reading (writes, NOTIFY, LOCK, SET...) is not
+                # carried to the statement that calls it: it counts as unseen.
                 return UNSEEN
             called |= statement.functions
     return Reach(frozenset(called))

@@ -166,6 +166,8 @@ class Walker:
                 for column in columns:
                     if column.sources:
                         self.add_searches(set(column.sources), "~", None, False)
+            elif not body.get("all"):
+                self.distinct_rows(columns)
         elif "valuesLists" in body:
             columns = self.values(body["valuesLists"], scope)
         else:
@@ -188,6 +190,8 @@ class Walker:
                 if clause:
                     self.output_refs(clause, scope, columns)
                     self.keys(clause, scope, columns)
+            if body.get("distinctClause") == [{}]:  # DISTINCT: every output column is a key
+                self.distinct_rows(columns)
         sort_clause = body.get("sortClause")
         if sort_clause:
             self.output_refs(sort_clause, scope, columns)
@@ -300,6 +304,14 @@ class Walker:
                     self.add_searches(set(output.sources), "~", None, False)
             elif not _plain_side(key, scope):
                 self.unclear_search(key, scope)
+
+    def distinct_rows(self, columns: Sequence[Col]) -> None:
+        """Rows made distinct (DISTINCT, UNION): by a value computed from a column, every
+        row that does not match collapses into one and the matches stand out (DISTINCT
+        id * f(name)): a search of it."""
+        for column in columns:
+            if column.opaque and column.sources:
+                self.add_searches(set(column.sources), "~", None, False)
 
     def window(self, body: Node, scope: Scope | None) -> None:
         """A window's keys rank and group rows as ORDER BY and GROUP BY do."""

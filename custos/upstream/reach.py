@@ -159,7 +159,8 @@ FROM t JOIN pg_catalog.pg_constraint AS k ON k.contypid = t.oid AND k.contype = 
 
 
 # A PL/pgSQL body is read as its whole definition (pglast parses that); a SQL one as its
-# statements. An aggregate runs its support functions.
+# statements. Defaults of arguments run when a call leaves them out, and an aggregate runs
+# its support functions.
 _BODIES_QUERY = """\
 WITH v(schema_name, function_name) AS (VALUES {functions}),
 f AS (
@@ -177,6 +178,11 @@ SELECT f.schema_name, f.function_name, NULL, NULL, f.language,
             ELSE p.prosrc END
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE f.prokind <> 'a'
+UNION ALL
+SELECT f.schema_name, f.function_name, NULL, NULL, 'sql',
+       'SELECT ' || pg_catalog.pg_get_expr(p.proargdefaults, 0)
+FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
+WHERE p.proargdefaults IS NOT NULL
 UNION ALL
 SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL
 FROM f
