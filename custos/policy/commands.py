@@ -17,12 +17,10 @@ import yaml
 from custos.policy.engine import Decision, DecisionRequest, PolicyEngine
 from custos.policy.models import Effect, PolicyDocument, json_schema_text
 from custos.policy.source import PolicyError, load_policy
-from custos.sql.bodies import BODY_DEPTH, UNSEEN, body_reach
+from custos.sql.bodies import bodies_reached, body_reach
 from custos.sql.expansion import expand_all_columns, relations_with_all_columns
 from custos.sql.facts import ALL_COLUMNS, Analysis
 from custos.sql.reached import (
-    NOTHING_REACHED,
-    Reach,
     called_functions,
     cast_types,
     reached_relations,
@@ -212,17 +210,11 @@ def read_reach(dsn: str, analysis: Analysis) -> Analysis:
         reached = with_reached_functions(analysis, reach, behind, casts)
         # The bodies of the functions called, and of those they call, as the gateway reads
         # them (custos/session/reached.py).
-        bodies: dict[str, Reach] = {}
-        pending = set(called_functions(reached))
-        for _ in range(BODY_DEPTH):
-            pending -= bodies.keys()
-            if not pending:
-                break
-            found = bodies_from_rows(rows(bodies_query(pending)), body_reach)
-            bodies.update({name: found.get(name, NOTHING_REACHED) for name in pending})
-            pending = {name for body in found.values() for name in body.read}
-        bodies.update({name: UNSEEN for name in pending - bodies.keys()})
-    return with_function_bodies(reached, bodies)
+        bodies = bodies_reached(
+            called_functions(reached),
+            lambda pending: bodies_from_rows(rows(bodies_query(pending)), body_reach),
+        )
+    return with_function_bodies(reached, bodies or {})
 
 
 def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None:

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
-from custos.sql.bodies import BODY_DEPTH, UNSEEN
+from custos.sql.bodies import BODY_DEPTH, bodies_reached
 from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 from custos.sql.reached import (
     Reach,
@@ -77,20 +77,17 @@ class FunctionReach:
         await catalog.load(relations)
         await catalog.load_behind("operator", operators)
         await catalog.load_behind("type", types)
-        pending: set[str] = set()
+        names: set[str] = set()
         for analysis, _ in candidates:
             reached = self._reached(analysis.canonical or analysis)
             if reached is not None:
-                pending |= called_functions(reached[0])
-        seen: set[str] = set()
+                names |= called_functions(reached[0])
+        # Each walk over the bodies read so far names the next level still unread.
         for _ in range(BODY_DEPTH):
-            pending -= seen
-            if not pending:
+            unread: set[str] = set()
+            if self._bodies(frozenset(names), unread) is not None:
                 return
-            await catalog.load_behind("function", pending)
-            bodies = catalog.behind("function", pending)
-            seen |= pending
-            pending = set() if bodies is None else _called_by(bodies[0])
+            await catalog.load_behind("function", unread)
 
     def _applied(self, analysis: Analysis) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
@@ -130,32 +127,24 @@ class FunctionReach:
         until = min(until, operators[1], types[1])
         return with_reached_functions(base, reach, operators[0], types[0]), until
 
-    def _bodies(self, names: frozenset[str]) -> tuple[dict[str, Reach], float] | None:
-        """What the functions of these names run, and the functions those call, down to
-        BODY_DEPTH (deeper ones count as unseen); None while a body is unread."""
+    def _bodies(
+        self, names: frozenset[str], unread: set[str] | None = None
+    ) -> tuple[dict[str, Reach], float] | None:
+        """What the functions of these names run, and the functions those call (see
+        bodies_reached), and until when that holds; None while a body is unread (its name
+        then added to `unread`, if given)."""
         catalog = self._catalog
-        found: dict[str, Reach] = {}
         until = catalog.now() + _LONG
-        seen: set[str] = set()
-        pending = set(names)
-        for _ in range(BODY_DEPTH):
-            pending -= seen
-            if not pending:
-                return found, until
+
+        def bodies_of(pending: set[str]) -> dict[str, Reach] | None:
+            nonlocal until
             bodies = catalog.behind("function", pending)
             if bodies is None:
+                if unread is not None:
+                    unread.update(pending)
                 return None
-            seen |= pending
-            found.update(bodies[0])
             until = min(until, bodies[1])
-            pending = _called_by(bodies[0])
-        for name in pending - seen:
-            found[name] = UNSEEN
-        return found, until
+            return bodies[0]
 
-
-def _called_by(bodies: dict[str, Reach]) -> set[str]:
-    called: set[str] = set()
-    for body in bodies.values():
-        called |= body.read
-    return called
+        found = bodies_reached(names, bodies_of)
+        return None if found is None else (found, until)

@@ -15,6 +15,7 @@ Pure: no IO.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pglast.parser import ParseError, parse_plpgsql_json
@@ -61,6 +62,30 @@ def body_reach(language: str, body: str) -> Reach:
             return UNSEEN
         return _reach_of_texts(texts)
     return UNSEEN
+
+
+def bodies_reached(
+    names: Iterable[str], bodies_of: Callable[[set[str]], Mapping[str, Reach] | None]
+) -> dict[str, Reach] | None:
+    """What the functions of these names run, and the functions those call in turn, down
+    to BODY_DEPTH (deeper ones count as unseen). `bodies_of` gives what each of some names
+    runs (a name absent runs nothing the gateway follows), or None while one is unread;
+    then so does this."""
+    found: dict[str, Reach] = {}
+    seen: set[str] = set()
+    pending = set(names)
+    for _ in range(BODY_DEPTH):
+        pending -= seen
+        if not pending:
+            return found
+        bodies = bodies_of(pending)
+        if bodies is None:
+            return None
+        seen |= pending
+        found.update(bodies)
+        pending = {name for body in bodies.values() for name in body.read}
+    found.update({name: UNSEEN for name in pending - seen})
+    return found
 
 
 def _sql_body(body: str) -> str:

@@ -68,25 +68,23 @@ def with_function_bodies(analysis: Analysis, bodies: Mapping[str, Reach]) -> Ana
 
 def called_functions(analysis: Analysis) -> frozenset[str]:
     """The functions the analysis' statements call (with those they reach, once applied)."""
-    found: set[str] = set()
-    for statement in analysis.statements:
-        found.update(statement.functions)
-    return frozenset(found)
+    return _gathered(analysis, "functions")
 
 
 def used_operators(analysis: Analysis) -> frozenset[str]:
     """The operators the analysis' statements use."""
-    found: set[str] = set()
-    for statement in analysis.statements:
-        found.update(statement.operators)
-    return frozenset(found)
+    return _gathered(analysis, "operators")
 
 
 def cast_types(analysis: Analysis) -> frozenset[str]:
     """The types the analysis' statements cast values to (but pg_catalog's)."""
+    return _gathered(analysis, "cast_types")
+
+
+def _gathered(analysis: Analysis, field: str) -> frozenset[str]:
     found: set[str] = set()
     for statement in analysis.statements:
-        found.update(statement.cast_types)
+        found.update(getattr(statement, field))
     return frozenset(found)
 
 

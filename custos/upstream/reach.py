@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 
 from custos.sql.analysis import analyze
 from custos.sql.names import qualified, split_qualified
-from custos.sql.reached import Reach
+from custos.sql.reached import Reach, called_functions
 
 Row = tuple[str | None, ...]
 
@@ -322,10 +322,7 @@ def functions_called(sql: str) -> frozenset[str] | None:
     analysis = analyze(sql, ("public",))
     if analysis.error is not None:
         return None
-    called: set[str] = set()
-    for statement in analysis.statements:
-        called |= statement.functions
-    return frozenset(called)
+    return called_functions(analysis)
 
 
 def string_literal(text: str) -> str:
