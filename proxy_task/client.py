@@ -366,22 +366,24 @@ class ClientConnection(PeerConnection):
             raise HandshakeRefused(error.sqlstate, error.message) from None
         columns = self.gateway.columns
         workers = self.gateway.analysis_workers
+        identity_workers = (
+            workers.for_identity(f"{principal.issuer} {principal.subject}")
+            if workers is not None
+            else None
+        )
         stages = [
             PolicyStage(
                 principal.role,
                 decision_point,
                 StarHints(columns) if columns is not None else None,
                 self.gateway.function_reach,
+                identity_workers,
             )
         ]
         return SessionMachine(
             stages=stages,
             analyser=TextAnalyser(
-                self.gateway.analyses,
-                decision_point.reads_statement_text,
-                workers.for_identity(f"{principal.issuer} {principal.subject}")
-                if workers is not None
-                else None,
+                self.gateway.analyses, decision_point.reads_statement_text, identity_workers
             ),
             search_path=search_path,
             lexical=lexical_settings(upstream.messages),

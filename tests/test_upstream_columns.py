@@ -115,7 +115,8 @@ def test_load_reads_columns_in_table_order_and_what_they_reach_in_two_queries(pg
         catalog.close()
 
     asyncio.run(scenario())
-    assert (connector.opened, connector.queries) == (1, 2)  # columns, then reach
+    # The search path emptied (definitions then name every schema), columns, then reach.
+    assert (connector.opened, connector.queries) == (1, 3)
 
 
 def test_entries_expire_after_the_ttl(pg_dsn):
@@ -134,7 +135,7 @@ def test_entries_expire_after_the_ttl(pg_dsn):
         catalog.close()
 
     asyncio.run(scenario())
-    assert (connector.opened, connector.queries) == (1, 4)
+    assert (connector.opened, connector.queries) == (1, 5)
 
 
 def test_invalidate_forgets_everything_so_a_new_column_shows(pg_dsn, scratch):
@@ -159,7 +160,7 @@ def test_invalidate_forgets_everything_so_a_new_column_shows(pg_dsn, scratch):
         catalog.close()
 
     asyncio.run(scenario())
-    assert connector.queries == 4
+    assert connector.queries == 5
 
 
 def test_absent_relations_are_remembered_but_never_answered(pg_dsn):
@@ -173,7 +174,7 @@ def test_absent_relations_are_remembered_but_never_answered(pg_dsn):
         catalog.close()
 
     asyncio.run(scenario())
-    assert connector.queries == 2
+    assert connector.queries == 3
 
 
 def test_a_table_without_columns_is_not_absent(pg_dsn, scratch):
@@ -279,3 +280,16 @@ def _terminate(pg_dsn: str, application_name: str) -> None:
             [application_name],
         ).fetchall()
     assert ended == [(True,)]
+
+
+def test_definitions_are_read_with_every_schema_named(pg_dsn):
+    catalog, _, _ = catalog_for(pg_dsn)
+
+    async def scenario() -> list[tuple[str | None, ...]]:
+        await catalog.load(["crm.products"])  # opens the connection
+        assert catalog._connection is not None
+        rows = await catalog._connection.query("SHOW search_path")
+        catalog.close()
+        return rows
+
+    assert asyncio.run(scenario()) == [("",)]

@@ -21,6 +21,8 @@ from custos.sql.bodies import bodies_reached, body_reach
 from custos.sql.expansion import expand_all_columns, relations_with_all_columns
 from custos.sql.facts import ALL_COLUMNS, Analysis
 from custos.sql.reached import (
+    NOTHING_REACHED,
+    Reach,
     called_functions,
     cast_types,
     reached_relations,
@@ -28,8 +30,10 @@ from custos.sql.reached import (
     with_function_bodies,
     with_reached_functions,
 )
+from custos.sql.views import through_views
 from custos.upstream.columns import askable, columns_from_rows, columns_query
 from custos.upstream.reach import (
+    EMPTY_SEARCH_PATH,
     asked_about,
     behind_from_rows,
     bodies_from_rows,
@@ -39,6 +43,7 @@ from custos.upstream.reach import (
     reach_from_rows,
     reach_query,
     types_query,
+    views_from_rows,
 )
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -129,7 +134,7 @@ def explain_command(arguments: argparse.Namespace) -> int:
         # database's catalog (expansion of `*` only adds to the facts shown).
         try:
             columns = read_columns(arguments.upstream, relations_with_all_columns(analysis))
-            analysis = read_reach(arguments.upstream, analysis)
+            analysis = read_reach(arguments.upstream, analysis, search_path)
         except (psycopg.Error, ValueError) as error:
             print(
                 f"custos policy explain: cannot read the catalog from --upstream: {error}",
@@ -190,24 +195,47 @@ def read_columns(dsn: str, relations: Iterable[str]) -> dict[str, tuple[str, ...
     return columns_from_rows(rows)
 
 
-def read_reach(dsn: str, analysis: Analysis) -> Analysis:
-    """The analysis with what its relations, operators and casts reach, read from the
-    database at `dsn` as the gateway reads it (custos/upstream/reach.py)."""
-    relations = [r for r in reached_relations(analysis) if askable(r) and asked_about(r)]
-    operators, types = used_operators(analysis), cast_types(analysis)
+def read_reach(dsn: str, analysis: Analysis, search_path: tuple[str, ...]) -> Analysis:
+    """The analysis read through its views, with what its relations, operators and casts
+    reach, read from the database at `dsn` as the gateway reads them
+    (custos/upstream/reach.py, custos/session/reached.py)."""
     with psycopg.connect(dsn, autocommit=True, application_name="custos-explain") as connection:
+        connection.execute(EMPTY_SEARCH_PATH)
 
         def rows(query: str) -> list[tuple[str | None, ...]]:
             return list(connection.execute(query).fetchall())
 
-        reach = reach_from_rows(rows(reach_query(relations)), functions_called) if relations else {}
+        reach: dict[str, Reach] = {}
+        definitions: dict[str, str] = {}
+        viewed = analysis
+        # Each round reads the relations that the views read so far are found to read.
+        for _ in range(4):
+            relations = [
+                relation
+                for relation in reached_relations(viewed)
+                if askable(relation) and asked_about(relation) and relation not in reach
+            ]
+            found = rows(reach_query(relations)) if relations else []
+            reach |= reach_from_rows(found, functions_called)
+            reach |= {relation: NOTHING_REACHED for relation in relations if relation not in reach}
+            views = {
+                view: definition
+                for closure in views_from_rows(found).values()
+                for view, definition in closure.items()
+                if view not in definitions
+            }
+            if not views:
+                break
+            definitions |= views
+            viewed = through_views(analysis, search_path, definitions)
+        operators, types = used_operators(viewed), cast_types(viewed)
         behind = (
             behind_from_rows(rows(operators_query(operators)), functions_called)
             if operators
             else {}
         )
         casts = behind_from_rows(rows(types_query(types)), functions_called) if types else {}
-        reached = with_reached_functions(analysis, reach, behind, casts)
+        reached = with_reached_functions(viewed, reach, behind, casts)
         # The bodies of the functions called, and of those they call, as the gateway reads
         # them (custos/session/reached.py).
         bodies = bodies_reached(

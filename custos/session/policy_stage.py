@@ -18,7 +18,7 @@ from typing import Protocol
 from custos.policy.engine import Decision, Effect
 from custos.protocol import sqlstates
 from custos.session.hints import StarHints
-from custos.session.reached import CATALOG_UNREADABLE, FunctionReach
+from custos.session.reached import CATALOG_UNREADABLE, FunctionReach, ViewWorkers
 from custos.session.refusal import Refusal
 from custos.session.resolution import runs_another
 from custos.session.stages import FORWARD, Plan, Refuse, Settled, Stage, WaitFor
@@ -62,11 +62,14 @@ class PolicyStage(Stage):
         decision_point: DecisionPoint,
         hints: StarHints | None = None,
         reach: FunctionReach | None = None,
+        workers: ViewWorkers | None = None,
     ) -> None:
         self._role = role
         self._decision_point = decision_point
         self._hints = hints
         self._reach = reach
+        # Where statements are read through their views when that would hold the loop.
+        self._workers = workers
 
     def plan(self, statement: Statement) -> Plan:
         reach = self._reach
@@ -76,7 +79,7 @@ class PolicyStage(Stage):
         if applied is not None:
             return self._decide(statement, applied)
         # Tasks, not coroutines: a wait is cancelled when its session closes.
-        loading = asyncio.ensure_future(reach.load(statement.candidates))
+        loading = asyncio.ensure_future(reach.load(statement.candidates, self._workers))
         return WaitFor(loading, lambda settled: self._reached(statement, settled))
 
     def _reached(self, statement: Statement, settled: Settled) -> Plan:

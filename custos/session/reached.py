@@ -1,5 +1,5 @@
-"""Statements as policy decides them: with the functions their relations, operators and
-casts reach.
+"""Statements as policy decides them: read through the views they read (custos/sql/views.py),
+with the functions their relations, operators and casts reach.
 
 One per gateway, over its catalog (custos/upstream/columns.py). The first statement to
 touch a relation waits while the catalog is read; later ones find it, and the analysis
@@ -11,10 +11,13 @@ expire or a schema change runs through the gateway.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Mapping
+from typing import Protocol
 
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
+from custos.session.texts import INLINE_CHARS, INLINE_SECONDS
 from custos.sql.bodies import BODY_DEPTH, bodies_reached
 from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 from custos.sql.reached import (
@@ -26,6 +29,7 @@ from custos.sql.reached import (
     with_function_bodies,
     with_reached_functions,
 )
+from custos.sql.views import through_views, through_views_within
 from custos.upstream.columns import ColumnCatalog
 
 CATALOG_UNREADABLE = Refusal(
@@ -37,8 +41,47 @@ CATALOG_UNREADABLE = Refusal(
 
 _LONG = 1e9  # seconds: no limit of its own
 
+# Views read views: each round reads the definitions of those found in the last (the
+# catalog's query follows them 16 deep at once, so one more round is rarely needed).
+_VIEW_ROUNDS = 4
+
+_TOO_DEEP = Analysis(
+    (),
+    error="the statement reads views nested too deeply to follow; read the tables they read,"
+    " or ask a DBA for a flatter view",
+    error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX,
+)
+
 # analysis -> (that analysis, it with what it reaches, catalog generation, valid until)
 _Remembered = tuple[Analysis, Analysis, int, float]
+
+
+class ViewWorkers(Protocol):
+    """Where a statement is read through its views off the event loop (sql/workers.py)."""
+
+    def through_views(
+        self, analysis: Analysis, search_path: tuple[str, ...], definitions: Mapping[str, str]
+    ) -> Awaitable[Analysis]: ...
+
+
+def _read_through_here(
+    base: Analysis, path: tuple[str, ...], definitions: dict[str, str]
+) -> Analysis | None:
+    """The analysis read through the views, if that is quick enough for the event loop."""
+    if sum(map(len, base.texts)) > INLINE_CHARS:
+        return None
+    return through_views_within(base, path, definitions, INLINE_SECONDS)
+
+
+async def _read_through(
+    workers: ViewWorkers | None,
+    base: Analysis,
+    path: tuple[str, ...],
+    definitions: dict[str, str],
+) -> Analysis:
+    if workers is None:
+        return through_views(base, path, definitions)
+    return await workers.through_views(base, path, definitions)
 
 
 class FunctionReach:
@@ -46,40 +89,60 @@ class FunctionReach:
         self._catalog = catalog
         self._memo_entries = memo_entries
         self._memo: OrderedDict[int, _Remembered] = OrderedDict()
+        # analysis -> (that analysis, the views read through, it read through them)
+        self._viewed: OrderedDict[int, tuple[Analysis, dict[str, str], Analysis]] = OrderedDict()
 
     def applied(self, candidates: Candidates) -> Candidates | None:
-        """The candidates with what their relations reach; None until the catalog is read."""
+        """The candidates read through their views, with what their relations reach; None
+        until the catalog is read."""
         if len(candidates) == 1:  # the common case, kept short
             analysis, path = candidates[0]
-            reached = self._applied(analysis)
+            reached = self._applied(analysis, path)
             if reached is None or reached is analysis:
                 return None if reached is None else candidates
             return ((reached, path),)
         applied: list[tuple[Analysis, tuple[str, ...]]] = []
         for analysis, path in candidates:
-            reached = self._applied(analysis)
+            reached = self._applied(analysis, path)
             if reached is None:
                 return None
             applied.append((reached, path))
         return tuple(applied)
 
-    async def load(self, candidates: Candidates) -> None:
-        """Reads what the candidates' relations reach, and the bodies of the functions they
-        call and reach; raises ColumnsUnavailable."""
-        relations: set[str] = set()
-        operators: set[str] = set()
-        types: set[str] = set()
-        for analysis, _ in candidates:
-            relations |= reached_relations(analysis)
-            operators |= used_operators(analysis)
-            types |= cast_types(analysis)
+    async def load(self, candidates: Candidates, workers: ViewWorkers | None = None) -> None:
+        """Reads the views the candidates read, what their relations reach, and the bodies
+        of the functions they call and reach; raises ColumnsUnavailable. A statement whose
+        reading through its views would hold the event loop is read through them by
+        `workers`, when given."""
         catalog = self._catalog
-        await catalog.load(relations)
-        await catalog.load_behind("operator", operators)
-        await catalog.load_behind("type", types)
+        # Each round reads the relations the views read so far are found to read, or reads
+        # a statement through the views found.
+        for _ in range(2 * _VIEW_ROUNDS):
+            relations: set[str] = set()
+            operators: set[str] = set()
+            types: set[str] = set()
+            complete = True
+            for analysis, path in candidates:
+                base = analysis.canonical or analysis
+                viewed, _, known, pending = self._through_views(base, path)
+                complete &= known
+                if pending is not None:
+                    self._remember_viewed(
+                        base, pending, await _read_through(workers, base, path, pending)
+                    )
+                    continue
+                relations |= reached_relations(base) | reached_relations(viewed)
+                operators |= used_operators(viewed)
+                types |= cast_types(viewed)
+            await catalog.load(relations)
+            await catalog.load_behind("operator", operators)
+            await catalog.load_behind("type", types)
+            if complete:
+                break
         names: set[str] = set()
-        for analysis, _ in candidates:
-            reached = self._reached(analysis.canonical or analysis)
+        for analysis, path in candidates:
+            base = analysis.canonical or analysis
+            reached = self._reached(self._through_views(base, path)[0])
             if reached is not None:
                 names |= called_functions(reached[0])
         # Each walk over the bodies read so far names the next level still unread.
@@ -89,7 +152,7 @@ class FunctionReach:
                 return
             await catalog.load_behind("function", unread)
 
-    def _applied(self, analysis: Analysis) -> Analysis | None:
+    def _applied(self, analysis: Analysis, path: tuple[str, ...]) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
         base = analysis.canonical or analysis
         catalog = self._catalog
@@ -98,7 +161,10 @@ class FunctionReach:
             known, reached, generation, until = remembered
             if known is base and generation == catalog.generation and catalog.now() < until:
                 return analysis if reached is base else reached
-        found = self._reached(base)
+        viewed, viewed_until, complete, _ = self._through_views(base, path)
+        if not complete:
+            return None
+        found = self._reached(viewed)
         if found is None:
             return None
         reached, until = found
@@ -106,13 +172,57 @@ class FunctionReach:
         if bodies is None:
             return None
         reached = with_function_bodies(reached, bodies[0])
-        until = min(until, bodies[1])
+        until = min(until, bodies[1], viewed_until)
         if analysis_bytes(base) > HEAVY_BYTES:
             return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
         self._memo[id(base)] = (base, reached, catalog.generation, until)
         if len(self._memo) > self._memo_entries:
             self._memo.popitem(last=False)
         return analysis if reached is base else reached
+
+    def _through_views(
+        self, base: Analysis, path: tuple[str, ...]
+    ) -> tuple[Analysis, float, bool, dict[str, str] | None]:
+        """The analysis read through the views the catalog has described so far (see
+        custos/sql/views.py), until when that holds, whether it is complete (every relation
+        it reads read from the catalog, so none is a view not yet read through), and the
+        views to read it through that would take too long here (None: none)."""
+        catalog = self._catalog
+        until = catalog.now() + _LONG
+        definitions: dict[str, str] = {}
+        analysis = base
+        for _ in range(_VIEW_ROUNDS):
+            found = catalog.views(reached_relations(analysis))
+            if found is None:
+                return analysis, until, False, None
+            views, fresh_until = found
+            until = min(until, fresh_until)
+            if views.keys() <= definitions.keys():
+                return analysis, until, True, None
+            definitions |= views
+            viewed = self._viewed_before(base, definitions)
+            if viewed is None:
+                viewed = _read_through_here(base, path, definitions)
+                if viewed is None:
+                    return analysis, until, False, definitions
+                self._remember_viewed(base, definitions, viewed)
+            analysis = viewed
+        return _TOO_DEEP, until, True, None
+
+    def _viewed_before(self, base: Analysis, definitions: dict[str, str]) -> Analysis | None:
+        remembered = self._viewed.get(id(base))
+        if remembered is not None and remembered[0] is base and remembered[1] == definitions:
+            return remembered[2]
+        return None
+
+    def _remember_viewed(
+        self, base: Analysis, definitions: dict[str, str], viewed: Analysis
+    ) -> None:
+        if analysis_bytes(base) > HEAVY_BYTES:
+            return  # not kept (facts.HEAVY_BYTES)
+        self._viewed[id(base)] = (base, dict(definitions), viewed)
+        if len(self._viewed) > self._memo_entries:
+            self._viewed.popitem(last=False)
 
     def _reached(self, base: Analysis) -> tuple[Analysis, float] | None:
         """The analysis with what its relations, operators and casts reach, and until when

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pglast.parser import ParseError, parse_sql_json
 
@@ -35,6 +35,7 @@ from custos.sql.facts import Analysis, StatementFacts, analysis_bytes
 from custos.sql.names import Resolver
 from custos.sql.search_path import PathTracker
 from custos.sql.statements import statement_facts
+from custos.sql.walker import Node
 
 NUL_ERROR = (
     "the statement text contains a NUL character, which PostgreSQL does not accept; "
@@ -59,9 +60,14 @@ def analyze(
 
 
 def analyze_within(
-    sql: str, search_path: Sequence[str], budget_seconds: float, max_chars: int
+    sql: str,
+    search_path: Sequence[str],
+    budget_seconds: float,
+    max_chars: int,
+    views: Mapping[str, Node] | None = None,
 ) -> Analysis | None:
-    """As analyze, but None when the budget runs out: a caller may try again with more."""
+    """As analyze, but None when the budget runs out: a caller may try again with more.
+    `views`: the parsed definitions of views to read through (custos/sql/views.py)."""
     if isinstance(search_path, str):
         # A lone string is a sequence of one-letter schemas: a caller's mistake, not the SQL's.
         raise TypeError("search_path is a sequence of schema names, not a string")
@@ -73,7 +79,7 @@ def analyze_within(
         return Analysis((), error=too_long, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
     budget.start(budget_seconds)
     try:
-        analysis = _analyze(sql, search_path)
+        analysis = _analyze(sql, search_path, views)
     except budget.BudgetExceeded:
         return None
     finally:
@@ -129,7 +135,9 @@ def too_complex(budget_seconds: float = budget.DEFAULT_SECONDS) -> Analysis:
     return Analysis((), error=message, error_sqlstate=sqlstates.STATEMENT_TOO_COMPLEX)
 
 
-def _analyze(sql: str, search_path: Sequence[str]) -> Analysis:
+def _analyze(
+    sql: str, search_path: Sequence[str], views: Mapping[str, Node] | None = None
+) -> Analysis:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as error:
@@ -145,7 +153,7 @@ def _analyze(sql: str, search_path: Sequence[str]) -> Analysis:
     try:
         for raw in tree.get("stmts") or ():
             node = raw["stmt"]
-            facts = statement_facts(node, Resolver(tracker.current))
+            facts = statement_facts(node, Resolver(tracker.current), views)
             tracker.apply(facts, node)
             statements.append(facts)
             texts.append(_text(sql, source, raw))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from custos.sql import exposure
@@ -78,12 +78,18 @@ class Collector:
         "sets_role",
         "statement_type",
         "transaction",
+        "views",
         "without_where",
     )
 
-    def __init__(self, statement_type: str, resolver: Resolver) -> None:
+    def __init__(
+        self, statement_type: str, resolver: Resolver, views: Mapping[str, Any] | None = None
+    ) -> None:
         self.statement_type = statement_type
         self.resolver = resolver
+        # relation -> the parse tree of its definition, for the views the catalog has
+        # described (custos/sql/views.py): the walk reads them as the subqueries they are.
+        self.views: Mapping[str, Any] = views or {}
         self.kinds: set[StatementKind] = set()
         self.relations_read: set[str] = set()
         self.relations_written: set[str] = set()

@@ -85,6 +85,7 @@ class Rte:
         "refname",
         "relation",
         "touched",
+        "view",
     )
 
     def __init__(
@@ -95,10 +96,13 @@ class Rte:
         *,
         aliased: bool = False,
         expands: bool = True,
+        view: str | None = None,
     ) -> None:
         self.refname = refname
         self.columns = columns
         self.relation = relation  # set for a base relation
+        # Set for a view read through its definition: its columns are the definition's.
+        self.view = view
         self.aliased = aliased  # an aliased relation cannot be named schema.table
         self.expands = expands  # False: not part of `*` (RETURNING's old / new)
         self.touched = 0  # references resolved to it, to see whether a WHERE uses the target
@@ -216,7 +220,8 @@ def resolve_schema_qualified(
     level = scope
     while level is not None:
         for rte in level.rtes:
-            if rte.relation == relation and rte.refname == table and not rte.aliased:
+            named = rte.relation == relation or rte.view == relation
+            if named and rte.refname == table and not rte.aliased:
                 rte.touched += 1
                 hit = rte.lookup(name)
                 return set() if hit is None else hit[1]

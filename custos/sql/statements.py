@@ -72,9 +72,13 @@ _ACCESS_SHARE_LOCK = 1
 _CURSOR_OPT_HOLD = 0x20
 
 
-def statement_facts(node: Node, resolver: Resolver) -> StatementFacts:
+def statement_facts(
+    node: Node, resolver: Resolver, views: Mapping[str, Node] | None = None
+) -> StatementFacts:
+    """The facts of one statement; `views`: the definitions of views it may read, which the
+    walk then reads through to their relations (see custos/sql/views.py)."""
     node_type, body = only(node)
-    collector = Collector(node_type, resolver)
+    collector = Collector(node_type, resolver, views)
     dispatch(collector, Walker(collector), node_type, body, returns_rows=True)
     _settle_search_path(collector, node_type, body)
     return collector.facts()

@@ -13,7 +13,7 @@ a column reference or function call is found wherever it sits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from custos.sql import budget, literals
@@ -395,8 +395,32 @@ class Walker:
         relation = self._c.resolver.range_var(range_var)
         self._c.relations_read.add(relation)
         self.scanned(relation)
+        definition = self._c.views.get(relation)
+        if definition is not None:
+            columns = renamed(self.view_columns(definition), _alias_names(alias))
+            return Rte(refname, columns, aliased=alias is not None, view=relation)
         columns = renamed(base_columns(relation), _alias_names(alias))
         return Rte(refname, columns, relation, aliased=alias is not None)
+
+    def view_columns(self, definition: Node) -> list[Col]:
+        """A view's columns, read through its definition as the subquery it is: the base
+        columns each comes from, and whether it is computed from them, so that what the
+        statement does with them is judged as if it had written the definition out.
+
+        The definition is the database's, not the statement's: its own filters and keys
+        are not the statement's searches, and the columns it reads count as read where the
+        statement uses them. The relations and functions it reads count as the statement's.
+        """
+        c = self._c
+        patterns, columns_read = c.patterns, c.columns_read
+        sink, filtering = self._sink, self._filtering
+        c.patterns, c.columns_read = {}, {}
+        self._sink, self._filtering = None, False
+        try:
+            return self.query(definition, None)
+        finally:
+            c.patterns, c.columns_read = patterns, columns_read
+            self._sink, self._filtering = sink, filtering
 
     def function_item(self, node_type: str, body: Node, scope: Scope, lateral: list[Rte]) -> Rte:
         # Functions in FROM are implicitly LATERAL; their result may carry anything of their
@@ -477,7 +501,24 @@ class Walker:
         relation = self._c.resolver.range_var(range_var)
         alias = range_var.get("alias")
         refname = alias["aliasname"] if alias else range_var["relname"]
-        return relation, Rte(refname, base_columns(relation), relation, aliased=alias is not None)
+        aliased = alias is not None
+        definition = self._c.views.get(relation)
+        if definition is not None:
+            columns = self.view_columns(definition)
+            return relation, Rte(refname, columns, aliased=aliased, view=relation)
+        return relation, Rte(refname, base_columns(relation), relation, aliased=aliased)
+
+    def write(self, relation: str, target: Rte, columns: Collection[str] = ()) -> None:
+        """The statement writes these columns of its target (none named: whole rows).
+        Through a view, it writes the base columns the view's columns come from."""
+        self._c.write(relation, columns)
+        if target.view is None:
+            return
+        every = not columns or ALL_COLUMNS in columns
+        for column in target.columns:
+            if every or column.name in columns:
+                for base, name in column.sources:
+                    self._c.write(base, (name,) if columns else ())
 
     def insert(self, body: Node, outer: Scope | None) -> list[Col]:
         scope = Scope(outer)
@@ -486,7 +527,7 @@ class Walker:
         self._c.kinds.add(K.INSERT)
         relation, target = self._target(body["relation"])
         columns = [item["ResTarget"]["name"] for item in body.get("cols") or ()]
-        self._c.write(relation, columns or (ALL_COLUMNS,))
+        self.write(relation, target, columns or (ALL_COLUMNS,))
         source = body.get("selectStmt")
         if source is not None:
             self.query(source, scope)
@@ -503,7 +544,7 @@ class Walker:
             self.condition(infer.get("whereClause"), conflict_scope)
             if conflict.get("action") == "ONCONFLICT_UPDATE":
                 self._c.kinds.add(K.UPDATE)
-                self.set_targets(conflict.get("targetList") or (), relation, conflict_scope)
+                self.set_targets(conflict.get("targetList") or (), relation, target, conflict_scope)
                 self.condition(conflict.get("whereClause"), conflict_scope)
         return self.returning(body.get("returningClause"), Scope(scope, [target]), target)
 
@@ -519,7 +560,7 @@ class Walker:
         from_clause = body.get("fromClause")
         if from_clause:
             self.from_clause(from_clause, scope)
-        self.set_targets(body.get("targetList") or (), relation, scope)
+        self.set_targets(body.get("targetList") or (), relation, target, scope)
         self.where(body.get("whereClause"), scope, target)
         return self.returning(body.get("returningClause"), scope, target)
 
@@ -529,7 +570,7 @@ class Walker:
             self.with_clause(body["withClause"], scope)
         self._c.kinds.add(K.DELETE)
         relation, target = self._target(body["relation"])
-        self._c.write(relation)
+        self.write(relation, target)
         scope.rtes.append(target)
         using = body.get("usingClause")
         if using:
@@ -543,7 +584,7 @@ class Walker:
             self.with_clause(body["withClause"], scope)
         self._c.kinds.add(K.MERGE)
         relation, target = self._target(body["relation"])
-        self._c.write(relation)
+        self.write(relation, target)
         scope.rtes.append(target)
         scope.rtes.extend(self.from_item(body["sourceRelation"], scope, []))
         join = body.get("joinCondition")
@@ -556,11 +597,11 @@ class Walker:
             command = when.get("commandType")
             if command == "CMD_UPDATE":
                 self._c.kinds.add(K.UPDATE)
-                self.set_targets(when.get("targetList") or (), relation, scope)
+                self.set_targets(when.get("targetList") or (), relation, target, scope)
             elif command == "CMD_INSERT":
                 self._c.kinds.add(K.INSERT)
                 names = [t["ResTarget"]["name"] for t in when.get("targetList") or ()]
-                self._c.write(relation, names or (ALL_COLUMNS,))
+                self.write(relation, target, names or (ALL_COLUMNS,))
                 self.expr(when.get("values"), scope)
             elif command == "CMD_DELETE":
                 self._c.kinds.add(K.DELETE)
@@ -570,7 +611,7 @@ class Walker:
                     self._c.without_where = True
         return self.returning(body.get("returningClause"), scope, target)
 
-    def set_targets(self, items: Iterable[Node], relation: str, scope: Scope) -> None:
+    def set_targets(self, items: Iterable[Node], relation: str, written: Rte, scope: Scope) -> None:
         names: list[str] = []
         for item in items:
             target = item["ResTarget"]
@@ -584,7 +625,7 @@ class Walker:
                     self.expr(multi.get("source"), scope)
             else:
                 self.expr(value, scope)
-        self._c.write(relation, names)
+        self.write(relation, written, names)
 
     def where(self, where: Node | None, scope: Scope, target: Rte) -> None:
         if where is None or self.chosen_by(where, scope, target):

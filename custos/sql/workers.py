@@ -3,8 +3,9 @@
 Parsing a long text and walking its tree take the interpreter's lock for hundreds of
 milliseconds (a 256 KiB statement: some 45 ms to parse, 270 to load the tree, more to walk
 it), and a thread would not hand the loop back meanwhile. The texts the session machine
-does not analyse at once (custos/session/texts.py) are analysed here, in processes started
-on first use; their sessions wait, the others go on.
+does not analyse at once (custos/session/texts.py), and statements read through views whose
+analysis would take long (custos/session/reached.py), are analysed here, in processes
+started on first use; their sessions wait, the others go on.
 
 A worker that dies (out of memory, a crash in the parser) fails what it was analysing,
 which is refused, and the next text starts a new pool.
@@ -20,11 +21,16 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from custos.sql.analysis import analyze_each
 from custos.sql.facts import Analysis
+from custos.sql.views import through_views
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("custos.analysis")
 
@@ -55,8 +61,25 @@ class AnalysisWorkers:
         self, sql: str, schemas: tuple[str, ...], identity: str = ""
     ) -> asyncio.Future[tuple[Analysis, ...]]:
         """The text's analysis under each schema, as analyze_each makes it, in a worker."""
-        answer: asyncio.Future[tuple[Analysis, ...]] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(identity, deque()).append((sql, schemas, answer))
+        arguments = (sql, schemas, self.budget_seconds, self.max_statement_chars)
+        return self._queued(identity, analyze_each, arguments)
+
+    def through_views(
+        self,
+        analysis: Analysis,
+        search_path: tuple[str, ...],
+        definitions: Mapping[str, str],
+        identity: str = "",
+    ) -> asyncio.Future[Analysis]:
+        """The analysis read through these views (custos/sql/views.py), in a worker."""
+        arguments = (analysis, search_path, dict(definitions), self.budget_seconds)
+        return self._queued(identity, through_views, arguments)
+
+    def _queued(
+        self, identity: str, job: Callable[..., _T], arguments: tuple[object, ...]
+    ) -> asyncio.Future[_T]:
+        answer: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(identity, deque()).append((job, arguments, answer))
         self._dispatch()
         return answer
 
@@ -71,7 +94,7 @@ class AnalysisWorkers:
             # The identity served longest ago (or never) goes next.
             identity = min(queues, key=lambda waiting: self._served.get(waiting, -1))
             waiting = queues[identity]
-            sql, schemas, answer = waiting.popleft()
+            job, arguments, answer = waiting.popleft()
             if not waiting:
                 del queues[identity]
             if answer.done():
@@ -81,23 +104,18 @@ class AnalysisWorkers:
             if len(self._served) > _REMEMBERED_IDENTITIES:
                 self._served.clear()
             self._running += 1
-            running = asyncio.wrap_future(self._submit(sql, schemas))
+            running = asyncio.wrap_future(self._submit(job, arguments))
             running.add_done_callback(functools.partial(self._finished, answer=answer))
 
-    def _submit(self, sql: str, schemas: tuple[str, ...]) -> Future[tuple[Analysis, ...]]:
-        arguments = (sql, schemas, self.budget_seconds, self.max_statement_chars)
+    def _submit(self, job: Callable[..., object], arguments: tuple[object, ...]) -> Future[Any]:
         try:
-            return self._started().submit(analyze_each, *arguments)
+            return self._started().submit(job, *arguments)
         except BrokenProcessPool:
             log.warning("an analysis worker had stopped; starting new ones")
             self.close()
-            return self._started().submit(analyze_each, *arguments)
+            return self._started().submit(job, *arguments)
 
-    def _finished(
-        self,
-        done: asyncio.Future[tuple[Analysis, ...]],
-        answer: asyncio.Future[tuple[Analysis, ...]],
-    ) -> None:
+    def _finished(self, done: asyncio.Future[Any], answer: asyncio.Future[Any]) -> None:
         self._running -= 1
         if not answer.done():
             error = None if done.cancelled() else done.exception()
@@ -122,7 +140,8 @@ class AnalysisWorkers:
         return self._pool
 
 
-_Request = tuple[str, tuple[str, ...], "asyncio.Future[tuple[Analysis, ...]]"]
+# What to run, with what, and the future its session waits on.
+_Request = tuple[Callable[..., Any], tuple[object, ...], "asyncio.Future[Any]"]
 
 
 class IdentityWorkers:
@@ -136,6 +155,11 @@ class IdentityWorkers:
 
     def analyse(self, sql: str, schemas: tuple[str, ...]) -> asyncio.Future[tuple[Analysis, ...]]:
         return self._workers.analyse(sql, schemas, self._identity)
+
+    def through_views(
+        self, analysis: Analysis, search_path: tuple[str, ...], definitions: Mapping[str, str]
+    ) -> asyncio.Future[Analysis]:
+        return self._workers.through_views(analysis, search_path, definitions, self._identity)
 
 
 def _end_with_gateway(gateway_pid: int) -> None:

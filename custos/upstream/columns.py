@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from custos.sql.bodies import body_reach
 from custos.sql.names import qualified, split_qualified
 from custos.sql.reached import NOTHING_REACHED, Reach
 from custos.upstream.reach import (
+    EMPTY_SEARCH_PATH,
     asked_about,
     behind_from_rows,
     bodies_from_rows,
@@ -40,6 +41,7 @@ from custos.upstream.reach import (
     reach_query,
     string_literal,
     types_query,
+    views_from_rows,
 )
 
 Row = tuple[str | None, ...]
@@ -124,6 +126,8 @@ class _Entry:
     columns: tuple[str, ...] | None  # None: the relation does not exist
     read_at: float
     reach: Reach = NOTHING_REACHED
+    # The views reading the relation reads (itself, if it is one), with their definitions.
+    views: Mapping[str, str] | None = None
 
 
 class ColumnCatalog:
@@ -183,6 +187,24 @@ class ColumnCatalog:
                 entry = self._entries.get(relation)
                 pairs.append((relation, None if entry is None else (entry.reach, entry.read_at)))
         return self._gathered(pairs)
+
+    def views(self, relations: Iterable[str]) -> tuple[dict[str, str], float] | None:
+        """The views reading these relations reads, each with its defining query (every
+        name in it qualified), and until when that holds; None while one is unread or
+        stale. The database's own views are not read through (reach.asked_about)."""
+        now = self._clock()
+        found: dict[str, str] = {}
+        until = now + self._ttl
+        for relation in relations:
+            if not asked_about(relation):
+                continue
+            entry = self._entries.get(relation)
+            if entry is None or not self._fresh(entry, now):
+                return None
+            until = min(until, entry.read_at + self._ttl)
+            if entry.views:
+                found.update(entry.views)
+        return found, until
 
     @property
     def generation(self) -> int:
@@ -272,22 +294,29 @@ class ColumnCatalog:
         found = columns_from_rows(await self._query(columns_query(relations)))
         asked = [relation for relation in relations if asked_about(relation)]
         reached = {}
+        views: dict[str, dict[str, str]] = {}
         if asked:
             rows = await self._query(reach_query(asked))
             reached = reach_from_rows(rows, functions_called)
+            views = views_from_rows(rows)
         if generation == self._generation:
             if len(self._entries) + len(relations) > _MAX_ENTRIES:
                 self._entries.clear()
             for relation in relations:
                 reach = reached.get(relation, NOTHING_REACHED)
-                self._entries[relation] = _Entry(found.get(relation), read_at, reach)
+                read_through = views.get(relation)
+                self._entries[relation] = _Entry(found.get(relation), read_at, reach, read_through)
         return {relation: columns for relation, columns in found.items() if relation in relations}
 
     async def _query(self, sql: str) -> list[Row]:
         try:
             async with asyncio.timeout(self._timeout):
                 if self._connection is None or self._connection.closed:
-                    self._connection = await self._connect()
+                    connection = await self._connect()
+                    # The definitions it reads then name every object with its schema,
+                    # whatever the path of the sessions that read them.
+                    await connection.query(EMPTY_SEARCH_PATH)
+                    self._connection = connection
                 return await self._connection.query(sql)
         except TimeoutError:
             self.close()

@@ -24,6 +24,10 @@ Row = tuple[str | None, ...]
 
 SYSTEM_SCHEMAS = ("pg_catalog.", "information_schema.")
 
+EMPTY_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', '', false)"
+"""Run first on a connection that reads definitions, so that they name every object with its
+schema, whatever the search path of the sessions whose statements read them."""
+
 # Views are followed down to the relations they read, at most this deep.
 _VIEW_DEPTH = 16
 
@@ -105,7 +109,15 @@ JOIN pg_catalog.pg_proc AS p ON p.oid = f.function_oid
 JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
 UNION ALL
 SELECT e.schema_name, e.relation_name, e.how, NULL, NULL, e.expression
-FROM expressions AS e WHERE e.expression IS NOT NULL"""
+FROM expressions AS e WHERE e.expression IS NOT NULL
+UNION ALL
+-- Each view read, to read the statement through (custos/sql/views.py): its name, and its
+-- defining query with every name qualified (the catalog connection's search path is empty).
+SELECT rel.schema_name, rel.relation_name, 'view', n.nspname::text, c.relname::text,
+       pg_catalog.pg_get_viewdef(c.oid)
+FROM rel
+JOIN pg_catalog.pg_class AS c ON c.oid = rel.oid AND c.relkind IN ('v', 'm')
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"""
 
 
 def asked_about(relation: str) -> bool:
@@ -284,6 +296,8 @@ def reach_from_rows(
     for schema, name, how, function_schema, function, expression in rows:
         if schema is None or name is None:
             raise ValueError("the reach query returned a row without a relation name")
+        if how == "view":
+            continue  # see views_from_rows
         relation = qualified(schema, name)
         found = (read if how == "read" else write).setdefault(relation, set())
         if not _add_run(found, function_schema, function, expression, functions_in):
@@ -296,6 +310,23 @@ def reach_from_rows(
         )
         for relation in read.keys() | write.keys()
     }
+
+
+def views_from_rows(rows: Iterable[Row]) -> dict[str, dict[str, str]]:
+    """relation -> the views reading it reads (itself, if it is one, and those its
+    definition reads, however deep), each with its defining query: from reach_query's
+    rows. A relation that reads no view has no entry."""
+    views: dict[str, dict[str, str]] = {}
+    for schema, name, how, view_schema, view, definition in rows:
+        if how != "view":
+            continue
+        if schema is None or name is None or view_schema is None or view is None:
+            raise ValueError("the reach query returned a view without a name")
+        if definition is None:
+            raise ValueError(f"the database gave no definition for the view {view!r}")
+        relation = qualified(schema, name)
+        views.setdefault(relation, {})[qualified(view_schema, view)] = definition
+    return views
 
 
 def _add_run(
