@@ -20,6 +20,7 @@ import pytest
 from gateway_fixtures import GatewayProcess
 from test_policy_attacks import refused
 from test_policy_commands import DEMO_POLICY, run
+from test_policy_evasions import K, assert_smiths_found_and_refused
 from test_session_attacks import (  # noqa: F401 - fixtures
     governed,
     psycopg_connect,
@@ -71,6 +72,10 @@ CREATE FUNCTION crm.reach_atomic() RETURNS oid LANGUAGE sql
 CREATE FUNCTION crm.reach_dynamic() RETURNS int LANGUAGE plpgsql
   AS $$ BEGIN EXECUTE 'SELECT lo_creat(-1)'; RETURN 1; END $$;
 CREATE FUNCTION crm.reach_harmless(n int) RETURNS int LANGUAGE sql AS $$ SELECT n * 2 $$;
+CREATE FUNCTION crm.reach_rows(n int) RETURNS SETOF int LANGUAGE sql
+  AS $$ SELECT generate_series(1, n) $$;
+CREATE FUNCTION crm.reach_table(n int) RETURNS TABLE (i int) LANGUAGE plpgsql
+  AS $$ BEGIN IF n > 0 THEN RETURN QUERY SELECT 1; END IF; END $$;
 CREATE FUNCTION crm.reach_defaulted_argument(x oid DEFAULT lo_creat(-1)) RETURNS oid
   LANGUAGE sql AS $$ SELECT $1 $$;
 CREATE FUNCTION crm.reach_step(total int, n int) RETURNS int LANGUAGE plpgsql
@@ -116,6 +121,7 @@ def reaching(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
             "DROP TABLE crm.reach_stamped; DROP AGGREGATE crm.reach_sum (int);"
             "DROP FUNCTION crm.reach_sql_body, crm.reach_chain, crm.reach_plpgsql_body,"
             " crm.reach_atomic, crm.reach_dynamic, crm.reach_harmless, crm.reach_step,"
+            " crm.reach_rows, crm.reach_table,"
             " crm.reach_defaulted_argument,"
             " crm.reach_stamp"
         )
@@ -284,6 +290,28 @@ def test_a_function_whose_body_calls_a_denied_one_is_refused(
         # A function whose body calls nothing denied runs as any other.
         assert rows_of(agent, "SELECT crm.reach_harmless(2)") == [(4,)]
     assert large_objects(demo_superuser) == before
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT id, full_name, crm.reach_rows({K}) FROM crm.customers ORDER BY id LIMIT 100",
+        f"SELECT id, full_name FROM (SELECT id, full_name, crm.reach_table({K}) FROM"
+        " crm.customers) s ORDER BY id LIMIT 100",
+        f"SELECT id, full_name, length(crm.reach_rows({K})::text) FROM crm.customers"
+        " ORDER BY id LIMIT 100",
+    ],
+)
+def test_a_user_defined_set_returning_function_given_a_column_is_a_search(
+    reaching: None, governed: GatewayProcess, demo_superuser: psycopg.Connection, sql: str
+) -> None:
+    # K is 1 for a Smith and 0 for anyone else: the function returns no row for the others.
+    assert_smiths_found_and_refused(governed, demo_superuser, sql)
+    with psycopg_connect(governed) as agent:
+        # Given no column, or a scalar function given one: no search.
+        assert rows_of(agent, "SELECT crm.reach_rows(2)") == [(1,), (2,)]
+        harmless = "SELECT crm.reach_harmless(id::int) FROM crm.orders ORDER BY id LIMIT 2"
+        assert len(rows_of(agent, harmless)) == 2
 
 
 def test_a_trigger_whose_body_calls_a_denied_function_refuses_the_write(

@@ -49,6 +49,7 @@ class SearchPathCall:
 
 class Collector:
     __slots__ = (
+        "calls_with_columns",
         "cast_types",
         "closes",
         "collects_rows",
@@ -98,6 +99,7 @@ class Collector:
         self.functions: set[str] = set()
         self.operators: set[str] = set()
         self.cast_types: set[str] = set()
+        self.calls_with_columns: dict[tuple[str, frozenset[Source]], None] = {}
         self.patterns: dict[PatternMatch, None] = {}
         self.without_where = False
         self.limit: int | ParameterRef | None = None
@@ -174,4 +176,5 @@ class Collector:
             statement_type=self.statement_type,
             reads_statistics=exposure.reads_statistics(relations_read, self.functions),
             collects_rows=self.collects_rows,
+            calls_with_columns=tuple(self.calls_with_columns),
         )

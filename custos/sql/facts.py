@@ -132,6 +132,11 @@ class StatementFacts:
     # ARRAY(SELECT ...), a recursive WITH): its LIMIT bounds the rows returned, not the rows
     # of personal data it reads, so policy counts it as having none.
     collects_rows: bool = False
+    # Calls of functions the analysis does not know to return one value, met computing a
+    # result column, with the base columns their arguments carry. Once the catalog says
+    # one is a user-defined set-returning function (sql/reached.py), what it is given is
+    # searched: it returns no row where its set is empty.
+    calls_with_columns: tuple[tuple[str, frozenset[tuple[str, str]]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,7 @@ def statement_bytes(statement: StatementFacts) -> int:
     outputs = statement.output_columns
     weight = 1024 + 300 * len(outputs) + 100 * sum(len(output.sources) for output in outputs)
     weight += 100 * sum(len(names) for names in statement.columns_read.values())
+    weight += 100 * sum(len(sources) for _, sources in statement.calls_with_columns)
     return weight + 100 * len(statement.pattern_matches)
 
 

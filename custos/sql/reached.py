@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from custos.sql import exposure
 from custos.sql.collector import KIND_PRIORITY
-from custos.sql.facts import Analysis, StatementFacts, StatementKind
+from custos.sql.facts import Analysis, PatternMatch, StatementFacts, StatementKind
 from custos.sql.risks import FUNCTION_STATEMENTS, SQL_TEXT_FUNCTIONS
 
 
@@ -30,6 +30,8 @@ class Reach:
     write: frozenset[str] = frozenset()
     # Something it runs could not be analysed: the statement counts as dynamic.
     unknown: bool = False
+    # For a function: it returns a set of rows (see StatementFacts.calls_with_columns).
+    returns_set: bool = False
 
 
 NOTHING_REACHED = Reach()
@@ -125,6 +127,20 @@ def _with_reached(
 
 
 def _with_bodies(statement: StatementFacts, bodies: Mapping[str, Reach]) -> StatementFacts:
+    searched = {
+        source
+        for name, sources in statement.calls_with_columns
+        if (body := bodies.get(name)) is not None and body.returns_set
+        for source in sources
+    }
+    if searched:
+        # Called in a result column, a set-returning function returns no row where its set
+        # is empty: which rows come back depends on the columns it is given.
+        searches = {
+            PatternMatch(relation, column, "~", None): None for relation, column in sorted(searched)
+        }
+        patterns = tuple(dict.fromkeys(statement.pattern_matches) | searches)
+        statement = dataclasses.replace(statement, pattern_matches=patterns)
     reached: set[str] = set()
     unknown = False
     pending = list(statement.functions)

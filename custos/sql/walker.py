@@ -412,14 +412,14 @@ class Walker:
         statement uses them. The relations and functions it reads count as the statement's.
         """
         c = self._c
-        patterns, columns_read = c.patterns, c.columns_read
+        patterns, columns_read, calls = c.patterns, c.columns_read, c.calls_with_columns
         sink, filtering = self._sink, self._filtering
-        c.patterns, c.columns_read = {}, {}
+        c.patterns, c.columns_read, c.calls_with_columns = {}, {}, {}
         self._sink, self._filtering = None, False
         try:
             return self.query(definition, None)
         finally:
-            c.patterns, c.columns_read = patterns, columns_read
+            c.patterns, c.columns_read, c.calls_with_columns = patterns, columns_read, calls
             self._sink, self._filtering = sink, filtering
 
     def function_item(self, node_type: str, body: Node, scope: Scope, lateral: list[Rte]) -> Rte:
@@ -844,6 +844,13 @@ class Walker:
             columns = self.traced(body.get("args") or [], scope)
             if columns:
                 self.add_searches(columns, "~", None, False)
+        elif self._sink is not None:
+            # Computing a result column, where a set-returning function may stand: whether
+            # this one is, the catalog says (StatementFacts.calls_with_columns).
+            given = self.traced(body.get("args") or [], scope)
+            if given:
+                call = (function_name(body["funcname"]), frozenset(given))
+                self._c.calls_with_columns[call] = None
         else:
             self.expr(body.get("args"), scope)
         self.expr(body.get("agg_order"), scope)

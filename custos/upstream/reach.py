@@ -187,16 +187,17 @@ f AS (
 SELECT f.schema_name, f.function_name, NULL, NULL, f.language,
        CASE WHEN f.language = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid)
             WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(f.oid)
-            ELSE p.prosrc END
+            ELSE p.prosrc END,
+       CASE WHEN p.proretset THEN 'set' END
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE f.prokind <> 'a'
 UNION ALL
 SELECT f.schema_name, f.function_name, NULL, NULL, 'sql',
-       'SELECT ' || pg_catalog.pg_get_expr(p.proargdefaults, 0)
+       'SELECT ' || pg_catalog.pg_get_expr(p.proargdefaults, 0), NULL
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE p.proargdefaults IS NOT NULL
 UNION ALL
-SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL
+SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL, NULL
 FROM f
 JOIN pg_catalog.pg_aggregate AS a ON a.aggfnoid = f.oid
 JOIN pg_catalog.pg_proc AS s
@@ -218,11 +219,14 @@ def bodies_from_rows(
     function of that name, since which one a call means is the database's choice."""
     found: dict[str, set[str]] = {}
     unknown: set[str] = set()
-    for schema, name, function_schema, function, language, body in rows:
+    returning_sets: set[str] = set()
+    for schema, name, function_schema, function, language, body, returns in rows:
         if name is None:
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
         functions = found.setdefault(key, set())
+        if returns == "set":
+            returning_sets.add(key)
         if function is not None:
             functions.update((function, f"{function_schema}.{function}"))
             continue
@@ -231,7 +235,8 @@ def bodies_from_rows(
         if reach.unknown:
             unknown.add(key)
     return {
-        key: Reach(frozenset(functions), unknown=key in unknown) for key, functions in found.items()
+        key: Reach(frozenset(functions), unknown=key in unknown, returns_set=key in returning_sets)
+        for key, functions in found.items()
     }
 
 
