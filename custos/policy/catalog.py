@@ -20,6 +20,13 @@ class PersonalTable:
         return column in self.columns or column == self.subject or column == ALL_COLUMNS
 
 
+FREE_TEXT = "free_text"
+FREE_TEXT_HOLDS = frozenset({"email", "phone", "iban"})
+"""What free text quotes: a support ticket holds the customer's email or phone. Reading it
+counts as reading them too, so a rule that masks them (content detection finds them in the
+text) or refuses them applies."""
+
+
 class PersonalDataCatalog:
     """The tables holding personal data, and the category of each of their columns."""
 
@@ -61,6 +68,8 @@ class PersonalDataCatalog:
                 category = table.columns.get(name)
                 if category is not None:
                     found.add(category)
+        if FREE_TEXT in found:
+            found |= FREE_TEXT_HOLDS
         return frozenset(found)
 
     @property

@@ -259,6 +259,25 @@ column, the rows they return (none when a count is 0: generate_series(1, f(name)
 which rows the statement returns, wherever the call stands. tests/test_sql_catalog.py
 checks the list against pg_proc."""
 
+STATE_SETTING_FUNCTIONS = frozenset(
+    {
+        "setseed",
+        "setval",
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+    }
+)
+"""Functions that leave their argument in the session, where a later row of the same
+statement reads it back: after `setseed(f(name))` the next `random()` differs for the rows
+that match, and so do `currval` after `setval` and a lock tried after one taken. Given a
+value computed from a column, they search it as a filter on it would."""
+
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     # function -> (the kind of the statement that does the same, its COPY destination):
     # a capability reached by a function is decided as the statement that reaches it.

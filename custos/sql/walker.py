@@ -31,6 +31,7 @@ from custos.sql.risks import (
     SELECTING_AGGREGATES,
     SET_RETURNING_FUNCTIONS,
     SQL_TEXT_FUNCTIONS,
+    STATE_SETTING_FUNCTIONS,
 )
 from custos.sql.scope import (
     NO_SOURCES,
@@ -376,8 +377,14 @@ class Walker:
             return [self.function_item(node_type, body, scope, lateral)]
         if node_type == "RangeTableSample":
             rtes = self.from_item(body["relation"], scope, lateral)
-            self.expr(body.get("args"), scope)
-            self.expr(body.get("repeatable"), scope)
+            for key in ("args", "repeatable"):
+                clause = body.get(key)
+                self.expr(clause, scope)
+                if _column_refs(clause, into_subqueries=True):
+                    # A sample's share (or seed) computed from an outer query's column
+                    # picks the rows: TABLESAMPLE SYSTEM (100 * f(c.name)) is empty where
+                    # f is 0. A search of what it reads, as such a LIMIT is.
+                    self.unclear_search(clause, scope)
             return rtes
         self._c.dynamic = True
         self.expr(body, scope)
@@ -837,10 +844,15 @@ class Walker:
                 return
         if name == "set_config" and parts[:-1] in ([], ["pg_catalog"]):
             self.set_config(body.get("args") or (), body)
-        if name in SET_RETURNING_FUNCTIONS or (selects and searched is None):
+        if (
+            name in SET_RETURNING_FUNCTIONS
+            or name in STATE_SETTING_FUNCTIONS
+            or (selects and searched is None)
+        ):
             # What it tests of a column is not known: a function that is itself the filter
-            # (jsonb_path_exists, xmlexists), or one whose rows depend on its arguments
-            # (generate_series(1, f(name)) returns none where f is 0). A search of them.
+            # (jsonb_path_exists, xmlexists), one whose rows depend on its arguments
+            # (generate_series(1, f(name)) returns none where f is 0), or one whose
+            # argument a later row reads back (setseed). A search of them.
             columns = self.traced(body.get("args") or [], scope)
             if columns:
                 self.add_searches(columns, "~", None, False)
