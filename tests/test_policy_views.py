@@ -47,9 +47,21 @@ CREATE VIEW test_addresses AS
   SELECT id, city FROM customers WHERE email NOT LIKE '%@example.org';
 CREATE VIEW order_status AS SELECT id, status FROM orders;
 CREATE MATERIALIZED VIEW contacts_snapshot AS SELECT id, email FROM customers;
+CREATE VIEW pg_stat_contacts AS SELECT id, email FROM customers;
+CREATE VIEW information_schema.contact_list AS SELECT id, email FROM crm.customers;
+CREATE FUNCTION all_contacts() RETURNS TABLE (id bigint, email text) LANGUAGE sql
+  AS 'SELECT id, email FROM customers';
+CREATE FUNCTION all_contacts_pinned() RETURNS TABLE (id bigint, email text) LANGUAGE plpgsql
+  SET search_path = crm AS 'BEGIN RETURN QUERY SELECT c.id, c.email FROM customers c; END';
+CREATE VIEW function_contacts AS SELECT * FROM all_contacts();
+CREATE FUNCTION rows_up_to(n int) RETURNS SETOF int LANGUAGE sql
+  AS 'SELECT generate_series(1, n)';
+CREATE OPERATOR ### (RIGHTARG = int, FUNCTION = rows_up_to);
 RESET search_path;
 """
 NAMES = [
+    "pg_stat_contacts",
+    "function_contacts",
     "customer_contacts",
     "contacts_renamed",
     "name_scores",
@@ -68,11 +80,15 @@ def views(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
         for name in NAMES:
             kind = "MATERIALIZED VIEW" if name == "contacts_snapshot" else "VIEW"
             connection.execute(f"ALTER {kind} crm.{name} OWNER TO {GATEWAY_LOGIN}")
+        connection.execute(f"ALTER VIEW information_schema.contact_list OWNER TO {GATEWAY_LOGIN}")
         yield
         connection.execute(
             "DROP MATERIALIZED VIEW crm.contacts_snapshot;"
             "DROP VIEW crm.contacts_renamed, crm.customer_contacts, crm.name_scores_outer,"
-            " crm.name_scores, crm.test_addresses, crm.order_status"
+            " crm.name_scores, crm.test_addresses, crm.order_status, crm.pg_stat_contacts,"
+            " information_schema.contact_list, crm.function_contacts;"
+            "DROP FUNCTION crm.all_contacts, crm.all_contacts_pinned;"
+            "DROP OPERATOR crm.### (NONE, int); DROP FUNCTION crm.rows_up_to"
         )
 
 
@@ -283,3 +299,70 @@ def test_a_long_statement_is_read_through_its_views_off_the_event_loop(
         assert refused(agent, sql) == "42501"
         plain = f"SELECT id FROM crm.name_scores {padding} ORDER BY id LIMIT 5"
         assert len(rows_of(agent, plain)) == 5
+
+
+def test_a_view_named_like_a_catalog_relation_is_read_through(
+    views: None, governed: GatewayProcess
+) -> None:
+    with psycopg_connect(governed) as agent:
+        agent.execute("SET search_path = crm")
+        # PostgreSQL finds no pg_stat_contacts in pg_catalog and takes crm's.
+        assert refused(agent, "SELECT id, email FROM pg_stat_contacts LIMIT 5") == "42501"
+        assert refused(agent, "SELECT id FROM pg_stat_contacts") == "42501"  # no page limit
+
+
+def test_a_view_someone_created_in_information_schema_is_read_through(
+    views: None, governed: GatewayProcess
+) -> None:
+    with psycopg_connect(governed) as agent:
+        sql = "SELECT id, email FROM information_schema.contact_list LIMIT 5"
+        assert refused(agent, sql) == "42501"
+        # The schema's own views read as before.
+        tables = "SELECT table_name FROM information_schema.tables LIMIT 5"
+        assert len(rows_of(agent, tables)) == 5
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, email FROM crm.all_contacts() LIMIT 5",
+        "SELECT id, email FROM crm.all_contacts_pinned() LIMIT 5",
+        "SELECT id, email FROM crm.function_contacts LIMIT 5",
+        "SELECT id FROM crm.all_contacts()",
+    ],
+)
+def test_what_a_function_reads_counts_as_read_by_its_caller(
+    views: None,
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    customer_emails: frozenset[bytes],
+    sql: str,
+) -> None:
+    superuser.execute("SET search_path = crm")
+    got = superuser.execute(sql).fetchall()
+    assert len(got) >= 5, "directly, the function returns customers"
+    with psycopg_connect(governed) as agent:
+        agent.execute("SET search_path = crm")
+        assert refused(agent, sql) == "42501"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT id, full_name, ({K}).rows_up_to FROM crm.customers ORDER BY id LIMIT 100",
+        f"SELECT id, full_name, abs(({K}).rows_up_to) FROM crm.customers ORDER BY id LIMIT 100",
+        f"SELECT id, full_name, OPERATOR(crm.###) ({K}) FROM crm.customers ORDER BY id LIMIT 100",
+        f"SELECT id, full_name, ### ({K}) FROM crm.customers ORDER BY id LIMIT 100",
+    ],
+)
+def test_a_set_returning_function_by_field_notation_or_operator_is_a_search(
+    views: None, governed: GatewayProcess, superuser: psycopg.Connection, sql: str
+) -> None:
+    superuser.execute("SET search_path = crm")
+    found = {row[1] for row in superuser.execute(sql).fetchall()}
+    assert found, "directly, it finds customers"
+    assert all("mith" in name for name in found), "directly, it finds Smiths"
+    with psycopg_connect(governed) as agent:
+        agent.execute("SET search_path = crm")
+        assert refused(agent, sql) == "42501"
+        assert rows_of(agent, sql) == []

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from custos.sql.exposure import STATEMENT_FUNCTIONS, STATISTICS_RELATIONS
+from custos.sql.names import CATALOG_RELATIONS, INFORMATION_SCHEMA_RELATIONS
 from custos.sql.risks import (
     COLLECTING_AGGREGATES,
     EFFECT_FUNCTIONS,
@@ -104,6 +105,23 @@ def test_the_statistics_relations_and_activity_functions_exist(catalog) -> None:
     assert relations >= STATISTICS_RELATIONS
     functions = names(catalog, "SELECT proname FROM pg_proc")
     assert STATEMENT_FUNCTIONS - {"pg_stat_statements"} <= functions
+
+
+@pytest.mark.parametrize(
+    ("schema", "listed"),
+    [("pg_catalog", CATALOG_RELATIONS), ("information_schema", INFORMATION_SCHEMA_RELATIONS)],
+)
+def test_every_relation_of_the_system_schemas_is_listed(
+    catalog, schema: str, listed: frozenset[str]
+) -> None:
+    # An unqualified catalog name resolves to pg_catalog, and information_schema's own
+    # relations are not asked about: a name missing here would be read as a user's.
+    relations = names(
+        catalog,
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'v', 'm', 'p', 'f')"
+        f" AND relnamespace = '{schema}'::regnamespace",
+    )
+    assert relations <= listed
 
 
 def test_every_builtin_with_effects_beyond_the_statement_is_listed(catalog) -> None:

@@ -242,7 +242,7 @@ def read_reach(dsn: str, analysis: Analysis, search_path: tuple[str, ...]) -> An
             called_functions(reached),
             lambda pending: bodies_from_rows(rows(bodies_query(pending)), body_reach),
         )
-    return with_function_bodies(reached, bodies or {})
+    return with_function_bodies(reached, bodies or {}, search_path)
 
 
 def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None:

@@ -171,7 +171,7 @@ class FunctionReach:
         bodies = self._bodies(called_functions(reached))
         if bodies is None:
             return None
-        reached = with_function_bodies(reached, bodies[0])
+        reached = with_function_bodies(reached, bodies[0], path)
         until = min(until, bodies[1], viewed_until)
         if analysis_bytes(base) > HEAVY_BYTES:
             return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)

@@ -21,7 +21,7 @@ from typing import Any
 from pglast.parser import ParseError, parse_plpgsql_json
 
 from custos.sql.analysis import analyze
-from custos.sql.reached import Reach
+from custos.sql.reached import CALLER, Reach
 
 UNSEEN = Reach(unknown=True)
 
@@ -43,15 +43,19 @@ _STATEMENT_MODE = 0
 _ASSIGNMENT_MODES = frozenset({3, 4, 5})
 
 
-def body_reach(language: str, body: str) -> Reach:
-    """What calling a function of this language and body runs (as `read`), or UNSEEN.
+def body_reach(language: str, body: str, search_path: tuple[str, ...] | None = None) -> Reach:
+    """What calling a function of this language and body runs (as `read`) and reads, or
+    UNSEEN.
 
     `body` is a SQL function's statements (its `RETURN expr` or `BEGIN ATOMIC ... END` in
-    the standard form) or a PL/pgSQL function's whole definition (pg_get_functiondef)."""
+    the standard form) or a PL/pgSQL function's whole definition (pg_get_functiondef).
+    `search_path`: the function's own (`SET search_path`), if it sets one; else its
+    unqualified names are the caller's (reached.CALLER)."""
+    path = search_path if search_path is not None else (CALLER,)
     if language in _COMPILED_LANGUAGES:
         return Reach()
     if language == "sql":
-        return _reach_of_texts([_sql_body(body)])
+        return _reach_of_texts([_sql_body(body)], path)
     if language == "plpgsql":
         try:
             tree = json.loads(parse_plpgsql_json(body))
@@ -60,7 +64,7 @@ def body_reach(language: str, body: str) -> Reach:
         texts: list[str] = []
         if not _plpgsql_texts(tree, texts):
             return UNSEEN
-        return _reach_of_texts(texts)
+        return _reach_of_texts(texts, path)
     return UNSEEN
 
 
@@ -98,10 +102,12 @@ def _sql_body(body: str) -> str:
     return stripped
 
 
-def _reach_of_texts(texts: list[str]) -> Reach:
+def _reach_of_texts(texts: list[str], search_path: tuple[str, ...]) -> Reach:
     called: set[str] = set()
+    relations: set[str] = set()
+    columns: set[tuple[str, str]] = set()
     for text in texts:
-        analysis = analyze(text, ("public",))
+        analysis = analyze(text, search_path)
         if analysis.error is not None:
             return UNSEEN
         for statement in analysis.statements:
@@ -110,7 +116,10 @@ def _reach_of_texts(texts: list[str]) -> Reach:
                 # carried to the statement that calls it: it counts as unseen.
                 return UNSEEN
             called |= statement.functions
-    return Reach(frozenset(called))
+            relations |= statement.relations_read
+            for relation, names in statement.columns_read.items():
+                columns.update((relation, name) for name in names)
+    return Reach(frozenset(called), relations=frozenset(relations), columns=frozenset(columns))
 
 
 def _plpgsql_texts(node: Any, texts: list[str]) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from custos.sql import exposure
 from custos.sql.collector import KIND_PRIORITY
 from custos.sql.facts import Analysis, PatternMatch, StatementFacts, StatementKind
+from custos.sql.names import qualified, resolution_schema
 from custos.sql.risks import FUNCTION_STATEMENTS, SQL_TEXT_FUNCTIONS
 
 
@@ -32,6 +33,16 @@ class Reach:
     unknown: bool = False
     # For a function: it returns a set of rows (see StatementFacts.calls_with_columns).
     returns_set: bool = False
+    # For a function: the relations its body reads, and their columns (relation, column);
+    # a name its body leaves unqualified is in the CALLER schema, resolved by the caller's
+    # search path (with_function_bodies).
+    relations: frozenset[str] = frozenset()
+    columns: frozenset[tuple[str, str]] = frozenset()
+
+
+CALLER = "$caller"
+"""The schema a function body's unqualified relation names are put in when the function
+does not set its own search path: the database resolves them by the caller's."""
 
 
 NOTHING_REACHED = Reach()
@@ -57,12 +68,17 @@ def with_reached_functions(
     return dataclasses.replace(analysis, statements=statements, canonical=None)
 
 
-def with_function_bodies(analysis: Analysis, bodies: Mapping[str, Reach]) -> Analysis:
-    """The analysis with what the user-defined functions it calls run, and what those call
-    in turn (`bodies`: name -> what its body calls); itself when that adds nothing."""
+def with_function_bodies(
+    analysis: Analysis, bodies: Mapping[str, Reach], search_path: tuple[str, ...]
+) -> Analysis:
+    """The analysis with what the user-defined functions it calls run and read, and what
+    those call in turn (`bodies`: name -> what its body calls and reads); itself when that
+    adds nothing. `search_path`: the analysis' own, by which bodies' unqualified names
+    resolve."""
     if not bodies:
         return analysis
-    statements = tuple(_with_bodies(statement, bodies) for statement in analysis.statements)
+    caller = resolution_schema(search_path)
+    statements = tuple(_with_bodies(statement, bodies, caller) for statement in analysis.statements)
     if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
         return analysis
     return dataclasses.replace(analysis, statements=statements, canonical=None)
@@ -105,6 +121,17 @@ def _with_reached(
     operators: Mapping[str, Reach],
     cast_types: Mapping[str, Reach],
 ) -> StatementFacts:
+    behind_operators = [
+        (function, sources)
+        for name, sources in statement.calls_with_columns
+        if (found := operators.get(name)) is not None
+        for function in sorted(found.read)
+    ]
+    if behind_operators:
+        # An operator given columns calls its function with them: whether that returns a
+        # set is judged with the function bodies (_with_bodies).
+        calls = tuple(dict.fromkeys([*statement.calls_with_columns, *behind_operators]))
+        statement = dataclasses.replace(statement, calls_with_columns=calls)
     reached: set[str] = set()
     unknown = False
     for used, behind in ((statement.operators, operators), (statement.cast_types, cast_types)):
@@ -126,7 +153,9 @@ def _with_reached(
     return calling(statement, frozenset(reached), unknown)
 
 
-def _with_bodies(statement: StatementFacts, bodies: Mapping[str, Reach]) -> StatementFacts:
+def _with_bodies(
+    statement: StatementFacts, bodies: Mapping[str, Reach], caller: str
+) -> StatementFacts:
     searched = {
         source
         for name, sources in statement.calls_with_columns
@@ -142,6 +171,8 @@ def _with_bodies(statement: StatementFacts, bodies: Mapping[str, Reach]) -> Stat
         patterns = tuple(dict.fromkeys(statement.pattern_matches) | searches)
         statement = dataclasses.replace(statement, pattern_matches=patterns)
     reached: set[str] = set()
+    relations: set[str] = set()
+    columns: set[tuple[str, str]] = set()
     unknown = False
     pending = list(statement.functions)
     seen: set[str] = set()
@@ -154,8 +185,43 @@ def _with_bodies(statement: StatementFacts, bodies: Mapping[str, Reach]) -> Stat
         if body is not None:
             reached |= body.read
             unknown |= body.unknown
+            relations |= body.relations
+            columns |= body.columns
             pending.extend(body.read)
+    if relations or columns:
+        statement = _reading(statement, relations, columns, caller)
     return calling(statement, frozenset(reached), unknown)
+
+
+def _reading(
+    statement: StatementFacts,
+    relations: set[str],
+    columns: set[tuple[str, str]],
+    caller: str,
+) -> StatementFacts:
+    """The statement as if it read what the functions it calls read: their results are
+    not traced to the columns they come from, so every column a body reads counts as read
+    (a function returning customers' emails reads emails, under their rules)."""
+    prefix = qualified(CALLER, "")
+    here = qualified(caller, "")
+
+    def placed(relation: str) -> str:
+        return here + relation[len(prefix) :] if relation.startswith(prefix) else relation
+
+    read = {relation: set(names) for relation, names in statement.columns_read.items()}
+    for relation, column in columns:
+        read.setdefault(placed(relation), set()).add(column)
+    relations_read = statement.relations_read | {placed(r) for r in relations} | read.keys()
+    if relations_read == statement.relations_read and all(
+        statement.columns_read.get(relation, frozenset()) == names
+        for relation, names in read.items()
+    ):
+        return statement
+    return dataclasses.replace(
+        statement,
+        relations_read=frozenset(relations_read),
+        columns_read={relation: frozenset(names) for relation, names in read.items()},
+    )
 
 
 def calling(

@@ -826,6 +826,15 @@ class Walker:
         if given and name in SET_RETURNING_FUNCTIONS:
             # (array_fill(1, ARRAY[f(name)])).unnest: no row where f is 0, as unnest(...).
             self.add_searches(given, "~", None, False)
+        elif given:
+            self.may_return_rows(name, given)
+
+    def may_return_rows(self, name: str, given: set[Source]) -> None:
+        """A call of a function the analysis does not know (or of a user-defined operator's
+        function), given these columns: computing a result column, where a set-returning
+        function may stand, whether it is one the catalog says (calls_with_columns)."""
+        if self._sink is not None:
+            self._c.calls_with_columns[(name, frozenset(given))] = None
 
     def func_call(self, body: Node, scope: Scope | None) -> None:
         selects = self._filtering  # a search function met in a filter selects its rows
@@ -857,12 +866,9 @@ class Walker:
             if columns:
                 self.add_searches(columns, "~", None, False)
         elif self._sink is not None:
-            # Computing a result column, where a set-returning function may stand: whether
-            # this one is, the catalog says (StatementFacts.calls_with_columns).
             given = self.traced(body.get("args") or [], scope)
             if given:
-                call = (function_name(body["funcname"]), frozenset(given))
-                self._c.calls_with_columns[call] = None
+                self.may_return_rows(function_name(body["funcname"]), given)
         else:
             self.expr(body.get("args"), scope)
         self.expr(body.get("agg_order"), scope)
@@ -998,6 +1004,12 @@ class Walker:
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
                 if columns and (contains or not _plain_side(side, scope)):
                     self.add_searches(columns, "~", None, False)
+            return
+        if name and self._sink is not None:
+            # An operator runs its function, which may be a user-defined set-returning one.
+            given = self.traced(body.get("lexpr"), scope) | self.traced(body.get("rexpr"), scope)
+            if given:
+                self.may_return_rows(".".join(strings(name)), given)
             return
         self.expr(body.get("lexpr"), scope)
         self.expr(body.get("rexpr"), scope)

@@ -9,7 +9,8 @@ selects from it. This reads, for each relation, the functions reached by reading
 by writing it, operators resolved to the functions behind them.
 
 Relations of pg_catalog and information_schema are not asked about: they are the
-database's own, and what they call is read-only.
+database's own, and what they call is read-only (but a relation someone created in
+information_schema is asked about like any other).
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 
 from custos.sql.analysis import analyze
-from custos.sql.names import qualified, split_qualified
+from custos.sql.names import (
+    INFORMATION_SCHEMA_RELATIONS,
+    qualified,
+    split_identifier_list,
+    split_qualified,
+)
 from custos.sql.reached import Reach, called_functions
 
 Row = tuple[str | None, ...]
 
-SYSTEM_SCHEMAS = ("pg_catalog.", "information_schema.")
 
 EMPTY_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', '', false)"
 """Run first on a connection that reads definitions, so that they name every object with its
@@ -121,8 +126,14 @@ JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"""
 
 
 def asked_about(relation: str) -> bool:
-    """Whether the relation's reach is read from the catalog (not the database's own)."""
-    return not relation.startswith(SYSTEM_SCHEMAS)
+    """Whether the relation's reach is read from the catalog: not the database's own (a
+    relation someone created in information_schema is theirs, and asked about)."""
+    if relation.startswith("pg_catalog."):
+        return False
+    if relation.startswith("information_schema."):
+        parts = split_qualified(relation)
+        return parts is None or parts[1] not in INFORMATION_SCHEMA_RELATIONS
+    return True
 
 
 def reach_query(relations: Collection[str]) -> str:
@@ -188,16 +199,19 @@ SELECT f.schema_name, f.function_name, NULL, NULL, f.language,
        CASE WHEN f.language = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid)
             WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(f.oid)
             ELSE p.prosrc END,
-       CASE WHEN p.proretset THEN 'set' END
+       CASE WHEN p.proretset THEN 'set' END,
+       (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) AS c
+        WHERE pg_catalog.starts_with(c, 'search_path=') LIMIT 1)
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE f.prokind <> 'a'
 UNION ALL
 SELECT f.schema_name, f.function_name, NULL, NULL, 'sql',
-       'SELECT ' || pg_catalog.pg_get_expr(p.proargdefaults, 0), NULL
+       'SELECT ' || pg_catalog.pg_get_expr(p.proargdefaults, 0), NULL, NULL
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE p.proargdefaults IS NOT NULL
 UNION ALL
-SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL, NULL
+SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL, NULL,
+       NULL
 FROM f
 JOIN pg_catalog.pg_aggregate AS a ON a.aggfnoid = f.oid
 JOIN pg_catalog.pg_proc AS s
@@ -213,14 +227,16 @@ def bodies_query(functions: Collection[str]) -> str:
 
 
 def bodies_from_rows(
-    rows: Iterable[Row], body_reach: Callable[[str, str], Reach]
+    rows: Iterable[Row], body_reach: Callable[[str, str, tuple[str, ...] | None], Reach]
 ) -> dict[str, Reach]:
-    """name (as the facts spell it) -> what calling it runs, from bodies_query's rows: every
-    function of that name, since which one a call means is the database's choice."""
+    """name (as the facts spell it) -> what calling it runs and reads, from bodies_query's
+    rows: every function of that name, since which one a call means is the database's."""
     found: dict[str, set[str]] = {}
+    relations: dict[str, set[str]] = {}
+    columns: dict[str, set[tuple[str, str]]] = {}
     unknown: set[str] = set()
     returning_sets: set[str] = set()
-    for schema, name, function_schema, function, language, body, returns in rows:
+    for schema, name, function_schema, function, language, body, returns, path in rows:
         if name is None:
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
@@ -230,12 +246,24 @@ def bodies_from_rows(
         if function is not None:
             functions.update((function, f"{function_schema}.{function}"))
             continue
-        reach = body_reach(language or "", body or "")
+        own_path = split_identifier_list(path) if path is not None else None
+        if path is not None and own_path is None:
+            unknown.add(key)  # it sets a search path that cannot be read
+            continue
+        reach = body_reach(language or "", body or "", own_path)
         functions.update(reach.read)
+        relations.setdefault(key, set()).update(reach.relations)
+        columns.setdefault(key, set()).update(reach.columns)
         if reach.unknown:
             unknown.add(key)
     return {
-        key: Reach(frozenset(functions), unknown=key in unknown, returns_set=key in returning_sets)
+        key: Reach(
+            frozenset(functions),
+            unknown=key in unknown,
+            returns_set=key in returning_sets,
+            relations=frozenset(relations.get(key, ())),
+            columns=frozenset(columns.get(key, ())),
+        )
         for key, functions in found.items()
     }
 
