@@ -25,8 +25,10 @@ from custos.sql.reached import (
     Reach,
     called_functions,
     cast_types,
+    field_relations,
     reached_relations,
     used_operators,
+    with_field_calls,
     with_function_bodies,
     with_reached_functions,
 )
@@ -228,6 +230,7 @@ def read_reach(dsn: str, analysis: Analysis, search_path: tuple[str, ...]) -> An
                 break
             definitions |= views
             viewed = through_views(analysis, search_path, definitions)
+        viewed = with_field_calls(viewed, read_columns(dsn, field_relations(viewed)))
         operators, types = used_operators(viewed), cast_types(viewed)
         behind = (
             behind_from_rows(rows(operators_query(operators)), functions_called)

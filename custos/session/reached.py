@@ -24,12 +24,19 @@ from custos.sql.reached import (
     Reach,
     called_functions,
     cast_types,
+    field_relations,
     reached_relations,
     used_operators,
+    with_field_calls,
     with_function_bodies,
     with_reached_functions,
 )
-from custos.sql.views import through_views, through_views_within
+from custos.sql.views import (
+    through_views,
+    through_views_within,
+    view_lineage,
+    with_view_reads,
+)
 from custos.upstream.columns import ColumnCatalog
 
 CATALOG_UNREADABLE = Refusal(
@@ -149,8 +156,14 @@ class FunctionReach:
         for _ in range(BODY_DEPTH):
             unread: set[str] = set()
             if self._bodies(frozenset(names), unread) is not None:
-                return
+                break
             await catalog.load_behind("function", unread)
+        # Then the relations only those bodies read.
+        relations = set()
+        for analysis, path in candidates:
+            self._assembled(analysis.canonical or analysis, path, relations)
+        if relations:
+            await catalog.load(relations)
 
     def _applied(self, analysis: Analysis, path: tuple[str, ...]) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
@@ -161,6 +174,24 @@ class FunctionReach:
             known, reached, generation, until = remembered
             if known is base and generation == catalog.generation and catalog.now() < until:
                 return analysis if reached is base else reached
+        assembled = self._assembled(base, path)
+        if assembled is None:
+            return None
+        reached, until = assembled
+        if analysis_bytes(base) > HEAVY_BYTES:
+            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
+        self._memo[id(base)] = (base, reached, catalog.generation, until)
+        if len(self._memo) > self._memo_entries:
+            self._memo.popitem(last=False)
+        return analysis if reached is base else reached
+
+    def _assembled(
+        self, base: Analysis, path: tuple[str, ...], unread: set[str] | None = None
+    ) -> tuple[Analysis, float] | None:
+        """The analysis read through its views, with what it reaches and what the bodies
+        of the functions it calls run and read, and until when that holds; None while the
+        catalog has not been read for it (relations only bodies read then added to
+        `unread`, if given)."""
         viewed, viewed_until, complete, _ = self._through_views(base, path)
         if not complete:
             return None
@@ -173,12 +204,21 @@ class FunctionReach:
             return None
         reached = with_function_bodies(reached, bodies[0], path)
         until = min(until, bodies[1], viewed_until)
-        if analysis_bytes(base) > HEAVY_BYTES:
-            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
-        self._memo[id(base)] = (base, reached, catalog.generation, until)
-        if len(self._memo) > self._memo_entries:
-            self._memo.popitem(last=False)
-        return analysis if reached is base else reached
+        # Relations only function bodies read: their views' columns are traced to base
+        # columns, and what reading them runs counts as run.
+        extra = reached_relations(reached) - reached_relations(viewed)
+        if not extra:
+            return reached, until
+        catalog = self._catalog
+        views = catalog.views(extra)
+        reach = catalog.reach(extra)
+        if views is None or reach is None:
+            if unread is not None:
+                unread |= extra
+            return None
+        reached = with_view_reads(reached, view_lineage(views[0]))
+        reached = with_reached_functions(reached, reach[0])
+        return reached, min(until, views[1], reach[1])
 
     def _through_views(
         self, base: Analysis, path: tuple[str, ...]
@@ -225,8 +265,9 @@ class FunctionReach:
             self._viewed.popitem(last=False)
 
     def _reached(self, base: Analysis) -> tuple[Analysis, float] | None:
-        """The analysis with what its relations, operators and casts reach, and until when
-        that holds; None while the catalog has not been read for it."""
+        """The analysis with the functions its `q.name`s call, what its relations, operators
+        and casts reach, and until when that holds; None while the catalog has not been
+        read for it."""
         catalog = self._catalog
         found = catalog.reach(reached_relations(base))
         operators = catalog.behind("operator", used_operators(base))
@@ -235,7 +276,8 @@ class FunctionReach:
             return None
         reach, until = found
         until = min(until, operators[1], types[1])
-        return with_reached_functions(base, reach, operators[0], types[0]), until
+        called = with_field_calls(base, catalog.known(field_relations(base)))
+        return with_reached_functions(called, reach, operators[0], types[0]), until
 
     def _bodies(
         self, names: frozenset[str], unread: set[str] | None = None

@@ -103,11 +103,14 @@ def _sql_body(body: str) -> str:
 
 
 def _reach_of_texts(texts: list[str], search_path: tuple[str, ...]) -> Reach:
+    """What the texts call and read, their unqualified names resolved in each schema of the
+    path (which one the database finds is not known here)."""
     called: set[str] = set()
     relations: set[str] = set()
     columns: set[tuple[str, str]] = set()
-    for text in texts:
-        analysis = analyze(text, search_path)
+    schemas = [schema for schema in search_path if schema not in ("$user", "pg_catalog")]
+    for text, schema in ((text, schema) for text in texts for schema in schemas or ["public"]):
+        analysis = analyze(text, (schema,))
         if analysis.error is not None:
             return UNSEEN
         for statement in analysis.statements:

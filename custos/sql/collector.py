@@ -62,6 +62,7 @@ class Collector:
         "executes",
         "explain_only",
         "fetches",
+        "field_names",
         "functions",
         "holdable",
         "kinds",
@@ -100,6 +101,7 @@ class Collector:
         self.operators: set[str] = set()
         self.cast_types: set[str] = set()
         self.calls_with_columns: dict[tuple[str, frozenset[Source]], None] = {}
+        self.field_names: set[tuple[str, str]] = set()
         self.patterns: dict[PatternMatch, None] = {}
         self.without_where = False
         self.limit: int | ParameterRef | None = None
@@ -177,4 +179,5 @@ class Collector:
             reads_statistics=exposure.reads_statistics(relations_read, self.functions),
             collects_rows=self.collects_rows,
             calls_with_columns=tuple(self.calls_with_columns),
+            field_names=frozenset(self.field_names),
         )

@@ -84,8 +84,8 @@ class StatementFacts:
     # Operators used (schema-qualified if written OPERATOR(schema.op)): user-defined ones
     # run their functions (custos/upstream/reach.py).
     operators: frozenset[str] = frozenset()
-    # Types values are cast to, but those written pg_catalog.x: a user-defined type's
-    # input function, casts and domain checks run on the value.
+    # Types values are cast to: a user-defined type's input function, casts and domain
+    # checks run on the value, and a user-defined cast to any type runs its function.
     cast_types: frozenset[str] = frozenset()
     update_or_delete_without_where: bool = False
     pattern_matches: tuple[PatternMatch, ...] = ()
@@ -137,6 +137,10 @@ class StatementFacts:
     # one is a user-defined set-returning function (sql/reached.py), what it is given is
     # searched: it returns no row where its set is empty.
     calls_with_columns: tuple[tuple[str, frozenset[tuple[str, str]]], ...] = ()
+    # (relation, name) of each `q.name` over a base table: where the table has no column of
+    # that name, PostgreSQL calls name(q) (field notation). The catalog's columns decide
+    # (sql/reached.py with_field_calls).
+    field_names: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,7 @@ def statement_bytes(statement: StatementFacts) -> int:
     weight = 1024 + 300 * len(outputs) + 100 * sum(len(output.sources) for output in outputs)
     weight += 100 * sum(len(names) for names in statement.columns_read.values())
     weight += 100 * sum(len(sources) for _, sources in statement.calls_with_columns)
+    weight += 100 * len(statement.field_names)
     return weight + 100 * len(statement.pattern_matches)
 
 

@@ -84,6 +84,29 @@ def with_function_bodies(
     return dataclasses.replace(analysis, statements=statements, canonical=None)
 
 
+def with_field_calls(analysis: Analysis, columns_of: Mapping[str, tuple[str, ...]]) -> Analysis:
+    """The analysis calling name(q) for each `q.name` over a table the catalog says has no
+    column of that name (`o.att_email` runs crm.att_email(o)); itself when there is none."""
+    statements = []
+    for statement in analysis.statements:
+        calls = frozenset(
+            name
+            for relation, name in statement.field_names
+            if (columns := columns_of.get(relation)) is not None and name not in columns
+        )
+        statements.append(calling(statement, calls) if calls else statement)
+    if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
+        return analysis
+    return dataclasses.replace(analysis, statements=tuple(statements), canonical=None)
+
+
+def field_relations(analysis: Analysis) -> frozenset[str]:
+    """The tables some `q.name` of the analysis may call a function over."""
+    return frozenset(
+        relation for statement in analysis.statements for relation, _ in statement.field_names
+    )
+
+
 def called_functions(analysis: Analysis) -> frozenset[str]:
     """The functions the analysis' statements call (with those they reach, once applied)."""
     return _gathered(analysis, "functions")

@@ -17,6 +17,7 @@ an analysis of its own (no `canonical`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 
@@ -24,8 +25,9 @@ from pglast.parser import ParseError, parse_sql_json
 
 from custos.protocol import sqlstates
 from custos.sql import budget
-from custos.sql.analysis import analyze_within, too_complex
-from custos.sql.facts import Analysis
+from custos.sql.analysis import analyze, analyze_within, too_complex
+from custos.sql.facts import ALL_COLUMNS, Analysis, StatementFacts
+from custos.sql.scope import Source
 from custos.sql.walker import QUERY_NODE_TYPES, Node, only
 
 UNREADABLE_VIEW = (
@@ -88,3 +90,56 @@ def _query_of(sql: str) -> Node | None:
         return None
     node: Node = statements[0]["stmt"]
     return node if only(node)[0] in QUERY_NODE_TYPES else None
+
+
+Lineage = Mapping[str, Mapping[str, frozenset[tuple[str, str]]]]
+"""view -> its column -> the base columns (relation, column) that column comes from."""
+
+
+def view_lineage(definitions: Mapping[str, str]) -> dict[str, dict[str, frozenset[Source]]]:
+    """Each view's columns traced to base columns (read through the others given): for
+    reads a statement makes without naming the view, such as a function body's."""
+    lineage: dict[str, dict[str, frozenset[Source]]] = {}
+    for view, sql in definitions.items():
+        analysis = through_views(analyze(sql, ()), (), definitions)
+        columns: dict[str, frozenset[Source]] = {}
+        everything: set[Source] = set()
+        for statement in analysis.statements[:1]:
+            for output in statement.output_columns:
+                if output.name is not None:
+                    columns[output.name] = output.sources
+                everything |= output.sources
+        if analysis.error is not None or not analysis.statements:
+            everything = {(view, ALL_COLUMNS)}  # unknown: the view's own name stands
+        columns[ALL_COLUMNS] = frozenset(everything)
+        lineage[view] = columns
+    return lineage
+
+
+def with_view_reads(analysis: Analysis, lineage: Lineage) -> Analysis:
+    """The analysis reading, besides each view column it reads, the base columns that
+    column comes from; itself when it reads no column of these views."""
+    statements = tuple(_with_view_reads(statement, lineage) for statement in analysis.statements)
+    if all(new is old for new, old in zip(statements, analysis.statements, strict=True)):
+        return analysis
+    return dataclasses.replace(analysis, statements=statements, canonical=None)
+
+
+def _with_view_reads(statement: StatementFacts, lineage: Lineage) -> StatementFacts:
+    added: set[Source] = set()
+    for relation, names in statement.columns_read.items():
+        columns = lineage.get(relation)
+        if columns is None:
+            continue
+        for name in names:
+            added |= columns.get(name, columns[ALL_COLUMNS])
+    if not added:
+        return statement
+    read = {relation: set(names) for relation, names in statement.columns_read.items()}
+    for relation, column in added:
+        read.setdefault(relation, set()).add(column)
+    return dataclasses.replace(
+        statement,
+        relations_read=statement.relations_read | read.keys(),
+        columns_read={relation: frozenset(names) for relation, names in read.items()},
+    )

@@ -303,7 +303,9 @@ class Walker:
             if output is not None:
                 if output.opaque and output.sources:
                     self.add_searches(set(output.sources), "~", None, False)
-            elif not _plain_side(key, scope):
+            elif not _plain_side(key, scope) or _whole_row(key, scope):
+                # A whole row is ranked by its type's operator class, which may be anyone's
+                # function (CREATE OPERATOR CLASS ... DEFAULT FOR TYPE crm.orders).
                 self.unclear_search(key, scope)
 
     def distinct_rows(self, columns: Sequence[Col]) -> None:
@@ -771,6 +773,8 @@ class Walker:
                 found = resolve_qualified(scope, first["sval"], name)
                 if name in ROW_FUNCTIONS or _no_such_column(scope, first["sval"], name):
                     self.field_call(name, found)  # field notation: name(q)
+                else:
+                    self.named_on_table(scope, first["sval"], name)
                 return found
         if "A_Star" in fields[-1]:
             qualifier = strings(fields[:-1])
@@ -791,6 +795,13 @@ class Walker:
             sources |= resolve_qualified(scope, names[0], names[1])
         self.field_call(column, sources)
         return sources
+
+    def named_on_table(self, scope: Scope | None, qualifier: str, name: str) -> None:
+        """`q.name` over a base table, whose columns the walk does not know: where the table
+        has no such column, it is the call name(q). The catalog says (field_names)."""
+        rte = scope.find_rte(qualifier) if scope is not None else None
+        if rte is not None and rte.plain_relation is not None:
+            self._c.field_names.add((rte.plain_relation, name))
 
     def scanned(self, source: str) -> None:
         """A FROM item reads the relation (or CTE): read twice in one statement (a self-join,
@@ -1114,6 +1125,24 @@ def _plain_side(node: Any, scope: Scope | None) -> bool:
     return _plain_operand(node) and not _uses_computed_column(node, scope)
 
 
+def _whole_row(node: Any, scope: Scope | None) -> bool:
+    """Whether the node names a whole row: `q.*`, or a FROM item's bare name (PostgreSQL
+    takes it for a column first, which this cannot tell for a table: taken as a row)."""
+    ref = node.get("ColumnRef") if type(node) is dict else None
+    if ref is None:
+        return False
+    fields = ref["fields"]
+    if "A_Star" in fields[-1]:
+        return True
+    names = strings(fields)
+    return (
+        len(fields) == 1
+        and len(names) == 1
+        and scope is not None
+        and scope.find_rte(names[0]) is not None
+    )
+
+
 def _computed_in(rte: Rte, name: str | None) -> bool:
     return rte.relation is None and any(
         column.opaque and column.sources and column.name in (name, None) for column in rte.columns
@@ -1258,8 +1287,9 @@ def _skip(walker: Walker, body: Node, scope: Scope | None) -> None:
 
 def _type_cast(walker: Walker, body: Node, scope: Scope | None) -> None:
     names = strings((body.get("typeName") or {}).get("names") or ())
-    if names and names[0] != "pg_catalog":
-        # A user-defined type's input function, casts and domain checks run on the value.
+    if names:
+        # A user-defined type's input function, casts and domain checks run on the value,
+        # and so does a user-defined cast to any type (the database's own too).
         walker.cast_to(".".join(names))
     walker.expr(body.get("arg"), scope)
 

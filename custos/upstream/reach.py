@@ -29,6 +29,11 @@ from custos.sql.reached import Reach, called_functions
 Row = tuple[str | None, ...]
 
 
+FIRST_USER_OID = 16384
+"""PostgreSQL's FirstNormalObjectId: every object with a lower OID is the database's own,
+made by initdb (pg_catalog's and information_schema's); any other was made by someone, in
+whatever schema, and what it runs is read."""
+
 EMPTY_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', '', false)"
 """Run first on a connection that reads definitions, so that they name every object with its
 schema, whatever the search path of the sessions whose statements read them."""
@@ -152,10 +157,10 @@ def reach_query(relations: Collection[str]) -> str:
 _OPERATORS_QUERY = """\
 SELECT v.schema_name, v.operator_name, pn.nspname::text, p.proname::text
 FROM (VALUES {operators}) AS v(schema_name, operator_name)
-JOIN pg_catalog.pg_operator AS o ON o.oprname = v.operator_name
+JOIN pg_catalog.pg_operator AS o
+  ON o.oprname = v.operator_name AND o.oid >= {first_user_oid}
 JOIN pg_catalog.pg_namespace AS n
-  ON n.oid = o.oprnamespace AND n.nspname <> 'pg_catalog'
- AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+  ON n.oid = o.oprnamespace AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
 JOIN pg_catalog.pg_proc AS p ON p.oid = o.oprcode
 JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace"""
 
@@ -167,13 +172,16 @@ t AS (
   FROM v
   JOIN pg_catalog.pg_type AS t ON t.typname = v.type_name
   JOIN pg_catalog.pg_namespace AS n
-    ON n.oid = t.typnamespace AND n.nspname <> 'pg_catalog'
-   AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+    ON n.oid = t.typnamespace AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
 )
+-- A user-defined type's input function; the user-defined casts to any type of the name,
+-- the database's own types too (CREATE CAST (crm.orders AS text) WITH FUNCTION ...).
 SELECT t.schema_name, t.type_name, pn.nspname::text, p.proname::text, NULL
 FROM t
-JOIN pg_catalog.pg_proc AS p ON p.oid = t.typinput
-  OR p.oid IN (SELECT c.castfunc FROM pg_catalog.pg_cast AS c WHERE c.casttarget = t.oid)
+JOIN pg_catalog.pg_proc AS p
+  ON (p.oid = t.typinput AND t.oid >= {first_user_oid})
+  OR p.oid IN (SELECT c.castfunc FROM pg_catalog.pg_cast AS c
+               WHERE c.casttarget = t.oid AND c.castfunc >= {first_user_oid})
 JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
 UNION ALL
 SELECT t.schema_name, t.type_name, NULL, NULL,
@@ -189,10 +197,10 @@ WITH v(schema_name, function_name) AS (VALUES {functions}),
 f AS (
   SELECT v.schema_name, v.function_name, p.oid, p.prokind, l.lanname::text AS language
   FROM v
-  JOIN pg_catalog.pg_proc AS p ON p.proname = v.function_name
+  JOIN pg_catalog.pg_proc AS p
+    ON p.proname = v.function_name AND p.oid >= {first_user_oid}
   JOIN pg_catalog.pg_namespace AS n
-    ON n.oid = p.pronamespace AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-   AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+    ON n.oid = p.pronamespace AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
   JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
 )
 SELECT f.schema_name, f.function_name, NULL, NULL, f.language,
@@ -223,7 +231,7 @@ JOIN pg_catalog.pg_namespace AS pn ON pn.oid = s.pronamespace"""
 def bodies_query(functions: Collection[str]) -> str:
     """One query for the bodies of every user-defined function of these names (as the facts
     spell them: `schema.f` or `f`), and the support functions of aggregates among them."""
-    return _BODIES_QUERY.format(functions=_named_values(functions))
+    return _BODIES_QUERY.format(functions=_named_values(functions), first_user_oid=FIRST_USER_OID)
 
 
 def bodies_from_rows(
@@ -271,13 +279,15 @@ def bodies_from_rows(
 def operators_query(operators: Collection[str]) -> str:
     """One query for the functions behind every user-defined operator of these names (as
     the facts spell them: `schema.op` or `op`); the database's own run nothing that matters."""
-    return _OPERATORS_QUERY.format(operators=_named_values(operators))
+    return _OPERATORS_QUERY.format(
+        operators=_named_values(operators), first_user_oid=FIRST_USER_OID
+    )
 
 
 def types_query(types: Collection[str]) -> str:
     """One query for what casting a value to each user-defined type of these names runs:
     its input function, the casts to it, its domain checks (as SQL to analyse)."""
-    return _TYPES_QUERY.format(types=_named_values(types))
+    return _TYPES_QUERY.format(types=_named_values(types), first_user_oid=FIRST_USER_OID)
 
 
 def behind_from_rows(

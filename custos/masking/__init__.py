@@ -1,0 +1,1 @@
+"""Masking personal data in results: values, columns and the session stage that rewrites rows."""
