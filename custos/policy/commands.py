@@ -268,6 +268,7 @@ def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None
         f"  functions:           {_listed(facts.functions)}",
         f"  risks:               {_listed(facts.risks)}",
         *_result_columns(analysis),
+        *_masked_columns(decision),
     ]
     if decision.approval is not None:
         approval = decision.approval
@@ -308,6 +309,19 @@ def _result_columns(analysis: Analysis) -> list[str]:
                 f"  {ALL_COLUMNS if column.name is None else column.name:<19} {sources or '-'}"
             )
     return lines
+
+
+def _masked_columns(decision: Decision) -> list[str]:
+    """The result columns a masked decision masks, by position, and how."""
+    lines = []
+    for number, masks in enumerate(decision.column_masks, start=1):
+        for mask in masks:
+            where = f"{mask.position + 1}" + (" on" if mask.name is None else f" ({mask.name})")
+            lines.append(
+                f"  column {where}: {mask.category}, {mask.method} (rule {mask.rule})"
+                + (f" [statement {number}]" if len(decision.column_masks) > 1 else "")
+            )
+    return ["masked columns:", *lines] if lines else []
 
 
 # --- diff ---------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 
 from custos.identity.durations import parse_duration
 from custos.identity.errors import shown
+from custos.masking.columns import ColumnMask, column_masks
 from custos.policy.catalog import PersonalDataCatalog
 from custos.policy.conditions import (
     CompiledTimeWindow,
@@ -172,6 +173,8 @@ class Decision:
     approval: ApprovalRequirement | None
     masks: tuple[MaskSpec, ...]
     facts: DecisionFacts
+    # For a masked decision: per statement, the result columns to mask and how.
+    column_masks: tuple[tuple[ColumnMask, ...], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -182,6 +185,7 @@ class Decision:
             "policy_version": self.policy_version,
             "approval": self.approval.as_dict() if self.approval else None,
             "masks": [mask.as_dict() for mask in self.masks],
+            "column_masks": [[mask.as_dict() for mask in each] for each in self.column_masks],
             "facts": self.facts.as_dict(),
         }
 
@@ -429,6 +433,12 @@ class PolicyEngine:
             approval=rule.approval if rule and effect is Effect.REQUIRE_APPROVAL else None,
             masks=masks,
             facts=self._facts(profiles, outcomes),
+            column_masks=tuple(
+                column_masks(profile.statement.output_columns, self.catalog, masks)
+                for profile in profiles
+            )
+            if effect is Effect.MASK
+            else (),
         )
 
     def _reasons(self, rule: _Rule, profile: _Profile, outcome: _Outcome) -> list[str]:

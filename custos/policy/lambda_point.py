@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from custos.masking.columns import ColumnMask
 from custos.policy.engine import (
     ApprovalRequirement,
     Decision,
@@ -103,6 +104,14 @@ class MaskPayload(_Wire):
     method: MaskMethod
 
 
+class ColumnMaskPayload(_Wire):
+    position: int = Field(ge=0)
+    name: str | None
+    category: str
+    method: MaskMethod
+    rule: str
+
+
 class FactsPayload(_Wire):
     statements: int = Field(ge=0)
     kinds: list[str]
@@ -126,6 +135,7 @@ class DecisionPayload(_Wire):
     approval: ApprovalPayload | None
     masks: list[MaskPayload]
     facts: FactsPayload
+    column_masks: list[list[ColumnMaskPayload]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _complete(self) -> DecisionPayload:
@@ -165,6 +175,13 @@ class DecisionPayload(_Wire):
                 functions=tuple(facts.functions),
                 risks=tuple(facts.risks),
                 unparsable=facts.unparsable,
+            ),
+            column_masks=tuple(
+                tuple(
+                    ColumnMask(mask.position, mask.name, mask.category, mask.method, mask.rule)
+                    for mask in statement
+                )
+                for statement in self.column_masks
             ),
         )
 

@@ -1,0 +1,80 @@
+"""Which result columns a masked statement's rewriter masks, and how.
+
+Each result column carries its lineage: the base columns its values may come from, through
+aliases, expressions, subqueries, views and set operations (custos/sql/walker.py). A column
+is masked when any of them holds a category a mask rule of the decision names, by that
+rule's method; where several rules apply, the strongest method wins (null, then redact,
+then a pseudonym, then partial). A column of unknown width (`*` over a relation whose
+columns were not read) stands for every column from its place on: all of them are masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from custos.policy.catalog import PersonalDataCatalog
+from custos.policy.models import MaskMethod
+from custos.sql.facts import OutputColumn
+
+STRENGTH = {MaskMethod.NULL: 3, MaskMethod.REDACT: 2, MaskMethod.HASH: 1, MaskMethod.PARTIAL: 0}
+
+MIXED = "mixed"
+"""The category of a column whose values may be of several masked categories."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMask:
+    """One result column to mask: by position (from 0), its name, what it holds, how."""
+
+    position: int
+    name: str | None  # None: every column from `position` on (a `*` of unknown width)
+    category: str
+    method: MaskMethod
+    rule: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "position": self.position,
+            "name": self.name,
+            "category": self.category,
+            "method": self.method.value,
+            "rule": self.rule,
+        }
+
+
+class MaskRule(Protocol):
+    """A mask rule of a decision (engine.MaskSpec): its categories and method."""
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def categories(self) -> frozenset[str]: ...
+
+    @property
+    def method(self) -> MaskMethod: ...
+
+
+def column_masks(
+    outputs: Iterable[OutputColumn], catalog: PersonalDataCatalog, rules: Iterable[MaskRule]
+) -> tuple[ColumnMask, ...]:
+    """The result columns to mask, in order."""
+    rules = tuple(rules)
+    masks: list[ColumnMask] = []
+    for position, output in enumerate(outputs):
+        sources: dict[str, frozenset[str]] = {}
+        for relation, column in output.sources:
+            sources[relation] = sources.get(relation, frozenset()) | {column}
+        held = catalog.categories(sources)
+        applying = [rule for rule in rules if not rule.categories.isdisjoint(held)]
+        if not applying:
+            continue
+        strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
+        masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
+        category = masked[0] if len(masked) == 1 else MIXED
+        masks.append(
+            ColumnMask(position, output.name, category, strongest.method, strongest.rule)
+        )
+    return tuple(masks)
