@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from custos.identity.models import IssuerConfig, RoleConfig
+from custos.masking.keys import MaskingSettings
 from custos.upstream.settings import UpstreamSettings
 
 
@@ -94,6 +95,7 @@ class GatewayConfig(BaseModel):
     roles: list[RoleConfig] = Field(default_factory=list)
     dev_issuer_dir: Path | None = None
     policy: PolicySettings | None = None
+    masking: MaskingSettings = Field(default_factory=MaskingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("listen")

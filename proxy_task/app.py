@@ -13,6 +13,7 @@ from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
 from custos.identity.models import IssuerConfig, RoleConfig
+from custos.masking.keys import MaskingKeyError, masking_key
 from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
@@ -59,7 +60,24 @@ def build_services(config: GatewayConfig) -> GatewayServices:
         policy=policy,
         decision_point=_decision_point(config.policy, policy),
         columns=_column_catalog(config, credentials),
+        masking_key=_masking_key(config),
     )
+
+
+def _masking_key(config: GatewayConfig) -> bytes | None:
+    if config.policy is None:
+        return None
+    try:
+        key = masking_key(config.masking)
+    except MaskingKeyError as error:
+        raise ConfigError(str(error)) from None
+    if key is None:
+        log.warning(
+            "no masking key is configured (masking.key_file, key_secret or $%s):"
+            " statements policy wants pseudonymised are refused",
+            config.masking.key_env,
+        )
+    return key
 
 
 def _policy_source(settings: PolicySettings) -> ReloadingPolicySource:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
+from custos.masking.stage import MaskingStage
 from custos.policy.engine import Decision
 from custos.policy.models import Effect
 from custos.protocol import codes, sqlstates
@@ -378,7 +379,9 @@ class ClientConnection(PeerConnection):
                 StarHints(columns) if columns is not None else None,
                 self.gateway.function_reach,
                 identity_workers,
-            )
+                masks_results=True,
+            ),
+            MaskingStage(self.gateway.masking_key),
         ]
         return SessionMachine(
             stages=stages,

@@ -43,6 +43,7 @@ class GatewayServices:
     policy: FilePolicySource | S3PolicySource | None = None
     decision_point: DecisionPoint | None = None
     columns: ColumnCatalog | None = None
+    masking_key: bytes | None = None
 
 
 class Gateway:
@@ -54,6 +55,7 @@ class Gateway:
         self.policy = services.policy
         self.decision_point = services.decision_point
         self.columns = services.columns
+        self.masking_key = services.masking_key
         # What statements reach through their tables and views (defaults, triggers...).
         self.function_reach = FunctionReach(self.columns) if self.columns is not None else None
         limits = config.limits

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from custos.demo.certificates import CertificateBundle, generate_ca_and_server_cert
-from custos.demo.embedded import DEMO_ROLES, provision_gateway_login
+from custos.demo.embedded import DEMO_ROLES, provision_gateway_login, write_masking_key
 from custos.demo.postgres import PostgresServer, pgserver_binaries
 from custos.identity.dev_issuer import DevIssuer
 
@@ -121,6 +121,7 @@ def start_gateway(
         "tls": {"cert_file": str(tls.server_cert), "key_file": str(tls.server_key)},
         "dev_issuer_dir": str(directory / "dev-issuer"),
         "roles": DEMO_ROLES,
+        "masking": {"key_file": str(write_masking_key(directory / "masking.key"))},
         "limits": {"shutdown_grace_seconds": 5},
         **(extra_config or {}),
     }

@@ -131,3 +131,9 @@ def test_the_strongest_method_wins_and_unknown_width_masks_on() -> None:
     assert column_masks(outputs, ENGINE.catalog, [partial, null]) == (
         ColumnMask(1, None, "email", MaskMethod.NULL, "n"),
     )
+    # A masked column after one of unknown width has no known position: all from it on.
+    after = [OutputColumn(None, frozenset({("crm.orders", "*")})), outputs[0], *outputs[1:]]
+    after[2] = OutputColumn("email", frozenset({("crm.customers", "email")}))
+    assert column_masks(after, ENGINE.catalog, [partial]) == (
+        ColumnMask(0, None, "email", MaskMethod.PARTIAL, "p"),
+    )

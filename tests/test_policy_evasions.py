@@ -20,6 +20,7 @@ import pytest
 from gateway_fixtures import GatewayProcess
 from test_policy_attacks import assert_search_refused, names_in, refused
 from test_session_attacks import (  # noqa: F401 - fixtures
+    assert_no_email_in_clear,
     backend_pid,
     customer_emails,
     customer_names,
@@ -388,8 +389,7 @@ class TestHeld:
     ) -> None:
         with psycopg_connect(governed) as agent:
             assert rows_of(agent, "SELECT id, full_name FROM crm.customers LIMIT 5")
-            assert refused(agent, sql) == "42501"
-            assert not emails_in_rows(rows_of(agent, sql), customer_emails)
+            assert_no_email_in_clear(agent, sql, customer_emails)
 
     @pytest.mark.parametrize(
         "sql",
@@ -995,7 +995,6 @@ class TestTenthRound:
                 "SELECT * FROM crm.support_tickets ORDER BY id LIMIT 100",
                 "SELECT upper(body) FROM crm.support_tickets ORDER BY id LIMIT 100",
             ):
-                assert refused(agent, statement) == "42501", statement
-            # Masked once masking lands; until then refused, like the email column itself.
+                assert_no_email_in_clear(agent, statement, customer_emails)
             # What the ticket is about, not what it says, reads as before.
             assert len(rows_of(agent, "SELECT id, opened_at FROM crm.support_tickets LIMIT 5")) == 5

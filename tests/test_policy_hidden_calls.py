@@ -19,6 +19,7 @@ from gateway_fixtures import GatewayProcess
 from test_policy_attacks import refused
 from test_policy_evasions import KC, assert_smiths_found_and_refused
 from test_session_attacks import (  # noqa: F401 - fixtures
+    assert_no_email_in_clear,
     customer_emails,
     emails_in_rows,
     governed,
@@ -40,7 +41,25 @@ CREATE VIEW public.hidden_public_contacts AS SELECT id, email FROM crm.customers
 CREATE FUNCTION crm.hidden_pathed() {CONTACTS} SET search_path = crm, public
   AS 'SELECT id, email FROM hidden_public_contacts';
 CREATE FUNCTION crm.hidden_order_contact(o crm.orders) RETURNS text {ORDER_EMAIL};
-CREATE CAST (crm.orders AS text) WITH FUNCTION crm.hidden_order_contact(crm.orders);
+CREATE CAST (crm.orders AS text) WITH FUNCTION crm.hidden_order_contact(crm.orders)
+  AS IMPLICIT;
+CREATE FUNCTION crm.hidden_leak(v bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF v = 42 THEN
+    RAISE EXCEPTION 'leak: %', (SELECT string_agg(email, ',') FROM crm.customers WHERE id < 20);
+  END IF;
+  RETURN true;
+END $$;
+CREATE DOMAIN crm.hidden_dom AS bigint CHECK (crm.hidden_leak(VALUE));
+CREATE FUNCTION crm.hidden_gives() RETURNS crm.hidden_dom LANGUAGE sql AS 'SELECT 42::bigint';
+CREATE SCHEMA {GATEWAY_LOGIN} AUTHORIZATION {GATEWAY_LOGIN};
+CREATE VIEW {GATEWAY_LOGIN}.orders AS SELECT id, email AS status FROM crm.customers;
+CREATE FUNCTION crm.hidden_userpath() RETURNS TABLE (id bigint, status text) LANGUAGE sql
+  SET search_path = "$user", crm AS 'SELECT id, status FROM orders';
+CREATE FUNCTION crm.hidden_is_smith(a crm.orders, b crm.orders) RETURNS bool LANGUAGE sql
+  AS $$SELECT (SELECT {KC} FROM crm.customers c WHERE c.id = a.customer_id) = 1$$;
+CREATE OPERATOR crm.= (LEFTARG = crm.orders, RIGHTARG = crm.orders,
+  FUNCTION = crm.hidden_is_smith);
 CREATE FUNCTION crm.hidden_email(o crm.orders) RETURNS text {ORDER_EMAIL};
 CREATE VIEW crm.hidden_view AS SELECT id, email FROM crm.customers;
 CREATE FUNCTION crm.hidden_via_view() {CONTACTS} AS 'SELECT id, email FROM crm.hidden_view';
@@ -81,6 +100,11 @@ DROP OPERATOR crm.<<< ({ROWS}), crm.<<= ({ROWS}), crm.=== ({ROWS}), crm.>>= ({RO
 DROP FUNCTION crm.hidden_lt({ROWS}), crm.hidden_le({ROWS}), crm.hidden_eq({ROWS}),
   crm.hidden_ge({ROWS}), crm.hidden_gt({ROWS}), crm.hidden_cmp({ROWS});
 DROP CAST (crm.orders AS text);
+DROP OPERATOR crm.= ({ROWS});
+DROP FUNCTION crm.hidden_is_smith, crm.hidden_userpath, crm.hidden_gives;
+DROP DOMAIN crm.hidden_dom;
+DROP FUNCTION crm.hidden_leak;
+DROP SCHEMA {GATEWAY_LOGIN} CASCADE;
 DROP FUNCTION information_schema.hidden_contacts, pg_catalog.hidden_contacts_pg,
   crm.hidden_pathed, crm.hidden_order_contact, crm.hidden_email, crm.hidden_via_view,
   crm.hidden_via_view_pl, crm.hidden_touch, information_schema.hidden_touch;
@@ -95,7 +119,8 @@ def hidden(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
     with psycopg.connect(pg_dsn, dbname="custos_demo", autocommit=True) as connection:
         connection.execute(OBJECTS)
         connection.execute(f"GRANT ALL ON crm.hidden_log TO {GATEWAY_LOGIN}")
-        for view in ("public.hidden_public_contacts", "crm.hidden_view"):
+        views = ("public.hidden_public_contacts", "crm.hidden_view", f"{GATEWAY_LOGIN}.orders")
+        for view in views:
             connection.execute(f"ALTER VIEW {view} OWNER TO {GATEWAY_LOGIN}")
         yield
         connection.execute(DROPS)
@@ -114,6 +139,9 @@ def hidden(pg_dsn: str, governed: GatewayProcess) -> Iterator[None]:
         "SELECT orders.hidden_email FROM crm.orders ORDER BY id LIMIT 5",
         "SELECT * FROM crm.hidden_via_view() LIMIT 5",
         "SELECT * FROM crm.hidden_via_view_pl() LIMIT 5",
+        # The implicit cast runs where none is written.
+        "SELECT btrim(o) FROM crm.orders o ORDER BY o.id LIMIT 5",
+        "SELECT string_agg(o, ',') FROM crm.orders o WHERE o.id < 5",
     ],
 )
 def test_emails_a_hidden_call_returns_are_refused(
@@ -125,7 +153,7 @@ def test_emails_a_hidden_call_returns_are_refused(
 ) -> None:
     assert emails_in_rows(superuser.execute(sql).fetchall(), customer_emails), "directly"
     with psycopg_connect(governed) as agent:
-        assert refused(agent, sql) == "42501"
+        assert_no_email_in_clear(agent, sql, customer_emails)
 
 
 def test_rows_ranked_by_a_default_operator_class_are_a_search(
@@ -156,7 +184,62 @@ def test_a_write_a_hidden_call_makes_is_refused(
     assert superuser.execute(count).fetchone() == before
 
 
+def test_a_body_whose_search_path_names_the_login_is_not_seen_into(
+    hidden: None,
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    customer_emails: frozenset[bytes],
+) -> None:
+    # "$user" is the login running it: the gateway's, whose schema holds an `orders` view.
+    sql = "SELECT * FROM crm.hidden_userpath() LIMIT 5"
+    superuser.execute(f"SET ROLE {GATEWAY_LOGIN}")
+    try:
+        assert emails_in_rows(superuser.execute(sql).fetchall(), customer_emails)
+    finally:
+        superuser.execute("RESET ROLE")
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, sql) == "42501"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT crm.hidden_gives()",
+        """SELECT * FROM json_to_record('{"a": 42}') AS x(a crm.hidden_dom)""",
+    ],
+)
+def test_a_domain_check_run_unnamed_is_followed(
+    hidden: None,
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    customer_emails: frozenset[bytes],
+    sql: str,
+) -> None:
+    with pytest.raises(psycopg.errors.RaiseException) as raised:
+        superuser.execute(sql)
+    assert emails_in_rows([(str(raised.value),)], customer_emails), "directly, the error"
+    with psycopg_connect(governed) as agent:
+        assert refused(agent, sql) == "42501"
+
+
+def test_someones_equality_on_a_row_is_a_search(
+    hidden: None, governed: GatewayProcess, superuser: psycopg.Connection
+) -> None:
+    sql = (
+        "SELECT o.id, c.full_name FROM crm.orders o JOIN crm.customers c"
+        " ON c.id = o.customer_id WHERE o = o ORDER BY o.id LIMIT 5"
+    )
+    superuser.execute("SET search_path = crm, public")
+    found = {name for _, name in superuser.execute(sql).fetchall()}
+    assert found, "directly, it finds customers"
+    assert all("mith" in name for name in found), "directly, only Smiths"
+    with psycopg_connect(governed) as agent:
+        agent.execute("SET search_path = crm, public")
+        assert refused(agent, sql) == "42501"
+        assert refused(agent, sql.replace("o = o", "o IS NOT DISTINCT FROM o")) == "42501"
+
+
 def test_columns_named_on_a_table_read_as_before(hidden: None, governed: GatewayProcess) -> None:
     with psycopg_connect(governed) as agent:
-        rows = agent.execute("SELECT o.id, o.status FROM crm.orders o ORDER BY o.id LIMIT 3")
+        rows = agent.execute("SELECT p.id, p.name FROM crm.products p ORDER BY p.id LIMIT 3")
         assert len(rows.fetchall()) == 3

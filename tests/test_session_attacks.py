@@ -232,6 +232,23 @@ def psycopg_connect(
     return psycopg_session(governed, role, f"{role}-attack", **params)
 
 
+def assert_no_email_in_clear(
+    connection: psycopg.Connection, sql: str, emails: frozenset[bytes]
+) -> list[tuple]:
+    """The statement ran with its emails masked, or was refused by policy: either way no
+    customer email comes back in clear. Its rows, if it ran."""
+    try:
+        rows = connection.execute(sql).fetchall()
+    except psycopg.Error as error:
+        refusal = error.sqlstate
+        rows = []
+    else:
+        refusal = "42501"
+    assert refusal == "42501", f"{sql}: {refusal}"
+    assert not emails_in_rows(rows, emails), sql
+    return rows
+
+
 def emails_in_rows(rows: list[tuple], emails: frozenset[bytes]) -> set[bytes]:
     return {
         match

@@ -13,6 +13,7 @@ import pytest
 from custos.sql.exposure import STATEMENT_FUNCTIONS, STATISTICS_RELATIONS
 from custos.sql.names import CATALOG_RELATIONS, INFORMATION_SCHEMA_RELATIONS
 from custos.sql.risks import (
+    BUILTIN_OPERATORS,
     COLLECTING_AGGREGATES,
     EFFECT_FUNCTIONS,
     ROW_FUNCTIONS,
@@ -122,6 +123,12 @@ def test_every_relation_of_the_system_schemas_is_listed(
         f" AND relnamespace = '{schema}'::regnamespace",
     )
     assert relations <= listed
+
+
+def test_every_builtin_operator_name_is_listed(catalog) -> None:
+    # An operator of a name not listed is taken for someone's, its operands searched.
+    names_found = names(catalog, "SELECT oprname FROM pg_operator WHERE oid < 16384")
+    assert names_found == BUILTIN_OPERATORS
 
 
 def test_every_builtin_with_effects_beyond_the_statement_is_listed(catalog) -> None:

@@ -236,8 +236,11 @@ def test_decisions_are_the_same_with_and_without_expansion():
         full = expand_all_columns(analysis, columns)
         changed += full is not analysis
         request = DecisionRequest(entry.role, analysis, entry.params)
-        assert (
-            engine.decide(dataclasses.replace(request, analysis=full)).as_dict()
-            == engine.decide(request).as_dict()
-        ), entry.sql
+        expanded = engine.decide(dataclasses.replace(request, analysis=full)).as_dict()
+        unexpanded = engine.decide(request).as_dict()
+        # Which result columns a mask names, by position, is what expansion is for (and
+        # the masking rewriter checks them against the result's own columns).
+        for decided in (expanded, unexpanded):
+            del decided["column_masks"], decided["result_columns"]
+        assert expanded == unexpanded, entry.sql
     assert changed > 20  # the corpus has plenty of `*` for this to mean something

@@ -93,6 +93,13 @@ def provision_gateway_login(server: PostgresServer, database: str = DEMO_DATABAS
     return server.dsn(user=GATEWAY_LOGIN, password=password, database=database)
 
 
+def write_masking_key(path: Path) -> Path:
+    """A new random masking key, readable by its owner alone (see custos/masking/keys.py)."""
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
     bundle = generate_ca_and_server_cert(directory / "tls")
     config = {
@@ -101,6 +108,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
         "tls": {"cert_file": str(bundle.server_cert), "key_file": str(bundle.server_key)},
         "dev_issuer_dir": str(directory / "dev-issuer"),
         "policy": {"file": str(DEMO_POLICY)},
+        "masking": {"key_file": str(write_masking_key(directory / "masking.key"))},
     }
     path = directory / "custos.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -5,7 +5,8 @@ aliases, expressions, subqueries, views and set operations (custos/sql/walker.py
 is masked when any of them holds a category a mask rule of the decision names, by that
 rule's method; where several rules apply, the strongest method wins (null, then redact,
 then a pseudonym, then partial). A column of unknown width (`*` over a relation whose
-columns were not read) stands for every column from its place on: all of them are masked.
+columns were not read) stands for an unknown number of columns: every column from its
+place on is masked when any of them, or any column after it, would be.
 """
 
 from __future__ import annotations
@@ -58,12 +59,28 @@ class MaskRule(Protocol):
 
 
 def column_masks(
-    outputs: Iterable[OutputColumn], catalog: PersonalDataCatalog, rules: Iterable[MaskRule]
+    outputs: Iterable[OutputColumn],
+    catalog: PersonalDataCatalog,
+    rules: Iterable[MaskRule],
+    function_reads: Iterable[tuple[str, str]] = (),
 ) -> tuple[ColumnMask, ...]:
-    """The result columns to mask, in order."""
+    """The result columns to mask, in order. `function_reads`: what the bodies of the
+    functions the statement calls read; where that holds a masked category, its values
+    may come out of any column untraced, and every column is masked."""
     rules = tuple(rules)
+    untraced: dict[str, frozenset[str]] = {}
+    for relation, column in function_reads:
+        untraced[relation] = untraced.get(relation, frozenset()) | {column}
+    held_by_functions = catalog.categories(untraced)
+    applying = [rule for rule in rules if not rule.categories.isdisjoint(held_by_functions)]
+    if applying:
+        strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
+        return (ColumnMask(0, None, MIXED, strongest.method, strongest.rule),)
     masks: list[ColumnMask] = []
+    unknown_from: int | None = None  # where a column of unknown width puts the rest
     for position, output in enumerate(outputs):
+        if output.name is None and unknown_from is None:
+            unknown_from = position
         sources: dict[str, frozenset[str]] = {}
         for relation, column in output.sources:
             sources[relation] = sources.get(relation, frozenset()) | {column}
@@ -74,7 +91,17 @@ def column_masks(
         strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
         masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
         category = masked[0] if len(masked) == 1 else MIXED
-        masks.append(
-            ColumnMask(position, output.name, category, strongest.method, strongest.rule)
-        )
-    return tuple(masks)
+        masks.append(ColumnMask(position, output.name, category, strongest.method, strongest.rule))
+    if unknown_from is None:
+        return tuple(masks)
+    # After a column of unknown width no position is known: every column from it on is
+    # masked, by the strongest method of those that would be.
+    placed = [mask for mask in masks if mask.position < unknown_from]
+    rest = [mask for mask in masks if mask.position >= unknown_from]
+    if not rest:
+        return tuple(placed)
+    strongest_rest = max(rest, key=lambda mask: STRENGTH[mask.method])
+    categories = {mask.category for mask in rest}
+    category = categories.pop() if len(categories) == 1 else MIXED
+    fallback = ColumnMask(unknown_from, None, category, strongest_rest.method, strongest_rest.rule)
+    return (*placed, fallback)

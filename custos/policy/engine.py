@@ -173,8 +173,11 @@ class Decision:
     approval: ApprovalRequirement | None
     masks: tuple[MaskSpec, ...]
     facts: DecisionFacts
-    # For a masked decision: per statement, the result columns to mask and how.
+    # For a masked decision: per statement, the result columns to mask and how, and the
+    # names the analysis expects the result's columns to have (None: unknown width), which
+    # the rewriter checks against the columns the database describes.
     column_masks: tuple[tuple[ColumnMask, ...], ...] = ()
+    result_columns: tuple[tuple[str | None, ...], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -186,6 +189,7 @@ class Decision:
             "approval": self.approval.as_dict() if self.approval else None,
             "masks": [mask.as_dict() for mask in self.masks],
             "column_masks": [[mask.as_dict() for mask in each] for each in self.column_masks],
+            "result_columns": [list(names) for names in self.result_columns],
             "facts": self.facts.as_dict(),
         }
 
@@ -434,7 +438,18 @@ class PolicyEngine:
             masks=masks,
             facts=self._facts(profiles, outcomes),
             column_masks=tuple(
-                column_masks(profile.statement.output_columns, self.catalog, masks)
+                column_masks(
+                    profile.statement.output_columns,
+                    self.catalog,
+                    masks,
+                    profile.statement.function_reads,
+                )
+                for profile in profiles
+            )
+            if effect is Effect.MASK
+            else (),
+            result_columns=tuple(
+                tuple(output.name for output in profile.statement.output_columns)
                 for profile in profiles
             )
             if effect is Effect.MASK

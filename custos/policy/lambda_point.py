@@ -136,6 +136,7 @@ class DecisionPayload(_Wire):
     masks: list[MaskPayload]
     facts: FactsPayload
     column_masks: list[list[ColumnMaskPayload]] = Field(default_factory=list)
+    result_columns: list[list[str | None]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _complete(self) -> DecisionPayload:
@@ -183,6 +184,7 @@ class DecisionPayload(_Wire):
                 )
                 for statement in self.column_masks
             ),
+            result_columns=tuple(tuple(names) for names in self.result_columns),
         )
 
 

@@ -63,6 +63,8 @@ class PolicyStage(Stage):
         hints: StarHints | None = None,
         reach: FunctionReach | None = None,
         workers: ViewWorkers | None = None,
+        *,
+        masks_results: bool = False,
     ) -> None:
         self._role = role
         self._decision_point = decision_point
@@ -70,6 +72,8 @@ class PolicyStage(Stage):
         self._reach = reach
         # Where statements are read through their views when that would hold the loop.
         self._workers = workers
+        # A masking stage follows (custos/masking/stage.py): masked statements run.
+        self._masks_results = masks_results
 
     def plan(self, statement: Statement) -> Plan:
         reach = self._reach
@@ -130,9 +134,9 @@ class PolicyStage(Stage):
                 return None
             decisions.append(outcome)
         decision = most_restrictive(decisions)
-        # Masking and approvals refuse for now (see refusal_for); once they land, a text
-        # they govern must pass its Parse.
-        return None if decision.effect is Effect.ALLOW else refusal_for(decision)
+        # Approvals refuse for now (see refusal_for); once they land, a text they govern
+        # must pass its Parse, as a masked one does.
+        return None if self._runs(decision) else refusal_for(decision)
 
     def _resumed(self, statement: Statement, settled: Settled) -> Plan:
         value = settled.value
@@ -142,9 +146,15 @@ class PolicyStage(Stage):
             return Refuse(UNREACHABLE)
         return self._planned(statement, most_restrictive(value))
 
+    def _runs(self, decision: Decision) -> bool:
+        """Whether a statement so decided runs (masked, by the stage after this one)."""
+        return decision.effect is Effect.ALLOW or (
+            decision.effect is Effect.MASK and self._masks_results
+        )
+
     def _planned(self, statement: Statement, decision: Decision) -> Plan:
         statement.decision = decision
-        if decision.effect is Effect.ALLOW:
+        if self._runs(decision):
             if self._hints is not None:
                 self._hints.after_allowed(statement.analysis)
             return FORWARD

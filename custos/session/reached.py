@@ -146,24 +146,17 @@ class FunctionReach:
             await catalog.load_behind("type", types)
             if complete:
                 break
-        names: set[str] = set()
-        for analysis, path in candidates:
-            base = analysis.canonical or analysis
-            reached = self._reached(self._through_views(base, path)[0])
-            if reached is not None:
-                names |= called_functions(reached[0])
-        # Each walk over the bodies read so far names the next level still unread.
-        for _ in range(BODY_DEPTH):
-            unread: set[str] = set()
-            if self._bodies(frozenset(names), unread) is not None:
-                break
-            await catalog.load_behind("function", unread)
-        # Then the relations only those bodies read.
-        relations = set()
-        for analysis, path in candidates:
-            self._assembled(analysis.canonical or analysis, path, relations)
-        if relations:
+        # Then the bodies of the functions called, level by level, and the relations only
+        # those bodies read, and what reading those runs, until nothing is left unread.
+        for _ in range(BODY_DEPTH + _VIEW_ROUNDS):
+            relations = set()
+            functions: set[str] = set()
+            for analysis, path in candidates:
+                self._assembled(analysis.canonical or analysis, path, relations, functions)
+            if not relations and not functions:
+                return
             await catalog.load(relations)
+            await catalog.load_behind("function", functions)
 
     def _applied(self, analysis: Analysis, path: tuple[str, ...]) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
@@ -186,12 +179,15 @@ class FunctionReach:
         return analysis if reached is base else reached
 
     def _assembled(
-        self, base: Analysis, path: tuple[str, ...], unread: set[str] | None = None
+        self,
+        base: Analysis,
+        path: tuple[str, ...],
+        unread_relations: set[str] | None = None,
+        unread_functions: set[str] | None = None,
     ) -> tuple[Analysis, float] | None:
         """The analysis read through its views, with what it reaches and what the bodies
         of the functions it calls run and read, and until when that holds; None while the
-        catalog has not been read for it (relations only bodies read then added to
-        `unread`, if given)."""
+        catalog has not been read for it (what is missing then added to the sets given)."""
         viewed, viewed_until, complete, _ = self._through_views(base, path)
         if not complete:
             return None
@@ -199,26 +195,31 @@ class FunctionReach:
         if found is None:
             return None
         reached, until = found
-        bodies = self._bodies(called_functions(reached))
-        if bodies is None:
-            return None
-        reached = with_function_bodies(reached, bodies[0], path)
-        until = min(until, bodies[1], viewed_until)
-        # Relations only function bodies read: their views' columns are traced to base
-        # columns, and what reading them runs counts as run.
-        extra = reached_relations(reached) - reached_relations(viewed)
-        if not extra:
-            return reached, until
+        until = min(until, viewed_until)
+        seen = reached_relations(viewed)
         catalog = self._catalog
-        views = catalog.views(extra)
-        reach = catalog.reach(extra)
-        if views is None or reach is None:
-            if unread is not None:
-                unread |= extra
-            return None
-        reached = with_view_reads(reached, view_lineage(views[0]))
-        reached = with_reached_functions(reached, reach[0])
-        return reached, min(until, views[1], reach[1])
+        for _ in range(_VIEW_ROUNDS):
+            bodies = self._bodies(called_functions(reached), unread_functions)
+            if bodies is None:
+                return None
+            reached = with_function_bodies(reached, bodies[0], path)
+            until = min(until, bodies[1])
+            # Relations only function bodies read: their views' columns are traced to
+            # base columns, and what reading them runs counts as run (its bodies next).
+            extra = reached_relations(reached) - seen
+            if not extra:
+                return reached, until
+            views = catalog.views(extra)
+            reach = catalog.reach(extra)
+            if views is None or reach is None:
+                if unread_relations is not None:
+                    unread_relations |= extra
+                return None
+            reached = with_view_reads(reached, view_lineage(views[0]))
+            reached = with_reached_functions(reached, reach[0])
+            until = min(until, views[1], reach[1])
+            seen |= extra
+        return _TOO_DEEP, until
 
     def _through_views(
         self, base: Analysis, path: tuple[str, ...]

@@ -108,7 +108,7 @@ def _reach_of_texts(texts: list[str], search_path: tuple[str, ...]) -> Reach:
     called: set[str] = set()
     relations: set[str] = set()
     columns: set[tuple[str, str]] = set()
-    schemas = [schema for schema in search_path if schema not in ("$user", "pg_catalog")]
+    schemas = [schema for schema in search_path if schema != "pg_catalog"]
     for text, schema in ((text, schema) for text in texts for schema in schemas or ["public"]):
         analysis = analyze(text, (schema,))
         if analysis.error is not None:

@@ -141,6 +141,9 @@ class StatementFacts:
     # that name, PostgreSQL calls name(q) (field notation). The catalog's columns decide
     # (sql/reached.py with_field_calls).
     field_names: frozenset[tuple[str, str]] = frozenset()
+    # (relation, column) that user-defined functions it calls read in their bodies: their
+    # values may come out of those functions untraced (masking masks every column then).
+    function_reads: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,18 +232,18 @@ def _reading(
         return here + relation[len(prefix) :] if relation.startswith(prefix) else relation
 
     read = {relation: set(names) for relation, names in statement.columns_read.items()}
-    for relation, column in columns:
-        read.setdefault(placed(relation), set()).add(column)
+    function_reads = {(placed(relation), column) for relation, column in columns}
+    for relation, column in function_reads:
+        read.setdefault(relation, set()).add(column)
     relations_read = statement.relations_read | {placed(r) for r in relations} | read.keys()
-    if relations_read == statement.relations_read and all(
-        statement.columns_read.get(relation, frozenset()) == names
-        for relation, names in read.items()
-    ):
+    function_reads |= statement.function_reads
+    if function_reads == statement.function_reads and relations_read == statement.relations_read:
         return statement
     return dataclasses.replace(
         statement,
         relations_read=frozenset(relations_read),
         columns_read={relation: frozenset(names) for relation, names in read.items()},
+        function_reads=frozenset(function_reads),
     )
 
 

@@ -278,6 +278,19 @@ statement reads it back: after `setseed(f(name))` the next `random()` differs fo
 that match, and so do `currval` after `setval` and a lock tried after one taken. Given a
 value computed from a column, they search it as a filter on it would."""
 
+BUILTIN_OPERATORS = frozenset(
+    {
+        "!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<",
+        "&<|", "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-",
+        "/", "<", "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=", ">", ">=", ">>",
+        ">>=", ">^", "?", "?#", "?&", "?-", "?-|", "?|", "?||", "@", "@-@", "@>", "@?", "@@",
+        "@@@", "^", "^@", "|", "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~", "~<~", "~=",
+        "~>=~", "~>~", "~~", "~~*"
+    }
+)  # fmt: skip
+"""The names of the database's own operators (tests/test_sql_catalog.py checks them). An
+operator of another name is someone's, and what it tests of its operands is not known."""
+
 FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     # function -> (the kind of the statement that does the same, its COPY destination):
     # a capability reached by a function is decided as the statement that reaches it.

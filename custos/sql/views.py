@@ -138,8 +138,15 @@ def _with_view_reads(statement: StatementFacts, lineage: Lineage) -> StatementFa
     read = {relation: set(names) for relation, names in statement.columns_read.items()}
     for relation, column in added:
         read.setdefault(relation, set()).add(column)
+    # What function bodies read through a view, they read of its tables.
+    function_reads = set(statement.function_reads)
+    for relation, name in statement.function_reads:
+        columns = lineage.get(relation)
+        if columns is not None:
+            function_reads |= columns.get(name, columns[ALL_COLUMNS])
     return dataclasses.replace(
         statement,
         relations_read=statement.relations_read | read.keys(),
         columns_read={relation: frozenset(names) for relation, names in read.items()},
+        function_reads=frozenset(function_reads),
     )

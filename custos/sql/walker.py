@@ -21,6 +21,7 @@ from custos.sql.collector import Collector, SearchPathCall
 from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementKind
 from custos.sql.names import function_name, split_identifier_list, strings
 from custos.sql.risks import (
+    BUILTIN_OPERATORS,
     COLLECTING_AGGREGATES,
     FUNCTION_STATEMENTS,
     PATTERN_EXPR_KINDS,
@@ -449,7 +450,14 @@ class Walker:
                 definitions += _items(rest[0]) if rest else []
                 if refname is None and "FuncCall" in call:
                     refname = call["FuncCall"]["funcname"][-1]["String"]["sval"]
-            names += [d["ColumnDef"]["colname"] for d in definitions if "ColumnDef" in d]
+            for definition in definitions:
+                column = definition.get("ColumnDef")
+                if column is not None:
+                    names.append(column["colname"])
+                    # Its values are made of that type: a domain's checks run on them.
+                    type_names = strings((column.get("typeName") or {}).get("names") or ())
+                    if type_names:
+                        self.cast_to(".".join(type_names))
         else:
             for column in body.get("columns") or ():
                 _, definition = only(column)
@@ -1004,6 +1012,15 @@ class Walker:
             self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
             return
         self._filtering = False
+        if name and _someones_operator(name, body, scope):
+            # Someone's operator (a name the database's own do not have), or one given a
+            # whole row (whose `=` may be someone's, found through the search path): what
+            # it tests of its operands is its function's business, a search of them.
+            given = self.traced(body.get("lexpr"), scope) | self.traced(body.get("rexpr"), scope)
+            if given:
+                self.add_searches(given, "~", None, False)
+                self.may_return_rows(".".join(strings(name)), given)
+            return
         if kind in _COMPARING_KINDS and (kind != "AEXPR_OP" or operator in _SEARCHING_COMPARISONS):
             left = self.traced(body.get("lexpr"), scope)
             right = self.traced(body.get("rexpr"), scope)
@@ -1123,6 +1140,16 @@ def _plain_side(node: Any, scope: Scope | None) -> bool:
     """A column as it is or a value computed from no column (see `_plain_operand`), that
     names no column a subquery or function computed."""
     return _plain_operand(node) and not _uses_computed_column(node, scope)
+
+
+def _someones_operator(name: Sequence[Node], body: Node, scope: Scope | None) -> bool:
+    """Whether an operator may be someone's (not the database's own): a name the database's
+    operators do not have, one qualified by another schema, or one given a whole row."""
+    names = strings(name)
+    if names[-1] not in BUILTIN_OPERATORS or (len(names) > 1 and names[0] != "pg_catalog"):
+        return True
+    sides = [body.get("lexpr"), body.get("rexpr"), *_items(body.get("rexpr"))]
+    return any(_whole_row(side, scope) for side in sides)
 
 
 def _whole_row(node: Any, scope: Scope | None) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable
 
 from custos.sql.analysis import analyze
 from custos.sql.names import (
+    CATALOG_RELATIONS,
     INFORMATION_SCHEMA_RELATIONS,
     qualified,
     split_identifier_list,
@@ -86,10 +87,20 @@ expressions(schema_name, relation_name, how, expression) AS (
     ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
   JOIN pg_catalog.pg_constraint AS k ON k.contypid = a.atttypid AND k.contype = 'c'
 ),
--- Functions by their object: triggers, and what user-defined operators call.
+-- Functions by their object: triggers, user-defined casts from the relation's row type
+-- or its columns' types (an implicit one runs where no cast is written), and what
+-- user-defined operators call.
 functions(schema_name, relation_name, how, function_oid) AS (
   SELECT rel.schema_name, rel.relation_name, 'write', t.tgfoid
   FROM rel JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = rel.oid AND NOT t.tgisinternal
+  UNION ALL
+  SELECT rel.schema_name, rel.relation_name, 'read', k.castfunc
+  FROM rel
+  JOIN pg_catalog.pg_cast AS k
+    ON k.castfunc >= {first_user_oid}
+   AND (k.castsource = (SELECT c.reltype FROM pg_catalog.pg_class AS c WHERE c.oid = rel.oid)
+     OR k.castsource IN (SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                         WHERE a.attrelid = rel.oid AND a.attnum > 0))
   UNION ALL
   SELECT rel.schema_name, rel.relation_name,
          CASE WHEN d.classid IN ('pg_catalog.pg_rewrite'::regclass,
@@ -130,14 +141,20 @@ JOIN pg_catalog.pg_class AS c ON c.oid = rel.oid AND c.relkind IN ('v', 'm')
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"""
 
 
+_SYSTEM_RELATIONS = (
+    ("pg_catalog.", CATALOG_RELATIONS),
+    ("information_schema.", INFORMATION_SCHEMA_RELATIONS),
+)
+
+
 def asked_about(relation: str) -> bool:
     """Whether the relation's reach is read from the catalog: not the database's own (a
-    relation someone created in information_schema is theirs, and asked about)."""
-    if relation.startswith("pg_catalog."):
-        return False
-    if relation.startswith("information_schema."):
-        parts = split_qualified(relation)
-        return parts is None or parts[1] not in INFORMATION_SCHEMA_RELATIONS
+    relation someone created in pg_catalog or information_schema is theirs, and asked
+    about)."""
+    for schema, own in _SYSTEM_RELATIONS:
+        if relation.startswith(schema):
+            parts = split_qualified(relation)
+            return parts is None or parts[1] not in own
     return True
 
 
@@ -151,7 +168,9 @@ def reach_query(relations: Collection[str]) -> str:
         pairs.append(f"({string_literal(parts[0])}, {string_literal(parts[1])})")
     if not pairs:
         raise ValueError("no relations to ask about")
-    return _REACH_QUERY.format(relations=", ".join(pairs), depth=_VIEW_DEPTH)
+    return _REACH_QUERY.format(
+        relations=", ".join(pairs), depth=_VIEW_DEPTH, first_user_oid=FIRST_USER_OID
+    )
 
 
 _OPERATORS_QUERY = """\
@@ -218,6 +237,15 @@ SELECT f.schema_name, f.function_name, NULL, NULL, 'sql',
 FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
 WHERE p.proargdefaults IS NOT NULL
 UNION ALL
+-- The checks of the domains a function returns or takes: they run on every call.
+SELECT f.schema_name, f.function_name, NULL, NULL, 'sql',
+       pg_catalog.regexp_replace(pg_catalog.pg_get_constraintdef(k.oid), '^CHECK ', 'SELECT '),
+       NULL, NULL
+FROM f JOIN pg_catalog.pg_proc AS p ON p.oid = f.oid
+JOIN pg_catalog.pg_constraint AS k
+  ON k.contype = 'c'
+ AND (k.contypid = p.prorettype OR k.contypid = ANY (p.proargtypes::pg_catalog.oid[]))
+UNION ALL
 SELECT f.schema_name, f.function_name, pn.nspname::text, s.proname::text, NULL, NULL, NULL,
        NULL
 FROM f
@@ -255,8 +283,10 @@ def bodies_from_rows(
             functions.update((function, f"{function_schema}.{function}"))
             continue
         own_path = split_identifier_list(path) if path is not None else None
-        if path is not None and own_path is None:
-            unknown.add(key)  # it sets a search path that cannot be read
+        if path is not None and (own_path is None or "$user" in own_path):
+            # A search path that cannot be read, or that names the login running it:
+            # which relations its unqualified names are is not known here.
+            unknown.add(key)
             continue
         reach = body_reach(language or "", body or "", own_path)
         functions.update(reach.read)

@@ -1,0 +1,67 @@
+"""Masking, the stage after policy: a statement policy allows with masks runs, and its
+answers pass through a rewriter that masks the result columns the decision names
+(custos/masking/columns.py, rewriter.py).
+
+What it cannot mask yet it refuses, so nothing runs unmasked: COPY ... TO STDOUT of a
+masked statement, and pseudonyms when no masking key is configured.
+"""
+
+from __future__ import annotations
+
+from custos.masking.rewriter import MaskingRewriter
+from custos.masking.values import Masker
+from custos.policy.engine import Effect
+from custos.policy.models import MaskMethod
+from custos.protocol import sqlstates
+from custos.session.refusal import Refusal
+from custos.session.stages import FORWARD, Plan, Refuse, Rewrite, Stage
+from custos.session.statement import Statement
+from custos.sql.facts import StatementKind
+
+COPY_REFUSAL = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "this COPY reads personal data your role sees masked, and the gateway does not mask"
+    " COPY data yet, so it refuses it",
+    "read the rows with SELECT instead: its results are masked",
+)
+NO_KEY_REFUSAL = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    "policy wants personal data in these results pseudonymised, and the gateway has no"
+    " masking key configured, so it refuses the statement",
+    "ask the gateway's operators to set masking.key_env, masking.key_file or masking.key_secret",
+)
+
+
+class MaskingStage(Stage):
+    def __init__(self, key: bytes | None) -> None:
+        # Without a key, pseudonyms cannot be made; partial, redact and null need none.
+        self._masker = Masker(key) if key is not None else None
+
+    def plan(self, statement: Statement) -> Plan:
+        decision = statement.decision
+        if decision is None or decision.effect is not Effect.MASK:
+            return FORWARD
+        for analysis, _ in statement.candidates:
+            for facts in analysis.statements:
+                if StatementKind.COPY_TO in facts.kinds or facts.copy_destination is not None:
+                    return Refuse(COPY_REFUSAL)
+        masker = self._masker
+        if masker is None:
+            if any(mask.method is MaskMethod.HASH for mask in decision.masks):
+                return Refuse(NO_KEY_REFUSAL)
+            masker = _KEYLESS
+        return Rewrite(MaskingRewriter(decision.column_masks, decision.result_columns, masker))
+
+
+class _NoPseudonyms(Masker):
+    """A masker for partial, redact and null, which need no key: never asked for a
+    pseudonym (the stage refuses those without a key)."""
+
+    def __init__(self) -> None:
+        super().__init__(b"\x00" * 32)
+
+    def pseudonym(self, value: str, category: str) -> str:
+        raise AssertionError("pseudonyms need the configured masking key")
+
+
+_KEYLESS = _NoPseudonyms()
