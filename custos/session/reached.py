@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from custos.protocol import sqlstates
@@ -19,6 +20,7 @@ from custos.session.refusal import Refusal
 from custos.session.statement import Candidates
 from custos.session.texts import INLINE_CHARS, INLINE_SECONDS
 from custos.sql.bodies import BODY_DEPTH, bodies_reached
+from custos.sql.expansion import expand_all_columns, relations_with_all_columns
 from custos.sql.facts import HEAVY_BYTES, Analysis, analysis_bytes
 from custos.sql.reached import (
     Reach,
@@ -208,7 +210,7 @@ class FunctionReach:
             # base columns, and what reading them runs counts as run (its bodies next).
             extra = reached_relations(reached) - seen
             if not extra:
-                return reached, until
+                return self._expanded(reached), until
             views = catalog.views(extra)
             reach = catalog.reach(extra)
             if views is None or reach is None:
@@ -220,6 +222,15 @@ class FunctionReach:
             until = min(until, views[1], reach[1])
             seen |= extra
         return _TOO_DEEP, until
+
+    def _expanded(self, analysis: Analysis) -> Analysis:
+        """The analysis with each `*` standing for its relation's columns, as the catalog
+        lists them: masking then names result columns by position (and checks them
+        against the result's own, custos/masking/rewriter.py)."""
+        columns = self._catalog.known(relations_with_all_columns(analysis))
+        expanded = expand_all_columns(analysis, columns)
+        # A decision of its own: the masked columns are named by position.
+        return analysis if expanded is analysis else replace(expanded, canonical=None)
 
     def _through_views(
         self, base: Analysis, path: tuple[str, ...]

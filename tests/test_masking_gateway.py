@@ -1,0 +1,147 @@
+"""Masking end to end: what the agent and the analyst receive through the gateway.
+
+Every value the client receives is scanned for the demo's raw emails, phone numbers and
+IBANs; the masked forms are checked against what the methods promise (an email's domain
+for the agent, keyed pseudonyms that repeat across sessions for the analyst).
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: F811 - the fixtures of test_session_attacks, imported, are redefined as arguments
+import asyncio
+import re
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from compare import asyncpg_options
+from gateway_fixtures import GatewayProcess
+from test_session_attacks import (  # noqa: F401 - fixtures
+    customer_emails,
+    customer_names,
+    governed,
+    psycopg_connect,
+    superuser,
+)
+
+from custos.masking.values import iban_valid
+
+CONTACTS = "SELECT id, email, phone, iban, full_name FROM crm.customers ORDER BY id LIMIT 5"
+
+
+@pytest.fixture(scope="module")
+def personal(pg_dsn: str) -> frozenset[str]:
+    """Every raw email, phone number and IBAN of the demo, and forms that carry them."""
+    values: set[str] = set()
+    with psycopg.connect(pg_dsn, dbname="custos_demo") as connection:
+        rows = connection.execute("SELECT email, phone, iban FROM crm.customers").fetchall()
+    for email, phone, iban in rows:
+        for value in (email, phone, iban):
+            if value:
+                values |= {value, value.lower(), value[::-1], re.sub(r"\W", "", value)}
+    return frozenset(values)
+
+
+def leaked(rows: list[tuple[Any, ...]], personal: frozenset[str]) -> set[str]:
+    text = " ".join(str(value) for row in rows for value in row)
+    return {value for value in personal if len(value) > 6 and value in text}
+
+
+def test_the_agent_reads_contact_details_partially(
+    governed: GatewayProcess, superuser: psycopg.Connection, personal: frozenset[str]
+) -> None:
+    direct = superuser.execute(CONTACTS).fetchall()
+    with psycopg_connect(governed) as agent:
+        masked = agent.execute(CONTACTS).fetchall()
+    assert not leaked(masked, personal)
+    for (id_, email, phone, iban, name), raw in zip(masked, direct, strict=True):
+        assert (id_, name) == (raw[0], raw[4])  # not personal for this rule: as they are
+        assert email == "***@" + raw[1].partition("@")[2]
+        assert phone[:3] == raw[2][:3]
+        assert set(phone[3:]) <= {"*", " "}
+        assert iban[:2] == raw[3][:2]
+        assert iban[-4:] == raw[3].replace(" ", "")[-4:]
+
+
+def test_a_star_masks_the_columns_it_stands_for(
+    governed: GatewayProcess, personal: frozenset[str]
+) -> None:
+    with psycopg_connect(governed) as agent:
+        cursor = agent.execute("SELECT * FROM crm.customers ORDER BY id LIMIT 5")
+        names = [column.name for column in cursor.description or ()]
+        rows = cursor.fetchall()
+    assert not leaked(rows, personal)
+    first = dict(zip(names, rows[0], strict=True))
+    assert first["id"] == 1  # the catalog's columns place the masks: the others stay
+    assert first["email"].startswith("***@")
+
+
+def test_binary_results_are_masked_alike(
+    governed: GatewayProcess, personal: frozenset[str]
+) -> None:
+    with psycopg_connect(governed) as agent:
+        text = agent.execute(CONTACTS).fetchall()
+        binary = agent.cursor(binary=True).execute(CONTACTS).fetchall()
+    assert binary == text
+    assert not leaked(binary, personal)
+
+
+def test_asyncpg_reads_masked_values(governed: GatewayProcess, personal: frozenset[str]) -> None:
+    async def read() -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(**asyncpg_options(governed, "gateway"))
+        try:
+            return [tuple(record) for record in await connection.fetch(CONTACTS)]
+        finally:
+            await connection.close()
+
+    rows = asyncio.run(read())
+    assert len(rows) == 5
+    assert not leaked(rows, personal)
+
+
+def test_the_analyst_reads_keyed_pseudonyms_that_repeat(
+    governed: GatewayProcess, customer_names: frozenset[str], personal: frozenset[str]
+) -> None:
+    sql = "SELECT id, full_name, email, iban FROM crm.customers ORDER BY id LIMIT 20"
+    with psycopg_connect(governed, role="analyst") as first:
+        once = first.execute(sql).fetchall()
+    with psycopg_connect(governed, role="analyst") as second:
+        again = second.execute(sql).fetchall()
+    assert once == again  # one key, one pseudonym: joins across sessions still work
+    assert not leaked(once, personal)
+    text = " ".join(str(value) for row in once for value in row)
+    assert not [name for name in customer_names if name in text]
+    for _, _, email, iban in once:
+        assert re.fullmatch(r"[a-z0-9]{10}@[a-z0-9]{6}\.example", email)
+        assert iban_valid(iban)
+
+
+def test_an_error_quoting_a_masked_value_is_hidden(
+    governed: GatewayProcess, customer_emails: frozenset[bytes]
+) -> None:
+    with psycopg_connect(governed) as agent, pytest.raises(psycopg.Error) as raised:
+        agent.execute("SELECT email::int FROM crm.customers ORDER BY id LIMIT 1")
+    error = raised.value
+    assert error.sqlstate == "22P02"  # what went wrong is kept, not the value
+    shown = " ".join(str(part) for part in (error, error.diag.message_detail) if part)
+    assert not any(email.decode() in shown for email in customer_emails)
+    assert "masked" in str(error)
+
+
+def test_copy_of_masked_data_is_refused(governed: GatewayProcess) -> None:
+    with (
+        psycopg_connect(governed, role="analyst") as analyst,
+        pytest.raises(psycopg.errors.FeatureNotSupported),
+        analyst.cursor().copy("COPY (SELECT email FROM crm.customers LIMIT 5) TO STDOUT") as copy,
+    ):
+        list(copy)
+
+
+def test_a_whole_row_is_masked_whole(governed: GatewayProcess, personal: frozenset[str]) -> None:
+    with psycopg_connect(governed) as agent:
+        rows = agent.execute(
+            "SELECT row_to_json(c) FROM crm.customers c ORDER BY id LIMIT 5"
+        ).fetchall()
+    assert len(rows) == 5
+    assert not leaked(rows, personal)
