@@ -163,9 +163,15 @@ def run_demo(listen: str) -> int:
 
 _EXAMPLES = """
   SELECT id, status, total_cents FROM crm.orders ORDER BY id LIMIT 5;   -- allowed
+  SELECT id, email, phone FROM crm.customers ORDER BY id LIMIT 5;   -- masked: ***@domain
   SELECT email FROM crm.customers;          -- refused: bulk export of customer data
   DELETE FROM crm.orders;                   -- refused: DELETE without WHERE
   UPDATE crm.orders SET status = 'paid' WHERE id = 1;   -- needs a person's approval
+"""
+
+
+_ANALYST_EXAMPLE = """
+  SELECT id, full_name, email FROM crm.customers ORDER BY id LIMIT 5;
 """
 
 
@@ -188,6 +194,8 @@ dba for group dba):
 
   custos token --dev-issuer {work / "dev-issuer"} --role analyst --sub alice --groups analysts
 
+As an analyst, names and contact details come back as keyed pseudonyms:
+{_ANALYST_EXAMPLE}
 Press Ctrl-C to stop; everything is removed.
 """
 
