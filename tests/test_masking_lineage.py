@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 from test_policy_commands import DEMO_POLICY
 
-from custos.masking.columns import MIXED, ColumnMask, column_masks
 from custos.policy.engine import DecisionRequest, PolicyEngine
+from custos.policy.masks import MIXED, ColumnMask, column_masks
 from custos.policy.models import Effect, MaskMethod
 from custos.policy.source import load_policy
 from custos.sql.analysis import analyze

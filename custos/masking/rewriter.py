@@ -19,8 +19,8 @@ import json
 import struct
 from collections.abc import Sequence
 
-from custos.masking.columns import MIXED, STRENGTH, ColumnMask
 from custos.masking.values import Masker
+from custos.policy.masks import MIXED, STRENGTH, ColumnMask
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
 from custos.session.stages import ResultRewriter

@@ -1,6 +1,6 @@
 """Masking, the stage after policy: a statement policy allows with masks runs, and its
 answers pass through a rewriter that masks the result columns the decision names
-(custos/masking/columns.py, rewriter.py).
+(custos/policy/masks.py, rewriter.py).
 
 What it cannot mask yet it refuses, so nothing runs unmasked: COPY ... TO STDOUT of a
 masked statement, and pseudonyms when no masking key is configured.

@@ -14,11 +14,10 @@ gives a fixed placeholder, `null` no value at all.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from custos.policy.models import MaskMethod
 
@@ -28,6 +27,10 @@ _PHONE_PREFIX = re.compile(r"\s*(\+|00)(\d{1,3})")
 _IBAN = re.compile(r"[A-Za-z]{2}\d{2}[A-Za-z0-9 ]{8,}")
 _WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
 
+_REMEMBERED_PSEUDONYMS = 1 << 16
+_LETTERS = bytes(ord("A") + byte % 26 for byte in range(256))
+_IBAN_DIGITS = {ord(letter): str(10 + n) for n, letter in enumerate(string.ascii_uppercase)}
+
 _CONSONANTS = "bcdfghjklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -35,12 +38,15 @@ _VOWELS = "aeiou"
 class Masker:
     """Masks text values under one key (at least 32 bytes of secret)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_made")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("the masking key must hold at least 32 bytes of secret")
         self._key = key
+        # Pseudonyms made, by category and value: results repeat values (a customer in
+        # every order), and each costs two HMACs. Bounded; forgotten whole when full.
+        self._made: dict[tuple[str, str], str] = {}
 
     def text(self, value: str, category: str, method: MaskMethod) -> str | None:
         """The masked form of a text value of this category; None for no value (NULL)."""
@@ -54,29 +60,70 @@ class Masker:
 
     def pseudonym(self, value: str, category: str) -> str:
         """The keyed, format-keeping pseudonym of a value of this category."""
-        stream = self._stream(category, value)
-        if category == "email":
-            return _email_pseudonym(stream)
-        if category == "phone":
-            return _digits_pseudonym(value, stream)
-        if category == "iban":
-            return _iban_pseudonym(value, stream)
-        if category == "name":
-            return _name_pseudonym(value, stream)
-        return "p_" + "".join(next(stream) for _ in range(16))
+        made = self._made
+        found = made.get((category, value))
+        if found is None:
+            if len(made) >= _REMEMBERED_PSEUDONYMS:
+                made.clear()
+            found = made[(category, value)] = self._made_pseudonym(value, category)
+        return found
 
-    def _stream(self, category: str, value: str) -> Iterator[str]:
-        """Endless characters from [0-9a-z] drawn from HMAC(key, category, value), so that
-        the same value gives other pseudonyms as other categories."""
-        seed = hmac.new(self._key, f"{category}\x00{value}".encode(), hashlib.sha256).digest()
-        counter = 0
-        alphabet = string.digits + string.ascii_lowercase
-        while True:
-            block = hmac.new(seed, counter.to_bytes(4, "big"), hashlib.sha256).digest()
-            for byte in block:
-                if byte < 252:  # 252 = 7 * 36: no bias toward the alphabet's first letters
-                    yield alphabet[byte % 36]
-            counter += 1
+    def _made_pseudonym(self, value: str, category: str) -> str:
+        drawn = _Drawn(self._material(category, value))
+        if category == "email":
+            return f"{drawn.text(10)}@{drawn.text(6)}.example"
+        if category == "phone":
+            return _digits_pseudonym(value, drawn)
+        if category == "iban":
+            return _iban_pseudonym(value, drawn)
+        if category == "name":
+            return _name_pseudonym(value, drawn)
+        return "p_" + drawn.text(16)
+
+    def _material(self, category: str, value: str) -> bytes:
+        """HMAC-SHA-256 of the value under the key, the category in the message, so that
+        the same value gives other pseudonyms as other categories (32 bytes: enough for
+        every format here; see _Drawn)."""
+        return hmac.digest(self._key, f"{category}\x00{value}".encode(), "sha256")
+
+
+class _Drawn:
+    """Characters drawn in turn from keyed material, each class from a form of it made when
+    first asked for: hex for text (64), the material as one 256-bit number for digits (76),
+    its bytes modulo 26 for letters (32). The longest format, an IBAN, needs at most 30."""
+
+    __slots__ = ("_digits", "_letters", "_material", "_taken", "_text")
+
+    def __init__(self, material: bytes) -> None:
+        self._material = material
+        self._text = ""
+        self._digits = ""
+        self._letters = ""
+        self._taken = [0, 0, 0]  # of text, digits, letters
+
+    def text(self, count: int) -> str:
+        if not self._text:
+            self._text = self._material.hex()
+        return self._take(0, self._text, count)
+
+    def digits(self, count: int) -> str:
+        if not self._digits:
+            self._digits = str(int.from_bytes(self._material, "big"))[1:]  # no leading bias
+        return self._take(1, self._digits, count)
+
+    def letters(self, count: int) -> str:
+        if not self._letters:
+            self._letters = self._material.translate(_LETTERS).decode()
+        return self._take(2, self._letters, count)
+
+    def syllable(self, index: int) -> str:
+        byte = self._material[index % len(self._material)]
+        return _CONSONANTS[byte % len(_CONSONANTS)] + _VOWELS[(byte >> 5) % len(_VOWELS)]
+
+    def _take(self, kind: int, source: str, count: int) -> str:
+        start = self._taken[kind]
+        self._taken[kind] = start + count
+        return source[start : start + count]
 
 
 def _email_partial(value: str) -> str:
@@ -115,32 +162,25 @@ _PARTIAL: dict[str, Callable[[str], str]] = {
 }
 
 
-def _email_pseudonym(stream: Iterator[str]) -> str:
-    local = "".join(next(stream) for _ in range(10))
-    domain = "".join(next(stream) for _ in range(6))
-    return f"{local}@{domain}.example"
-
-
-def _digits_pseudonym(value: str, stream: Iterator[str]) -> str:
+def _digits_pseudonym(value: str, drawn: _Drawn) -> str:
     """Every digit but a leading country code replaced, the layout kept."""
     prefix = _PHONE_PREFIX.match(value)
     kept = prefix.end() if prefix else 0
-    digits = (character for character in stream if character.isdigit())
-    rest = "".join(next(digits) if character.isdigit() else character for character in value[kept:])
-    return value[:kept] + rest
+    rest = value[kept:]
+    digits = iter(drawn.digits(sum(c.isdigit() for c in rest)))
+    return value[:kept] + "".join(next(digits) if c.isdigit() else c for c in rest)
 
 
-def _iban_pseudonym(value: str, stream: Iterator[str]) -> str:
+def _iban_pseudonym(value: str, drawn: _Drawn) -> str:
     """The country kept, the account replaced character class by character class, and the
     check digits computed (ISO 13616 mod-97), so that it validates as an IBAN."""
     compact = value.replace(" ", "").upper()
-    if not _IBAN.fullmatch(compact):
-        return "p_" + "".join(next(stream) for _ in range(16))
-    digits = (character for character in stream if character.isdigit())
-    letters = (character.upper() for character in stream if character.isalpha())
-    account = "".join(
-        next(digits) if character.isdigit() else next(letters) for character in compact[4:]
-    )
+    if not _IBAN.fullmatch(compact) or len(compact) > 34:
+        return "p_" + drawn.text(16)
+    bban = compact[4:]
+    digits = iter(drawn.digits(sum(c.isdigit() for c in bban)))
+    letters = iter(drawn.letters(len(bban)))
+    account = "".join(next(digits) if c.isdigit() else next(letters) for c in bban)
     country = compact[:2]
     check = 98 - int(_iban_number(account + country + "00")) % 97
     masked = f"{country}{check:02d}{account}"
@@ -150,7 +190,8 @@ def _iban_pseudonym(value: str, stream: Iterator[str]) -> str:
 
 
 def _iban_number(text: str) -> str:
-    return "".join(str(int(character, 36)) for character in text)
+    """The IBAN's characters as ISO 13616 counts them: letters as 10 to 35."""
+    return text.translate(_IBAN_DIGITS)
 
 
 def iban_valid(value: str) -> bool:
@@ -161,12 +202,9 @@ def iban_valid(value: str) -> bool:
     return int(_iban_number(compact[4:] + compact[:4])) % 97 == 1
 
 
-def _name_pseudonym(value: str, stream: Iterator[str]) -> str:
-    """As many made-up words as the name has, capitalised: 'Kazo Rimetu'."""
-    consonants = (c for c in stream if c in _CONSONANTS)
-    vowels = (c for c in stream if c in _VOWELS)
-    words = []
-    for _ in _WORD.findall(value) or [value]:
-        syllables = "".join(next(consonants) + next(vowels) for _ in range(2))
-        words.append(syllables.capitalize())
-    return " ".join(words)
+def _name_pseudonym(value: str, drawn: _Drawn) -> str:
+    """As many made-up words as the name has (at most eight), capitalised: 'Kazo Rime'."""
+    words = (_WORD.findall(value) or [value])[:8]
+    return " ".join(
+        (drawn.syllable(2 * i) + drawn.syllable(2 * i + 1)).capitalize() for i in range(len(words))
+    )

@@ -47,7 +47,6 @@ from datetime import UTC, datetime
 
 from custos.identity.durations import parse_duration
 from custos.identity.errors import shown
-from custos.masking.columns import ColumnMask, column_masks
 from custos.policy.catalog import PersonalDataCatalog
 from custos.policy.conditions import (
     CompiledTimeWindow,
@@ -55,6 +54,7 @@ from custos.policy.conditions import (
     describe_missing_limit,
     pattern_risk,
 )
+from custos.policy.masks import ColumnMask, column_masks
 from custos.policy.models import Effect, MaskMethod, PolicyDocument, Rule
 from custos.policy.version import policy_version
 from custos.sql.facts import (

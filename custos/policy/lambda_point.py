@@ -25,7 +25,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from custos.masking.columns import ColumnMask
 from custos.policy.engine import (
     ApprovalRequirement,
     Decision,
@@ -34,6 +33,7 @@ from custos.policy.engine import (
     MaskSpec,
     PolicyEngine,
 )
+from custos.policy.masks import ColumnMask
 from custos.policy.models import Effect, MaskMethod, PolicyDocument
 from custos.sql.facts import Analysis
 
