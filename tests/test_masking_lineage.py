@@ -131,9 +131,15 @@ def test_the_strongest_method_wins_and_unknown_width_masks_on() -> None:
     assert column_masks(outputs, ENGINE.catalog, [partial, null]) == (
         ColumnMask(1, None, "email", MaskMethod.NULL, "n"),
     )
-    # A masked column after one of unknown width has no known position: all from it on.
+    # A masked column after one of unknown width has no known position: all from it on,
+    # redacted (partial would keep a part of whatever column each turns out to be).
     after = [OutputColumn(None, frozenset({("crm.orders", "*")})), outputs[0], *outputs[1:]]
     after[2] = OutputColumn("email", frozenset({("crm.customers", "email")}))
     assert column_masks(after, ENGINE.catalog, [partial]) == (
-        ColumnMask(0, None, "email", MaskMethod.PARTIAL, "p"),
+        ColumnMask(0, None, "email", MaskMethod.REDACT, "p"),
+    )
+    # A computed value keeps no part either.
+    computed = [OutputColumn("e", frozenset({("crm.customers", "email")}), computed=True)]
+    assert column_masks(computed, ENGINE.catalog, [partial]) == (
+        ColumnMask(0, "e", "email", MaskMethod.REDACT, "p"),
     )

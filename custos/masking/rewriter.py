@@ -20,7 +20,7 @@ import struct
 from collections.abc import Sequence
 
 from custos.masking.values import Masker
-from custos.policy.masks import MIXED, STRENGTH, ColumnMask
+from custos.policy.masks import MIXED, STRENGTH, ColumnMask, whole_value_method
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
 from custos.session.stages import ResultRewriter
@@ -75,7 +75,8 @@ class MaskingRewriter(ResultRewriter):
             # known, so every column is masked, by the strongest method.
             strongest = max(masks, key=lambda mask: STRENGTH[mask.method])
             self._plan = {}
-            self._from = ColumnMask(0, None, MIXED, strongest.method, strongest.rule)
+            method = whole_value_method(strongest.method)
+            self._from = ColumnMask(0, None, MIXED, method, strongest.rule)
 
     def data_row(self, body: bytes) -> bytes | None:
         if not self._plan and self._from is None:

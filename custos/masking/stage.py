@@ -16,7 +16,8 @@ from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.stages import FORWARD, Plan, Refuse, Rewrite, Stage
 from custos.session.statement import Statement
-from custos.sql.facts import StatementKind
+from custos.sql.facts import StatementFacts, StatementKind
+from custos.sql.risks import FUNCTION_STATEMENTS, STATE_SETTING_FUNCTIONS
 
 COPY_REFUSAL = Refusal(
     sqlstates.FEATURE_NOT_SUPPORTED,
@@ -32,6 +33,27 @@ NO_KEY_REFUSAL = Refusal(
 )
 
 
+STORING_REFUSAL = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    "this statement reads personal data your role sees masked and also writes or keeps"
+    " values somewhere masking cannot follow (a table, a setting, a sequence, a lock, a"
+    " notification), so the gateway refuses it",
+    "read the data in a statement that only reads",
+)
+
+# Functions that keep a value in the session or send it elsewhere, where a later statement
+# (or the protocol's ParameterStatus) would return it unmasked.
+_STORING_FUNCTIONS = STATE_SETTING_FUNCTIONS | FUNCTION_STATEMENTS.keys() | {"set_config"}
+
+
+def _stores(facts: StatementFacts) -> bool:
+    """Whether a statement does more than read: writes, sets, locks, notifies, or calls a
+    function that keeps its argument (set_config, setseed...) or runs unseen code."""
+    if facts.dynamic or not facts.kinds <= {StatementKind.SELECT}:
+        return True
+    return any(name.rpartition(".")[2] in _STORING_FUNCTIONS for name in facts.functions)
+
+
 class MaskingStage(Stage):
     def __init__(self, key: bytes | None) -> None:
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
@@ -45,6 +67,8 @@ class MaskingStage(Stage):
             for facts in analysis.statements:
                 if StatementKind.COPY_TO in facts.kinds or facts.copy_destination is not None:
                     return Refuse(COPY_REFUSAL)
+                if _stores(facts):
+                    return Refuse(STORING_REFUSAL)
         masker = self._masker
         if masker is None:
             if any(mask.method is MaskMethod.HASH for mask in decision.masks):

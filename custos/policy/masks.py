@@ -21,6 +21,10 @@ from custos.sql.facts import OutputColumn
 
 STRENGTH = {MaskMethod.NULL: 3, MaskMethod.REDACT: 2, MaskMethod.HASH: 1, MaskMethod.PARTIAL: 0}
 
+PARTIAL_FORMS = frozenset({"email", "phone", "iban", "name"})
+"""The categories whose partial form keeps a part that identifies no one on its own (see
+custos/masking/values.py); partial masks any other redact."""
+
 MIXED = "mixed"
 """The category of a column whose values may be of several masked categories."""
 
@@ -75,7 +79,7 @@ def column_masks(
     applying = [rule for rule in rules if not rule.categories.isdisjoint(held_by_functions)]
     if applying:
         strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
-        return (ColumnMask(0, None, MIXED, strongest.method, strongest.rule),)
+        return (ColumnMask(0, None, MIXED, whole_value_method(strongest.method), strongest.rule),)
     masks: list[ColumnMask] = []
     unknown_from: int | None = None  # where a column of unknown width puts the rest
     for position, output in enumerate(outputs):
@@ -91,7 +95,13 @@ def column_masks(
         strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
         masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
         category = masked[0] if len(masked) == 1 else MIXED
-        masks.append(ColumnMask(position, output.name, category, strongest.method, strongest.rule))
+        method = strongest.method
+        if method is MaskMethod.PARTIAL and (output.computed or category not in PARTIAL_FORMS):
+            # A part kept of a value the statement computed can be any part of the column
+            # (`'x@' || replace(email, '@', '#')` keeps it all after the last @), and a
+            # value of no known format has no part that identifies no one: redacted.
+            method = MaskMethod.REDACT
+        masks.append(ColumnMask(position, output.name, category, method, strongest.rule))
     if unknown_from is None:
         return tuple(masks)
     # After a column of unknown width no position is known: every column from it on is
@@ -103,5 +113,12 @@ def column_masks(
     strongest_rest = max(rest, key=lambda mask: STRENGTH[mask.method])
     categories = {mask.category for mask in rest}
     category = categories.pop() if len(categories) == 1 else MIXED
-    fallback = ColumnMask(unknown_from, None, category, strongest_rest.method, strongest_rest.rule)
+    method = whole_value_method(strongest_rest.method)
+    fallback = ColumnMask(unknown_from, None, category, method, strongest_rest.rule)
     return (*placed, fallback)
+
+
+def whole_value_method(method: MaskMethod) -> MaskMethod:
+    """The method for values whose column is not known: partial keeps a part of whatever
+    it is given, so those are redacted instead."""
+    return MaskMethod.REDACT if method is MaskMethod.PARTIAL else method

@@ -65,6 +65,9 @@ class OutputColumn:
     # once and first, alias column names rename leading columns, set operations and
     # functions.
     expandable: bool = False
+    # Its values are computed from its sources (an expression, a function's result), not
+    # one of them as it is: masking then keeps no part of them (custos/policy/masks.py).
+    computed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
