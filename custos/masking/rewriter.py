@@ -19,8 +19,12 @@ import json
 import struct
 from collections.abc import Sequence
 
+from custos.masking.detect import mask_found
 from custos.masking.values import Masker
+from custos.policy.catalog import FREE_TEXT
+from custos.policy.catalog import FREE_TEXT_HOLDS as QUOTED
 from custos.policy.masks import MIXED, STRENGTH, ColumnMask, whole_value_method
+from custos.policy.models import MaskMethod
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
 from custos.session.stages import ResultRewriter
@@ -133,7 +137,10 @@ class MaskingRewriter(ResultRewriter):
             text = value.decode(errors="replace" if type_oid == _BYTEA else "strict")
         except UnicodeDecodeError:
             return _NULL
-        masked = self._masker.text(text, mask.category, mask.method)
+        if mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL:
+            masked: str | None = mask_found(text, QUOTED, mask.method, self._masker)[0]
+        else:
+            masked = self._masker.text(text, mask.category, mask.method)
         if masked is None:
             return _NULL
         encoded = _encoded(masked, type_oid, binary)

@@ -154,11 +154,23 @@ def _partial_other(value: str) -> str:
     return value[:1] + "***" if len(value) > 3 else "***"
 
 
+def _card_partial(value: str) -> str:
+    """A payment card's last four digits, the others hidden."""
+    digits = sum(character.isdigit() for character in value)
+    hidden = iter(range(digits - 4))
+    return "".join(
+        "*" if character.isdigit() and next(hidden, None) is not None else character
+        for character in value
+    )
+
+
 _PARTIAL: dict[str, Callable[[str], str]] = {
     "email": _email_partial,
     "phone": _phone_partial,
     "iban": _iban_partial,
     "name": _name_partial,
+    "card": _card_partial,
+    "ip": lambda value: REDACTED,
 }
 
 

@@ -51,8 +51,11 @@ class PersonalDataCatalog:
         """Those of ``relations`` the catalog lists, sorted."""
         return tuple(sorted(relation for relation in relations if relation in self._tables))
 
-    def categories(self, columns: Mapping[str, frozenset[str]]) -> frozenset[str]:
-        """The categories of personal data in ``columns`` (relation -> column names).
+    def categories(
+        self, columns: Mapping[str, frozenset[str]], *, quoted: bool = True
+    ) -> frozenset[str]:
+        """The categories of personal data in ``columns`` (relation -> column names), and,
+        with `quoted`, those free text among them may quote (FREE_TEXT_HOLDS).
 
         ALL_COLUMNS stands for every column, so it yields all of the table's categories.
         """
@@ -68,7 +71,7 @@ class PersonalDataCatalog:
                 category = table.columns.get(name)
                 if category is not None:
                     found.add(category)
-        if FREE_TEXT in found:
+        if quoted and FREE_TEXT in found:
             found |= FREE_TEXT_HOLDS
         return frozenset(found)
 

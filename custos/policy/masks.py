@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from custos.policy.catalog import PersonalDataCatalog
+from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
 from custos.policy.models import MaskMethod
 from custos.sql.facts import OutputColumn
 
@@ -95,8 +95,14 @@ def column_masks(
         strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
         masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
         category = masked[0] if len(masked) == 1 else MIXED
+        if not output.computed and catalog.categories(sources, quoted=False) == {FREE_TEXT}:
+            # Free text as it is: the values it quotes are found and masked in place
+            # (custos/masking/detect.py). Cut up, they would no longer be found.
+            category = FREE_TEXT
         method = strongest.method
-        if method is MaskMethod.PARTIAL and (output.computed or category not in PARTIAL_FORMS):
+        if method is MaskMethod.PARTIAL and (
+            output.computed or category not in PARTIAL_FORMS | {FREE_TEXT}
+        ):
             # A part kept of a value the statement computed can be any part of the column
             # (`'x@' || replace(email, '@', '#')` keeps it all after the last @), and a
             # value of no known format has no part that identifies no one: redacted.
