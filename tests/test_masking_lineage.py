@@ -71,7 +71,8 @@ LINEAGE = {
     " UNION ALL SELECT n + 1, e FROM r WHERE n < 3) SELECT n, e FROM r": {1: "email"},
     f"SELECT id, full_name, city FROM {C} LIMIT 5": {},
     f"SELECT length(email) > 0 FROM {C} LIMIT 5": {0: "email"},
-    "SELECT body FROM crm.support_tickets LIMIT 5": {0: MIXED},
+    "SELECT body FROM crm.support_tickets LIMIT 5": {0: "free_text"},
+    "SELECT upper(body) FROM crm.support_tickets LIMIT 5": {0: MIXED},
 }
 AGENT = {
     f"SELECT id, email FROM {C} LIMIT 5": {1: "email"},
