@@ -74,6 +74,25 @@ LINEAGE = {
     "SELECT body FROM crm.support_tickets LIMIT 5": {0: "free_text"},
     "SELECT upper(body) FROM crm.support_tickets LIMIT 5": {0: MIXED},
 }
+# Each of these carries the value it is given, whatever the function: the column stays
+# masked however it is transformed (an expression, a cast, a JSON or XML value, an array).
+CARRIERS = [
+    "{c}", "lower({c})", "upper({c})", "{c} || ''", "'<' || {c} || '>'", "substr({c}, 2)",
+    "left({c}, 3)", "right({c}, 3)", "reverse({c})", "md5({c})", "trim({c})",
+    "btrim({c}, 'x')", "replace({c}, 'a', 'b')", "translate({c}, 'a', 'b')",
+    "format('%s', {c})", "concat({c}, id)", "concat_ws('-', id, {c})", "coalesce({c}, '')",
+    "nullif({c}, '')", "CASE WHEN id > 0 THEN {c} END", "{c}::varchar", "CAST({c} AS text)",
+    "{c}::bytea", "encode(convert_to({c}, 'UTF8'), 'hex')", "to_json({c})", "to_jsonb({c})",
+    "json_build_array({c})", "jsonb_build_object('k', {c})", "ARRAY[{c}]",
+    "string_to_array({c}, '@')", "regexp_replace({c}, 'a', 'b')", "split_part({c}, '@', 1)",
+    "overlay({c} placing 'x' from 1)", "lpad({c}, 40)", "repeat({c}, 2)", "quote_literal({c})",
+    "initcap({c})", "ltrim({c})", "rtrim({c})", "xmlelement(name x, {c})",
+]  # fmt: skip
+for _column, _category in (("email", "email"), ("phone", "phone"), ("iban", "iban")):
+    for _carrier in CARRIERS:
+        _sql = f"SELECT id, {_carrier.format(c=_column)} AS v, city FROM {C} LIMIT 5"
+        LINEAGE[_sql] = {1: _category}
+
 AGENT = {
     f"SELECT id, email FROM {C} LIMIT 5": {1: "email"},
     f"SELECT id, full_name FROM {C} LIMIT 5": {},
@@ -95,6 +114,10 @@ def masked(role: str, sql: str) -> dict[int, str]:
     assert decision.effect is Effect.MASK, decision.message
     (masks,) = decision.column_masks
     return {mask.position: mask.category for mask in masks}
+
+
+def test_the_lineage_corpus_is_at_least_150_statements() -> None:
+    assert len(LINEAGE) >= 150
 
 
 @pytest.mark.parametrize(("sql", "expected"), LINEAGE.items())
