@@ -176,7 +176,7 @@ def test_duplicate_roles_and_targets() -> None:
         ),
         (
             "  - id: r\n    effect: mask\n    mask: {categories: [email], method: scramble}\n",
-            "rules[0].mask.method: Input should be 'redact', 'partial', 'hash' or 'null' "
+            "rules[0].mask.method: Input should be 'redact', 'partial', 'pseudonym', 'hash' or 'null' "
             "(in rule 'r')",
         ),
         (

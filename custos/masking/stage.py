@@ -54,6 +54,9 @@ def _stores(facts: StatementFacts) -> bool:
     return any(name.rpartition(".")[2] in _STORING_FUNCTIONS for name in facts.functions)
 
 
+_PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
+
+
 class MaskingStage(Stage):
     def __init__(self, key: bytes | None) -> None:
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
@@ -71,7 +74,7 @@ class MaskingStage(Stage):
                     return Refuse(STORING_REFUSAL)
         masker = self._masker
         if masker is None:
-            if any(mask.method is MaskMethod.HASH for mask in decision.masks):
+            if any(mask.method in _PSEUDONYMS for mask in decision.masks):
                 return Refuse(NO_KEY_REFUSAL)
             masker = _KEYLESS
         return Rewrite(MaskingRewriter(decision.column_masks, decision.result_columns, masker))

@@ -19,7 +19,13 @@ from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
 from custos.policy.models import MaskMethod
 from custos.sql.facts import OutputColumn
 
-STRENGTH = {MaskMethod.NULL: 3, MaskMethod.REDACT: 2, MaskMethod.HASH: 1, MaskMethod.PARTIAL: 0}
+STRENGTH = {
+    MaskMethod.NULL: 3,
+    MaskMethod.REDACT: 2,
+    MaskMethod.PSEUDONYM: 1,
+    MaskMethod.HASH: 1,
+    MaskMethod.PARTIAL: 0,
+}
 
 PARTIAL_FORMS = frozenset({"email", "phone", "iban", "name"})
 """The categories whose partial form keeps a part that identifies no one on its own (see

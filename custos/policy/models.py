@@ -54,7 +54,8 @@ class Effect(StrEnum):
 class MaskMethod(StrEnum):
     REDACT = "redact"
     PARTIAL = "partial"
-    HASH = "hash"
+    PSEUDONYM = "pseudonym"  # a keyed, format-keeping pseudonym (custos/masking/values.py)
+    HASH = "hash"  # the same: a keyed pseudonym, never a bare hash
     NULL = "null"
 
 
