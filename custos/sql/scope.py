@@ -17,6 +17,9 @@ from custos.sql import budget
 from custos.sql.facts import ALL_COLUMNS
 from custos.sql.risks import ROW_FUNCTIONS
 
+UNCERTAIN = "?column?"
+"""The name of an output column whose name the walk does not know: it may be any name."""
+
 Source = tuple[str, str]
 """(schema-qualified relation, column); column ALL_COLUMNS means any column of it."""
 
@@ -120,8 +123,10 @@ class Rte:
         for column in self.columns:
             if column.name == name:
                 named = set(column.sources) if named is None else named | column.sources
-            elif column.name is None:
-                found = _as_named(column, name)
+            elif column.name is None or column.name == UNCERTAIN:
+                # A column of unknown names, or one whose name the walk could not tell
+                # (PostgreSQL may call it `name`): possibly the one named.
+                found = _as_named(column, name) if column.name is None else set(column.sources)
                 unnamed = found if unnamed is None else unnamed | found
         if named is not None:
             return True, named

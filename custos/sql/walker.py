@@ -36,6 +36,7 @@ from custos.sql.risks import (
 )
 from custos.sql.scope import (
     NO_SOURCES,
+    UNCERTAIN,
     Col,
     Rte,
     Scope,
@@ -84,23 +85,66 @@ def _union(left: list[Col], right: list[Col]) -> list[Col]:
 
 
 def output_name(node: Node) -> str:
-    """The column name PostgreSQL gives an unaliased SELECT-list expression."""
+    """The column name PostgreSQL gives an unaliased SELECT-list expression (its
+    FigureColname); UNCERTAIN where the walk does not know it, which every name may then
+    reach (scope.py)."""
     node_type, body = only(node)
     if node_type == "ColumnRef":
         last = body["fields"][-1]
-        return last["String"]["sval"] if "String" in last else "?column?"
+        return last["String"]["sval"] if "String" in last else UNCERTAIN
     if node_type == "FuncCall":
         return str(body["funcname"][-1]["String"]["sval"])
     if node_type == "TypeCast":
         inner = output_name(body.get("arg", {}))
-        if inner != "?column?":
+        if inner != UNCERTAIN:
             return inner
         names = strings(body.get("typeName", {}).get("names") or ())
         return names[-1] if names else inner
-    return _FIXED_NAMES.get(node_type, "?column?")
+    if node_type == "CollateClause":
+        return output_name(body.get("arg", {}))
+    if node_type == "A_Indirection":
+        last = (body.get("indirection") or [{}])[-1]
+        if "String" in last:
+            return str(last["String"]["sval"])
+        return output_name(body.get("arg", {}))
+    if node_type == "A_Expr" and body.get("kind") == "AEXPR_NULLIF":
+        return "nullif"
+    if node_type == "MinMaxExpr":
+        return "greatest" if body.get("op") == "IS_GREATEST" else "least"
+    if node_type == "XmlExpr":
+        return _XML_NAMES.get(body.get("op", ""), UNCERTAIN)
+    if node_type == "SubLink":
+        kind = body.get("subLinkType")
+        if kind == "EXPR_SUBLINK":
+            return _first_target_name(body.get("subselect", {}))
+        return _SUBLINK_NAMES.get(kind, UNCERTAIN)
+    return _FIXED_NAMES.get(node_type, UNCERTAIN)
+
+
+def _first_target_name(query: Node) -> str:
+    """The name of a scalar subquery's column, which PostgreSQL gives the subquery."""
+    select = query.get("SelectStmt") if type(query) is dict else None
+    items = (select or {}).get("targetList") or ()
+    if not items:
+        return UNCERTAIN
+    target = items[0].get("ResTarget", {})
+    return str(target["name"]) if target.get("name") else output_name(target.get("val", {}))
+
+
+_XML_NAMES = {
+    "IS_XMLCONCAT": "xmlconcat",
+    "IS_XMLELEMENT": "xmlelement",
+    "IS_XMLFOREST": "xmlforest",
+    "IS_XMLPARSE": "xmlparse",
+    "IS_XMLPI": "xmlpi",
+    "IS_XMLROOT": "xmlroot",
+    "IS_XMLSERIALIZE": "xmlserialize",
+}
+_SUBLINK_NAMES = {"EXISTS_SUBLINK": "exists", "ARRAY_SUBLINK": "array"}
 
 
 _FIXED_NAMES = {
+    "XmlSerialize": "xmlserialize",
     "CaseExpr": "case",
     "A_ArrayExpr": "array",
     "RowExpr": "row",
@@ -1124,7 +1168,9 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
     level: Scope | None = scope
     while level is not None:
         for rte in level.rtes:
-            if rte.plain_relation is None and any(c.name == names[0] for c in rte.columns):
+            if rte.plain_relation is None and any(
+                c.name in (names[0], UNCERTAIN) for c in rte.columns
+            ):
                 return _computed_in(rte, names[0])
             if rte.refname == names[0] and rte.relation is None:
                 return _computed_in(rte, None)  # a function's scalar result, by its alias
@@ -1171,9 +1217,12 @@ def _whole_row(node: Any, scope: Scope | None) -> bool:
 
 
 def _computed_in(rte: Rte, name: str | None) -> bool:
-    return rte.relation is None and any(
-        column.opaque and column.sources and column.name in (name, None) for column in rte.columns
-    )
+    if rte.relation is not None:
+        return False
+    # A column whose name the walk does not know may be the one named (scope.UNCERTAIN).
+    exact = name is not None and any(column.name == name for column in rte.columns)
+    names = (name, None) if exact else (name, None, UNCERTAIN)
+    return any(column.opaque and column.sources and column.name in names for column in rte.columns)
 
 
 def _sort_output(key: Any, columns: Sequence[Col]) -> Col | None:
