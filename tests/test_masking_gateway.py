@@ -221,6 +221,20 @@ def test_ticket_bodies_keep_their_words_and_lose_the_contact_details(
         "SELECT xmlelement FROM (SELECT xmlelement(name a, email) FROM crm.customers"
         " ORDER BY id LIMIT 3) s",
         'SELECT "array" FROM (SELECT (ARRAY[email])[1] FROM crm.customers ORDER BY id LIMIT 3) s',
+        # Named after the ELSE, or after the field before a subscript, by PostgreSQL.
+        "SELECT email FROM (SELECT CASE WHEN false THEN NULL ELSE email END FROM crm.customers"
+        " ORDER BY id LIMIT 3) s",
+        "WITH s AS (SELECT CASE WHEN false THEN '' ELSE iban END FROM crm.customers"
+        " ORDER BY id LIMIT 3) SELECT iban FROM s",
+        "SELECT lower FROM (SELECT CASE WHEN false THEN NULL ELSE lower(email) END"
+        " FROM crm.customers ORDER BY id LIMIT 3) s",
+        "SELECT body FROM (SELECT CASE WHEN false THEN '' ELSE body END FROM crm.support_tickets"
+        " ORDER BY id LIMIT 3) s",
+        "SELECT text FROM (SELECT CASE WHEN true THEN phone END::text FROM crm.customers"
+        " ORDER BY id LIMIT 3) s",
+        "SELECT proargnames FROM (SELECT (jsonb_populate_record(NULL::pg_catalog.pg_proc,"
+        " jsonb_build_object('proargnames', ARRAY[email]))).proargnames[1] FROM crm.customers"
+        " ORDER BY id LIMIT 3) s",
         # A name the walk cannot tell may be any name: the column stays masked.
         "SELECT s.zz FROM (SELECT (SELECT 'x@' || replace(email, '@', '#')) FROM crm.customers"
         " ORDER BY id LIMIT 3) s(zz)",

@@ -39,6 +39,9 @@ class Col(NamedTuple):
     opaque: bool = False
     # See OutputColumn.expandable: name None standing for exactly one relation's columns.
     expandable: bool = False
+    # Its name is the walk's reading of PostgreSQL's naming rules, not an alias: an outer
+    # reference by another name may mean it too.
+    guessed: bool = False
 
 
 def _as_named(column: Col, name: str) -> set[Source]:
@@ -123,9 +126,9 @@ class Rte:
         for column in self.columns:
             if column.name == name:
                 named = set(column.sources) if named is None else named | column.sources
-            elif column.name is None or column.name == UNCERTAIN:
-                # A column of unknown names, or one whose name the walk could not tell
-                # (PostgreSQL may call it `name`): possibly the one named.
+            elif column.name is None or column.name == UNCERTAIN or column.guessed:
+                # A column of unknown names, or one whose name the walk could not tell or
+                # guessed (PostgreSQL may call it `name`): possibly the one named.
                 found = _as_named(column, name) if column.name is None else set(column.sources)
                 unnamed = found if unnamed is None else unnamed | found
         if named is not None:

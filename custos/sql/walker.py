@@ -74,13 +74,13 @@ def _union(left: list[Col], right: list[Col]) -> list[Col]:
     if len(left) == len(right) and all(c.name is not None for c in (*left, *right)):
         # A value computed in either branch stays computed in the union.
         return [
-            Col(a.name, a.sources | b.sources, a.opaque or b.opaque)
+            Col(a.name, a.sources | b.sources, a.opaque or b.opaque, guessed=a.guessed)
             for a, b in zip(left, right, strict=True)
         ]
     # A `*` of unknown width breaks the positions: any column may carry any of the values.
     everything = frozenset().union(*(c.sources for c in (*left, *right)))
     opaque = any(c.opaque for c in (*left, *right))
-    named = [Col(c.name, everything, opaque) for c in left if c.name is not None]
+    named = [Col(c.name, everything, opaque, guessed=c.guessed) for c in left if c.name]
     return [*named, Col(None, everything, opaque)]
 
 
@@ -103,10 +103,9 @@ def output_name(node: Node) -> str:
     if node_type == "CollateClause":
         return output_name(body.get("arg", {}))
     if node_type == "A_Indirection":
-        last = (body.get("indirection") or [{}])[-1]
-        if "String" in last:
-            return str(last["String"]["sval"])
-        return output_name(body.get("arg", {}))
+        # The last field selected, subscripts after it ignored; else the value's own name.
+        fields = strings(body.get("indirection") or ())
+        return fields[-1] if fields else output_name(body.get("arg", {}))
     if node_type == "A_Expr" and body.get("kind") == "AEXPR_NULLIF":
         return "nullif"
     if node_type == "MinMaxExpr":
@@ -292,8 +291,14 @@ class Walker:
                 computed = _computed_column(scope, ref["fields"])
             else:
                 sources = self.sunk(value, scope)
-                name = target.get("name") or output_name(value)
                 computed = bool(sources)  # a value computed from columns (opaque)
+                if not target.get("name"):
+                    # Named by PostgreSQL's rules (FigureColname), which the walk mirrors
+                    # only in part: an outer reference by another name may mean it too.
+                    guessed = Col(output_name(value), frozenset(sources), computed, guessed=True)
+                    columns.append(guessed)
+                    continue
+                name = target["name"]
             columns.append(Col(name, frozenset(sources), opaque=computed))
         return columns
 
@@ -1169,7 +1174,7 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
     while level is not None:
         for rte in level.rtes:
             if rte.plain_relation is None and any(
-                c.name in (names[0], UNCERTAIN) for c in rte.columns
+                c.name == names[0] or _maybe_named(c) for c in rte.columns
             ):
                 return _computed_in(rte, names[0])
             if rte.refname == names[0] and rte.relation is None:
@@ -1219,10 +1224,20 @@ def _whole_row(node: Any, scope: Scope | None) -> bool:
 def _computed_in(rte: Rte, name: str | None) -> bool:
     if rte.relation is not None:
         return False
-    # A column whose name the walk does not know may be the one named (scope.UNCERTAIN).
-    exact = name is not None and any(column.name == name for column in rte.columns)
-    names = (name, None) if exact else (name, None, UNCERTAIN)
-    return any(column.opaque and column.sources and column.name in names for column in rte.columns)
+    # A column whose name the walk does not know, or guessed, may be the one named.
+    exact = name is not None and any(
+        column.name == name and not column.guessed for column in rte.columns
+    )
+    return any(
+        column.opaque
+        and column.sources
+        and (column.name in (name, None) or (not exact and _maybe_named(column)))
+        for column in rte.columns
+    )
+
+
+def _maybe_named(column: Col) -> bool:
+    return column.guessed or column.name == UNCERTAIN
 
 
 def _sort_output(key: Any, columns: Sequence[Col]) -> Col | None:
