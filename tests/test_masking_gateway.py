@@ -252,3 +252,29 @@ def test_columns_named_by_postgresql_stay_masked(
     # None is the computed value kept as it is, partially or whole.
     text = " ".join(str(value) for row in rows for value in row)
     assert "#" not in text.replace("[redacted]", "")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT attname, histogram_bounds::text, most_common_vals::text FROM pg_stats"
+        " WHERE schemaname = 'crm' AND tablename = 'customers'",
+        "SELECT x FROM (SELECT histogram_bounds AS x FROM pg_stats WHERE attname = 'phone') s",
+        "SELECT histogram_bounds::text FROM pg_catalog.pg_stats"
+        " WHERE tablename = 'support_tickets' AND attname = 'body'",
+    ],
+)
+def test_the_planners_statistics_are_masked_whole(
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    personal: frozenset[str],
+    customer_names: frozenset[str],
+    sql: str,
+) -> None:
+    superuser.execute("ANALYZE crm.customers, crm.support_tickets")
+    assert leaked(superuser.execute(sql).fetchall(), personal), "directly, sample values"
+    with psycopg_connect(governed, role="analyst") as analyst:
+        rows = analyst.execute(sql).fetchall()
+    assert not leaked(rows, personal)
+    text = " ".join(str(value) for row in rows for value in row)
+    assert not [name for name in customer_names if name in text]

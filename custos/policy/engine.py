@@ -443,6 +443,7 @@ class PolicyEngine:
                     self.catalog,
                     masks,
                     profile.statement.function_reads,
+                    profile.statement.reads_statistics,
                 )
                 for profile in profiles
             )

@@ -73,11 +73,16 @@ def column_masks(
     catalog: PersonalDataCatalog,
     rules: Iterable[MaskRule],
     function_reads: Iterable[tuple[str, str]] = (),
+    reads_statistics: bool = False,
 ) -> tuple[ColumnMask, ...]:
     """The result columns to mask, in order. `function_reads`: what the bodies of the
     functions the statement calls read; where that holds a masked category, its values
-    may come out of any column untraced, and every column is masked."""
+    may come out of any column untraced, and every column is masked. So with
+    `reads_statistics`: the planner's statistics hold sample values of every column."""
     rules = tuple(rules)
+    if reads_statistics and rules:
+        strongest = max(rules, key=lambda rule: STRENGTH[rule.method])
+        return (ColumnMask(0, None, MIXED, whole_value_method(strongest.method), strongest.rule),)
     untraced: dict[str, frozenset[str]] = {}
     for relation, column in function_reads:
         untraced[relation] = untraced.get(relation, frozenset()) | {column}
