@@ -278,3 +278,52 @@ def test_the_planners_statistics_are_masked_whole(
     assert not leaked(rows, personal)
     text = " ".join(str(value) for row in rows for value in row)
     assert not [name for name in customer_names if name in text]
+
+
+@pytest.mark.parametrize(
+    ("role", "sql"),
+    [
+        # Spelled out one character a row: the name only picks which rows survive.
+        (
+            "analyst",
+            "SELECT c.id, string_agg(chr(n), '' ORDER BY p) FROM crm.customers c,"
+            " generate_series(1, 40) p, generate_series(32, 126) n WHERE c.id < 3"
+            " AND ascii(substr(c.full_name, p, 1)) = n GROUP BY c.id ORDER BY c.id LIMIT 2",
+        ),
+        (
+            "analyst",
+            "SELECT c.id, string_agg(chr(n), '' ORDER BY p) FROM crm.customers c,"
+            " generate_series(1, 40) p, generate_series(32, 126) n WHERE c.id < 3"
+            " AND ascii(substr(c.email, p, 1)) = n GROUP BY c.id ORDER BY c.id LIMIT 2",
+        ),
+        # A dictionary of candidates joined on the column: the match is the value.
+        (
+            "agent",
+            "SELECT x.g FROM crm.customers c JOIN (SELECT '+44 7700 ' || n::text AS g"
+            " FROM generate_series(900000, 900999) n) x ON c.phone = x.g WHERE c.id = 1 LIMIT 1",
+        ),
+        (
+            "agent",
+            "SELECT x.g FROM (SELECT '+44 7700 ' || n::text AS g FROM generate_series(900000,"
+            " 900999) n) x WHERE x.g IN (SELECT phone FROM crm.customers WHERE id < 4 LIMIT 3)"
+            " LIMIT 3",
+        ),
+    ],
+)
+def test_values_carried_by_the_rows_a_test_picks_are_masked(
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    personal: frozenset[str],
+    customer_names: frozenset[str],
+    role: str,
+    sql: str,
+) -> None:
+    direct = superuser.execute(sql).fetchall()
+    text = " ".join(str(value) for row in direct for value in row)
+    assert leaked(direct, personal) or [n for n in customer_names if n in text], "directly"
+    with psycopg_connect(governed, role=role) as session:
+        rows = session.execute(sql).fetchall()
+    assert rows
+    assert not leaked(rows, personal)
+    masked_text = " ".join(str(value) for row in rows for value in row)
+    assert not [name for name in customer_names if name in masked_text]

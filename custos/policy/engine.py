@@ -444,6 +444,7 @@ class PolicyEngine:
                     masks,
                     profile.statement.function_reads,
                     profile.statement.reads_statistics,
+                    _tested(profile.statement),
                 )
                 for profile in profiles
             )
@@ -755,6 +756,12 @@ def _function_glob(glob: str) -> str:
     if glob.startswith("pg_catalog."):
         return r"(?:pg_catalog\.)?" + fnmatch.translate(glob.removeprefix("pg_catalog."))
     return fnmatch.translate(glob)
+
+
+def _tested(statement: StatementFacts) -> frozenset[tuple[str, str]]:
+    """The columns the statement searches, or compares with values it makes."""
+    searched = {(match.relation, match.column) for match in statement.pattern_matches}
+    return statement.compared | searched
 
 
 def _returns_rows(statement: StatementFacts) -> bool:

@@ -74,17 +74,21 @@ def column_masks(
     rules: Iterable[MaskRule],
     function_reads: Iterable[tuple[str, str]] = (),
     reads_statistics: bool = False,
+    tested: Iterable[tuple[str, str]] = (),
 ) -> tuple[ColumnMask, ...]:
     """The result columns to mask, in order. `function_reads`: what the bodies of the
     functions the statement calls read; where that holds a masked category, its values
     may come out of any column untraced, and every column is masked. So with
-    `reads_statistics`: the planner's statistics hold sample values of every column."""
+    `reads_statistics`: the planner's statistics hold sample values of every column. And
+    with `tested`, the columns the statement searches or compares with values it makes:
+    the rows that match carry their values in any other column (`chr(n)` where
+    `ascii(substr(name, p, 1)) = n`; `x.g` joined on `phone = x.g`)."""
     rules = tuple(rules)
     if reads_statistics and rules:
         strongest = max(rules, key=lambda rule: STRENGTH[rule.method])
         return (ColumnMask(0, None, MIXED, whole_value_method(strongest.method), strongest.rule),)
     untraced: dict[str, frozenset[str]] = {}
-    for relation, column in function_reads:
+    for relation, column in (*function_reads, *tested):
         untraced[relation] = untraced.get(relation, frozenset()) | {column}
     held_by_functions = catalog.categories(untraced)
     applying = [rule for rule in rules if not rule.categories.isdisjoint(held_by_functions)]

@@ -55,6 +55,7 @@ class Collector:
         "collects_rows",
         "columns_read",
         "columns_written",
+        "compared",
         "copy_destination",
         "deallocates",
         "declares",
@@ -102,6 +103,7 @@ class Collector:
         self.cast_types: set[str] = set()
         self.calls_with_columns: dict[tuple[str, frozenset[Source]], None] = {}
         self.field_names: set[tuple[str, str]] = set()
+        self.compared: set[Source] = set()
         self.patterns: dict[PatternMatch, None] = {}
         self.without_where = False
         self.limit: int | ParameterRef | None = None
@@ -180,4 +182,5 @@ class Collector:
             collects_rows=self.collects_rows,
             calls_with_columns=tuple(self.calls_with_columns),
             field_names=frozenset(self.field_names),
+            compared=frozenset(self.compared),
         )

@@ -147,6 +147,10 @@ class StatementFacts:
     # (relation, column) that user-defined functions it calls read in their bodies: their
     # values may come out of those functions untraced (masking masks every column then).
     function_reads: frozenset[tuple[str, str]] = frozenset()
+    # Columns compared with a value the statement makes (a join, an IN subquery, another
+    # column): the matching rows carry their values in that other value, unmasked by any
+    # lineage (masking masks every column when one of them is masked).
+    compared: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +221,7 @@ def statement_bytes(statement: StatementFacts) -> int:
     weight = 1024 + 300 * len(outputs) + 100 * sum(len(output.sources) for output in outputs)
     weight += 100 * sum(len(names) for names in statement.columns_read.values())
     weight += 100 * sum(len(sources) for _, sources in statement.calls_with_columns)
-    weight += 100 * len(statement.field_names)
+    weight += 100 * (len(statement.field_names) + len(statement.compared))
     return weight + 100 * len(statement.pattern_matches)
 
 

@@ -540,12 +540,14 @@ class Walker:
             for side in (left, right):
                 sources |= resolve_name(Scope(None, side), name)
             self._use(sources)
+            self._c.compared.update(sources)
             merged.append(Col(name, frozenset(sources)))
         if body.get("isNatural"):
             # The common columns are compared: we cannot tell which, so all of them are read.
             for rte in both:
                 rte.touched += 1
                 self._use(rte.whole_row())
+                self._c.compared.update(rte.whole_row())
         merges = bool(merged) or bool(body.get("isNatural"))
         if merges:
             for rte in both:
@@ -1047,6 +1049,7 @@ class Walker:
             for column in columns:
                 if column.opaque and column.sources:
                     self.add_searches(set(column.sources), "~", None, False)
+                self._c.compared.update(column.sources)
         if outer is not None and link_type in _SOURCE_SUBLINKS:
             for column in columns:
                 outer |= column.sources
@@ -1081,6 +1084,12 @@ class Walker:
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
                 if columns and (contains or not _plain_side(side, scope)):
                     self.add_searches(columns, "~", None, False)
+            # Compared with a value the statement makes (not a literal): the rows that
+            # match carry the column's value in that other value (StatementFacts.compared).
+            if left and not _literal(body.get("rexpr")):
+                self._c.compared.update(left)
+            if right and not _literal(body.get("lexpr")):
+                self._c.compared.update(right)
             return
         if name and self._sink is not None:
             # An operator runs its function, which may be a user-defined set-returning one.
@@ -1201,6 +1210,18 @@ def _someones_operator(name: Sequence[Node], body: Node, scope: Scope | None) ->
         return True
     sides = [body.get("lexpr"), body.get("rexpr"), *_items(body.get("rexpr"))]
     return any(_whole_row(side, scope) for side in sides)
+
+
+def _literal(node: Any) -> bool:
+    """Whether the node is a literal or a parameter (maybe cast, or a list of them): a
+    value the client gave, not one the statement makes. Reads no literal's value."""
+    if type(node) is list:
+        return all(_literal(item) for item in node)
+    while type(node) is dict and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    if type(node) is dict and "List" in node:
+        return all(_literal(item) for item in node["List"].get("items") or ())
+    return type(node) is dict and ("A_Const" in node or "ParamRef" in node)
 
 
 def _whole_row(node: Any, scope: Scope | None) -> bool:
