@@ -1064,7 +1064,7 @@ class Walker:
             self.pattern_match(body, scope, kind == "AEXPR_SIMILAR", operator)
             return
         self._filtering = False
-        if name and _someones_operator(name, body, scope):
+        if name and kind not in _TESTING_KINDS and _someones_operator(name, body, scope):
             # Someone's operator (a name the database's own do not have), or one given a
             # whole row (whose `=` may be someone's, found through the search path): what
             # it tests of its operands is its function's business, a search of them.
@@ -1086,6 +1086,16 @@ class Walker:
                     self.add_searches(columns, "~", None, False)
             # Compared with a value the statement makes (not a literal): the rows that
             # match carry the column's value in that other value (StatementFacts.compared).
+            if left and not _literal(body.get("rexpr")):
+                self._c.compared.update(left)
+            if right and not _literal(body.get("lexpr")):
+                self._c.compared.update(right)
+            return
+        if kind in _TESTING_KINDS:
+            # NULLIF(a, b) is NULL where they are equal, BETWEEN tests bounds: each side is
+            # compared with the other (StatementFacts.compared).
+            left = self.traced(body.get("lexpr"), scope)
+            right = self.traced(body.get("rexpr"), scope)
             if left and not _literal(body.get("rexpr")):
                 self._c.compared.update(left)
             if right and not _literal(body.get("lexpr")):
@@ -1139,6 +1149,15 @@ _FILTER_BOOLOPS = frozenset({"AND_EXPR", "OR_EXPR"})
 # they search a part of it.
 _SEARCHING_COMPARISONS = frozenset(
     {"=", "<>", "!=", "<", ">", "<=", ">=", "@@", "@@@", "@>", "<@", "&&", "@?"}
+)
+_TESTING_KINDS = frozenset(
+    {
+        "AEXPR_NULLIF",
+        "AEXPR_BETWEEN",
+        "AEXPR_NOT_BETWEEN",
+        "AEXPR_BETWEEN_SYM",
+        "AEXPR_NOT_BETWEEN_SYM",
+    }
 )
 _COMPARING_KINDS = frozenset(
     {"AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_IN", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"}
