@@ -327,3 +327,50 @@ def test_values_carried_by_the_rows_a_test_picks_are_masked(
     assert not leaked(rows, personal)
     masked_text = " ".join(str(value) for row in rows for value in row)
     assert not [name for name in customer_names if name in masked_text]
+
+
+PHONE_GUESSES = "(SELECT '+44 7700 ' || n::text AS g FROM generate_series(900000, 900999) n) x"
+
+
+@pytest.mark.parametrize(
+    ("role", "sql"),
+    [
+        # Made distinct with a guess: one row where they are equal, two where not.
+        (
+            "agent",
+            f"SELECT x.g FROM {PHONE_GUESSES}, LATERAL (SELECT count(*) AS d FROM (SELECT phone"
+            " FROM crm.customers WHERE id = 1 UNION SELECT x.g || '') q) s WHERE s.d = 1 LIMIT 1",
+        ),
+        (
+            "agent",
+            f"SELECT x.g FROM {PHONE_GUESSES}, LATERAL (SELECT count(*) AS d FROM (SELECT v FROM"
+            " ((SELECT phone AS v FROM crm.customers WHERE id = 1 LIMIT 1) UNION ALL"
+            " SELECT x.g || '') q GROUP BY v) r) s WHERE s.d = 1 LIMIT 1",
+        ),
+        (
+            "agent",
+            f"SELECT x.g FROM {PHONE_GUESSES}, LATERAL (SELECT count(*) AS d FROM (SELECT DISTINCT"
+            " v FROM ((SELECT phone AS v FROM crm.customers WHERE id = 1 LIMIT 1) UNION ALL"
+            " SELECT x.g || '') q) r) s WHERE s.d = 1 LIMIT 1",
+        ),
+        (
+            "analyst",
+            f"SELECT x.g FROM {PHONE_GUESSES}, LATERAL (SELECT count(*) AS d FROM (SELECT phone"
+            " FROM crm.customers WHERE id = 1 UNION SELECT x.g || '') q) s WHERE s.d = 1 LIMIT 1",
+        ),
+    ],
+)
+def test_values_collapsed_with_a_guess_are_masked(
+    governed: GatewayProcess,
+    superuser: psycopg.Connection,
+    personal: frozenset[str],
+    role: str,
+    sql: str,
+) -> None:
+    assert leaked(superuser.execute(sql).fetchall(), personal), "directly, the phone"
+    with psycopg_connect(governed, role=role) as session:
+        try:
+            rows = session.execute(sql).fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            rows = []  # refused (the agent's page or search rules): nothing comes back
+    assert not leaked(rows, personal)

@@ -350,6 +350,11 @@ class Walker:
                 self.keys(grouping.get("content") or (), scope, columns)
                 continue
             output = _sort_output(key, columns)
+            # Ranked, grouped or made distinct, values are compared with every other row's,
+            # the statement's made values too (StatementFacts.compared).
+            self._c.compared.update(
+                output.sources if output is not None else self.traced(key, scope)
+            )
             if output is not None:
                 if output.opaque and output.sources:
                     self.add_searches(set(output.sources), "~", None, False)
@@ -363,6 +368,8 @@ class Walker:
         row that does not match collapses into one and the matches stand out (DISTINCT
         id * f(name)): a search of it."""
         for column in columns:
+            # Collapsed with any other row's equal value, a made one too: compared.
+            self._c.compared.update(column.sources)
             if column.opaque and column.sources:
                 self.add_searches(set(column.sources), "~", None, False)
 
