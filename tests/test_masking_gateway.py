@@ -374,3 +374,29 @@ def test_values_collapsed_with_a_guess_are_masked(
         except psycopg.errors.InsufficientPrivilege:
             rows = []  # refused (the agent's page or search rules): nothing comes back
     assert not leaked(rows, personal)
+
+
+def _literal_guesses() -> str:
+    """Every demo phone number as a literal test, ORed: a thousand guesses in one."""
+    terms = " OR ".join(
+        f"(v.g = '+44 7700 {n}' AND c.phone = '+44 7700 {n}')" for n in range(900000, 901000)
+    )
+    values = ", ".join(f"('+44 7700 {n}')" for n in range(900000, 901000))
+    return (
+        "SELECT c.id, v.g FROM (SELECT id, phone FROM crm.customers ORDER BY id LIMIT 5) c,"
+        f" (VALUES {values}) v(g) WHERE {terms} LIMIT 5"
+    )
+
+
+@pytest.mark.parametrize("role", ["agent", "analyst"])
+def test_values_found_by_literal_guesses_are_masked(
+    governed: GatewayProcess, superuser: psycopg.Connection, personal: frozenset[str], role: str
+) -> None:
+    sql = _literal_guesses()
+    assert leaked(superuser.execute(sql).fetchall(), personal), "directly, five phones"
+    with psycopg_connect(governed, role=role) as session:
+        try:
+            rows = session.execute(sql).fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            rows = []
+    assert not leaked(rows, personal)

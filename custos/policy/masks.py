@@ -80,9 +80,9 @@ def column_masks(
     functions the statement calls read; where that holds a masked category, its values
     may come out of any column untraced, and every column is masked. So with
     `reads_statistics`: the planner's statistics hold sample values of every column. And
-    with `tested`, the columns the statement searches or compares with values it makes:
-    the rows that match carry their values in any other column (`chr(n)` where
-    `ascii(substr(name, p, 1)) = n`; `x.g` joined on `phone = x.g`)."""
+    with `tested`, the columns the statement searches, compares (with anything), ranks,
+    groups or makes distinct: the rows that match carry their values in any other column
+    (`chr(n)` where `ascii(substr(name, p, 1)) = n`; `x.g` joined on `phone = x.g`)."""
     rules = tuple(rules)
     if reads_statistics and rules:
         strongest = max(rules, key=lambda rule: STRENGTH[rule.method])

@@ -147,9 +147,9 @@ class StatementFacts:
     # (relation, column) that user-defined functions it calls read in their bodies: their
     # values may come out of those functions untraced (masking masks every column then).
     function_reads: frozenset[tuple[str, str]] = frozenset()
-    # Columns compared with a value the statement makes (a join, an IN subquery, another
-    # column): the matching rows carry their values in that other value, unmasked by any
-    # lineage (masking masks every column when one of them is masked).
+    # Columns compared (with anything: a literal, a join, an IN subquery), ranked, grouped
+    # or made distinct: the rows that match carry their values in any other column,
+    # unmasked by any lineage (masking masks every column when one of them is masked).
     compared: frozenset[tuple[str, str]] = frozenset()
 
 

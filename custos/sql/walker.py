@@ -1091,22 +1091,17 @@ class Walker:
             for side, columns in ((body.get("lexpr"), left), (body.get("rexpr"), right)):
                 if columns and (contains or not _plain_side(side, scope)):
                     self.add_searches(columns, "~", None, False)
-            # Compared with a value the statement makes (not a literal): the rows that
-            # match carry the column's value in that other value (StatementFacts.compared).
-            if left and not _literal(body.get("rexpr")):
-                self._c.compared.update(left)
-            if right and not _literal(body.get("lexpr")):
-                self._c.compared.update(right)
+            # Compared, even with a literal (a thousand ORed literals are a thousand
+            # guesses): the rows that match carry the column's value in any other column
+            # (StatementFacts.compared).
+            self._c.compared.update(left | right)
             return
         if kind in _TESTING_KINDS:
             # NULLIF(a, b) is NULL where they are equal, BETWEEN tests bounds: each side is
             # compared with the other (StatementFacts.compared).
-            left = self.traced(body.get("lexpr"), scope)
-            right = self.traced(body.get("rexpr"), scope)
-            if left and not _literal(body.get("rexpr")):
-                self._c.compared.update(left)
-            if right and not _literal(body.get("lexpr")):
-                self._c.compared.update(right)
+            self._c.compared.update(
+                self.traced(body.get("lexpr"), scope) | self.traced(body.get("rexpr"), scope)
+            )
             return
         if name and self._sink is not None:
             # An operator runs its function, which may be a user-defined set-returning one.
@@ -1236,18 +1231,6 @@ def _someones_operator(name: Sequence[Node], body: Node, scope: Scope | None) ->
         return True
     sides = [body.get("lexpr"), body.get("rexpr"), *_items(body.get("rexpr"))]
     return any(_whole_row(side, scope) for side in sides)
-
-
-def _literal(node: Any) -> bool:
-    """Whether the node is a literal or a parameter (maybe cast, or a list of them): a
-    value the client gave, not one the statement makes. Reads no literal's value."""
-    if type(node) is list:
-        return all(_literal(item) for item in node)
-    while type(node) is dict and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    if type(node) is dict and "List" in node:
-        return all(_literal(item) for item in node["List"].get("items") or ())
-    return type(node) is dict and ("A_Const" in node or "ParamRef" in node)
 
 
 def _whole_row(node: Any, scope: Scope | None) -> bool:
