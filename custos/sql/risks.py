@@ -259,20 +259,19 @@ column, the rows they return (none when a count is 0: generate_series(1, f(name)
 which rows the statement returns, wherever the call stands. tests/test_sql_catalog.py
 checks the list against pg_proc."""
 
-STATE_SETTING_FUNCTIONS = frozenset(
-    {
-        "setseed",
-        "setval",
-        "pg_advisory_lock",
-        "pg_advisory_lock_shared",
-        "pg_advisory_xact_lock",
-        "pg_advisory_xact_lock_shared",
-        "pg_try_advisory_lock",
-        "pg_try_advisory_lock_shared",
-        "pg_try_advisory_xact_lock",
-        "pg_try_advisory_xact_lock_shared",
-    }
+ADVISORY_LOCKING = (
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
 )
+"""The functions that take an advisory lock (the LOCK a statement could take instead)."""
+
+STATE_SETTING_FUNCTIONS = frozenset({"setseed", "setval", *ADVISORY_LOCKING})
 """Functions that leave their argument in the session, where a later row of the same
 statement reads it back: after `setseed(f(name))` the next `random()` differs for the rows
 that match, and so do `currval` after `setval` and a lock tried after one taken. Given a
@@ -297,14 +296,7 @@ FUNCTION_STATEMENTS: dict[str, tuple[str, str | None]] = {
     "pg_notify": ("other", None),  # NOTIFY
     **dict.fromkeys(
         (
-            "pg_advisory_lock",
-            "pg_advisory_lock_shared",
-            "pg_advisory_xact_lock",
-            "pg_advisory_xact_lock_shared",
-            "pg_try_advisory_lock",
-            "pg_try_advisory_lock_shared",
-            "pg_try_advisory_xact_lock",
-            "pg_try_advisory_xact_lock_shared",
+            *ADVISORY_LOCKING,
             "pg_advisory_unlock",
             "pg_advisory_unlock_shared",
             "pg_advisory_unlock_all",
