@@ -2,9 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-# The session's hot path is compiled with mypyc (setup.py): a change to it rebuilds it.
+# The hot path (session, masking) is compiled with mypyc (setup.py): a change rebuilds it.
 COMPILED := $(VENV)/.compiled
-COMPILED_SOURCES := setup.py proxy_task/session.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py)
+COMPILED_SOURCES := setup.py proxy_task/session.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py custos/masking/*.py)
 
 .PHONY: demo test lint bench clean postgres-clients pure
 

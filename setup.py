@@ -1,4 +1,5 @@
-"""Compiles the session's hot path with mypyc; everything else is in pyproject.toml.
+"""Compiles the hot path (the session, the masking of results) with mypyc; the rest is in
+pyproject.toml.
 
 Every statement and every answer passes through the modules below, so they are compiled to
 C extension modules (the same code, typed; mypy checks it). Set CUSTOS_PURE_PYTHON=1 to
@@ -10,6 +11,9 @@ import os
 from setuptools import setup
 
 HOT_PATH = [
+    "custos/masking/detect.py",
+    "custos/masking/rewriter.py",
+    "custos/masking/values.py",
     "custos/protocol/backend.py",
     "custos/protocol/framing.py",
     "custos/protocol/frontend.py",

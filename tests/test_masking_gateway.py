@@ -400,3 +400,21 @@ def test_values_found_by_literal_guesses_are_masked(
         except psycopg.errors.InsufficientPrivilege:
             rows = []
     assert not leaked(rows, personal)
+
+
+def test_each_masked_statement_is_logged_with_its_counts_and_no_values(
+    governed: GatewayProcess, personal: frozenset[str]
+) -> None:
+    seven = "SELECT id, email, phone, iban FROM crm.customers ORDER BY id LIMIT 7"
+    with psycopg_connect(governed) as agent:
+        assert len(agent.execute(seven).fetchall()) == 7
+        # A cursor's rows come in several fetches, each a statement with its own counts.
+        with agent.transaction(), agent.cursor(name="in_threes") as cursor:
+            cursor.itersize = 3
+            assert len(list(cursor.execute(seven.replace("7", "8")))) == 8
+    log = governed.log()
+    assert "masked 21 values: 0.1:email:partial=7 0.2:phone:partial=7 0.3:iban:partial=7" in log
+    for fetched in (3, 3, 2):
+        counts = f"0.1:email:partial={fetched} 0.2:phone:partial={fetched} 0.3:iban:partial="
+        assert f"masked {3 * fetched} values: {counts}{fetched}" in log
+    assert not {value for value in personal if len(value) > 6 and value in log}

@@ -16,23 +16,20 @@ was raised are kept.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Sequence
 
 from custos.masking.detect import mask_found
-from custos.masking.values import Masker
+from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
 from custos.policy.catalog import FREE_TEXT_HOLDS as QUOTED
 from custos.policy.masks import MIXED, STRENGTH, ColumnMask, whole_value_method
 from custos.policy.models import MaskMethod
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
-from custos.session.stages import ResultRewriter
+from custos.session.stages import MaskedColumn, ResultRewriter
 from custos.session.statement import Statement
 
-_INT16 = struct.Struct("!h")
-_INT32 = struct.Struct("!i")
-_NULL = _INT32.pack(-1)
+_NULL = b"\xff\xff\xff\xff"  # a value's length word -1: NULL
 
 # Types whose text and binary forms are the text itself.
 _TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705, 142})  # text varchar bpchar name unknown xml
@@ -60,51 +57,86 @@ class MaskingRewriter(ResultRewriter):
         self._masks = masks
         self._expected = expected
         self._masker = masker
-        # position -> how to mask it, for the result under way; None: every column from the
-        # first index of `_from` on.
-        self._plan: dict[int, ColumnMask] = {}
-        self._from: ColumnMask | None = None
-        self._columns: tuple[Column, ...] = ()
-        self.masked_values = 0
+        # For the result under way: how to mask each column, by position (None: kept).
+        self._plan: list[_ColumnPlan | None] = []
+        # Whether values past the RowDescription's columns are masked (they become NULL).
+        self._past_end = False
+        self._past_end_values = 0
+        self._masks_any = False
+        self._index = 0
+        # The plans of results done, with their counts, by statement index.
+        self._done: list[tuple[int, list[_ColumnPlan | None]]] = []
 
     def result_started(self, statement: Statement, index: int) -> None:
+        if self._masks_any:
+            self._done.append((self._index, self._plan))
+        self._index = index
         masks = self._masks[index] if index < len(self._masks) else ()
         expected = self._expected[index] if index < len(self._expected) else ()
-        self._columns = statement.columns or ()
-        self._plan = {mask.position: mask for mask in masks if mask.name is not None}
-        self._from = next((mask for mask in masks if mask.name is None), None)
-        if masks and not _as_expected(self._columns, expected):
+        columns = statement.columns or ()
+        by_position = {mask.position: mask for mask in masks if mask.name is not None}
+        beyond = next((mask for mask in masks if mask.name is None), None)
+        if masks and not _as_expected(columns, expected):
             # The result is not the one the analysis traced (a view or table changed since
             # the catalog was read, a `*` of another width): which column holds what is not
             # known, so every column is masked, by the strongest method.
             strongest = max(masks, key=lambda mask: STRENGTH[mask.method])
-            self._plan = {}
+            by_position = {}
             method = whole_value_method(strongest.method)
-            self._from = ColumnMask(0, None, MIXED, method, strongest.rule)
+            beyond = ColumnMask(0, None, MIXED, method, strongest.rule)
+        plan: list[_ColumnPlan | None] = []
+        for position, column in enumerate(columns):
+            mask = by_position.get(position)
+            if mask is None and beyond is not None and position >= beyond.position:
+                mask = beyond
+            plan.append(None if mask is None else _ColumnPlan(mask, column, position))
+        # A DataRow wider than its RowDescription: the extra values have no known form.
+        past_end = beyond is not None or any(position >= len(plan) for position in by_position)
+        self._plan = plan
+        self._past_end = past_end
+        self._masks_any = past_end or any(entry is not None for entry in plan)
 
     def data_row(self, body: bytes) -> bytes | None:
-        if not self._plan and self._from is None:
+        if not self._masks_any:
             return None
-        if len(body) < 2:
+        plan = self._plan
+        size = len(body)
+        if size < 2:
             raise ProtocolViolation("the database sent a truncated DataRow")
-        (count,) = _INT16.unpack_from(body)
-        parts = [body[:2]]
+        count = (body[0] << 8) | body[1]
+        described = len(plan)
+        parts: list[bytes] = []
+        kept_from = 0  # the start of the stretch of the row passed on as it came
         offset = 2
         for position in range(count):
-            if offset + 4 > len(body):
+            if offset + 4 > size:
                 raise ProtocolViolation("the database sent a truncated DataRow")
-            (length,) = _INT32.unpack_from(body, offset)
-            end = offset + 4 + max(length, 0)
-            if end > len(body):
+            head = body[offset]
+            length = (head << 24) | (body[offset + 1] << 16) | (body[offset + 2] << 8)
+            length |= body[offset + 3]
+            start = offset + 4
+            if head & 0x80:  # -1: NULL, which stays NULL
+                offset = start
+                continue
+            end = start + length
+            if end > size:
                 raise ProtocolViolation("the database sent a truncated DataRow")
-            mask = self._mask_for(position)
-            if mask is None or length < 0:
-                parts.append(body[offset:end])
-            else:
-                parts.append(self._masked(body[offset + 4 : end], position, mask))
+            column = plan[position] if position < described else None
+            if column is not None:
+                parts.append(body[kept_from:offset])
+                parts.append(self._masked(body[start:end], column))
+                kept_from = end
+            elif position >= described and self._past_end:
+                parts.append(body[kept_from:offset])
+                parts.append(_NULL)  # a value the RowDescription did not describe
+                self._past_end_values += 1
+                kept_from = end
             offset = end
-        if offset != len(body):
+        if offset != size:
             raise ProtocolViolation("the database sent a malformed DataRow")
+        if kept_from == 0:
+            return None if not parts else b"".join(parts)
+        parts.append(body[kept_from:])
         return b"".join(parts)
 
     def copy_data(self, body: bytes) -> bytes | None:
@@ -119,32 +151,105 @@ class MaskingRewriter(ResultRewriter):
         kept["M"] = HIDDEN_MESSAGE.format(sqlstate=fields.get("C", "unknown"))
         return kept
 
-    def _mask_for(self, position: int) -> ColumnMask | None:
-        mask = self._plan.get(position)
-        if mask is None and self._from is not None and position >= self._from.position:
-            return self._from
-        return mask
+    def masked(self) -> tuple[MaskedColumn, ...]:
+        counted = [
+            column.counted(index)
+            for index, plan in [*self._done, (self._index, self._plan)]
+            for column in plan
+            if column is not None and column.values
+        ]
+        if self._past_end_values:
+            # Values past the columns the result described (position -1), all NULL.
+            count = self._past_end_values
+            counted.append(MaskedColumn(self._index, -1, "", MIXED, "null", count, 0))
+        return tuple(counted)
 
-    def _masked(self, value: bytes, position: int, mask: ColumnMask) -> bytes:
+    def _masked(self, value: bytes, column: _ColumnPlan) -> bytes:
         """The masked value with its length word, in the column's type and format."""
-        self.masked_values += 1
-        column = self._columns[position] if position < len(self._columns) else None
-        if column is None:
-            return _NULL  # a column the RowDescription did not describe: no form is known
-        type_oid, binary = column.type_oid, column.format == 1
+        column.values += 1
+        how = column.how
+        if how == _CONSTANT:
+            return column.constant
         try:
             # bytea's bytes need not be text: masked whatever they hold.
-            text = value.decode(errors="replace" if type_oid == _BYTEA else "strict")
+            text = value.decode(errors="replace" if column.type_oid == _BYTEA else "strict")
         except UnicodeDecodeError:
+            column.nulled += 1  # not text in the session's encoding: no masked form is known
             return _NULL
-        if mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL:
-            masked: str | None = mask_found(text, QUOTED, mask.method, self._masker)[0]
+        if how == _PARTIAL:
+            masked: str | None = partial(text, column.category)
+        elif how == _PSEUDONYM:
+            masked = self._masker.pseudonym(text, column.category)
         else:
-            masked = self._masker.text(text, mask.category, mask.method)
-        if masked is None:
+            masked = mask_found(text, QUOTED, column.method, self._masker)[0]
+        encoded = None if masked is None else _encoded(masked, column.type_oid, column.binary)
+        if encoded is None:
+            column.nulled += 1
             return _NULL
-        encoded = _encoded(masked, type_oid, binary)
-        return _NULL if encoded is None else _INT32.pack(len(encoded)) + encoded
+        return len(encoded).to_bytes(4, "big") + encoded
+
+
+# How a column's values are masked: by one value for all, in part, by pseudonym, or by
+# finding the personal values free text quotes.
+_CONSTANT = 0
+_PARTIAL = 1
+_PSEUDONYM = 2
+_DETECTED = 3
+
+
+class _ColumnPlan:
+    """How one result column is masked: what it holds, by which method, in which form."""
+
+    __slots__ = (
+        "binary",
+        "category",
+        "constant",
+        "how",
+        "method",
+        "name",
+        "nulled",
+        "position",
+        "type_oid",
+        "values",
+    )
+
+    def __init__(self, mask: ColumnMask, column: Column, position: int) -> None:
+        self.position = position
+        self.name = column.name.decode(errors="replace")
+        self.values = 0
+        self.nulled = 0
+        self.category = mask.category
+        self.method = mask.method
+        self.type_oid = column.type_oid
+        self.binary = column.format == 1
+        self.constant = _NULL
+        if mask.method is MaskMethod.NULL:
+            self.how = _CONSTANT
+        elif mask.category == FREE_TEXT:
+            # Free text is searched for the values it quotes, which are masked in place.
+            self.how = _DETECTED
+        elif mask.method is MaskMethod.REDACT:
+            self.how = _CONSTANT
+            self.constant = _with_length(_encoded(REDACTED, self.type_oid, self.binary))
+        elif mask.method is MaskMethod.PARTIAL:
+            self.how = _PARTIAL
+        else:
+            self.how = _PSEUDONYM
+
+    def counted(self, index: int) -> MaskedColumn:
+        """This column's counts, in the result of the statement at `index`."""
+        nulled = self.nulled
+        if self.how == _CONSTANT and self.method is not MaskMethod.NULL and self.constant == _NULL:
+            nulled = self.values  # redacted, in a type with no placeholder
+        method = self.method.value
+        return MaskedColumn(
+            index, self.position, self.name, self.category, method, self.values, nulled
+        )
+
+
+def _with_length(encoded: bytes | None) -> bytes:
+    """A value with its length word; None is NULL."""
+    return _NULL if encoded is None else len(encoded).to_bytes(4, "big") + encoded
 
 
 def _as_expected(columns: Sequence[Column], expected: Sequence[str | None]) -> bool:

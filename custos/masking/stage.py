@@ -8,13 +8,15 @@ masked statement, and pseudonyms when no masking key is configured.
 
 from __future__ import annotations
 
+import logging
+
 from custos.masking.rewriter import MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
 from custos.policy.models import MaskMethod
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
-from custos.session.stages import FORWARD, Plan, Refuse, Rewrite, Stage
+from custos.session.stages import FORWARD, Outcome, Plan, Refuse, Rewrite, Stage
 from custos.session.statement import Statement
 from custos.sql.facts import StatementFacts, StatementKind
 from custos.sql.risks import FUNCTION_STATEMENTS, STATE_SETTING_FUNCTIONS
@@ -57,10 +59,18 @@ def _stores(facts: StatementFacts) -> bool:
 _PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
 
 
+log = logging.getLogger(__name__)
+
+
 class MaskingStage(Stage):
+    # Each masked statement's counts are logged: which columns, by which method, how many
+    # values (positions and categories only: an alias the client wrote could be anything).
+    hears_outcomes = True
+
     def __init__(self, key: bytes | None) -> None:
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
-        self._masker = Masker(key) if key is not None else None
+        self._masker = Masker(key)
+        self._keyed = key is not None
 
     def plan(self, statement: Statement) -> Plan:
         decision = statement.decision
@@ -72,23 +82,22 @@ class MaskingStage(Stage):
                     return Refuse(COPY_REFUSAL)
                 if _stores(facts):
                     return Refuse(STORING_REFUSAL)
-        masker = self._masker
-        if masker is None:
-            if any(mask.method in _PSEUDONYMS for mask in decision.masks):
-                return Refuse(NO_KEY_REFUSAL)
-            masker = _KEYLESS
-        return Rewrite(MaskingRewriter(decision.column_masks, decision.result_columns, masker))
+        if not self._keyed and any(mask.method in _PSEUDONYMS for mask in decision.masks):
+            return Refuse(NO_KEY_REFUSAL)
+        return Rewrite(
+            MaskingRewriter(decision.column_masks, decision.result_columns, self._masker)
+        )
 
-
-class _NoPseudonyms(Masker):
-    """A masker for partial, redact and null, which need no key: never asked for a
-    pseudonym (the stage refuses those without a key)."""
-
-    def __init__(self) -> None:
-        super().__init__(b"\x00" * 32)
-
-    def pseudonym(self, value: str, category: str) -> str:
-        raise AssertionError("pseudonyms need the configured masking key")
-
-
-_KEYLESS = _NoPseudonyms()
+    def finished(self, statement: Statement, outcome: Outcome) -> None:
+        if not outcome.masked:
+            return
+        log.info(
+            "statement %d masked %d values: %s",
+            statement.number,
+            sum(column.values for column in outcome.masked),
+            " ".join(
+                f"{column.statement_index}.{column.position}:{column.category}:{column.method}"
+                f"={column.values}" + (f"(null {column.nulled})" if column.nulled else "")
+                for column in outcome.masked
+            ),
+        )

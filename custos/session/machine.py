@@ -443,6 +443,7 @@ class SessionMachine:
             sqlstate=sqlstate or (statement.refusal.sqlstate if statement.refusal else None),
             bytes=statement.answered_bytes,
             duration_seconds=self._clock() - statement.started_at,
+            masked=() if statement.rewriter is None else statement.rewriter.masked(),
         )
         for stage in self._listeners:
             try:

@@ -70,6 +70,19 @@ class Rewrite:
 Plan = Forward | Refuse | WaitFor | Rewrite
 
 
+@dataclass(frozen=True, slots=True)
+class MaskedColumn:
+    """How many values of one result column a rewriter masked (evidence; no values)."""
+
+    statement_index: int  # which statement of the query string, from 0
+    position: int  # the column's position in the result, from 0
+    name: str  # as the result names it
+    category: str  # what the column holds, as the catalog says (or `mixed`, `free_text`)
+    method: str  # the mask method
+    values: int  # values masked
+    nulled: int  # of those, values that became NULL: their type has no masked form
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ResultRewriter:
     """Sees, and may replace, the answers of one statement. Returning None keeps a message.
@@ -95,6 +108,10 @@ class ResultRewriter:
     def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
         return None
 
+    def masked(self) -> tuple[MaskedColumn, ...]:
+        """The columns masked so far, with their counts."""
+        return ()
+
 
 class Status(StrEnum):
     COMPLETED = "completed"  # the database ran it to its end (a failed commit is FAILED)
@@ -113,6 +130,7 @@ class Outcome:
     sqlstate: str | None  # of the error, if any (the refusal's, for a refused statement)
     bytes: int  # bytes of answers the client received
     duration_seconds: float  # from planning to the last answer
+    masked: tuple[MaskedColumn, ...] = ()  # the result columns masked, and how many values
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -175,3 +193,6 @@ class _Chain(ResultRewriter):
         changed = self._first.fields(message_type, fields)
         again = self._second.fields(message_type, fields if changed is None else changed)
         return changed if again is None else again
+
+    def masked(self) -> tuple[MaskedColumn, ...]:
+        return self._first.masked() + self._second.masked()
