@@ -129,15 +129,6 @@ def test_an_error_quoting_a_masked_value_is_hidden(
     assert "masked" in str(error)
 
 
-def test_copy_of_masked_data_is_refused(governed: GatewayProcess) -> None:
-    with (
-        psycopg_connect(governed, role="analyst") as analyst,
-        pytest.raises(psycopg.errors.FeatureNotSupported),
-        analyst.cursor().copy("COPY (SELECT email FROM crm.customers LIMIT 5) TO STDOUT") as copy,
-    ):
-        list(copy)
-
-
 def test_a_whole_row_is_masked_whole(governed: GatewayProcess, personal: frozenset[str]) -> None:
     with psycopg_connect(governed) as agent:
         rows = agent.execute(

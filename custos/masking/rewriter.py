@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from custos.masking.copy_out import CopyFormat, CopyOutMasker
 from custos.masking.detect import mask_found
 from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
@@ -32,7 +33,8 @@ from custos.session.statement import Statement
 _NULL = b"\xff\xff\xff\xff"  # a value's length word -1: NULL
 
 # Types whose text and binary forms are the text itself.
-_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705, 142})  # text varchar bpchar name unknown xml
+_TEXT = 25
+_TEXT_TYPES = frozenset({_TEXT, 1043, 1042, 19, 705, 142})  # text varchar bpchar name unknown xml
 _JSON = 114
 _JSONB = 3802
 _BYTEA = 17
@@ -53,10 +55,13 @@ class MaskingRewriter(ResultRewriter):
         masks: Sequence[tuple[ColumnMask, ...]],
         expected: Sequence[tuple[str | None, ...]],
         masker: Masker,
+        copy_formats: Sequence[CopyFormat | None] = (),
     ) -> None:
         self._masks = masks
         self._expected = expected
         self._masker = masker
+        self._copy_formats = copy_formats  # of the statements that COPY TO STDOUT, by index
+        self._copy: CopyOutMasker | None = None  # of the COPY under way
         # For the result under way: how to mask each column, by position (None: kept).
         self._plan: list[_ColumnPlan | None] = []
         # Whether values past the RowDescription's columns are masked (they become NULL).
@@ -71,12 +76,39 @@ class MaskingRewriter(ResultRewriter):
         if self._masks_any:
             self._done.append((self._index, self._plan))
         self._index = index
+        self._copy = None
+        self._planned(statement.columns or (), by_names=True)
+
+    def copy_started(self, body: bytes) -> None:
+        """A COPY TO STDOUT's data comes next. It carries no types: each value is its text
+        form (masked as text), or in the binary format its type's binary form (which has no
+        masked form the gateway can make without the type, so it becomes NULL)."""
+        if len(body) < 3:
+            raise ProtocolViolation("the database sent a truncated CopyOutResponse")
+        binary = body[0] == 1
+        count = (body[1] << 8) | body[2]
+        column = Column(b"", 0, 0, _TEXT, -1, -1, 1 if binary else 0)
+        self._planned((column,) * count, by_names=False)
+        index = self._index
+        copy_format = self._copy_formats[index] if index < len(self._copy_formats) else None
+        if copy_format is None or (copy_format.kind == "binary") != binary:
+            # A COPY the stage did not plan for, or not in the format it parsed: its data
+            # is withheld (copy_data gives b"" without a masker).
+            return
+        plan = self._plan
+        masked = frozenset(position for position, entry in enumerate(plan) if entry is not None)
+        self._copy = CopyOutMasker(copy_format, self._copy_field, masked, columns=count)
+
+    def _planned(self, columns: Sequence[Column], by_names: bool) -> None:
+        """Plans the masking of the result's columns: by the decision's masks, unless the
+        result is not the one the analysis traced (for COPY, whose columns have no names,
+        not as many columns)."""
+        index = self._index
         masks = self._masks[index] if index < len(self._masks) else ()
         expected = self._expected[index] if index < len(self._expected) else ()
-        columns = statement.columns or ()
         by_position = {mask.position: mask for mask in masks if mask.name is not None}
         beyond = next((mask for mask in masks if mask.name is None), None)
-        if masks and not _as_expected(columns, expected):
+        if masks and not _as_expected(columns, expected, by_names):
             # The result is not the one the analysis traced (a view or table changed since
             # the catalog was read, a `*` of another width): which column holds what is not
             # known, so every column is masked, by the strongest method.
@@ -140,9 +172,25 @@ class MaskingRewriter(ResultRewriter):
         return b"".join(parts)
 
     def copy_data(self, body: bytes) -> bytes | None:
-        # A masked statement that copies out is refused before it runs (stage.py); should
-        # one reach here all the same, its data is withheld rather than passed on.
-        return b""
+        if self._copy is None:
+            return b""  # withheld: see copy_started
+        return self._copy.feed(body)
+
+    def copy_done(self) -> bytes | None:
+        copy, self._copy = self._copy, None
+        return None if copy is None else copy.finish()
+
+    def _copy_field(self, position: int, value: bytes) -> bytes | None:
+        """A COPY value masked: its text form's, or NULL for a binary one."""
+        column = self._plan[position]
+        if column is None:
+            return value
+        if column.binary:
+            column.values += 1
+            column.nulled += 1
+            return None
+        masked = self._masked(value, column)
+        return None if masked is _NULL else masked[4:]
 
     def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
         if not any(code in fields for code in _QUOTING_FIELDS):
@@ -252,14 +300,15 @@ def _with_length(encoded: bytes | None) -> bytes:
     return _NULL if encoded is None else len(encoded).to_bytes(4, "big") + encoded
 
 
-def _as_expected(columns: Sequence[Column], expected: Sequence[str | None]) -> bool:
+def _as_expected(columns: Sequence[Column], expected: Sequence[str | None], by_names: bool) -> bool:
     """Whether the result's columns are those the analysis named, in order (a column of
-    unknown width matches any, and masks every column from it on anyway)."""
+    unknown width matches any, and masks every column from it on anyway); `by_names`
+    False: as many as it named."""
     if None in expected:
         return True
     if len(columns) != len(expected):
         return False
-    return all(
+    return not by_names or all(
         column.name == (name or "").encode() for column, name in zip(columns, expected, strict=True)
     )
 

@@ -2,14 +2,20 @@
 answers pass through a rewriter that masks the result columns the decision names
 (custos/policy/masks.py, rewriter.py).
 
-What it cannot mask yet it refuses, so nothing runs unmasked: COPY ... TO STDOUT of a
-masked statement, and pseudonyms when no masking key is configured.
+What it cannot mask it refuses, so nothing runs unmasked: a masked statement that also
+writes or keeps values somewhere (a table, a setting, a lock, a notification), a COPY to
+anywhere but the client or in options the masking cannot follow (copy_out.py), and
+pseudonyms when no masking key is configured.
 """
 
 from __future__ import annotations
 
 import logging
 
+import pglast
+from pglast import ast
+
+from custos.masking.copy_out import CopyFormat, UnsupportedCopy
 from custos.masking.rewriter import MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
@@ -23,9 +29,9 @@ from custos.sql.risks import FUNCTION_STATEMENTS, STATE_SETTING_FUNCTIONS
 
 COPY_REFUSAL = Refusal(
     sqlstates.FEATURE_NOT_SUPPORTED,
-    "this COPY reads personal data your role sees masked, and the gateway does not mask"
-    " COPY data yet, so it refuses it",
-    "read the rows with SELECT instead: its results are masked",
+    "this COPY reads personal data your role sees masked, and the gateway masks only what"
+    " a COPY sends to the client ({reason}), so it refuses it",
+    "COPY ... TO STDOUT in the text, csv or binary format, in UTF8, or read the rows with SELECT",
 )
 NO_KEY_REFUSAL = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
@@ -48,15 +54,40 @@ STORING_REFUSAL = Refusal(
 _STORING_FUNCTIONS = STATE_SETTING_FUNCTIONS | FUNCTION_STATEMENTS.keys() | {"set_config"}
 
 
-def _stores(facts: StatementFacts) -> bool:
+_READING = frozenset({StatementKind.SELECT})
+_COPYING_OUT = frozenset({StatementKind.SELECT, StatementKind.COPY_TO})
+
+
+def _stores(facts: StatementFacts, reading: frozenset[StatementKind]) -> bool:
     """Whether a statement does more than read: writes, sets, locks, notifies, or calls a
     function that keeps its argument (set_config, setseed...) or runs unseen code."""
-    if facts.dynamic or not facts.kinds <= {StatementKind.SELECT}:
+    if facts.dynamic or not facts.kinds <= reading:
         return True
     return any(name.rpartition(".")[2] in _STORING_FUNCTIONS for name in facts.functions)
 
 
 _PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
+
+
+def _copy_format(facts: StatementFacts, text: str) -> CopyFormat:
+    """The format of a COPY that sends its rows to the client, read from its own text;
+    UnsupportedCopy for any other COPY, or options the masking cannot follow."""
+    if facts.copy_destination != "stdout":
+        raise UnsupportedCopy("this COPY does not send its rows to the client")
+    try:
+        parsed = pglast.parse_sql(text)
+    except pglast.parser.ParseError:
+        raise UnsupportedCopy("its text does not parse as one COPY") from None
+    copy = parsed[0].stmt if len(parsed) == 1 else None
+    if not isinstance(copy, ast.CopyStmt) or copy.is_from or copy.filename is not None:
+        raise UnsupportedCopy("this COPY does not send its rows to the client")
+    return CopyFormat.of_statement(copy)
+
+
+def _copy_refusal(reason: str) -> Refusal:
+    return Refusal(
+        COPY_REFUSAL.sqlstate, COPY_REFUSAL.message.format(reason=reason), COPY_REFUSAL.hint
+    )
 
 
 log = logging.getLogger(__name__)
@@ -76,16 +107,26 @@ class MaskingStage(Stage):
         decision = statement.decision
         if decision is None or decision.effect is not Effect.MASK:
             return FORWARD
+        copy_formats: list[CopyFormat | None] = []
         for analysis, _ in statement.candidates:
-            for facts in analysis.statements:
-                if StatementKind.COPY_TO in facts.kinds or facts.copy_destination is not None:
-                    return Refuse(COPY_REFUSAL)
-                if _stores(facts):
+            for index, facts in enumerate(analysis.statements):
+                copy_format = None
+                copies = StatementKind.COPY_TO in facts.kinds or facts.copy_destination is not None
+                if _stores(facts, _COPYING_OUT if copies else _READING):
                     return Refuse(STORING_REFUSAL)
+                if copies:
+                    try:
+                        copy_format = _copy_format(facts, analysis.texts[index])
+                    except UnsupportedCopy as unsupported:
+                        return Refuse(_copy_refusal(str(unsupported)))
+                if len(copy_formats) <= index:
+                    copy_formats.append(copy_format)
         if not self._keyed and any(mask.method in _PSEUDONYMS for mask in decision.masks):
             return Refuse(NO_KEY_REFUSAL)
         return Rewrite(
-            MaskingRewriter(decision.column_masks, decision.result_columns, self._masker)
+            MaskingRewriter(
+                decision.column_masks, decision.result_columns, self._masker, copy_formats
+            )
         )
 
     def finished(self, statement: Statement, outcome: Outcome) -> None:

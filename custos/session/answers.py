@@ -499,6 +499,8 @@ class Answers:
         if data[start] == _COPY_BOTH:
             self._copy_out = True
         self._start_result(statement)
+        if self._rewriter is not None:
+            self._rewriter.copy_started(data[start + 5 : end])
         return None
 
     def _copy_out_response(self, data: bytes, start: int, end: int) -> bytes | None:
@@ -507,6 +509,8 @@ class Answers:
             raise LostTrack(f"CopyOutResponse answered {L.NAMES.get(kind)}")
         self._copy_out = True
         self._start_result(statement)
+        if self._rewriter is not None:
+            self._rewriter.copy_started(data[start + 5 : end])
         return None
 
     def _copy_finished(self) -> None:
@@ -525,12 +529,16 @@ class Answers:
         if rewriter is None:
             return None
         replaced = rewriter.copy_data(data[start + 5 : end])
-        return None if replaced is None else framed(_COPY_DATA, replaced)
+        if replaced is None:
+            return None
+        return framed(_COPY_DATA, replaced) if replaced else b""  # b"": nothing sent
 
     def _copy_done(self, data: bytes, start: int, end: int) -> bytes | None:
         if not self._copy_out:
             raise LostTrack("the database ended a COPY it had not begun")
-        return None
+        rewriter = self._rewriter
+        last = None if rewriter is None else rewriter.copy_done()
+        return None if not last else framed(_COPY_DATA, last) + data[start:end]
 
     # --- errors, notices, settings, ReadyForQuery ----------------------------------------------
 

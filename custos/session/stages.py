@@ -89,8 +89,11 @@ class ResultRewriter:
 
     `result_started` comes before the rows of each result (each statement of a simple query
     string, each Execute), with the columns' types and formats; `data_row` gets each
-    DataRow's body, `copy_data` each CopyData's; `fields` gets the fields of the statement's
-    errors and notices (code letter to value). Bodies returned replace the originals.
+    DataRow's body. A COPY TO STDOUT's result starts with `copy_started` (the
+    CopyOutResponse's body), then `copy_data` gets each CopyData's body (b"": nothing is
+    sent), and `copy_done` may give the last data before the CopyDone. `fields` gets the
+    fields of the statement's errors and notices (code letter to value). Bodies returned
+    replace the originals.
     """
 
     def result_started(self, statement: Statement, index: int) -> None:
@@ -102,7 +105,13 @@ class ResultRewriter:
     def data_row(self, body: bytes) -> bytes | None:
         return None
 
+    def copy_started(self, body: bytes) -> None:
+        return None
+
     def copy_data(self, body: bytes) -> bytes | None:
+        return None
+
+    def copy_done(self) -> bytes | None:
         return None
 
     def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
@@ -184,10 +193,22 @@ class _Chain(ResultRewriter):
         again = self._second.data_row(body if changed is None else changed)
         return changed if again is None else again
 
+    def copy_started(self, body: bytes) -> None:
+        self._first.copy_started(body)
+        self._second.copy_started(body)
+
     def copy_data(self, body: bytes) -> bytes | None:
         changed = self._first.copy_data(body)
         again = self._second.copy_data(body if changed is None else changed)
         return changed if again is None else again
+
+    def copy_done(self) -> bytes | None:
+        # What the first holds back goes through the second, then what the second holds.
+        first = self._first.copy_done()
+        through = None if first is None else self._second.copy_data(first)
+        last = self._second.copy_done()
+        pieces = [piece for piece in (first if through is None else through, last) if piece]
+        return b"".join(pieces) if pieces else None
 
     def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
         changed = self._first.fields(message_type, fields)
