@@ -97,7 +97,8 @@ def test_no_personal_data_is_stored_in_a_table_outside_the_catalog(
         assert "copies personal data (email)" in message
     assert sink_notes(superuser) == {"nothing"}
     rows = superuser.execute(f"SELECT * FROM {sink}").fetchall()
-    assert len(rows) == 5 and not emails_in_rows(rows, customer_emails)
+    assert len(rows) == 5
+    assert not emails_in_rows(rows, customer_emails)
 
 
 @pytest.mark.parametrize("role", ["agent", "analyst"])
@@ -129,9 +130,7 @@ def test_emails_are_not_copied_into_a_catalogued_column_of_another_category(
 
 
 @pytest.mark.parametrize("role", ["agent", "analyst"])
-def test_no_personal_data_is_copied_to_a_server_file(
-    governed: GatewayProcess, role: str
-) -> None:
+def test_no_personal_data_is_copied_to_a_server_file(governed: GatewayProcess, role: str) -> None:
     EXPORT.unlink(missing_ok=True)
     with psycopg_connect(governed, role=role) as connection:
         refusal(connection, f"COPY (SELECT email FROM crm.customers) TO '{EXPORT}'")

@@ -56,9 +56,7 @@ def copies_risk(statement: StatementFacts, catalog: PersonalDataCatalog) -> str 
     return None
 
 
-def _untraced(
-    statement: StatementFacts, catalog: PersonalDataCatalog
-) -> dict[str, frozenset[str]]:
+def _untraced(statement: StatementFacts, catalog: PersonalDataCatalog) -> dict[str, frozenset[str]]:
     """What every stored value may carry besides its own lineage (see the module doc)."""
     untraced: dict[str, frozenset[str]] = {}
     tested = {(match.relation, match.column) for match in statement.pattern_matches}
@@ -97,4 +95,3 @@ def _destination(copy: ValueCopy) -> str:
     if copy.column == ALL_COLUMNS:
         return shown(copy.relation)
     return shown(f"{copy.relation}.{copy.column}")
-

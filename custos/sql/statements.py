@@ -109,9 +109,7 @@ def dispatch(c: Collector, w: Walker, node_type: str, body: Node, *, returns_row
     _walk_utility(c, w, body, read=False)
 
 
-def _query(
-    c: Collector, w: Walker, node_type: str, body: Node, returns_rows: bool
-) -> list[Col]:
+def _query(c: Collector, w: Walker, node_type: str, body: Node, returns_rows: bool) -> list[Col]:
     """The query's facts; returns its result columns."""
     columns = w.query_body(node_type, body, None)
     if node_type != "SelectStmt":

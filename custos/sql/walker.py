@@ -1466,7 +1466,7 @@ def _no_such_column(scope: Scope | None, qualifier: str, name: str) -> bool:
 def _expands(node: Any) -> bool:
     """Whether the expression is `(x).*`, which stands for every field of x."""
     indirection = node.get("A_Indirection") if isinstance(node, dict) else None
-    steps = indirection.get("indirection") if indirection is not None else None
+    steps: list[Node] = (indirection or {}).get("indirection") or []
     return bool(steps) and "A_Star" in steps[-1]
 
 
