@@ -39,6 +39,10 @@ rules:
     match: {kinds: [update, delete], risks: {without_where: true}}
     effect: deny
     message: add a WHERE clause that names the rows to change
+  - id: no-copies-of-personal-data
+    match: {roles: [agent], risks: {copies_personal_data: true}}
+    effect: deny
+    message: personal data may not be copied where masking cannot follow it
   - id: agents-mask-contact
     match: {roles: [agent], relations: [crm.customers], reads: [email, phone]}
     effect: mask
@@ -179,6 +183,14 @@ def test_denied_statement(s3: Any, lambda_context: LambdaContext) -> None:
     assert result["effect"] == "deny"
     assert result["deciding_rule"] == "no-unbounded-writes"
     assert "add a WHERE clause" in result["message"]
+
+
+def test_copies_of_personal_data_travel_as_a_risk(s3: Any, lambda_context: LambdaContext) -> None:
+    result = decide(lambda_context, "CREATE TABLE public.t AS SELECT email FROM crm.customers")
+    assert result["effect"] == "deny"
+    assert result["deciding_rule"] == "no-copies-of-personal-data"
+    assert "masking cannot follow" in result["message"]
+    assert result["facts"]["risks"] == ["copies personal data (email) into public.t.email"]
 
 
 def test_functions_the_gateway_says_a_statement_reaches_are_decided_as_called(

@@ -13,7 +13,8 @@ How a query (one query string, one or more statements) is decided:
    within a kind. Risks hold when present; ``wildcard_pattern`` and ``limit_above`` look
    at the Bind values (``limit_above`` concerns statements that return rows, so not
    EXPLAIN or INSERT ... SELECT); ``multiple_statements`` and ``time_window`` are about the whole
-   query and the time it runs.
+   query and the time it runs; ``copies_personal_data`` holds when the statement stores
+   personal data where masking cannot follow it (custos/policy/copies.py).
 3. Each statement gets an effect:
    - deny when a deny rule fires on it;
    - otherwise deny by default unless it is *covered*: each of its kinds is listed by, and
@@ -54,6 +55,7 @@ from custos.policy.conditions import (
     describe_missing_limit,
     pattern_risk,
 )
+from custos.policy.copies import copies_risk
 from custos.policy.masks import ColumnMask, column_masks
 from custos.policy.models import Effect, MaskMethod, PolicyDocument, Rule
 from custos.policy.version import policy_version
@@ -214,6 +216,7 @@ class _Rule:
     copy_from: frozenset[str] | None
     dynamic: bool
     sets_role: bool
+    copies_personal_data: bool
     # Conditions that depend on Bind values, the whole query or the time of day.
     wildcard_pattern: bool
     limit_above: int | None
@@ -255,6 +258,7 @@ class _Profile:
     pattern_risks: tuple[str, ...]  # the other patterns' risks, described
     without_where_risk: str | None
     copy_risk: str | None
+    copies_risk: str | None  # copies_personal_data, described
     static_risks: tuple[str, ...]  # every risk that depends neither on parameters nor LIMIT
     # The facts of this statement alone; complete unless it depends on Bind values.
     facts: DecisionFacts
@@ -479,6 +483,8 @@ class PolicyEngine:
             reasons.append(profile.copy_risk)
         if rule.sets_role:
             reasons.append(_SETS_ROLE)
+        if rule.copies_personal_data and profile.copies_risk:
+            reasons.append(profile.copies_risk)
         if rule.multiple_statements:
             reasons.append(_MULTIPLE)
         if rule.time_window is not None:
@@ -629,6 +635,7 @@ class PolicyEngine:
             copy_risk = f"COPY {direction} {statement.copy_destination}"
         dynamic_risk = "dynamic code (a DO block or dynamic SQL)" if statement.dynamic else None
         role_risk = _SETS_ROLE if statement.sets_role else None
+        personal_copies = copies_risk(statement, catalog)
         exposures = (
             _READS_STATISTICS if statement.reads_statistics else None,
             _COLLECTS_ROWS if statement.collects_rows else None,
@@ -640,6 +647,7 @@ class PolicyEngine:
                 copy_risk,
                 dynamic_risk,
                 role_risk,
+                personal_copies,
                 *exposures,
                 *pattern_risks,
             )
@@ -674,6 +682,7 @@ class PolicyEngine:
             pattern_risks=tuple(pattern_risks),
             without_where_risk=without_where_risk,
             copy_risk=copy_risk,
+            copies_risk=personal_copies,
             static_risks=static_risks,
             facts=facts,
             depends_on_parameters=bool(parameter_patterns)
@@ -721,6 +730,7 @@ def _compile(index: int, rule: Rule) -> _Rule:
         copy_from=_optional_set(risks.copy_from),
         dynamic=bool(risks.dynamic),
         sets_role=bool(risks.sets_role),
+        copies_personal_data=bool(risks.copies_personal_data),
         time_window=CompiledTimeWindow(risks.time_window) if risks.time_window else None,
         per_execution=bool(
             risks.wildcard_pattern
@@ -810,6 +820,8 @@ def _fires_on_statement(rule: _Rule, profile: _Profile) -> bool:
     ):
         return False
     if rule.dynamic and not statement.dynamic:
+        return False
+    if rule.copies_personal_data and profile.copies_risk is None:
         return False
     return not rule.sets_role or statement.sets_role
 

@@ -256,6 +256,10 @@ class Risks(_Model):
     copy_from: list[CopySource] | None = Field(default=None, min_length=1)
     dynamic: Present = None
     sets_role: Present = None  # SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE, ...
+    # Stores values of catalogued personal columns where masking does not follow them: a
+    # relation the catalog does not list, a column it lists under another category, a
+    # server file or program (custos/policy/copies.py).
+    copies_personal_data: Present = None
     time_window: TimeWindow | None = None
 
 

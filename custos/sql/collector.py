@@ -12,6 +12,7 @@ from custos.sql.facts import (
     PatternMatch,
     StatementFacts,
     StatementKind,
+    ValueCopy,
 )
 from custos.sql.names import Resolver
 from custos.sql.scope import Col, Source
@@ -56,6 +57,7 @@ class Collector:
         "columns_read",
         "columns_written",
         "compared",
+        "copies",
         "copy_destination",
         "deallocates",
         "declares",
@@ -126,6 +128,7 @@ class Collector:
         self.transaction: str | None = None
         self.explain_only = False
         self.output_columns: list[Col] = []
+        self.copies: dict[ValueCopy, None] = {}
 
     def read(self, sources: Iterable[Source]) -> None:
         for relation, column in sources:
@@ -140,6 +143,12 @@ class Collector:
         self.relations_written.add(relation)
         if columns:
             self.columns_written.setdefault(relation, set()).update(columns)
+
+    def copy(
+        self, relation: str | None, column: str, sources: Iterable[Source], unseen: bool = False
+    ) -> None:
+        """The statement stores values of these sources in the column (see ValueCopy)."""
+        self.copies[ValueCopy(relation, column, frozenset(sources), unseen)] = None
 
     def facts(self) -> StatementFacts:
         kinds = self.kinds or {K.OTHER}
@@ -183,4 +192,5 @@ class Collector:
             calls_with_columns=tuple(self.calls_with_columns),
             field_names=frozenset(self.field_names),
             compared=frozenset(self.compared),
+            copies=tuple(self.copies),
         )

@@ -71,6 +71,21 @@ class OutputColumn:
 
 
 @dataclass(frozen=True, slots=True)
+class ValueCopy:
+    """Values a statement stores (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO, a
+    view's definition, COPY ... TO a server file or program), and what they come from."""
+
+    # schema-qualified; None: out of the database (COPY ... TO a server file or program)
+    relation: str | None
+    column: str  # ALL_COLUMNS: which of the relation's columns is not known
+    # (relation, column) pairs whose values may reach it; column ALL_COLUMNS: any.
+    sources: frozenset[tuple[str, str]]
+    # Its values come from what the analysis cannot see (CREATE TABLE AS EXECUTE runs a
+    # prepared statement): they may be any personal data.
+    unseen: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StatementFacts:
     """One statement of a query string."""
 
@@ -151,6 +166,9 @@ class StatementFacts:
     # or made distinct: the rows that match carry their values in any other column,
     # unmasked by any lineage (masking masks every column when one of them is masked).
     compared: frozenset[tuple[str, str]] = frozenset()
+    # The values it stores in relations (or out of the database), with their lineage: a
+    # copy of personal columns where masking does not follow them (policy/copies.py).
+    copies: tuple[ValueCopy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +240,7 @@ def statement_bytes(statement: StatementFacts) -> int:
     weight += 100 * sum(len(names) for names in statement.columns_read.values())
     weight += 100 * sum(len(sources) for _, sources in statement.calls_with_columns)
     weight += 100 * (len(statement.field_names) + len(statement.compared))
+    weight += 300 * len(statement.copies) + 100 * sum(len(c.sources) for c in statement.copies)
     return weight + 100 * len(statement.pattern_matches)
 
 

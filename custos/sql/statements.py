@@ -16,7 +16,7 @@ from custos.sql.collector import Collector
 from custos.sql.facts import ALL_COLUMNS, ParameterRef, StatementFacts, StatementKind
 from custos.sql.names import Resolver, function_name, strings, truncated
 from custos.sql.risks import ROLE_SETTINGS
-from custos.sql.scope import Col, base_columns
+from custos.sql.scope import Col, base_columns, renamed
 from custos.sql.walker import QUERY_NODE_TYPES, Walker, only
 
 Node = Mapping[str, Any]
@@ -109,20 +109,29 @@ def dispatch(c: Collector, w: Walker, node_type: str, body: Node, *, returns_row
     _walk_utility(c, w, body, read=False)
 
 
-def _query(c: Collector, w: Walker, node_type: str, body: Node, returns_rows: bool) -> None:
+def _query(c: Collector, w: Walker, node_type: str, body: Node, returns_rows: bool) -> list[Col]:
+    """The query's facts; returns its result columns."""
     columns = w.query_body(node_type, body, None)
     if node_type != "SelectStmt":
         if returns_rows:
             c.output_columns = columns
-        return
+        return columns
     c.kinds.add(K.SELECT)
     c.limit = _limit(body)
     into = body.get("intoClause")
     if into is not None:
         c.kinds.add(K.DDL)
-        c.write(c.resolver.range_var(into["rel"]))
+        _new_relation(c, w, into, columns)
     elif returns_rows:
         c.output_columns = columns
+    return columns
+
+
+def _new_relation(c: Collector, w: Walker, into: Node, columns: list[Col]) -> None:
+    """CREATE TABLE AS or SELECT INTO: a relation made of the query's columns."""
+    relation = c.resolver.range_var(into["rel"])
+    c.write(relation)
+    w.copy_named(relation, renamed(columns, strings(into.get("colNames") or ())))
 
 
 def _limit(body: Node) -> int | ParameterRef | None:
@@ -186,6 +195,10 @@ def _copy(c: Collector, w: Walker, body: Node) -> None:
     query = body.get("query")
     if query is not None:
         _query(c, w, *only(query), returns_rows=True)
+    if c.copy_destination in ("file", "program"):
+        # Out of the database, where no masking follows the values.
+        for output in c.output_columns:
+            c.copy(None, ALL_COLUMNS, output.sources)
 
 
 def _explain(c: Collector, w: Walker, body: Node) -> None:
@@ -254,9 +267,34 @@ def _deallocate(c: Collector, w: Walker, body: Node) -> None:
 
 
 def _create_table_as(c: Collector, w: Walker, body: Node) -> None:
+    """CREATE TABLE AS, CREATE MATERIALIZED VIEW, and either of them AS EXECUTE."""
     c.kinds.add(K.DDL)
-    c.write(c.resolver.range_var(body["into"]["rel"]))
-    dispatch(c, w, *only(body["query"]), returns_rows=False)
+    into = body["into"]
+    node_type, query = only(body["query"])
+    if node_type == "ExecuteStmt":
+        # Not decided as the prepared statement it runs, as a plain EXECUTE is: its rows
+        # go into the new relation, not to the client, so its masking would not apply.
+        relation = c.resolver.range_var(into["rel"])
+        c.write(relation)
+        c.copy(relation, ALL_COLUMNS, (), unseen=True)
+        w.expr(query.get("params"), None)
+        return
+    if node_type in QUERY_NODE_TYPES:
+        _new_relation(c, w, into, _query(c, w, node_type, query, returns_rows=False))
+        return
+    c.write(c.resolver.range_var(into["rel"]))
+    dispatch(c, w, node_type, query, returns_rows=False)
+
+
+def _create_view(c: Collector, w: Walker, body: Node) -> None:
+    # A view stores no rows, yet reading it returns its query's values under its own
+    # names, which no catalog entry follows (a temporary one is not even in the catalog
+    # the gateway reads).
+    c.kinds.add(K.DDL)
+    relation = c.resolver.range_var(body["view"])
+    c.write(relation)
+    columns = w.query(body["query"], None)
+    w.copy_named(relation, renamed(columns, strings(body.get("aliases") or ())))
 
 
 def _do(c: Collector, w: Walker, body: Node) -> None:
@@ -400,6 +438,7 @@ _HANDLERS: dict[str, Callable[[Collector, Walker, Node], None]] = {
     "ExecuteStmt": _execute,
     "DeallocateStmt": _deallocate,
     "CreateTableAsStmt": _create_table_as,
+    "ViewStmt": _create_view,
     "DoStmt": _do,
     "CallStmt": _call,
     "VariableSetStmt": _variable_set,

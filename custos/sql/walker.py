@@ -253,9 +253,12 @@ class Walker:
 
     def values(self, rows: Sequence[Node], scope: Scope) -> list[Col]:
         lineage: list[set[Source]] = []
+        widening: set[int] = set()  # where a `(x).*` stands for a number of columns
         for row in rows:
             for index, item in enumerate(row["List"].get("items") or ()):
                 sources = self.sunk(item, scope)
+                if _expands(item):
+                    widening.add(index)
                 if index < len(lineage):
                     lineage[index] |= sources
                 else:
@@ -263,7 +266,8 @@ class Walker:
         # Values of rows given in the text: any that comes from a column is computed from
         # it (a LATERAL VALUES (split_part(c.name, ' ', 2))), and compared as such.
         return [
-            Col(f"column{i}", frozenset(s), opaque=bool(s)) for i, s in enumerate(lineage, start=1)
+            Col(None if i - 1 in widening else f"column{i}", frozenset(s), opaque=bool(s))
+            for i, s in enumerate(lineage, start=1)
         ]
 
     def target_list(self, items: Iterable[Node], scope: Scope, record_star: bool) -> list[Col]:
@@ -292,6 +296,10 @@ class Walker:
             else:
                 sources = self.sunk(value, scope)
                 computed = bool(sources)  # a value computed from columns (opaque)
+                if _expands(value):
+                    # `(x).*` stands for as many columns as x has fields: unknown here.
+                    columns.append(Col(None, frozenset(sources), opaque=True))
+                    continue
                 if not target.get("name"):
                     # Named by PostgreSQL's rules (FigureColname), which the walk mirrors
                     # only in part: an outer reference by another name may mean it too.
@@ -595,6 +603,48 @@ class Walker:
                 for base, name in column.sources:
                     self._c.write(base, (name,) if columns else ())
 
+    def copy_named(self, relation: str, columns: Sequence[Col]) -> None:
+        """A new relation made of the columns (CREATE TABLE AS, SELECT INTO, a view): each
+        stores its values under its own name."""
+        for column in columns:
+            name = column.name
+            if name is None or name == UNCERTAIN or column.guessed:
+                name = ALL_COLUMNS
+            self._c.copy(relation, name, column.sources)
+
+    def copy_in_order(
+        self, relation: str, target: Rte, names: Sequence[str], columns: Sequence[Col]
+    ) -> None:
+        """Rows of these columns stored in order in the target's columns `names` (none
+        given: the table's own columns, which the analysis does not know)."""
+        for position, column in enumerate(columns):
+            if column.name is None:
+                # Of unknown width: its values, and those after it, may land in any column
+                # from here on.
+                rest: set[Source] = set()
+                for later in columns[position:]:
+                    rest |= later.sources
+                for name in names[position:] or (ALL_COLUMNS,):
+                    self.stored(relation, target, name, rest)
+                return
+            name = names[position] if position < len(names) else ALL_COLUMNS
+            self.stored(relation, target, name, column.sources)
+
+    def stored(self, relation: str, target: Rte, column: str, sources: Iterable[Source]) -> None:
+        """Values stored in a column of a write's target: through a view, in the base
+        columns that column comes from."""
+        if target.view is not None:
+            if column == ALL_COLUMNS:
+                bases = target.whole_row()
+            else:
+                found = target.lookup(column)
+                bases = found[1] if found is not None else set()
+            if bases:
+                for base, name in sorted(bases):
+                    self._c.copy(base, name, sources)
+                return
+        self._c.copy(relation, column, sources)
+
     def insert(self, body: Node, outer: Scope | None) -> list[Col]:
         scope = Scope(outer)
         if "withClause" in body:
@@ -604,11 +654,20 @@ class Walker:
         columns = [item["ResTarget"]["name"] for item in body.get("cols") or ()]
         self.write(relation, target, columns or (ALL_COLUMNS,))
         source = body.get("selectStmt")
+        proposed: set[Source] = set()
         if source is not None:
-            self.query(source, scope)
+            values = self.query(source, scope)
+            self.copy_in_order(relation, target, columns, values)
+            for value in values:
+                proposed |= value.sources
         conflict = body.get("onConflictClause")
         if conflict is not None:
-            excluded = Rte("excluded", [], expands=False)  # the proposed row: no stored data
+            # The proposed row, whose values ON CONFLICT DO UPDATE may store elsewhere in it.
+            excluded = Rte(
+                "excluded",
+                [Col(None, frozenset(proposed), opaque=True)] if proposed else [],
+                expands=False,
+            )
             conflict_scope = Scope(scope, [target, excluded])
             infer = conflict.get("infer") or {}
             for element in infer.get("indexElems") or ():
@@ -677,7 +736,11 @@ class Walker:
                 self._c.kinds.add(K.INSERT)
                 names = [t["ResTarget"]["name"] for t in when.get("targetList") or ()]
                 self.write(relation, target, names or (ALL_COLUMNS,))
-                self.expr(when.get("values"), scope)
+                values = [
+                    Col(None if _expands(value) else UNCERTAIN, frozenset(self.sunk(value, scope)))
+                    for value in when.get("values") or ()
+                ]
+                self.copy_in_order(relation, target, names, values)
             elif command == "CMD_DELETE":
                 self._c.kinds.add(K.DELETE)
             if command in ("CMD_UPDATE", "CMD_DELETE") and condition is None:
@@ -688,18 +751,22 @@ class Walker:
 
     def set_targets(self, items: Iterable[Node], relation: str, written: Rte, scope: Scope) -> None:
         names: list[str] = []
+        assigned: set[Source] = set()  # what (a, b) = (...) assigns to each of a and b
         for item in items:
             target = item["ResTarget"]
             names.append(target["name"])
-            self.expr(target.get("indirection"), scope)
+            # A subscript picks where the value goes (SET a[ascii(name)] = 1): stored too.
+            sources = self.sunk(target.get("indirection"), scope)
             value = target.get("val")
             multi = value.get("MultiAssignRef") if value is not None else None
             if multi is not None:
                 # (a, b) = (SELECT ...) repeats the source for every column: walk it once.
                 if multi.get("colno", 1) == 1:
-                    self.expr(multi.get("source"), scope)
+                    assigned = self.sunk(multi.get("source"), scope)
+                sources |= assigned
             else:
-                self.expr(value, scope)
+                sources |= self.sunk(value, scope)
+            self.stored(relation, written, target["name"], sources)
         self.write(relation, written, names)
 
     def where(self, where: Node | None, scope: Scope, target: Rte) -> None:
@@ -1394,6 +1461,13 @@ def _no_such_column(scope: Scope | None, qualifier: str, name: str) -> bool:
         return False
     hit = rte.lookup(name)
     return hit is None or not hit[0]
+
+
+def _expands(node: Any) -> bool:
+    """Whether the expression is `(x).*`, which stands for every field of x."""
+    indirection = node.get("A_Indirection") if isinstance(node, dict) else None
+    steps: list[Node] = (indirection or {}).get("indirection") or []
+    return bool(steps) and "A_Star" in steps[-1]
 
 
 def _items(node: Any) -> list[Node]:
