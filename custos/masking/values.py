@@ -9,7 +9,8 @@ keeps its country code and layout, an IBAN's its country and valid check digits.
 
 `partial` keeps what identifies no one on its own: an email's domain, a phone number's
 country code, an IBAN's country and last four characters, a name's initials. `redact`
-gives a fixed placeholder, `null` no value at all.
+gives a fixed placeholder, `null` no value at all, `generalise` a number's range or an ISO
+date's year (custos/masking/generalise.py), other text redacted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import string
 from collections.abc import Callable
 
+from custos.masking.generalise import generalised_text
 from custos.policy.models import MaskMethod
 
 REDACTED = "[redacted]"
@@ -56,6 +58,8 @@ class Masker:
             return REDACTED
         if method is MaskMethod.PARTIAL:
             return _PARTIAL.get(category, _partial_other)(value)
+        if method is MaskMethod.GENERALISE:
+            return generalised_text(value) or REDACTED
         return self.pseudonym(value, category)
 
     def pseudonym(self, value: str, category: str) -> str:
