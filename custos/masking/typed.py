@@ -5,15 +5,16 @@ the masked value in the same type and format, or None for NULL where the type ha
 masked form (`has_masked_form` says which types have one, so a caller can count the
 others). What each method gives, by type:
 
-- text types (text, varchar, bpchar, name, unknown, xml): the masked text (`mask_text`);
-  json and jsonb a JSON string of it, bytea its bytes.
+- text types (text, varchar, bpchar, name, unknown, xml): the masked text (`mask_text`;
+  XML-escaped for xml); json and jsonb a JSON string of it, bytea its bytes.
 - int2, int4, int8, numeric: `redact` 0; `partial` the same as redact (a part of a number,
   its leading digits, is most of what it says); `generalise` the lower bound of its range
   (custos/masking/generalise.py); `pseudonym` keyed digits: an integer of the same type
   (any in its range), a numeric with the same sign, as many digits before the point and
   the same scale. NaN and infinities are no one's: kept, but redacted.
 - date, timestamp, timestamptz: `redact` 1900-01-01 (at midnight, UTC); `partial` and
-  `generalise` the first day of its year (the year is kept, BC too); `pseudonym` a keyed
+  `generalise` the first day of its year (the year is kept, BC too; a timestamptz's year
+  as its text shows it, in binary its UTC year); `pseudonym` a keyed
   date between 1900 and 2099 (a timestamp at a keyed second of it). Text forms are read
   in the ISO DateStyle, PostgreSQL's default; another DateStyle's text becomes NULL.
 - uuid: `redact` the nil uuid; `partial` and `generalise` redact; `pseudonym` 16 keyed
@@ -41,6 +42,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from xml.sax.saxutils import escape as xml_escape
 
 from custos.masking.generalise import generalised_scaled
 from custos.policy.models import MaskMethod
@@ -155,6 +157,8 @@ class _Rule:
         masked = self.mask_text(text)
         if masked is None:
             return None
+        if type_oid == XML:
+            return xml_escape(masked).encode()  # well-formed whatever the mask kept
         if type_oid in _TEXT_TYPES:
             return masked.encode()
         if type_oid == BYTEA:
