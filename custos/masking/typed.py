@@ -11,7 +11,7 @@ others). What each method gives, by type:
   its leading digits, is most of what it says); `generalise` the lower bound of its range
   (custos/masking/generalise.py); `pseudonym` keyed digits: an integer of the same type
   (any in its range), a numeric with the same sign, as many digits before the point and
-  the same scale. NaN and infinities are no one's: kept, but redacted.
+  the same scale. NaN and the infinities identify no one: only redact replaces them.
 - date, timestamp, timestamptz: `redact` 1900-01-01 (at midnight, UTC); `partial` and
   `generalise` the first day of its year (the year is kept, BC too; a timestamptz's year
   as its text shows it, in binary its UTC year); `pseudonym` a keyed
