@@ -11,7 +11,8 @@ others). What each method gives, by type:
   its leading digits, is most of what it says); `generalise` the lower bound of its range
   (custos/masking/generalise.py); `pseudonym` keyed digits: an integer of the same type
   (any in its range), a numeric with the same sign, as many digits before the point and
-  the same scale. NaN and the infinities identify no one: only redact replaces them.
+  the same scale. NaN and the infinities identify no one: pseudonym and generalise keep
+  them (so for dates and timestamps).
 - date, timestamp, timestamptz: `redact` 1900-01-01 (at midnight, UTC); `partial` and
   `generalise` the first day of its year (the year is kept, BC too; a timestamptz's year
   as its text shows it, in binary its UTC year); `pseudonym` a keyed
@@ -405,12 +406,16 @@ class _Moment(_Typed):
         local = self.microseconds + self.offset * 1_000_000
         year, _, _ = _calendar_date(local // _DAY_MICROSECONDS + _POSTGRES_EPOCH_DAY)
         first = (_julian_day(year, 1, 1) - _POSTGRES_EPOCH_DAY) * _DAY_MICROSECONDS
-        return _Moment(first - self.offset * 1_000_000, self.type_oid, self.offset)
+        # 4714 BC's first day is before PostgreSQL's first (its Julian day 0, 24 November).
+        earliest = -_POSTGRES_EPOCH_DAY * _DAY_MICROSECONDS
+        return _Moment(max(first - self.offset * 1_000_000, earliest), self.type_oid, self.offset)
 
     def partial(self) -> _Moment:
         return self.generalised()
 
     def pseudonym(self, material: bytes) -> _Moment:
+        if self.infinity is not None:
+            return self
         day = (
             _PSEUDONYM_FIRST_DAY
             - _POSTGRES_EPOCH_DAY

@@ -15,6 +15,7 @@ date's year (custos/masking/generalise.py), other text redacted.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import string
@@ -93,8 +94,9 @@ class Masker:
 
 class _Drawn:
     """Characters drawn in turn from keyed material, each class from a form of it made when
-    first asked for: hex for text (64), the material as one 256-bit number for digits (76),
-    its bytes modulo 26 for letters (32). The longest format, an IBAN, needs at most 30."""
+    first asked for: hex for text (64), the material as one 256-bit number for digits (76,
+    and more where a text has more), its bytes modulo 26 for letters (32). The longest
+    format, an IBAN, needs at most 30 letters."""
 
     __slots__ = ("_digits", "_letters", "_material", "_taken", "_text")
 
@@ -113,6 +115,10 @@ class _Drawn:
     def digits(self, count: int) -> str:
         if not self._digits:
             self._digits = str(int.from_bytes(self._material, "big"))[1:]  # no leading bias
+        while len(self._digits) < self._taken[1] + count:
+            # A text with more digits than the material gives (76): more, by SHA-256 of it.
+            more = hashlib.sha256(self._material + len(self._digits).to_bytes(8, "big"))
+            self._digits += str(int.from_bytes(more.digest(), "big"))[1:]
         return self._take(1, self._digits, count)
 
     def letters(self, count: int) -> str:
