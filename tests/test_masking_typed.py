@@ -356,7 +356,7 @@ def test_pseudonyms_are_keyed_and_the_same_in_text_and_binary(
     assert seen[(KEY, False)] == seen[(KEY, True)]
     assert seen[(OTHER_KEY, False)] == seen[(OTHER_KEY, True)]
     # Another key, another pseudonym: where one can differ (not NaN, an infinity, a /0
-    # network, an array of NULLs only).
+    # network, an array of NULLs only), and likely does (a /2 network is one of four).
     kept = "'NaN', 'Infinity', '-Infinity', 'infinity', '-infinity', '0.0.0.0/0', '::/0'"
     element = type_name.removesuffix("[]")
     free = conn.execute(
@@ -364,7 +364,8 @@ def test_pseudonyms_are_keyed_and_the_same_in_text_and_binary(
         [literal if type_name.endswith("[]") else "{" + _array_items(literal) + "}"],
     ).fetchone()
     assert free is not None
-    if free[0]:
+    few = type_name == "cidr" and ipaddress.ip_network(literal).prefixlen < 16
+    if free[0] and not few:
         assert seen[(KEY, False)] != seen[(OTHER_KEY, False)]
 
 
