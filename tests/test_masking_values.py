@@ -109,3 +109,12 @@ def test_redact_and_null() -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Masker(b"short")
+
+
+def test_a_phone_pseudonym_of_more_digits_than_the_material_holds() -> None:
+    # A JSON text of escaped characters (`"\ud835\udc0e..."`) can hold hundreds of digits.
+    value = "+44 " + "1234567890" * 20
+    pseudonym = Masker(KEY).pseudonym(value, "phone")
+    assert pseudonym.startswith("+44 ")
+    assert sum(c.isdigit() for c in pseudonym) == sum(c.isdigit() for c in value)
+    assert pseudonym[80:] not in value

@@ -176,8 +176,8 @@ def test_duplicate_roles_and_targets() -> None:
         ),
         (
             "  - id: r\n    effect: mask\n    mask: {categories: [email], method: scramble}\n",
-            "rules[0].mask.method: Input should be 'redact', 'partial', 'pseudonym', 'hash'"
-            " or 'null' (in rule 'r')",
+            "rules[0].mask.method: Input should be 'redact', 'partial', 'pseudonym', 'hash',"
+            " 'generalise' or 'null' (in rule 'r')",
         ),
         (
             "  - id: r\n    effect: require_approval\n    message: ask\n"

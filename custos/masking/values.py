@@ -9,7 +9,8 @@ keeps its country code and layout, an IBAN's its country and valid check digits.
 
 `partial` keeps what identifies no one on its own: an email's domain, a phone number's
 country code, an IBAN's country and last four characters, a name's initials. `redact`
-gives a fixed placeholder, `null` no value at all.
+gives a fixed placeholder, `null` no value at all, `generalise` a number's range or an ISO
+date's year (custos/masking/generalise.py), other text redacted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from custos.masking.generalise import generalised_text
 from custos.policy.models import MaskMethod
 
 REDACTED = "[redacted]"
@@ -44,7 +46,7 @@ _OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 class Masker:
     """Masks text values under one key (at least 32 bytes of secret); without a key, only
-    by the methods that need none (partial, redact, null)."""
+    by the methods that need none (partial, generalise, redact, null)."""
 
     __slots__ = ("_inner", "_made", "_outer")
 
@@ -71,6 +73,8 @@ class Masker:
             return REDACTED
         if method is MaskMethod.PARTIAL:
             return partial(value, category)
+        if method is MaskMethod.GENERALISE:
+            return generalised_text(value) or REDACTED
         return self.pseudonym(value, category)
 
     def pseudonym(self, value: str, category: str) -> str:
@@ -110,10 +114,10 @@ class Masker:
 
 
 class _Drawn:
-    """Characters drawn from keyed material, each class from a form of it made when first
-    asked for: hex for text (64 characters), the material as one 256-bit number for digits
-    (76), its bytes modulo 26 for letters (32). The longest format, an IBAN, needs at most
-    30 of one class."""
+    """Characters drawn from keyed material, each class from a form of it made when asked
+    for: hex for text (64 characters), the material as one 256-bit number for digits (76,
+    and more where a text has more), its bytes modulo 26 for letters (32). The longest
+    format, an IBAN, needs at most 30 letters."""
 
     __slots__ = ("_material",)
 
@@ -123,8 +127,14 @@ class _Drawn:
     def text(self) -> str:
         return self._material.hex()
 
-    def digits(self) -> str:
-        return str(int.from_bytes(self._material, "big"))[1:]  # no leading bias
+    def digits(self, count: int) -> str:
+        """At least `count` digits."""
+        digits = str(int.from_bytes(self._material, "big"))[1:]  # no leading bias
+        while len(digits) < count:
+            # A text with more digits than the material gives (76): more, by SHA-256 of it.
+            more = hashlib.sha256(self._material + len(digits).to_bytes(8, "big"))
+            digits += str(int.from_bytes(more.digest(), "big"))[1:]
+        return digits
 
     def letters(self) -> str:
         return self._material.translate(_LETTERS).decode()
@@ -212,7 +222,8 @@ def _phone_pseudonym(value: str, drawn: _Drawn) -> str:
     kept; every other character, whatever it is, becomes a drawn digit."""
     prefix = _PHONE_PREFIX.match(value)
     kept = prefix.end() if prefix else 0
-    return value[:kept] + _filled(value[kept:], _NOT_PHONE_LAYOUT, drawn.digits())
+    rest = value[kept:]
+    return value[:kept] + _filled(rest, _NOT_PHONE_LAYOUT, drawn.digits(len(rest)))
 
 
 def _iban_pseudonym(value: str, drawn: _Drawn) -> str:
@@ -221,7 +232,10 @@ def _iban_pseudonym(value: str, drawn: _Drawn) -> str:
     compact = value.replace(" ", "").upper()
     if not _IBAN.fullmatch(compact) or len(compact) > 34 or not compact.isascii():
         return "p_" + drawn.text()[:16]
-    account = _filled(_filled(compact[4:], _DIGITS, drawn.digits()), _LETTER_RUNS, drawn.letters())
+    bban = compact[4:]
+    account = _filled(
+        _filled(bban, _DIGITS, drawn.digits(len(bban))), _LETTER_RUNS, drawn.letters()
+    )
     country = compact[:2]
     check = 98 - _iban_remainder(account + country + "00")
     masked = f"{country}{check:02d}{account}"

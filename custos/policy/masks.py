@@ -4,9 +4,9 @@ Each result column carries its lineage: the base columns its values may come fro
 aliases, expressions, subqueries, views and set operations (custos/sql/walker.py). A column
 is masked when any of them holds a category a mask rule of the decision names, by that
 rule's method; where several rules apply, the strongest method wins (null, then redact,
-then a pseudonym, then partial). A column of unknown width (`*` over a relation whose
-columns were not read) stands for an unknown number of columns: every column from its
-place on is masked when any of them, or any column after it, would be.
+then a pseudonym, then generalise, then partial). A column of unknown width (`*` over a
+relation whose columns were not read) stands for an unknown number of columns: every
+column from its place on is masked when any of them, or any column after it, would be.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
 from custos.policy.models import MaskMethod
 from custos.sql.facts import OutputColumn
 
+# Generalise sits between a pseudonym and partial: like partial it shows something of the
+# value itself (a birth date's year, an amount's range), which a pseudonym never does; but
+# less than partial does (it keeps no part of an email or a name), and many values share
+# one generalisation, where a pseudonym singles each value out only to the key's holder.
 STRENGTH = {
-    MaskMethod.NULL: 3,
-    MaskMethod.REDACT: 2,
-    MaskMethod.PSEUDONYM: 1,
-    MaskMethod.HASH: 1,
+    MaskMethod.NULL: 4,
+    MaskMethod.REDACT: 3,
+    MaskMethod.PSEUDONYM: 2,
+    MaskMethod.HASH: 2,
+    MaskMethod.GENERALISE: 1,
     MaskMethod.PARTIAL: 0,
 }
 

@@ -56,6 +56,7 @@ class MaskMethod(StrEnum):
     PARTIAL = "partial"
     PSEUDONYM = "pseudonym"  # a keyed, format-keeping pseudonym (custos/masking/values.py)
     HASH = "hash"  # the same: a keyed pseudonym, never a bare hash
+    GENERALISE = "generalise"  # a coarse value: a number's range, a date's year
     NULL = "null"
 
 
