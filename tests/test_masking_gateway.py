@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # ruff: noqa: F811 - the fixtures of test_session_attacks, imported, are redefined as arguments
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -409,3 +410,49 @@ def test_each_masked_statement_is_logged_with_its_counts_and_no_values(
         counts = f"0.1:email:partial={fetched} 0.2:phone:partial={fetched} 0.3:iban:partial="
         assert f"masked {3 * fetched} values: {counts}{fetched}" in log
     assert not {value for value in personal if len(value) > 6 and value in log}
+
+
+TYPED = (
+    "SELECT id, length(email) AS email_length, ARRAY[email, NULL] AS emails,"
+    " email::varchar(200) AS email_varchar, to_jsonb(email) AS email_jsonb,"
+    " (SELECT array_agg(length(phone)) FROM crm.customers p WHERE p.id <= c.id) AS lengths"
+    " FROM crm.customers c ORDER BY id LIMIT 20"
+)
+
+
+@pytest.mark.parametrize("client", ["psycopg text", "psycopg binary", "asyncpg"])
+def test_masked_values_keep_their_types_in_every_format(
+    governed: GatewayProcess, personal: frozenset[str], client: str
+) -> None:
+    if client == "asyncpg":
+
+        async def read() -> list[tuple[Any, ...]]:
+            options = asyncpg_options(governed, "gateway")
+            token = governed.token("analyst", "analyst-asyncpg", groups=["analysts"])
+            connection = await asyncpg.connect(**{**options, "user": "analyst", "password": token})
+            try:
+                await connection.set_type_codec(
+                    "jsonb", encoder=str, decoder=json.loads, schema="pg_catalog"
+                )
+                return [tuple(record) for record in await connection.fetch(TYPED)]
+            finally:
+                await connection.close()
+
+        rows = asyncio.run(read())
+    else:
+        with psycopg_connect(governed, role="analyst") as analyst:
+            cursor = analyst.cursor(binary=client.endswith("binary"))
+            rows = cursor.execute(TYPED).fetchall()
+    assert len(rows) == 20
+    assert not leaked(rows, personal)
+    for id_, length, emails, email, document, lengths in rows:
+        # Computed from an email, a number: a keyed integer in its place, not the length.
+        assert isinstance(length, int)
+        # Array elements masked as the column itself would be: the same pseudonym.
+        assert emails == [email, None]
+        assert email.endswith(".example")
+        assert document == email
+        assert isinstance(lengths, list)
+        assert len(lengths) == id_
+        assert all(isinstance(n, int) for n in lengths)
+    assert len({length for _, length, *_ in rows}) > 1  # keyed, not one placeholder

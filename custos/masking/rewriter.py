@@ -1,11 +1,11 @@
 """Rewrites a masked statement's answers: its rows' masked columns, and its errors.
 
 A value is masked in the form its column's type takes, text or binary as the client asked:
-text types (text, varchar, char, name, xml) carry the masked text itself, json and jsonb a
-JSON string of it (jsonb's binary form with its version byte), bytea its bytes. A value of
-any other type (numbers, dates, arrays, composites...) has no masked form that keeps its
-type and reveals nothing, so it becomes NULL. A value that cannot be read as text becomes
-NULL too: nothing unmasked is ever passed on.
+text types (text, varchar, char, name) carry the masked text itself; numbers, dates,
+timestamps, uuids, addresses, json, bytea, arrays of these and composites in text get a
+masked value of their own type (custos/masking/typed.py). A value of a type with no masked
+form, or that cannot be read as its type, becomes NULL, and is counted so: nothing
+unmasked is ever passed on.
 
 Errors and notices of a masked statement can quote the values it read (`invalid input
 syntax for type integer: "a@b.c"`, `Failing row contains (...)`): their message, detail,
@@ -15,11 +15,11 @@ was raised are kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
 from custos.masking.detect import mask_found
+from custos.masking.typed import BPCHAR, NAME, TEXT, UNKNOWN, VARCHAR, masked_value
 from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
 from custos.policy.catalog import FREE_TEXT_HOLDS as QUOTED
@@ -33,11 +33,8 @@ from custos.session.statement import Statement
 _NULL = b"\xff\xff\xff\xff"  # a value's length word -1: NULL
 
 # Types whose text and binary forms are the text itself.
-_TEXT = 25
-_TEXT_TYPES = frozenset({_TEXT, 1043, 1042, 19, 705, 142})  # text varchar bpchar name unknown xml
-_JSON = 114
-_JSONB = 3802
-_BYTEA = 17
+# Types whose text and binary forms are the text itself (xml is escaped: typed.py).
+_TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
 
 HIDDEN_MESSAGE = (
     "the statement failed, and its error is not shown: it may quote personal data this "
@@ -87,7 +84,7 @@ class MaskingRewriter(ResultRewriter):
             raise ProtocolViolation("the database sent a truncated CopyOutResponse")
         binary = body[0] == 1
         count = (body[1] << 8) | body[2]
-        column = Column(b"", 0, 0, _TEXT, -1, -1, 1 if binary else 0)
+        column = Column(b"", 0, 0, TEXT, -1, -1, 1 if binary else 0)
         self._planned((column,) * count, by_names=False)
         index = self._index
         copy_format = self._copy_formats[index] if index < len(self._copy_formats) else None
@@ -218,31 +215,44 @@ class MaskingRewriter(ResultRewriter):
         how = column.how
         if how == _CONSTANT:
             return column.constant
-        try:
-            # bytea's bytes need not be text: masked whatever they hold.
-            text = value.decode(errors="replace" if column.type_oid == _BYTEA else "strict")
-        except UnicodeDecodeError:
-            column.nulled += 1  # not text in the session's encoding: no masked form is known
-            return _NULL
-        if how == _PARTIAL:
-            masked: str | None = partial(text, column.category)
-        elif how == _PSEUDONYM:
-            masked = self._masker.pseudonym(text, column.category)
+        if how == _TEXT_FORM:
+            # A text type, whose text and binary forms are the text itself: the common case.
+            try:
+                masked = self._masked_text(value.decode(), column)
+            except UnicodeDecodeError:
+                masked = None  # not text in the session's encoding: no masked form is known
+            encoded = None if masked is None else masked.encode()
         else:
-            masked = mask_found(text, QUOTED, column.method, self._masker)[0]
-        encoded = None if masked is None else _encoded(masked, column.type_oid, column.binary)
+            encoded = masked_value(
+                value,
+                column.type_oid,
+                column.binary,
+                column.category,
+                column.method,
+                self._masker.material,
+                lambda text: self._masked_text(text, column),
+            )
         if encoded is None:
             column.nulled += 1
             return _NULL
         return len(encoded).to_bytes(4, "big") + encoded
 
+    def _masked_text(self, text: str, column: _ColumnPlan) -> str | None:
+        method = column.method
+        if column.detects:
+            return mask_found(text, QUOTED, method, self._masker)[0]
+        if method is MaskMethod.PARTIAL:
+            return partial(text, column.category)
+        if method is MaskMethod.PSEUDONYM or method is MaskMethod.HASH:
+            return self._masker.pseudonym(text, column.category)
+        return self._masker.text(text, column.category, method)
 
-# How a column's values are masked: by one value for all, in part, by pseudonym, or by
-# finding the personal values free text quotes.
+
+# How a column's values are masked: one value for all (null, or redact of a text type),
+# as text (a text type), or by the value's type (custos/masking/typed.py).
 _CONSTANT = 0
-_PARTIAL = 1
-_PSEUDONYM = 2
-_DETECTED = 3
+_TEXT_FORM = 1
+_BY_TYPE = 2
 
 
 class _ColumnPlan:
@@ -252,6 +262,7 @@ class _ColumnPlan:
         "binary",
         "category",
         "constant",
+        "detects",
         "how",
         "method",
         "name",
@@ -270,28 +281,24 @@ class _ColumnPlan:
         self.method = mask.method
         self.type_oid = column.type_oid
         self.binary = column.format == 1
+        # Free text is searched for the values it quotes, which are masked in place.
+        self.detects = mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL
         self.constant = _NULL
         if mask.method is MaskMethod.NULL:
             self.how = _CONSTANT
-        elif mask.category == FREE_TEXT:
-            # Free text is searched for the values it quotes, which are masked in place.
-            self.how = _DETECTED
-        elif mask.method is MaskMethod.REDACT:
+        elif self.type_oid not in _TEXT_TYPES:
+            self.how = _BY_TYPE
+        elif mask.method is MaskMethod.REDACT and not self.detects:
             self.how = _CONSTANT
-            self.constant = _with_length(_encoded(REDACTED, self.type_oid, self.binary))
-        elif mask.method is MaskMethod.PARTIAL:
-            self.how = _PARTIAL
+            self.constant = _with_length(REDACTED.encode())
         else:
-            self.how = _PSEUDONYM
+            self.how = _TEXT_FORM
 
     def counted(self, index: int) -> MaskedColumn:
         """This column's counts, in the result of the statement at `index`."""
-        nulled = self.nulled
-        if self.how == _CONSTANT and self.method is not MaskMethod.NULL and self.constant == _NULL:
-            nulled = self.values  # redacted, in a type with no placeholder
         method = self.method.value
         return MaskedColumn(
-            index, self.position, self.name, self.category, method, self.values, nulled
+            index, self.position, self.name, self.category, method, self.values, self.nulled
         )
 
 
@@ -311,18 +318,3 @@ def _as_expected(columns: Sequence[Column], expected: Sequence[str | None], by_n
     return not by_names or all(
         column.name == (name or "").encode() for column, name in zip(columns, expected, strict=True)
     )
-
-
-def _encoded(masked: str, type_oid: int, binary: bool) -> bytes | None:
-    """The masked text as a value of the type, in the format; None where it has none."""
-    if type_oid in _TEXT_TYPES:
-        return masked.encode()
-    if type_oid == _JSON:
-        return json.dumps(masked).encode()
-    if type_oid == _JSONB:
-        text = json.dumps(masked).encode()
-        return b"\x01" + text if binary else text
-    if type_oid == _BYTEA:
-        raw = masked.encode()
-        return raw if binary else b"\\x" + raw.hex().encode()
-    return None

@@ -155,6 +155,12 @@ class _Rule:
             text = value[1:].decode()
         else:
             text = value.decode()
+        if type_oid in (JSON, JSONB):
+            # A JSON string is masked as the text it holds (the same pseudonym as that text
+            # in a text column); any other document as its whole text.
+            document = json.loads(text)
+            if isinstance(document, str):
+                text = document
         masked = self.mask_text(text)
         if masked is None:
             return None
