@@ -456,3 +456,57 @@ def test_masked_values_keep_their_types_in_every_format(
         assert len(lengths) == id_
         assert all(isinstance(n, int) for n in lengths)
     assert len({length for _, length, *_ in rows}) > 1  # keyed, not one placeholder
+
+
+def test_a_row_as_json_keeps_its_keys_and_masks_the_personal_ones(
+    governed: GatewayProcess, superuser: psycopg.Connection, personal: frozenset[str]
+) -> None:
+    sql = "SELECT row_to_json(c) AS j FROM crm.customers c ORDER BY id LIMIT 5"
+    direct = [row[0] for row in superuser.execute(sql)]
+    with psycopg_connect(governed) as agent:
+        masked = [row[0] for row in agent.execute(sql)]
+    assert not leaked([(json.dumps(document),) for document in masked], personal)
+    for document, raw in zip(masked, direct, strict=True):
+        assert document.keys() == raw.keys()
+        assert document["email"] == "***@" + raw["email"].partition("@")[2]
+        assert document["iban"][:2] == raw["iban"][:2]
+        personal_keys = {"email", "phone", "iban"}  # what the agent sees masked
+        assert {k: v for k, v in document.items() if k not in personal_keys} == {
+            k: v for k, v in raw.items() if k not in personal_keys
+        }
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_built_json_objects_mask_their_personal_keys_like_columns(
+    governed: GatewayProcess, personal: frozenset[str], binary: bool
+) -> None:
+    sql = (
+        "SELECT id, email, full_name, jsonb_build_object('id', id, 'e', email, 'n', full_name,"
+        " 'upper', upper(email)) AS built FROM crm.customers ORDER BY id LIMIT 5"
+    )
+    aggregated = (
+        "SELECT json_agg(s ORDER BY s.id) FROM"
+        " (SELECT id, email FROM crm.customers ORDER BY id LIMIT 5) s"
+    )
+    with psycopg_connect(governed, role="analyst") as analyst:
+        rows = analyst.cursor(binary=binary).execute(sql).fetchall()
+        (objects,) = analyst.cursor(binary=binary).execute(aggregated).fetchone()
+    assert not leaked([(*row[:3], json.dumps(row[3])) for row in rows], personal)
+    assert not leaked([(json.dumps(objects),)], personal)
+    for id_, email, name, built in rows:
+        assert built.keys() == {"id", "e", "n", "upper"}
+        assert built["id"] == id_  # not personal: as it is
+        assert (built["e"], built["n"]) == (email, name)  # the columns' own pseudonyms
+        assert built["upper"] not in (email, None)  # computed: its own pseudonym
+    assert objects == [{"id": id_, "email": email} for id_, email, *_ in rows]
+
+
+def test_a_json_value_that_is_not_the_traced_object_is_masked_whole(
+    governed: GatewayProcess, personal: frozenset[str]
+) -> None:
+    # `c` here is the subquery's column, not its row: the value is an email as JSON.
+    sql = "SELECT to_jsonb(c) AS j FROM (SELECT email AS c FROM crm.customers) c LIMIT 3"
+    with psycopg_connect(governed) as agent:
+        rows = agent.execute(sql).fetchall()
+    assert rows == [("[redacted]",)] * 3
+    assert not leaked(rows, personal)

@@ -19,11 +19,21 @@ from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
 from custos.masking.detect import mask_found
-from custos.masking.typed import BPCHAR, NAME, TEXT, UNKNOWN, VARCHAR, masked_value
+from custos.masking.json_shapes import masked_document
+from custos.masking.typed import (
+    BPCHAR,
+    JSON,
+    JSONB,
+    NAME,
+    TEXT,
+    UNKNOWN,
+    VARCHAR,
+    masked_value,
+)
 from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
 from custos.policy.catalog import FREE_TEXT_HOLDS as QUOTED
-from custos.policy.masks import MIXED, STRENGTH, ColumnMask, whole_value_method
+from custos.policy.masks import MIXED, STRENGTH, ColumnMask, JsonMask, whole_value_method
 from custos.policy.models import MaskMethod
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
@@ -215,6 +225,10 @@ class MaskingRewriter(ResultRewriter):
         how = column.how
         if how == _CONSTANT:
             return column.constant
+        if column.json is not None:
+            kept = self._masked_object(value, column, column.json)
+            if kept is not None:
+                return len(kept).to_bytes(4, "big") + kept
         if how == _TEXT_FORM:
             # A text type, whose text and binary forms are the text itself: the common case.
             try:
@@ -238,14 +252,35 @@ class MaskingRewriter(ResultRewriter):
         return len(encoded).to_bytes(4, "big") + encoded
 
     def _masked_text(self, text: str, column: _ColumnPlan) -> str | None:
-        method = column.method
-        if column.detects:
+        return self._masked_as(text, column.category, column.method)
+
+    def _masked_as(self, text: str, category: str, method: MaskMethod) -> str | None:
+        """A text value masked by the method, as a value of the category."""
+        if category == FREE_TEXT and method is not MaskMethod.NULL:
+            # Free text is searched for the values it quotes, which are masked in place.
             return mask_found(text, QUOTED, method, self._masker)[0]
         if method is MaskMethod.PARTIAL:
-            return partial(text, column.category)
+            return partial(text, category)
         if method is MaskMethod.PSEUDONYM or method is MaskMethod.HASH:
-            return self._masker.pseudonym(text, column.category)
-        return self._masker.text(text, column.category, method)
+            return self._masker.pseudonym(text, category)
+        return self._masker.text(text, category, method)
+
+    def _masked_object(self, value: bytes, column: _ColumnPlan, shape: JsonMask) -> bytes | None:
+        """A JSON object's personal keys masked, its structure kept; None where it is not
+        the object the analysis traced."""
+        jsonb_binary = column.binary and column.type_oid == JSONB
+        if jsonb_binary and value[:1] != b"\x01":
+            return None
+        try:
+            text = (value[1:] if jsonb_binary else value).decode()
+        except UnicodeDecodeError:
+            return None
+        masked = masked_document(
+            text, shape, lambda leaf, key: self._masked_as(leaf, key.category, key.method)
+        )
+        if masked is None:
+            return None
+        return (b"\x01" if jsonb_binary else b"") + masked.encode()
 
 
 # How a column's values are masked: one value for all (null, or redact of a text type),
@@ -264,6 +299,7 @@ class _ColumnPlan:
         "constant",
         "detects",
         "how",
+        "json",
         "method",
         "name",
         "nulled",
@@ -281,6 +317,8 @@ class _ColumnPlan:
         self.method = mask.method
         self.type_oid = column.type_oid
         self.binary = column.format == 1
+        # A JSON object built with known keys, masked key by key (json_shapes.py).
+        self.json = mask.json if self.type_oid in (JSON, JSONB) else None
         # Free text is searched for the values it quotes, which are masked in place.
         self.detects = mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL
         self.constant = _NULL

@@ -321,6 +321,11 @@ def _masked_columns(decision: Decision) -> list[str]:
                 f"  column {where}: {mask.category}, {mask.method} (rule {mask.rule})"
                 + (f" [statement {number}]" if len(decision.column_masks) > 1 else "")
             )
+            if mask.json is not None:
+                keys = ", ".join(
+                    f"{key.key} ({key.category}, {key.method})" for key in mask.json.masked
+                )
+                lines.append(f"    JSON keys masked: {keys or '-'}; the others as they are")
     return ["masked columns:", *lines] if lines else []
 
 

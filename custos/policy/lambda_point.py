@@ -33,7 +33,7 @@ from custos.policy.engine import (
     MaskSpec,
     PolicyEngine,
 )
-from custos.policy.masks import ColumnMask
+from custos.policy.masks import ColumnMask, JsonMask, KeyMask
 from custos.policy.models import Effect, MaskMethod, PolicyDocument
 from custos.sql.facts import Analysis
 
@@ -104,12 +104,38 @@ class MaskPayload(_Wire):
     method: MaskMethod
 
 
+class KeyMaskPayload(_Wire):
+    key: str
+    category: str
+    method: MaskMethod
+
+
+class JsonMaskPayload(_Wire):
+    masked: list[KeyMaskPayload]
+    keys: list[str]
+    exact: bool
+    aggregated: bool
+
+    def to_mask(self) -> JsonMask:
+        return JsonMask(
+            tuple(KeyMask(key.key, key.category, key.method) for key in self.masked),
+            tuple(self.keys),
+            self.exact,
+            self.aggregated,
+        )
+
+
 class ColumnMaskPayload(_Wire):
     position: int = Field(ge=0)
     name: str | None
     category: str
     method: MaskMethod
     rule: str
+    json_mask: JsonMaskPayload | None = Field(default=None, alias="json")
+
+    def to_mask(self) -> ColumnMask:
+        shape = None if self.json_mask is None else self.json_mask.to_mask()
+        return ColumnMask(self.position, self.name, self.category, self.method, self.rule, shape)
 
 
 class FactsPayload(_Wire):
@@ -178,11 +204,7 @@ class DecisionPayload(_Wire):
                 unparsable=facts.unparsable,
             ),
             column_masks=tuple(
-                tuple(
-                    ColumnMask(mask.position, mask.name, mask.category, mask.method, mask.rule)
-                    for mask in statement
-                )
-                for statement in self.column_masks
+                tuple(mask.to_mask() for mask in statement) for statement in self.column_masks
             ),
             result_columns=tuple(tuple(names) for names in self.result_columns),
         )

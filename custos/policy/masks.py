@@ -17,7 +17,7 @@ from typing import Protocol
 
 from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
 from custos.policy.models import MaskMethod
-from custos.sql.facts import OutputColumn
+from custos.sql.facts import JsonShape, OutputColumn
 
 # Generalise sits between a pseudonym and partial: like partial it shows something of the
 # value itself (a birth date's year, an amount's range), which a pseudonym never does; but
@@ -41,23 +41,62 @@ MIXED = "mixed"
 
 
 @dataclass(frozen=True, slots=True)
+class KeyMask:
+    """One key of a JSON object to mask: what its value holds, how."""
+
+    key: str
+    category: str
+    method: MaskMethod
+
+    def as_dict(self) -> dict[str, object]:
+        return {"key": self.key, "category": self.category, "method": self.method.value}
+
+
+@dataclass(frozen=True, slots=True)
+class JsonMask:
+    """How to mask a JSON object (or an array of them) a column builds, keeping its
+    structure: the keys to mask, and the keys it must have to be the object the analysis
+    traced. `exact`: it has exactly those keys (built from named columns); else at least
+    them (a table's row: its other keys are its columns no catalog entry names)."""
+
+    masked: tuple[KeyMask, ...]
+    keys: tuple[str, ...]
+    exact: bool
+    aggregated: bool  # an array of such objects (json_agg)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "masked": [mask.as_dict() for mask in self.masked],
+            "keys": list(self.keys),
+            "exact": self.exact,
+            "aggregated": self.aggregated,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ColumnMask:
-    """One result column to mask: by position (from 0), its name, what it holds, how."""
+    """One result column to mask: by position (from 0), its name, what it holds, how.
+    With `json`, a JSON value whose personal keys alone are masked, by their own methods
+    (`method` then masks the whole value where it is not the object traced)."""
 
     position: int
     name: str | None  # None: every column from `position` on (a `*` of unknown width)
     category: str
     method: MaskMethod
     rule: str
+    json: JsonMask | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        shown: dict[str, object] = {
             "position": self.position,
             "name": self.name,
             "category": self.category,
             "method": self.method.value,
             "rule": self.rule,
         }
+        if self.json is not None:
+            shown["json"] = self.json.as_dict()
+        return shown
 
 
 class MaskRule(Protocol):
@@ -105,29 +144,12 @@ def column_masks(
     for position, output in enumerate(outputs):
         if output.name is None and unknown_from is None:
             unknown_from = position
-        sources: dict[str, frozenset[str]] = {}
-        for relation, column in output.sources:
-            sources[relation] = sources.get(relation, frozenset()) | {column}
-        held = catalog.categories(sources)
-        applying = [rule for rule in rules if not rule.categories.isdisjoint(held)]
-        if not applying:
+        found = _mask_of(output.sources, output.computed, catalog, rules)
+        if found is None:
             continue
-        strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
-        masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
-        category = masked[0] if len(masked) == 1 else MIXED
-        if not output.computed and catalog.categories(sources, quoted=False) == {FREE_TEXT}:
-            # Free text as it is: the values it quotes are found and masked in place
-            # (custos/masking/detect.py). Cut up, they would no longer be found.
-            category = FREE_TEXT
-        method = strongest.method
-        if method is MaskMethod.PARTIAL and (
-            output.computed or category not in PARTIAL_FORMS | {FREE_TEXT}
-        ):
-            # A part kept of a value the statement computed can be any part of the column
-            # (`'x@' || replace(email, '@', '#')` keeps it all after the last @), and a
-            # value of no known format has no part that identifies no one: redacted.
-            method = MaskMethod.REDACT
-        masks.append(ColumnMask(position, output.name, category, method, strongest.rule))
+        category, method, rule = found
+        shape = None if output.json is None else _json_mask(output.json, catalog, rules)
+        masks.append(ColumnMask(position, output.name, category, method, rule, shape))
     if unknown_from is None:
         return tuple(masks)
     # After a column of unknown width no position is known: every column from it on is
@@ -142,6 +164,61 @@ def column_masks(
     method = whole_value_method(strongest_rest.method)
     fallback = ColumnMask(unknown_from, None, category, method, strongest_rest.rule)
     return (*placed, fallback)
+
+
+def _mask_of(
+    lineage: Iterable[tuple[str, str]],
+    computed: bool,
+    catalog: PersonalDataCatalog,
+    rules: tuple[MaskRule, ...],
+) -> tuple[str, MaskMethod, str] | None:
+    """How a value of this lineage is masked (category, method, rule), or None."""
+    sources: dict[str, frozenset[str]] = {}
+    for relation, column in lineage:
+        sources[relation] = sources.get(relation, frozenset()) | {column}
+    held = catalog.categories(sources)
+    applying = [rule for rule in rules if not rule.categories.isdisjoint(held)]
+    if not applying:
+        return None
+    strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
+    masked = sorted(held & frozenset().union(*(rule.categories for rule in applying)))
+    category = masked[0] if len(masked) == 1 else MIXED
+    if not computed and catalog.categories(sources, quoted=False) == {FREE_TEXT}:
+        # Free text as it is: the values it quotes are found and masked in place
+        # (custos/masking/detect.py). Cut up, they would no longer be found.
+        category = FREE_TEXT
+    method = strongest.method
+    if method is MaskMethod.PARTIAL and (computed or category not in PARTIAL_FORMS | {FREE_TEXT}):
+        # A part kept of a value the statement computed can be any part of the column
+        # (`'x@' || replace(email, '@', '#')` keeps it all after the last @), and a
+        # value of no known format has no part that identifies no one: redacted.
+        method = MaskMethod.REDACT
+    return category, method, strongest.rule
+
+
+def _json_mask(
+    shape: JsonShape, catalog: PersonalDataCatalog, rules: tuple[MaskRule, ...]
+) -> JsonMask | None:
+    """The keys of a JSON object to mask, each by its own lineage."""
+    if shape.keys_of is None:
+        fields = shape.fields
+        exact = True
+    else:
+        # A table's row: its catalogued columns are the keys that may be personal.
+        table = catalog.table(shape.keys_of)
+        if table is None:
+            return None
+        fields = tuple(
+            (column, frozenset({(shape.keys_of, column)}), False) for column in table.columns
+        )
+        exact = False
+    masked: list[KeyMask] = []
+    for key, lineage, computed in fields:
+        found = _mask_of(lineage, computed, catalog, rules)
+        if found is not None:
+            masked.append(KeyMask(key, found[0], found[1]))
+    keys = tuple(key for key, _, _ in fields)
+    return JsonMask(tuple(masked), keys, exact, shape.aggregated)
 
 
 def whole_value_method(method: MaskMethod) -> MaskMethod:

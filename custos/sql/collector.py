@@ -184,7 +184,8 @@ class Collector:
             sets_role=self.sets_role,
             search_path_local=self.search_path_local,
             output_columns=tuple(
-                OutputColumn(c.name, c.sources, c.expandable, c.opaque) for c in self.output_columns
+                OutputColumn(c.name, c.sources, c.expandable, c.opaque, c.json)
+                for c in self.output_columns
             ),
             statement_type=self.statement_type,
             reads_statistics=exposure.reads_statistics(relations_read, self.functions),

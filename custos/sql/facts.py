@@ -50,6 +50,21 @@ class PatternMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class JsonShape:
+    """A JSON object a result column builds from columns, with keys the analysis knows:
+    masking keeps its structure and masks only the keys that hold personal data.
+    `row_to_json(q)`, `to_jsonb(q)` over a subquery, CTE or view, `json_build_object('k',
+    v, ...)` with literal keys: `fields`. The same over a base relation, whose columns the
+    analysis does not know: `keys_of`, each key the relation's column of that name.
+    `json_agg(q)` and `jsonb_agg(q)`: an array of such objects (`aggregated`)."""
+
+    # (key, the (relation, column) pairs its value comes from, computed from them)
+    fields: tuple[tuple[str, frozenset[tuple[str, str]], bool], ...] = ()
+    keys_of: str | None = None
+    aggregated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class OutputColumn:
     """One column of a statement's result (SELECT list, RETURNING, COPY ... TO), for masking."""
 
@@ -68,6 +83,8 @@ class OutputColumn:
     # Its values are computed from its sources (an expression, a function's result), not
     # one of them as it is: masking then keeps no part of them (custos/policy/masks.py).
     computed: bool = False
+    # A JSON object (or array of objects) whose keys are known: see JsonShape.
+    json: JsonShape | None = None
 
 
 @dataclass(frozen=True, slots=True)

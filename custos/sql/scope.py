@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from custos.sql import budget
-from custos.sql.facts import ALL_COLUMNS
+from custos.sql.facts import ALL_COLUMNS, JsonShape
 from custos.sql.risks import ROW_FUNCTIONS
 
 UNCERTAIN = "?column?"
@@ -42,6 +42,8 @@ class Col(NamedTuple):
     # Its name is the walk's reading of PostgreSQL's naming rules, not an alias: an outer
     # reference by another name may mean it too.
     guessed: bool = False
+    # A JSON object built with known keys (only where the SELECT list builds it).
+    json: JsonShape | None = None
 
 
 def _as_named(column: Col, name: str) -> set[Source]:

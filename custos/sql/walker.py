@@ -18,7 +18,7 @@ from typing import Any
 
 from custos.sql import budget, literals
 from custos.sql.collector import Collector, SearchPathCall
-from custos.sql.facts import ALL_COLUMNS, ParameterRef, PatternMatch, StatementKind
+from custos.sql.facts import ALL_COLUMNS, JsonShape, ParameterRef, PatternMatch, StatementKind
 from custos.sql.names import function_name, split_identifier_list, strings
 from custos.sql.risks import (
     BUILTIN_OPERATORS,
@@ -67,6 +67,55 @@ def only(node: Node) -> tuple[str, Any]:
 
 def _alias_names(alias: Node | None) -> list[str]:
     return strings(alias.get("colnames") or ()) if alias else []
+
+
+# JSON builders whose keys the analysis can know: the number of arguments each takes.
+_JSON_OBJECT_BUILDERS = frozenset({"json_build_object", "jsonb_build_object"})
+_JSON_AGGREGATES = frozenset({"json_agg", "jsonb_agg"})
+_JSON_ROW_FUNCTIONS = {"row_to_json": 1, "to_json": 1, "to_jsonb": 1, "json_agg": 1, "jsonb_agg": 1}
+
+
+def _row_shape(arg: Node, scope: Scope, aggregated: bool) -> JsonShape | None:
+    """The keys of a whole row turned into JSON: a FROM item's name (`q`, or `q.*`) that no
+    column of the query takes (a column so named would be the value instead)."""
+    ref = arg.get("ColumnRef")
+    if ref is None:
+        return None
+    names = ref["fields"]
+    starred = len(names) == 2 and "A_Star" in names[1]
+    if not starred and len(names) != 1:
+        return None
+    name = names[0].get("String", {}).get("sval")
+    rte = scope.find_rte(name) if name else None
+    if rte is None or name is None:
+        return None
+    if not starred and _may_be_a_column(name, scope, rte):
+        return None
+    if rte.plain_relation is not None:
+        return JsonShape(keys_of=rte.plain_relation, aggregated=aggregated)
+    names_seen = [column.name for column in rte.columns]
+    if any(
+        column.name is None or column.name == UNCERTAIN or column.guessed for column in rte.columns
+    ) or len(set(names_seen)) != len(names_seen):
+        return None
+    fields = tuple((str(column.name), column.sources, column.opaque) for column in rte.columns)
+    return JsonShape(fields, aggregated=aggregated)
+
+
+def _may_be_a_column(name: str, scope: Scope, item: Rte) -> bool:
+    """Whether a bare name may be a column rather than the FROM item of that name: some
+    item of the query may have such a column (a base relation may have any). The item's
+    own base relation may too; the masking then finds a value that is not the row's
+    object, and masks it whole (custos/masking/json_shapes.py)."""
+    level: Scope | None = scope
+    while level is not None:
+        for rte in level.rtes:
+            if rte is item and rte.plain_relation is not None:
+                continue
+            if rte.lookup(name) is not None:
+                return True
+        level = level.parent
+    return False
 
 
 def _union(left: list[Col], right: list[Col]) -> list[Col]:
@@ -300,15 +349,56 @@ class Walker:
                     # `(x).*` stands for as many columns as x has fields: unknown here.
                     columns.append(Col(None, frozenset(sources), opaque=True))
                     continue
+                shape = self.json_shape(value, scope) if computed else None
                 if not target.get("name"):
                     # Named by PostgreSQL's rules (FigureColname), which the walk mirrors
                     # only in part: an outer reference by another name may mean it too.
-                    guessed = Col(output_name(value), frozenset(sources), computed, guessed=True)
-                    columns.append(guessed)
+                    name = output_name(value)
+                    columns.append(
+                        Col(name, frozenset(sources), computed, guessed=True, json=shape)
+                    )
                     continue
-                name = target["name"]
+                columns.append(Col(target["name"], frozenset(sources), True, json=shape))
+                continue
             columns.append(Col(name, frozenset(sources), opaque=computed))
         return columns
+
+    def json_shape(self, value: Node, scope: Scope) -> JsonShape | None:
+        """The keys of a JSON object a SELECT-list call builds, with their lineage; None
+        where they are not known (the whole value is then masked)."""
+        call = value.get("FuncCall")
+        if call is None or call.get("over") or call.get("agg_star"):
+            return None
+        parts = strings(call["funcname"])
+        if parts[:-1] not in ([], ["pg_catalog"]):
+            return None
+        name = parts[-1]
+        args: Sequence[Node] = call.get("args") or ()
+        if call.get("func_variadic") or any("NamedArgExpr" in arg for arg in args):
+            return None  # the arguments are not the ones written
+        if name in _JSON_OBJECT_BUILDERS:
+            return self.built_object(args, scope)
+        if name in _JSON_ROW_FUNCTIONS and len(args) == _JSON_ROW_FUNCTIONS[name]:
+            return _row_shape(args[0], scope, aggregated=name in _JSON_AGGREGATES)
+        return None
+
+    def built_object(self, args: Sequence[Node], scope: Scope) -> JsonShape | None:
+        """`json_build_object('k', v, ...)`: literal, distinct keys, each value's lineage."""
+        if len(args) % 2:
+            return None
+        fields: list[tuple[str, frozenset[Source], bool]] = []
+        for key_node, value in zip(args[::2], args[1::2], strict=True):
+            key = literals.string(key_node)
+            if key is None or any(key == known for known, _, _ in fields):
+                return None  # a computed key, or a key twice (json keeps both)
+            ref = value.get("ColumnRef")
+            sources = frozenset(self.sunk(value, scope))
+            if ref is None or "A_Star" in ref["fields"][-1]:
+                computed = True
+            else:
+                computed = _computed_column(scope, ref["fields"])
+            fields.append((key, sources, bool(sources) and computed))
+        return JsonShape(tuple(fields))
 
     def star(self, fields: Sequence[Node], scope: Scope) -> list[Col]:
         """The columns `*` or `q.*` stands for in a SELECT list or RETURNING."""
