@@ -165,5 +165,5 @@ def test_the_strongest_method_wins_and_unknown_width_masks_on() -> None:
     # A computed value keeps no part either.
     computed = [OutputColumn("e", frozenset({("crm.customers", "email")}), computed=True)]
     assert column_masks(computed, ENGINE.catalog, [partial]) == (
-        ColumnMask(0, "e", "email", MaskMethod.REDACT, "p"),
+        ColumnMask(0, "e", "email", MaskMethod.REDACT, "p", computed=True),
     )

@@ -27,8 +27,9 @@ from pglast import ast
 from custos.protocol.errors import ProtocolViolation
 
 CopyKind = Literal["text", "csv", "binary"]
-MaskField = Callable[[int, bytes], bytes | None]
-"""(column position from 0, the field's value) -> the masked value, or None for NULL."""
+MaskField = Callable[[int, bytes | None], bytes | None]
+"""(column position from 0, the field's value) -> the masked value, or None for NULL. The
+value is None (NULL) only for the positions whose NULLs are masked too."""
 
 _KINDS: Final[dict[str, CopyKind]] = {"text": "text", "csv": "csv", "binary": "binary"}
 MAX_ROW_BYTES: Final = 64 << 20  # as the session's limit on one server message held whole
@@ -204,9 +205,10 @@ def _encoding_key(name: str) -> str:
 class CopyOutMasker:
     """Masks one COPY TO's data stream; see the module's docstring.
 
-    `masked_positions` None masks every column. `columns`, the CopyOutResponse's column
-    count, checks every row against it (else rows are checked against the first) and tells a
-    zero-column COPY's empty lines from one empty field.
+    `masked_positions` None masks every column. `nulls_masked`: the positions whose NULLs
+    go to `mask_field` too (a computed value's NULL can tell something). `columns`, the
+    CopyOutResponse's column count, checks every row against it (else rows are checked
+    against the first) and tells a zero-column COPY's empty lines from one empty field.
     """
 
     def __init__(
@@ -215,10 +217,11 @@ class CopyOutMasker:
         mask_field: MaskField,
         masked_positions: frozenset[int] | None,
         *,
+        nulls_masked: frozenset[int] = frozenset(),
         columns: int | None = None,
         max_row_bytes: int = MAX_ROW_BYTES,
     ) -> None:
-        rows = _Rows(mask_field, masked_positions, columns)
+        rows = _Rows(mask_field, masked_positions, columns, nulls_masked)
         self._parser: _TextParser | _CsvParser | _BinaryParser
         if copy_format.kind == "binary":
             self._parser = _BinaryParser(rows)
@@ -247,15 +250,23 @@ class _Rows:
     """What the three parsers share: the field count each row must have, and masking."""
 
     def __init__(
-        self, mask_field: MaskField, masked_positions: frozenset[int] | None, columns: int | None
+        self,
+        mask_field: MaskField,
+        masked_positions: frozenset[int] | None,
+        columns: int | None,
+        nulls_masked: frozenset[int],
     ) -> None:
         self.mask_field = mask_field
         self.masked_positions = masked_positions
         self.columns = columns
+        self.nulls_masked = nulls_masked
         self.count = 0
 
     def masks(self, position: int) -> bool:
         return self.masked_positions is None or position in self.masked_positions
+
+    def masks_null(self, position: int) -> bool:
+        return position in self.nulls_masked
 
     def check_count(self, fields: int) -> None:
         self.count += 1
@@ -312,8 +323,13 @@ class _LineParser:
         parts: list[bytes] = []
         for position, (start, end) in enumerate(spans):
             raw = row[start:end]
-            if self._rows.masks(position) and not self._is_null(raw):
-                masked = self._rows.mask_field(position, self._value(raw))
+            if self._rows.masks(position):
+                if not self._is_null(raw):
+                    masked = self._rows.mask_field(position, self._value(raw))
+                elif self._rows.masks_null(position):
+                    masked = self._rows.mask_field(position, None)
+                else:
+                    masked = None
                 raw = self._null if masked is None else self._written(masked, raw)
             parts.append(raw)
         return self._delimiter.join(parts) + b"\n"
@@ -625,8 +641,9 @@ class _BinaryParser:
         parts = [tuple_bytes[:2]]
         for position, (start, end) in enumerate(self._fields):
             field = tuple_bytes[start:end]
-            if self._rows.masks(position) and field[:4] != _NULL_LENGTH:
-                masked = self._rows.mask_field(position, field[4:])
+            null = field[:4] == _NULL_LENGTH
+            if self._rows.masks(position) and (not null or self._rows.masks_null(position)):
+                masked = self._rows.mask_field(position, None if null else field[4:])
                 field = _NULL_LENGTH if masked is None else _INT32.pack(len(masked)) + masked
             parts.append(field)
         return b"".join(parts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from custos.masking.values import REDACTED
 from custos.policy.masks import JsonMask, KeyMask
 
 MaskString = Callable[[str, KeyMask], "str | None"]
@@ -67,7 +68,11 @@ def masked_document(text: str, shape: JsonMask, mask_string: MaskString) -> str 
 
 def _masked_leaf(value: object, mask: KeyMask, mask_string: MaskString) -> object:
     """A personal key's value masked: a string by the key's method; any other value
-    (a number, an object, an array) has no masked form that keeps it, so it becomes null."""
+    (a number, an object, an array) has no masked form that keeps it, so it becomes null.
+    A value the statement computed becomes one placeholder, null or not: its form could
+    say something of what it was computed from."""
+    if mask.computed:
+        return REDACTED
     if isinstance(value, str) and not isinstance(value, _Number):
         return mask_string(value, mask)
     return None

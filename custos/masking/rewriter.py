@@ -22,12 +22,18 @@ from custos.masking.detect import mask_found
 from custos.masking.json_shapes import masked_document
 from custos.masking.typed import (
     BPCHAR,
+    BYTEA,
+    INT2,
+    INT4,
+    INT8,
     JSON,
     JSONB,
     NAME,
+    NUMERIC,
     TEXT,
     UNKNOWN,
     VARCHAR,
+    XML,
     masked_value,
 )
 from custos.masking.values import REDACTED, Masker, partial
@@ -104,7 +110,12 @@ class MaskingRewriter(ResultRewriter):
             return
         plan = self._plan
         masked = frozenset(position for position, entry in enumerate(plan) if entry is not None)
-        self._copy = CopyOutMasker(copy_format, self._copy_field, masked, columns=count)
+        nulls = frozenset(
+            position for position in masked if (entry := plan[position]) and entry.fills_null
+        )
+        self._copy = CopyOutMasker(
+            copy_format, self._copy_field, masked, nulls_masked=nulls, columns=count
+        )
 
     def _planned(self, columns: Sequence[Column], by_names: bool) -> None:
         """Plans the masking of the result's columns: by the decision's masks, unless the
@@ -122,7 +133,7 @@ class MaskingRewriter(ResultRewriter):
             strongest = max(masks, key=lambda mask: STRENGTH[mask.method])
             by_position = {}
             method = whole_value_method(strongest.method)
-            beyond = ColumnMask(0, None, MIXED, method, strongest.rule)
+            beyond = ColumnMask(0, None, MIXED, method, strongest.rule, computed=True)
         plan: list[_ColumnPlan | None] = []
         for position, column in enumerate(columns):
             mask = by_position.get(position)
@@ -154,7 +165,13 @@ class MaskingRewriter(ResultRewriter):
             length = (head << 24) | (body[offset + 1] << 16) | (body[offset + 2] << 8)
             length |= body[offset + 3]
             start = offset + 4
-            if head & 0x80:  # -1: NULL, which stays NULL
+            if head & 0x80:  # -1: NULL
+                column = plan[position] if position < described else None
+                if column is not None and column.fills_null:
+                    # A computed value's NULL can tell something: one placeholder for all.
+                    parts.append(body[kept_from:offset])
+                    parts.append(self._masked(b"", column))
+                    kept_from = start
                 offset = start
                 continue
             end = start + length
@@ -187,8 +204,8 @@ class MaskingRewriter(ResultRewriter):
         copy, self._copy = self._copy, None
         return None if copy is None else copy.finish()
 
-    def _copy_field(self, position: int, value: bytes) -> bytes | None:
-        """A COPY value masked: its text form's, or NULL for a binary one."""
+    def _copy_field(self, position: int, value: bytes | None) -> bytes | None:
+        """A COPY value masked (None: NULL): its text form's, or NULL for a binary one."""
         column = self._plan[position]
         if column is None:
             return value
@@ -196,7 +213,7 @@ class MaskingRewriter(ResultRewriter):
             column.values += 1
             column.nulled += 1
             return None
-        masked = self._masked(value, column)
+        masked = self._masked(b"" if value is None else value, column)
         return None if masked is _NULL else masked[4:]
 
     def fields(self, message_type: int, fields: dict[str, str]) -> dict[str, str] | None:
@@ -298,6 +315,7 @@ class _ColumnPlan:
         "category",
         "constant",
         "detects",
+        "fills_null",
         "how",
         "json",
         "method",
@@ -322,8 +340,14 @@ class _ColumnPlan:
         # Free text is searched for the values it quotes, which are masked in place.
         self.detects = mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL
         self.constant = _NULL
+        # A computed value's form, even its being NULL, can carry what it was computed
+        # from (an array's bounds, a number's scale): one placeholder of the type for all.
+        self.fills_null = mask.computed and mask.method is not MaskMethod.NULL
         if mask.method is MaskMethod.NULL:
             self.how = _CONSTANT
+        elif mask.computed and self.json is None:
+            self.how = _CONSTANT
+            self.constant = _with_length(placeholder(self.type_oid, self.binary))
         elif self.type_oid not in _TEXT_TYPES:
             self.how = _BY_TYPE
         elif mask.method is MaskMethod.REDACT and not self.detects:
@@ -338,6 +362,28 @@ class _ColumnPlan:
         return MaskedColumn(
             index, self.position, self.name, self.category, method, self.values, self.nulled
         )
+
+
+def placeholder(type_oid: int, binary: bool) -> bytes | None:
+    """The one value a computed masked column's values all become: `[redacted]` in a text
+    type (a JSON string in json), 0 in a number; None (NULL) in any other type, whose
+    values all become NULL."""
+    if type_oid in _TEXT_TYPES or type_oid == XML:
+        return REDACTED.encode()
+    if type_oid in (JSON, JSONB):
+        document = b'"' + REDACTED.encode() + b'"'
+        return b"\x01" + document if binary and type_oid == JSONB else document
+    if type_oid == BYTEA:
+        return REDACTED.encode() if binary else b"\\x" + REDACTED.encode().hex().encode()
+    width = _INTEGER_WIDTHS.get(type_oid)
+    if width is not None:
+        return bytes(width) if binary else b"0"
+    if type_oid == NUMERIC:
+        return bytes(8) if binary else b"0"  # binary: no digits, weight 0, sign +, scale 0
+    return None
+
+
+_INTEGER_WIDTHS = {INT2: 2, INT4: 4, INT8: 8}
 
 
 def _with_length(encoded: bytes | None) -> bytes:

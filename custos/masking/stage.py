@@ -41,6 +41,15 @@ NO_KEY_REFUSAL = Refusal(
 )
 
 
+ENCODING_REFUSAL = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "this statement reads personal data your role sees masked, and the gateway masks"
+    " results only in the UTF8 client encoding (this session's is {encoding})",
+    "SET client_encoding TO 'UTF8', then run it again",
+)
+# Encodings whose text is UTF-8: SQL_ASCII passes the database's UTF-8 bytes as they are.
+_MASKABLE_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
+
 STORING_REFUSAL = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
     "this statement reads personal data your role sees masked and also writes or keeps"
@@ -107,6 +116,14 @@ class MaskingStage(Stage):
         decision = statement.decision
         if decision is None or decision.effect is not Effect.MASK:
             return FORWARD
+        encoding = statement.client_encoding.upper()
+        if encoding not in _MASKABLE_ENCODINGS:
+            # Another encoding's characters can hold the bytes of a quote, a backslash or a
+            # delimiter: array, record, JSON and COPY text would be misread.
+            refusal = ENCODING_REFUSAL
+            return Refuse(
+                Refusal(refusal.sqlstate, refusal.message.format(encoding=encoding), refusal.hint)
+            )
         copy_formats: list[CopyFormat | None] = []
         for analysis, _ in statement.candidates:
             for index, facts in enumerate(analysis.statements):

@@ -122,7 +122,7 @@ def masked_value(
         if binary or (type_oid < _FIRST_USER_OID and type_oid != RECORD):
             return rule.masked(value, type_oid, binary)
         return _text_record(value, rule)
-    except (ValueError, struct.error, UnicodeDecodeError):
+    except (ValueError, struct.error, UnicodeDecodeError, RecursionError):
         return None  # not a value of the type as expected: nothing of it is passed on
 
 

@@ -108,6 +108,7 @@ class KeyMaskPayload(_Wire):
     key: str
     category: str
     method: MaskMethod
+    computed: bool = False
 
 
 class JsonMaskPayload(_Wire):
@@ -118,7 +119,7 @@ class JsonMaskPayload(_Wire):
 
     def to_mask(self) -> JsonMask:
         return JsonMask(
-            tuple(KeyMask(key.key, key.category, key.method) for key in self.masked),
+            tuple(KeyMask(key.key, key.category, key.method, key.computed) for key in self.masked),
             tuple(self.keys),
             self.exact,
             self.aggregated,
@@ -132,10 +133,19 @@ class ColumnMaskPayload(_Wire):
     method: MaskMethod
     rule: str
     json_mask: JsonMaskPayload | None = Field(default=None, alias="json")
+    computed: bool = False
 
     def to_mask(self) -> ColumnMask:
         shape = None if self.json_mask is None else self.json_mask.to_mask()
-        return ColumnMask(self.position, self.name, self.category, self.method, self.rule, shape)
+        return ColumnMask(
+            self.position,
+            self.name,
+            self.category,
+            self.method,
+            self.rule,
+            shape,
+            self.computed,
+        )
 
 
 class FactsPayload(_Wire):

@@ -42,14 +42,22 @@ MIXED = "mixed"
 
 @dataclass(frozen=True, slots=True)
 class KeyMask:
-    """One key of a JSON object to mask: what its value holds, how."""
+    """One key of a JSON object to mask: what its value holds, how. `computed`: the
+    statement computed the value, so its form, even whether it is null, may say something
+    of the columns it comes from: every value becomes one placeholder."""
 
     key: str
     category: str
     method: MaskMethod
+    computed: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return {"key": self.key, "category": self.category, "method": self.method.value}
+        return {
+            "key": self.key,
+            "category": self.category,
+            "method": self.method.value,
+            "computed": self.computed,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,11 @@ class JsonMask:
 class ColumnMask:
     """One result column to mask: by position (from 0), its name, what it holds, how.
     With `json`, a JSON value whose personal keys alone are masked, by their own methods
-    (`method` then masks the whole value where it is not the object traced)."""
+    (`method` then masks the whole value where it is not the object traced). `computed`:
+    the statement computes its values (or which column holds what is not known), so their
+    form, even whether they are NULL, may carry something of the columns they come from
+    (an array's bounds, a number's scale, NULL for some rows): every value, NULL too,
+    becomes one placeholder of the column's type, whatever the method."""
 
     position: int
     name: str | None  # None: every column from `position` on (a `*` of unknown width)
@@ -85,6 +97,7 @@ class ColumnMask:
     method: MaskMethod
     rule: str
     json: JsonMask | None = None
+    computed: bool = False
 
     def as_dict(self) -> dict[str, object]:
         shown: dict[str, object] = {
@@ -96,6 +109,8 @@ class ColumnMask:
         }
         if self.json is not None:
             shown["json"] = self.json.as_dict()
+        if self.computed:
+            shown["computed"] = True
         return shown
 
 
@@ -130,7 +145,8 @@ def column_masks(
     rules = tuple(rules)
     if reads_statistics and rules:
         strongest = max(rules, key=lambda rule: STRENGTH[rule.method])
-        return (ColumnMask(0, None, MIXED, whole_value_method(strongest.method), strongest.rule),)
+        method = whole_value_method(strongest.method)
+        return (ColumnMask(0, None, MIXED, method, strongest.rule, computed=True),)
     untraced: dict[str, frozenset[str]] = {}
     for relation, column in (*function_reads, *tested):
         untraced[relation] = untraced.get(relation, frozenset()) | {column}
@@ -138,7 +154,8 @@ def column_masks(
     applying = [rule for rule in rules if not rule.categories.isdisjoint(held_by_functions)]
     if applying:
         strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
-        return (ColumnMask(0, None, MIXED, whole_value_method(strongest.method), strongest.rule),)
+        method = whole_value_method(strongest.method)
+        return (ColumnMask(0, None, MIXED, method, strongest.rule, computed=True),)
     masks: list[ColumnMask] = []
     unknown_from: int | None = None  # where a column of unknown width puts the rest
     for position, output in enumerate(outputs):
@@ -149,7 +166,9 @@ def column_masks(
             continue
         category, method, rule = found
         shape = None if output.json is None else _json_mask(output.json, catalog, rules)
-        masks.append(ColumnMask(position, output.name, category, method, rule, shape))
+        masks.append(
+            ColumnMask(position, output.name, category, method, rule, shape, output.computed)
+        )
     if unknown_from is None:
         return tuple(masks)
     # After a column of unknown width no position is known: every column from it on is
@@ -162,7 +181,8 @@ def column_masks(
     categories = {mask.category for mask in rest}
     category = categories.pop() if len(categories) == 1 else MIXED
     method = whole_value_method(strongest_rest.method)
-    fallback = ColumnMask(unknown_from, None, category, method, strongest_rest.rule)
+    computed = any(mask.computed for mask in rest)
+    fallback = ColumnMask(unknown_from, None, category, method, strongest_rest.rule, None, computed)
     return (*placed, fallback)
 
 
@@ -216,7 +236,7 @@ def _json_mask(
     for key, lineage, computed in fields:
         found = _mask_of(lineage, computed, catalog, rules)
         if found is not None:
-            masked.append(KeyMask(key, found[0], found[1]))
+            masked.append(KeyMask(key, found[0], found[1], computed))
     keys = tuple(key for key, _, _ in fields)
     return JsonMask(tuple(masked), keys, exact, shape.aggregated)
 

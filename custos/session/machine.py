@@ -946,6 +946,7 @@ class SessionMachine:
             statement.refusal = self._too_many_prepared()
         if statement.refusal is None:
             self._view.predict(statement)
+            statement.client_encoding = self._view.lexical.client_encoding
             waiting = self._run_stages(statement, -1, FORWARD)
             if waiting is not None:
                 item = _Item(None, [], statement, chunk[start:end], via)

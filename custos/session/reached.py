@@ -168,17 +168,17 @@ class FunctionReach:
         if remembered is not None:
             known, reached, generation, until = remembered
             if known is base and generation == catalog.generation and catalog.now() < until:
-                return analysis if reached is base else reached
+                return _own(analysis, reached, base)
         assembled = self._assembled(base, path)
         if assembled is None:
             return None
         reached, until = assembled
         if analysis_bytes(base) > HEAVY_BYTES:
-            return analysis if reached is base else reached  # not kept (facts.HEAVY_BYTES)
+            return _own(analysis, reached, base)  # not kept (facts.HEAVY_BYTES)
         self._memo[id(base)] = (base, reached, catalog.generation, until)
         if len(self._memo) > self._memo_entries:
             self._memo.popitem(last=False)
-        return analysis if reached is base else reached
+        return _own(analysis, reached, base)
 
     def _assembled(
         self,
@@ -312,3 +312,14 @@ class FunctionReach:
 
         found = bodies_reached(names, bodies_of)
         return None if found is None else (found, until)
+
+
+def _own(analysis: Analysis, reached: Analysis, base: Analysis) -> Analysis:
+    """What a text reaches, with the text's own statement texts. The first text of its
+    shape was read, and a later stage that reads the text itself (a COPY's options, which
+    a shape leaves out) must read this one."""
+    if reached is base:
+        return analysis
+    if analysis is base:
+        return reached
+    return replace(reached, texts=analysis.texts)

@@ -122,6 +122,7 @@ class Statement:
     __slots__ = (
         "answered_bytes",
         "candidates",
+        "client_encoding",
         "columns",
         "decision",
         "effects",
@@ -172,6 +173,8 @@ class Statement:
         self.rows = 0
         self.answered_bytes = 0
         self.tags: list[str] | None = None  # CommandComplete tags, once there is one
+        # The session's client_encoding when it was planned: the text its answers come in.
+        self.client_encoding = "UTF8"
         # What each of its statements does to the session once the database completes it
         # (see machine.py), by position in the query string; None when nothing.
         self.effects: list[tuple[Effect, ...]] | None = None

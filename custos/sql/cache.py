@@ -193,6 +193,8 @@ class AnalysisCache:
     ) -> None:
         if analysis.error is not None or len(analysis.statements) != 1:
             return
+        if analysis.statements[0].copy_destination is not None:
+            return  # a COPY's options are literals too, and masking reads them from its text
         index_of = {start: index for index, start in enumerate(shape.starts)}
         if any(location not in index_of for location in locations):
             return  # a value read from something the scanner does not call a literal
