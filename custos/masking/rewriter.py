@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
-from custos.masking.detect import mask_found
+from custos.masking.detect import CompiledPatterns, mask_found
 from custos.masking.typed import BPCHAR, NAME, TEXT, UNKNOWN, VARCHAR, masked_value
 from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
@@ -53,10 +53,12 @@ class MaskingRewriter(ResultRewriter):
         expected: Sequence[tuple[str | None, ...]],
         masker: Masker,
         copy_formats: Sequence[CopyFormat | None] = (),
+        patterns: CompiledPatterns = (),
     ) -> None:
         self._masks = masks
         self._expected = expected
         self._masker = masker
+        self._patterns = patterns  # the policy's, free text is searched for too
         self._copy_formats = copy_formats  # of the statements that COPY TO STDOUT, by index
         self._copy: CopyOutMasker | None = None  # of the COPY under way
         # For the result under way: how to mask each column, by position (None: kept).
@@ -240,7 +242,7 @@ class MaskingRewriter(ResultRewriter):
     def _masked_text(self, text: str, column: _ColumnPlan) -> str | None:
         method = column.method
         if column.detects:
-            return mask_found(text, QUOTED, method, self._masker)[0]
+            return mask_found(text, QUOTED, method, self._masker, self._patterns)[0]
         if method is MaskMethod.PARTIAL:
             return partial(text, column.category)
         if method is MaskMethod.PSEUDONYM or method is MaskMethod.HASH:

@@ -23,7 +23,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from custos.policy.engine import (
     ApprovalRequirement,
@@ -35,6 +42,7 @@ from custos.policy.engine import (
 )
 from custos.policy.masks import ColumnMask
 from custos.policy.models import Effect, MaskMethod, PolicyDocument
+from custos.policy.patterns import PolicyPattern, checked_pattern
 from custos.sql.facts import Analysis
 
 __all__ = [
@@ -112,6 +120,18 @@ class ColumnMaskPayload(_Wire):
     rule: str
 
 
+class PatternPayload(_Wire):
+    category: str
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _checked(cls, value: str) -> str:
+        # The proxy runs it over result text: held to the rules a policy's are held to.
+        checked_pattern(value)
+        return value
+
+
 class FactsPayload(_Wire):
     statements: int = Field(ge=0)
     kinds: list[str]
@@ -137,6 +157,7 @@ class DecisionPayload(_Wire):
     facts: FactsPayload
     column_masks: list[list[ColumnMaskPayload]] = Field(default_factory=list)
     result_columns: list[list[str | None]] = Field(default_factory=list)
+    patterns: list[PatternPayload] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _complete(self) -> DecisionPayload:
@@ -185,6 +206,9 @@ class DecisionPayload(_Wire):
                 for statement in self.column_masks
             ),
             result_columns=tuple(tuple(names) for names in self.result_columns),
+            patterns=tuple(
+                PolicyPattern(pattern.category, pattern.pattern) for pattern in self.patterns
+            ),
         )
 
 
