@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import re
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
+import yaml
+from gateway_fixtures import GatewayProcess, gateway_login, psycopg_session, start_gateway
+from pydantic import ValidationError
 
-from custos.masking.detect import luhn_valid, mask_found
-from custos.masking.values import Masker
-from custos.policy.models import MaskMethod
+from custos.demo.embedded import DEMO_POLICY, GATEWAY_LOGIN
+from custos.demo.postgres import PostgresServer
+from custos.masking.detect import compiled_patterns, luhn_valid, mask_found
+from custos.masking.values import REDACTED, Masker
+from custos.policy.engine import DecisionRequest, PolicyEngine
+from custos.policy.lambda_point import DecisionPayload
+from custos.policy.models import MaskMethod, PolicyDocument
+from custos.policy.patterns import MAX_PATTERN_CHARS, PolicyPattern, checked_pattern
+from custos.policy.version import policy_version
+from custos.sql.analysis import analyze
 
 MASKER = Masker(b"k" * 32)
 CONTACT = frozenset({"email", "phone", "iban"})
@@ -77,3 +95,185 @@ def test_false_positives_on_text_without_personal_data() -> None:
     ]
     changed = sum(masked(text) != text for text in texts)
     assert changed / len(texts) < 0.01, f"{changed} of {len(texts)} texts changed"
+
+
+# --- IPv6 and MAC addresses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+        "2001:db8::8a2e:370:7334",
+        "2001:DB8::1",
+        "fe80::1ff:fe23:4567:890a%eth0",
+        "::ffff:192.0.2.128",
+        "64:ff9b::198.51.100.7",
+        "2a00:1450:4009:81f::200e",
+    ],
+)
+def test_ipv6_addresses_are_found_in_their_forms(address: str) -> None:
+    for text in (
+        f"client {address} timed out",
+        f"GET http://[{address}]:8080/ failed",
+        f"route {address}/64.",
+        f"({address})",
+    ):
+        result = mask_found(text, CONTACT, MaskMethod.PARTIAL, MASKER)
+        assert result == (text.replace(address, REDACTED), 1)
+
+
+@pytest.mark.parametrize(
+    "address", ["00:1a:2b:3c:4d:5e", "00-1A-2B-3C-4D-5E", "001a.2b3c.4d5e", "a4:83:e7:0c:11:9f"]
+)
+def test_mac_addresses_are_found_as_device_identifiers(address: str) -> None:
+    text = f"device {address} joined the network"
+    found = mask_found(text, CONTACT, MaskMethod.PSEUDONYM, MASKER)
+    assert found[1] == 1 and address not in found[0]
+    assert found[0] == text.replace(address, MASKER.pseudonym(address, "mac"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meeting at 12:30:45 in room 4",
+        "logged 2026-03-01T12:30:45.123Z and 23:59:59",
+        "std::vector<std::string> names; boost::asio::ip::tcp",
+        "Abc::Def::Ghi and Face::Bead",
+        "xs[1::2], ys[::3], zs[10::20]",
+        "loopback ::1 and unspecified :: and 0:0:0:0:0:0:0:1",
+        "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "md5 d41d8cd98f00b204e9800998ecf8427e, git 4c8cd83",
+        "id 123e4567-e89b-12d3-a456-426614174000",
+        "nobody's MACs 00:00:00:00:00:00 and ff:ff:ff:ff:ff:ff",
+        "ratio 1:2:3, score 3:1, dates 2026-03-01",
+        "oid 1.3.6.1.4.1.311 and release 10.2.0.1.5",
+        "IPv6 address 2001:db8::g1 is malformed, as is 1:2:3:4:5:6:7:8:9",
+    ],
+)
+def test_what_only_looks_like_an_address_is_left(text: str) -> None:
+    assert mask_found(text, CONTACT, MaskMethod.REDACT, MASKER) == (text, 0)
+
+
+def test_an_ipv6_address_is_masked_whole_not_as_its_ipv4_end() -> None:
+    text = "from ::ffff:10.1.2.3 via 10.1.2.4"
+    assert mask_found(text, CONTACT, MaskMethod.REDACT, MASKER) == (
+        f"from {REDACTED} via {REDACTED}",
+        2,
+    )
+
+
+# --- the policy's own patterns ------------------------------------------------------------
+
+EMPLOYEE = PolicyPattern("custom:employee_id", r"\bEMP-[0-9]{6}\b")
+
+
+def test_policy_patterns_are_found_first_and_masked_by_the_method() -> None:
+    patterns = compiled_patterns([EMPLOYEE])
+    text = "escalated by EMP-004211 (EMP-12345 is no id) to aisha@example.com"
+    masked_text, count = mask_found(text, CONTACT, MaskMethod.PARTIAL, MASKER, patterns)
+    assert masked_text == "escalated by E*** (EMP-12345 is no id) to ***@example.com"
+    assert count == 2
+    # A pattern that also covers an email masks it as its own category: it comes first.
+    login = compiled_patterns([PolicyPattern("custom:login", r"[a-z]+@example\.com")])
+    assert mask_found("by aisha@example.com", CONTACT, MaskMethod.PSEUDONYM, MASKER, login)[
+        0
+    ] == "by " + MASKER.pseudonym("aisha@example.com", "custom:login")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"EMP-[0-9]{6}", r"\b[A-Z]{2}[0-9]{6}[A-D]\b", r"(?i)ticket-(?:-[0-9]{2}){3}", r"(?<=id )\d+"],
+)
+def test_plain_patterns_are_accepted(pattern: str) -> None:
+    assert checked_pattern(pattern).pattern == pattern
+
+
+@pytest.mark.parametrize(
+    ("pattern", "says"),
+    [
+        ("", "empty"),
+        ("x" * (MAX_PATTERN_CHARS + 1), "characters long"),
+        ("EMP-[0-9", "not a regular expression"),
+        ("(EMP-)?[0-9]*", "empty string"),
+        (r"\b", "empty string"),
+        ("a|", "empty string"),
+        ("(a+)+$", "a repeat within a repeat"),
+        (r"(?:\d{1,3}\.)+", "a repeat within a repeat"),
+        (r"(\d|\d\d)+$", "within a repeat"),
+        (r"(x|yz)+$", "alternatives"),
+        (r"x(?=(?:ab*)*)", "a repeat within a repeat"),
+    ],
+)
+def test_risky_patterns_are_refused_at_policy_load(pattern: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        checked_pattern(pattern)
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        PolicyDocument.model_validate({"detect": {"custom:x": {"pattern": pattern}}})
+
+
+def test_detect_keys_are_categories_other_than_free_text() -> None:
+    for key, says in (("employee_id", "custom:<name>"), ("free_text", "not what it finds")):
+        with pytest.raises(ValidationError, match=re.escape(says)):
+            PolicyDocument.model_validate({"detect": {key: {"pattern": "EMP-[0-9]{6}"}}})
+    document = PolicyDocument.model_validate({"detect": {"national_id": {"pattern": "AB[0-9]{6}"}}})
+    assert document.detect["national_id"].pattern == "AB[0-9]{6}"
+    # A policy without patterns keeps the version it had before patterns existed.
+    before = json.dumps({"catalog": {}, "roles": [], "rules": [], "targets": []})
+    assert policy_version(PolicyDocument()) == hashlib.sha256(
+        before.replace(" ", "").encode()
+    ).hexdigest()
+
+
+NOTES_POLICY = """
+roles:
+  - {name: agent, trust: [{issuer: dev, subjects: ["agent-*"]}]}
+  - {name: analyst, trust: [{issuer: dev, groups: [analysts]}]}
+catalog:
+  detect_test.notes:
+    subject: customer_id
+    columns: {body: free_text}
+detect:
+  custom:employee_id: {pattern: '\\bEMP-[0-9]{6}\\b'}
+  custom:badge: {pattern: '\\bBDG[0-9]{4}\\b'}
+rules:
+  - id: agents-mask-staff-and-contacts
+    match: {roles: [agent], reads: [custom:employee_id, email]}
+    effect: mask
+    mask: {categories: [custom:employee_id, email], method: partial}
+  - id: analysts-mask-contacts
+    match: {roles: [analyst], reads: [email]}
+    effect: mask
+    mask: {categories: [email], method: redact}
+  - id: read-notes
+    match: {roles: [agent, analyst], kinds: [select], relations: [detect_test.notes]}
+    effect: allow
+"""
+
+
+def test_decisions_carry_the_patterns_of_the_categories_they_mask() -> None:
+    engine = PolicyEngine(PolicyDocument.model_validate(yaml.safe_load(NOTES_POLICY)))
+    analysis = analyze("SELECT id, body FROM detect_test.notes")
+    agent = engine.decide(DecisionRequest("agent", analysis))
+    analyst = engine.decide(DecisionRequest("analyst", analysis))
+    assert agent.patterns == (PolicyPattern("custom:employee_id", r"\bEMP-[0-9]{6}\b"),)
+    assert analyst.patterns == ()  # analysts may read employee ids
+    assert [mask.category for mask in agent.column_masks[0]] == ["free_text"]
+    # Over the Lambda decision point's wire, the patterns travel, checked again.
+    assert DecisionPayload.model_validate(agent.as_dict()).to_decision() == agent
+    wire = agent.as_dict()
+    wire["patterns"] = [{"category": "custom:x", "pattern": "(a+)+"}]
+    with pytest.raises(ValidationError, match="repeat within a repeat"):
+        DecisionPayload.model_validate(wire)
+
+
+def test_a_rule_on_a_pattern_category_alone_masks_free_text() -> None:
+    policy = yaml.safe_load(NOTES_POLICY)
+    policy["rules"][0]["match"]["reads"] = ["custom:badge"]
+    policy["rules"][0]["mask"]["categories"] = ["custom:badge"]
+    engine = PolicyEngine(PolicyDocument.model_validate(policy))
+    decision = engine.decide(DecisionRequest("agent", analyze("SELECT body FROM detect_test.notes")))
+    assert decision.patterns == (PolicyPattern("custom:badge", r"\bBDG[0-9]{4}\b"),)
+    assert [(m.category, m.method) for m in decision.column_masks[0]] == [
+        ("free_text", MaskMethod.PARTIAL)
+    ]

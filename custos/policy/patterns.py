@@ -6,7 +6,7 @@ when the policy loads: it must compile, stay short, match at least one character
 empty match would be found at every position of every text), and hold no repeat within a
 repeat nor alternatives within a repeat. Python's `re` has no time limit, and those two
 constructs are what makes a pattern backtrack exponentially on text that almost matches
-(`(a+)+$`, `(\\w|\\d)+$`). Adjacent repeats that can take the same characters
+(`(a+)+$`, `(\\d|\\d\\d)+$`). Adjacent repeats that can take the same characters
 (`\\d+\\d+x`) still cost polynomial time on long text; keep patterns literal where they
 can be: `EMP-[0-9]{6}`.
 """
