@@ -17,7 +17,7 @@ import yaml
 from gateway_fixtures import GatewayProcess, gateway_login, psycopg_session, start_gateway
 from pydantic import ValidationError
 
-from custos.demo.embedded import DEMO_POLICY, GATEWAY_LOGIN
+from custos.demo.embedded import GATEWAY_LOGIN
 from custos.demo.postgres import PostgresServer
 from custos.masking.detect import compiled_patterns, luhn_valid, mask_found
 from custos.masking.values import REDACTED, Masker
@@ -129,7 +129,7 @@ def test_ipv6_addresses_are_found_in_their_forms(address: str) -> None:
 def test_mac_addresses_are_found_as_device_identifiers(address: str) -> None:
     text = f"device {address} joined the network"
     found = mask_found(text, CONTACT, MaskMethod.PSEUDONYM, MASKER)
-    assert found[1] == 1 and address not in found[0]
+    assert found[1] == 1
     assert found[0] == text.replace(address, MASKER.pseudonym(address, "mac"))
 
 
@@ -220,9 +220,10 @@ def test_detect_keys_are_categories_other_than_free_text() -> None:
     assert document.detect["national_id"].pattern == "AB[0-9]{6}"
     # A policy without patterns keeps the version it had before patterns existed.
     before = json.dumps({"catalog": {}, "roles": [], "rules": [], "targets": []})
-    assert policy_version(PolicyDocument()) == hashlib.sha256(
-        before.replace(" ", "").encode()
-    ).hexdigest()
+    assert (
+        policy_version(PolicyDocument())
+        == hashlib.sha256(before.replace(" ", "").encode()).hexdigest()
+    )
 
 
 NOTES_POLICY = """
@@ -272,8 +273,144 @@ def test_a_rule_on_a_pattern_category_alone_masks_free_text() -> None:
     policy["rules"][0]["match"]["reads"] = ["custom:badge"]
     policy["rules"][0]["mask"]["categories"] = ["custom:badge"]
     engine = PolicyEngine(PolicyDocument.model_validate(policy))
-    decision = engine.decide(DecisionRequest("agent", analyze("SELECT body FROM detect_test.notes")))
+    decision = engine.decide(
+        DecisionRequest("agent", analyze("SELECT body FROM detect_test.notes"))
+    )
     assert decision.patterns == (PolicyPattern("custom:badge", r"\bBDG[0-9]{4}\b"),)
     assert [(m.category, m.method) for m in decision.column_masks[0]] == [
         ("free_text", MaskMethod.PARTIAL)
     ]
+
+
+# --- false positives, measured ------------------------------------------------------------
+
+ALL_PATTERNS = compiled_patterns([EMPLOYEE])
+
+
+def changed(text: str) -> bool:
+    return mask_found(text, CONTACT, MaskMethod.REDACT, MASKER, ALL_PATTERNS)[1] > 0
+
+
+def test_false_positives_on_the_demos_non_personal_columns(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as connection:
+        orders = connection.execute(
+            "SELECT concat_ws(' ', 'order', id, 'of', customer_id, 'on', ordered_at,"
+            " total_cents, currency, status) FROM crm.orders"
+        ).fetchall()
+        products = connection.execute(
+            "SELECT concat_ws(' ', id, name, price_cents) FROM crm.products"
+        ).fetchall()
+    rows = [text for (text,) in orders + products]
+    false = [text for text in rows if changed(text)]
+    print(f"\nfalse positives: {len(false)} of {len(rows)} order and product rows")
+    assert len(rows) > 20000
+    assert not false, false[:5]
+
+
+def generated_lines(rng: random.Random) -> Iterator[tuple[str, str]]:
+    """Text without personal data, by kind: what orders, logs and code hold."""
+    hex_digits = "0123456789abcdef"
+    while True:
+        n = rng.randint
+        hex_run = "".join(rng.choice(hex_digits) for _ in range(rng.choice((7, 32, 40, 64))))
+        yield from [
+            ("order", f"Order {n(1000, 9999999)} shipped on 2026-{n(1, 12):02d}-{n(1, 28):02d}"),
+            ("price", f"Total {n(1, 99999)}.{n(0, 99):02d} EUR incl. {n(0, 25)}% VAT"),
+            ("time", f"Picked at {n(0, 23):02d}:{n(0, 59):02d}:{n(0, 59):02d} by shift {n(1, 3)}"),
+            ("sku", f"SKU-{n(100, 999)}-{n(1000, 9999)}-{rng.choice('ABCXYZ')} x{n(1, 50)}"),
+            ("uuid", f"request {uuid.UUID(int=rng.getrandbits(128), version=4)} done"),
+            ("hash", f"commit {hex_run} merged"),
+            ("version", f"upgraded to {n(0, 30)}.{n(0, 20)}.{n(0, 40)}"),
+            ("four-part version", f"build {n(1, 20)}.{n(0, 9)}.{n(0, 99)}.{n(0, 255)} released"),
+            ("code", f"for (auto& x : std::vector<int>{{{n(1, 9)}, {n(1, 9)}}}) a[{n(1, 9)}::2];"),
+            (
+                "log",
+                f"2026-03-{n(1, 28):02d}T{n(0, 23):02d}:{n(0, 59):02d}:{n(0, 59):02d}"
+                f".{n(0, 999):03d}Z"
+                f" INFO GET /api/v{n(1, 3)}/orders/{n(1, 99999)} {rng.choice((200, 404, 500))}"
+                f" {n(1, 999)}ms",
+            ),
+        ]
+
+
+def test_false_positives_on_generated_non_personal_text() -> None:
+    rng = random.Random(2026)
+    lines = generated_lines(rng)
+    corpus = [next(lines) for _ in range(5000)]
+    false: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for kind, text in corpus:
+        counts[kind] = counts.get(kind, 0) + 1
+        if changed(text):
+            false[kind] = false.get(kind, 0) + 1
+    total = sum(false.values())
+    print(f"\nfalse positives: {total} of {len(corpus)} lines; by kind: {false}")
+    # A four-part version is an IPv4 address as far as text shows: masked, by decision.
+    assert false.pop("four-part version", 0) == counts["four-part version"]
+    # Everything else: at most 0.2% of its lines.
+    for kind, count in false.items():
+        assert count / counts[kind] <= 0.002, (kind, count)
+
+
+# --- end to end: a policy pattern through the gateway -------------------------------------
+
+NOTE = (
+    "Badge BDG0042 lost; EMP-004211 called from 2001:db8:85a3::8a2e:370:7334 "
+    "(laptop 00:1a:2b:3c:4d:5e), reply to aisha.wilson1084@example.com"
+)
+RAW = ("EMP-004211", "2001:db8:85a3::8a2e:370:7334", "00:1a:2b:3c:4d:5e", "aisha.wilson1084")
+
+
+@pytest.fixture(scope="module")
+def notes_gateway(
+    pg: PostgresServer, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    upstream = gateway_login(pg)  # the gateway's login exists from here on
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA IF EXISTS detect_test CASCADE")
+        connection.execute("CREATE SCHEMA detect_test")
+        connection.execute(
+            "CREATE TABLE detect_test.notes (id int PRIMARY KEY, customer_id int, body text)"
+        )
+        connection.execute("INSERT INTO detect_test.notes VALUES (1, 7, %s)", [NOTE])
+        connection.execute(f"GRANT USAGE ON SCHEMA detect_test TO {GATEWAY_LOGIN}")
+        connection.execute(f"GRANT SELECT ON detect_test.notes TO {GATEWAY_LOGIN}")
+    directory = tmp_path_factory.mktemp("detect")
+    policy = Path(directory / "policy.yaml")
+    policy.write_text(textwrap.dedent(NOTES_POLICY))
+    running = start_gateway(
+        directory / "gateway",
+        pg,
+        upstream_dsn=upstream,
+        extra_config={"roles": [], "policy": {"file": str(policy), "poll_seconds": 0.2}},
+    )
+    yield running
+    running.stop()
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA detect_test CASCADE")
+
+
+def test_the_policys_pattern_masks_free_text_through_the_gateway(
+    notes_gateway: GatewayProcess,
+) -> None:
+    with psycopg_session(notes_gateway, "agent", "agent-detect") as agent:
+        (agent_body,) = agent.execute("SELECT body FROM detect_test.notes").fetchone()
+        binary = agent.cursor(binary=True).execute("SELECT body FROM detect_test.notes")
+        (binary_body,) = binary.fetchone()
+    with psycopg_session(notes_gateway, "analyst", "analyst-detect") as analyst:
+        (analyst_body,) = analyst.execute("SELECT body FROM detect_test.notes").fetchone()
+    assert (
+        agent_body
+        == binary_body
+        == (
+            "Badge BDG0042 lost; E*** called from [redacted] (laptop 0***), "
+            "reply to ***@example.com"
+        )
+    )
+    assert not [raw for raw in RAW if raw in agent_body]
+    # The analyst's rule masks email only: employee ids are theirs to read; network
+    # addresses are masked wherever contact details are.
+    assert analyst_body == (
+        "Badge BDG0042 lost; EMP-004211 called from [redacted] (laptop [redacted]), "
+        "reply to [redacted]"
+    )
