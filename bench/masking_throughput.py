@@ -164,7 +164,10 @@ def report(direct: str, gateways: dict[str, str], pid: int, arguments: argparse.
     before = peak_rss_kib(pid)
     repeat = max(1, arguments.memory_rows // max(arguments.rows, 1))
     big = f"SELECT {COLUMNS} FROM people, generate_series(1, {repeat})"
-    with psycopg.connect(gateways["pseudonym"]) as connection, connection.cursor(name="stream") as cursor:
+    with (
+        psycopg.connect(gateways["pseudonym"]) as connection,
+        connection.cursor(name="stream") as cursor,
+    ):
         cursor.itersize = 10_000
         read = sum(1 for _ in cursor.execute(big))
     growth = (peak_rss_kib(pid) - before) / 1024

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
-from custos.masking.detect import mask_found
+from custos.masking.detect import CompiledPatterns, mask_found
 from custos.masking.json_shapes import masked_document
 from custos.masking.typed import (
     BPCHAR,
@@ -69,10 +69,12 @@ class MaskingRewriter(ResultRewriter):
         expected: Sequence[tuple[str | None, ...]],
         masker: Masker,
         copy_formats: Sequence[CopyFormat | None] = (),
+        patterns: CompiledPatterns = (),
     ) -> None:
         self._masks = masks
         self._expected = expected
         self._masker = masker
+        self._patterns = patterns  # the policy's, free text is searched for too
         self._copy_formats = copy_formats  # of the statements that COPY TO STDOUT, by index
         self._copy: CopyOutMasker | None = None  # of the COPY under way
         # For the result under way: how to mask each column, by position (None: kept).
@@ -275,7 +277,7 @@ class MaskingRewriter(ResultRewriter):
         """A text value masked by the method, as a value of the category."""
         if category == FREE_TEXT and method is not MaskMethod.NULL:
             # Free text is searched for the values it quotes, which are masked in place.
-            return mask_found(text, QUOTED, method, self._masker)[0]
+            return mask_found(text, QUOTED, method, self._masker, self._patterns)[0]
         if method is MaskMethod.PARTIAL:
             return partial(text, category)
         if method is MaskMethod.PSEUDONYM or method is MaskMethod.HASH:

@@ -16,6 +16,7 @@ import pglast
 from pglast import ast
 
 from custos.masking.copy_out import CopyFormat, UnsupportedCopy
+from custos.masking.detect import compiled_patterns
 from custos.masking.rewriter import MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
@@ -142,7 +143,11 @@ class MaskingStage(Stage):
             return Refuse(NO_KEY_REFUSAL)
         return Rewrite(
             MaskingRewriter(
-                decision.column_masks, decision.result_columns, self._masker, copy_formats
+                decision.column_masks,
+                decision.result_columns,
+                self._masker,
+                copy_formats,
+                compiled_patterns(decision.patterns),
             )
         )
 

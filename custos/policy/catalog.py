@@ -30,7 +30,10 @@ text) or refuses them applies."""
 class PersonalDataCatalog:
     """The tables holding personal data, and the category of each of their columns."""
 
-    def __init__(self, tables: Mapping[str, CatalogTable]) -> None:
+    def __init__(self, tables: Mapping[str, CatalogTable], detected: Iterable[str] = ()) -> None:
+        # What free text quotes: the categories detection finds built in, and those the
+        # policy's own patterns find.
+        self.free_text_holds = FREE_TEXT_HOLDS | frozenset(detected)
         self._tables = {
             relation: PersonalTable(
                 relation=relation,
@@ -55,7 +58,7 @@ class PersonalDataCatalog:
         self, columns: Mapping[str, frozenset[str]], *, quoted: bool = True
     ) -> frozenset[str]:
         """The categories of personal data in ``columns`` (relation -> column names), and,
-        with `quoted`, those free text among them may quote (FREE_TEXT_HOLDS).
+        with `quoted`, those free text among them may quote (free_text_holds).
 
         ALL_COLUMNS stands for every column, so it yields all of the table's categories.
         """
@@ -72,7 +75,7 @@ class PersonalDataCatalog:
                 if category is not None:
                     found.add(category)
         if quoted and FREE_TEXT in found:
-            found |= FREE_TEXT_HOLDS
+            found |= self.free_text_holds
         return frozenset(found)
 
     @property

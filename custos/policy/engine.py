@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 
 from custos.identity.durations import parse_duration
 from custos.identity.errors import shown
-from custos.policy.catalog import PersonalDataCatalog
+from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
 from custos.policy.conditions import (
     CompiledTimeWindow,
     bounded_limit,
@@ -58,6 +58,7 @@ from custos.policy.conditions import (
 from custos.policy.copies import copies_risk
 from custos.policy.masks import ColumnMask, column_masks
 from custos.policy.models import Effect, MaskMethod, PolicyDocument, Rule
+from custos.policy.patterns import PolicyPattern
 from custos.policy.version import policy_version
 from custos.sql.facts import (
     ALL_COLUMNS,
@@ -180,6 +181,9 @@ class Decision:
     # the rewriter checks against the columns the database describes.
     column_masks: tuple[tuple[ColumnMask, ...], ...] = ()
     result_columns: tuple[tuple[str | None, ...], ...] = ()
+    # The policy's patterns for the categories a masked decision masks: masked free text
+    # is searched for them too (custos/masking/detect.py).
+    patterns: tuple[PolicyPattern, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -192,6 +196,7 @@ class Decision:
             "masks": [mask.as_dict() for mask in self.masks],
             "column_masks": [[mask.as_dict() for mask in each] for each in self.column_masks],
             "result_columns": [list(names) for names in self.result_columns],
+            "patterns": [pattern.as_dict() for pattern in self.patterns],
             "facts": self.facts.as_dict(),
         }
 
@@ -289,7 +294,10 @@ class PolicyEngine:
     def __init__(self, document: PolicyDocument) -> None:
         self.document = document
         self.version = policy_version(document)
-        self.catalog = PersonalDataCatalog(document.catalog)
+        self.catalog = PersonalDataCatalog(document.catalog, document.detect)
+        self._patterns = tuple(
+            PolicyPattern(category, detect.pattern) for category, detect in document.detect.items()
+        )
         self._rules = tuple(_compile(index, rule) for index, rule in enumerate(document.rules))
         self._thresholds = sorted(
             {rule.limit_above for rule in self._rules if rule.limit_above is not None}
@@ -457,6 +465,17 @@ class PolicyEngine:
             result_columns=tuple(
                 tuple(output.name for output in profile.statement.output_columns)
                 for profile in profiles
+            )
+            if effect is Effect.MASK
+            else (),
+            patterns=tuple(
+                pattern
+                for pattern in self._patterns
+                # A rule that masks free text masks all it is searched for.
+                if any(
+                    pattern.category in mask.categories or FREE_TEXT in mask.categories
+                    for mask in masks
+                )
             )
             if effect is Effect.MASK
             else (),

@@ -23,7 +23,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from custos.policy.engine import (
     ApprovalRequirement,
@@ -35,6 +42,7 @@ from custos.policy.engine import (
 )
 from custos.policy.masks import ColumnMask, JsonMask, KeyMask
 from custos.policy.models import Effect, MaskMethod, PolicyDocument
+from custos.policy.patterns import PolicyPattern, checked_pattern
 from custos.sql.facts import Analysis
 
 __all__ = [
@@ -148,6 +156,18 @@ class ColumnMaskPayload(_Wire):
         )
 
 
+class PatternPayload(_Wire):
+    category: str
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _checked(cls, value: str) -> str:
+        # The proxy runs it over result text: held to the rules a policy's are held to.
+        checked_pattern(value)
+        return value
+
+
 class FactsPayload(_Wire):
     statements: int = Field(ge=0)
     kinds: list[str]
@@ -173,6 +193,7 @@ class DecisionPayload(_Wire):
     facts: FactsPayload
     column_masks: list[list[ColumnMaskPayload]] = Field(default_factory=list)
     result_columns: list[list[str | None]] = Field(default_factory=list)
+    patterns: list[PatternPayload] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _complete(self) -> DecisionPayload:
@@ -217,6 +238,9 @@ class DecisionPayload(_Wire):
                 tuple(mask.to_mask() for mask in statement) for statement in self.column_masks
             ),
             result_columns=tuple(tuple(names) for names in self.result_columns),
+            patterns=tuple(
+                PolicyPattern(pattern.category, pattern.pattern) for pattern in self.patterns
+            ),
         )
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 
 from custos.identity.durations import parse_duration
 from custos.identity.models import RoleConfig
+from custos.policy.patterns import checked_pattern
 from custos.sql.facts import StatementKind
 
 CATEGORIES = frozenset(
@@ -193,6 +194,31 @@ class CatalogTable(_Model):
     columns: dict[ColumnName, Category] = Field(default_factory=dict)
 
 
+class DetectPattern(_Model):
+    """A kind of personal value free text may quote, found by a regular expression
+    (custos/policy/patterns.py says which ones are refused, and why)."""
+
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _checked(cls, value: str) -> str:
+        checked_pattern(value)
+        return value
+
+
+def _detected_category(value: str) -> str:
+    if value == "free_text":
+        raise ValueError(
+            "free_text is what detection searches, not what it finds: name the category "
+            "of the values the pattern finds, e.g. custom:employee_id"
+        )
+    return value
+
+
+DetectedCategory = Annotated[Category, AfterValidator(_detected_category)]
+
+
 class TimeWindow(_Model):
     """Hours on given days in a time zone; ``outside`` matches the rest of the week."""
 
@@ -353,11 +379,15 @@ class Rule(_Model):
 
 
 class PolicyDocument(_Model):
-    """A whole policy: roles (optional), targets, the personal-data catalog and the rules."""
+    """A whole policy: roles (optional), targets, the personal-data catalog, the patterns
+    that find more of it in free text, and the rules."""
 
     roles: list[RoleConfig] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=list)
     catalog: dict[TableKey, CatalogTable] = Field(default_factory=dict)
+    # Categories free text is also searched for, by the policy's own patterns: masked
+    # wherever a mask rule names them (custos/masking/detect.py).
+    detect: dict[DetectedCategory, DetectPattern] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -14,5 +14,9 @@ def policy_version(document: PolicyDocument) -> str:
     Comments, key order, quoting and indentation do not change it; any change to
     what the policy says does, so every decision can name the exact policy it used.
     """
-    canonical = json.dumps(document.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    meaning = document.model_dump(mode="json")
+    if not meaning["detect"]:
+        # A policy with no detect patterns says what it said before they existed.
+        del meaning["detect"]
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
