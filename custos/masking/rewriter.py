@@ -256,21 +256,29 @@ class MaskingRewriter(ResultRewriter):
                 masked = None  # not text in the session's encoding: no masked form is known
             encoded = None if masked is None else masked.encode()
         else:
-            encoded = masked_value(
-                value,
-                column.type_oid,
-                column.binary,
-                column.category,
-                column.method,
-                self._masker.material,
-                lambda text: self._masked_text(text, column),
-            )
+            encoded = self._masked_by_type(value, column)
         if encoded is None:
             column.nulled += 1
             return _NULL
         return len(encoded).to_bytes(4, "big") + encoded
 
+    def _masked_by_type(self, value: bytes, column: _ColumnPlan) -> bytes | None:
+        return masked_value(
+            value,
+            column.type_oid,
+            column.binary,
+            column.category,
+            column.method,
+            self._masker.material,
+            lambda text: self._masked_text(text, column),
+        )
+
     def _masked_text(self, text: str, column: _ColumnPlan) -> str | None:
+        way = column.text_way
+        if way == _PARTIAL_TEXT:
+            return partial(text, column.category)
+        if way == _PSEUDONYM_TEXT:
+            return self._masker.pseudonym(text, column.category)
         return self._masked_as(text, column.category, column.method)
 
     def _masked_as(self, text: str, category: str, method: MaskMethod) -> str | None:
@@ -309,6 +317,17 @@ _TEXT_FORM = 1
 _BY_TYPE = 2
 
 
+# How a column's text is masked: in part, by pseudonym, or otherwise (Masker.text, detection).
+_PARTIAL_TEXT = 0
+_PSEUDONYM_TEXT = 1
+_OTHER_TEXT = 2
+_TEXT_WAYS = {
+    MaskMethod.PARTIAL: _PARTIAL_TEXT,
+    MaskMethod.PSEUDONYM: _PSEUDONYM_TEXT,
+    MaskMethod.HASH: _PSEUDONYM_TEXT,
+}
+
+
 class _ColumnPlan:
     """How one result column is masked: what it holds, by which method, in which form."""
 
@@ -324,6 +343,7 @@ class _ColumnPlan:
         "name",
         "nulled",
         "position",
+        "text_way",
         "type_oid",
         "values",
     )
@@ -342,6 +362,11 @@ class _ColumnPlan:
         # Free text is searched for the values it quotes, which are masked in place.
         self.detects = mask.category == FREE_TEXT and mask.method is not MaskMethod.NULL
         self.constant = _NULL
+        # How its text is masked, decided once rather than per value.
+        if self.detects or mask.method not in _TEXT_WAYS:
+            self.text_way = _OTHER_TEXT
+        else:
+            self.text_way = _TEXT_WAYS[mask.method]
         # A computed value's form, even its being NULL, can carry what it was computed
         # from (an array's bounds, a number's scale): one placeholder of the type for all.
         self.fills_null = mask.computed and mask.method is not MaskMethod.NULL

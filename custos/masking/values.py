@@ -23,13 +23,12 @@ from custos.policy.models import MaskMethod
 
 REDACTED = "[redacted]"
 
-_PHONE_PREFIX = re.compile(r"\s*(\+|00)(\d{1,3})")
 _IBAN = re.compile(r"[A-Za-z]{2}\d{2}[A-Za-z0-9 ]{8,}")
 _WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
 _NOT_PHONE_LAYOUT = re.compile(r"[^ ()\-./]+")
 _DIGITS = re.compile(r"[0-9]+")
 _DIGIT = re.compile(r"\d")
-_ASCII_DIGITS_HIDDEN = str.maketrans("0123456789", "*" * 10)
+_ASCII_DIGITS_HIDDEN = bytes.maketrans(b"0123456789", b"*" * 10)
 _LETTER_RUNS = re.compile(r"[A-Z]+")
 
 _REMEMBERED_PSEUDONYMS = 1 << 16
@@ -150,12 +149,30 @@ def _email_partial(value: str) -> str:
 
 
 def _phone_partial(value: str) -> str:
-    prefix = _PHONE_PREFIX.match(value)
-    kept = prefix.end() if prefix else 0
+    kept = _country_code_end(value)
     rest = value[kept:]
-    return value[:kept] + (
-        rest.translate(_ASCII_DIGITS_HIDDEN) if rest.isascii() else _DIGIT.sub("*", rest)
-    )
+    if rest.isascii():  # bytes.translate: a table lookup a byte, no dictionary
+        return value[:kept] + rest.encode().translate(_ASCII_DIGITS_HIDDEN).decode()
+    return value[:kept] + _DIGIT.sub("*", rest)
+
+
+def _country_code_end(value: str) -> int:
+    """Where a leading country code (`+44`, `0044`, spaces before) ends; 0 without one.
+    Scanned without a regular expression: this runs for every value."""
+    size = len(value)
+    at = 0
+    while at < size and value[at].isspace():
+        at += 1
+    if value.startswith("+", at):
+        at += 1
+    elif value.startswith("00", at):
+        at += 2
+    else:
+        return 0
+    digits = 0
+    while at + digits < size and digits < 3 and value[at + digits].isdecimal():
+        digits += 1
+    return at + digits if digits else 0
 
 
 def _iban_partial(value: str) -> str:
@@ -167,7 +184,13 @@ def _iban_partial(value: str) -> str:
 
 
 def _name_partial(value: str) -> str:
-    initials = [word[0].upper() + "." for word in _WORD.findall(value)]
+    """Each word's initial: the first letter of each run of text between spaces."""
+    initials = []
+    for word in value.split():
+        for character in word:
+            if character.isalpha():
+                initials.append(character.upper() + ".")
+                break
     return " ".join(initials) if initials else "***"
 
 
@@ -220,8 +243,7 @@ def _filled(template: str, runs: re.Pattern[str], drawn: str) -> str:
 def _phone_pseudonym(value: str, drawn: _Drawn) -> str:
     """A leading country code and the layout (spaces, brackets, dashes, dots, slashes)
     kept; every other character, whatever it is, becomes a drawn digit."""
-    prefix = _PHONE_PREFIX.match(value)
-    kept = prefix.end() if prefix else 0
+    kept = _country_code_end(value)
     rest = value[kept:]
     return value[:kept] + _filled(rest, _NOT_PHONE_LAYOUT, drawn.digits(len(rest)))
 
