@@ -17,6 +17,7 @@ from pglast import ast
 
 from custos.masking.copy_out import CopyFormat, UnsupportedCopy
 from custos.masking.detect import compiled_patterns
+from custos.masking.notifications import NotificationMasker
 from custos.masking.rewriter import MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
@@ -112,9 +113,16 @@ class MaskingStage(Stage):
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
         self._masker = Masker(key)
         self._keyed = key is not None
+        # Once the session LISTENs: the role's mask rules, which notifications' payloads
+        # are masked by (notifications.py).
+        self._notifications: NotificationMasker | None = None
 
     def plan(self, statement: Statement) -> Plan:
         decision = statement.decision
+        if decision is not None and decision.notification_masks:
+            self._notifications = NotificationMasker(
+                decision.notification_masks, self._masker if self._keyed else None
+            )
         if decision is None or decision.effect is not Effect.MASK:
             return FORWARD
         encoding = statement.client_encoding.upper()
@@ -150,6 +158,10 @@ class MaskingStage(Stage):
                 compiled_patterns(decision.patterns),
             )
         )
+
+    def notification(self, body: bytes) -> bytes | None:
+        notifications = self._notifications
+        return None if notifications is None else notifications.masked(body)
 
     def finished(self, statement: Statement, outcome: Outcome) -> None:
         if not outcome.masked:

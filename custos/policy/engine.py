@@ -43,7 +43,7 @@ import dataclasses
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from custos.identity.durations import parse_duration
@@ -184,6 +184,10 @@ class Decision:
     # The policy's patterns for the categories a masked decision masks: masked free text
     # is searched for them too (custos/masking/detect.py).
     patterns: tuple[PolicyPattern, ...] = ()
+    # For a statement that LISTENs: every mask rule that may apply to the role, by which
+    # the payloads of the notifications it will receive are masked. A payload comes from
+    # another session's NOTIFY, whose text no analysis sees: what it holds is not known.
+    notification_masks: tuple[MaskSpec, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -197,6 +201,7 @@ class Decision:
             "column_masks": [[mask.as_dict() for mask in each] for each in self.column_masks],
             "result_columns": [list(names) for names in self.result_columns],
             "patterns": [pattern.as_dict() for pattern in self.patterns],
+            "notification_masks": [mask.as_dict() for mask in self.notification_masks],
             "facts": self.facts.as_dict(),
         }
 
@@ -335,7 +340,11 @@ class PolicyEngine:
             self._decide_statement(request, position, profile, multiple, now)
             for position, profile in enumerate(profiles)
         ]
-        return self._combine(profiles, outcomes)
+        decision = self._combine(profiles, outcomes)
+        if any(statement.statement_type == "ListenStmt" for statement in statements):
+            role_masks = tuple(rule.mask for rule in self._rules_for(request.role) if rule.mask)
+            return replace(decision, notification_masks=role_masks)
+        return decision
 
     # --- one statement -------------------------------------------------------------------
 

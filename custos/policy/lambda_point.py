@@ -168,6 +168,10 @@ class PatternPayload(_Wire):
         return value
 
 
+def _mask_specs(masks: list[MaskPayload]) -> tuple[MaskSpec, ...]:
+    return tuple(MaskSpec(mask.rule, frozenset(mask.categories), mask.method) for mask in masks)
+
+
 class FactsPayload(_Wire):
     statements: int = Field(ge=0)
     kinds: list[str]
@@ -194,6 +198,7 @@ class DecisionPayload(_Wire):
     column_masks: list[list[ColumnMaskPayload]] = Field(default_factory=list)
     result_columns: list[list[str | None]] = Field(default_factory=list)
     patterns: list[PatternPayload] = Field(default_factory=list)
+    notification_masks: list[MaskPayload] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _complete(self) -> DecisionPayload:
@@ -220,9 +225,8 @@ class DecisionPayload(_Wire):
             )
             if approval is not None
             else None,
-            masks=tuple(
-                MaskSpec(mask.rule, frozenset(mask.categories), mask.method) for mask in self.masks
-            ),
+            masks=_mask_specs(self.masks),
+            notification_masks=_mask_specs(self.notification_masks),
             facts=DecisionFacts(
                 statements=facts.statements,
                 kinds=tuple(facts.kinds),

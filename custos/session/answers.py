@@ -83,6 +83,8 @@ class Listener(Protocol):
 
     def finished(self, statement: Statement, status: Status, sqlstate: str | None) -> None: ...
 
+    def notification(self, body: bytes) -> bytes | None: ...
+
 
 class Answers:
     def __init__(
@@ -127,7 +129,7 @@ class Answers:
             _COPY_DONE: self._copy_done,
             _ERROR: self._error,
             _NOTICE: self._notice,
-            _NOTIFICATION: self._pass,
+            _NOTIFICATION: self._notification,
             _PARAMETER_STATUS: self._parameter_status,
             _FUNCTION_RESULT: self._function_result,
             _READY: self._ready,
@@ -639,8 +641,9 @@ class Answers:
             return self._rewritten_fields(ledger[0][1], data, start, end)
         return None
 
-    def _pass(self, data: bytes, start: int, end: int) -> bytes | None:
-        return None
+    def _notification(self, data: bytes, start: int, end: int) -> bytes | None:
+        replaced = self._listener.notification(data[start + 5 : end])
+        return None if replaced is None else framed(_NOTIFICATION, replaced)
 
     def _parameter_status(self, data: bytes, start: int, end: int) -> bytes | None:
         name, value = parameter_status(data[start + 5 : end])

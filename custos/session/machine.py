@@ -216,6 +216,9 @@ class SessionMachine:
     ) -> None:
         self._stages = tuple(stages)
         self._listeners = tuple(stage for stage in stages if stage.hears_outcomes)
+        self._notification_stages = tuple(
+            stage for stage in stages if type(stage).notification is not Stage.notification
+        )
         self._chunk_listeners = tuple(
             stage for stage in stages if type(stage).after_chunk is not Stage.after_chunk
         )
@@ -429,6 +432,14 @@ class SessionMachine:
         return self._take_actions()
 
     # --- how statements finished (answers.Listener) --------------------------------------
+
+    def notification(self, body: bytes) -> bytes | None:
+        replaced: bytes | None = None
+        for stage in self._notification_stages:
+            changed = stage.notification(body if replaced is None else replaced)
+            if changed is not None:
+                replaced = changed
+        return replaced
 
     def finished(self, statement: Statement, status: Status, sqlstate: str | None) -> None:
         if statement.finished:

@@ -165,6 +165,11 @@ class Stage:
         """How a statement ended; called only when `hears_outcomes` is true."""
         return None
 
+    def notification(self, body: bytes) -> bytes | None:
+        """A NotificationResponse's body (process id, channel, payload): another session's
+        NOTIFY, delivered to this one. A body returned replaces it."""
+        return None
+
 
 def chained(first: ResultRewriter | None, second: ResultRewriter) -> ResultRewriter:
     if first is None:
