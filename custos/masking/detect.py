@@ -29,12 +29,19 @@ from custos.masking.values import Masker, iban_valid
 from custos.policy.models import MaskMethod
 from custos.policy.patterns import PolicyPattern
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# Letters of any script (`zoë.brontë@exämple.org`).
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+# Either case, grouped by spaces or dashes (`GB54-DEMO-7256-...`, `gb54demo...`).
+_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,3})?\b")
 _CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
-# E.164 (+44 7700 900214) or a national form with its trunk 0 (07700 900214): groups of
-# digits apart by a space, dot or dash, 9 to 15 digits in all.
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}|0)(?:[ .-]?\(?\d{2,5}\)?){2,4}(?![\w/])")
+# E.164 (+44 7700 900214, +44 (0)7700 900214) or a national form with its trunk 0 (07700
+# 900214): groups of digits apart by a space (a no-break one too), dot, dash or any Unicode
+# dash, 9 to 15 digits in all. Without a country code or trunk 0 (7700 900214) a number is
+# not told from an order's.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}(?:[\s.\-\u2010-\u2015]?\(0\))?|0)"
+    r"(?:[\s.\-\u2010-\u2015]?\(?\d{2,5}\)?){2,4}(?![\w/])"
+)
 # Not a part of a longer dotted number (an OID 1.3.6.1.4.1, a five-part version).
 _IPV4 = re.compile(
     r"(?<![\d.])\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b(?!\.\d)"
@@ -97,7 +104,7 @@ def mac_personal(found: str) -> bool:
 
 _FINDERS: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {
     "email": (_EMAIL, _any_match),
-    "iban": (_IBAN, iban_valid),
+    "iban": (_IBAN, lambda found: iban_valid(found.replace("-", ""))),
     "card": (_CARD, lambda found: luhn_valid(re.sub(r"\D", "", found))),
     "phone": (_PHONE, lambda found: 9 <= sum(c.isdigit() for c in found) <= 15),
     "ipv6": (_IPV6, ipv6_personal),

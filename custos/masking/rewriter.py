@@ -52,6 +52,9 @@ _NULL = b"\xff\xff\xff\xff"  # a value's length word -1: NULL
 # Types whose text and binary forms are the text itself (xml is escaped: typed.py).
 _TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
 
+MASKABLE_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
+"""Client encodings whose text masking reads: SQL_ASCII passes the database's UTF-8."""
+
 HIDDEN_MESSAGE = (
     "the statement failed, and its error is not shown: it may quote personal data this "
     "role sees masked (SQLSTATE {sqlstate})"
@@ -84,6 +87,7 @@ class MaskingRewriter(ResultRewriter):
         self._past_end_values = 0
         self._masks_any = False
         self._index = 0
+        self._readable = True  # the answers' client encoding is one masking reads
         # The plans of results done, with their counts, by statement index.
         self._done: list[tuple[int, list[_ColumnPlan | None]]] = []
 
@@ -92,6 +96,9 @@ class MaskingRewriter(ResultRewriter):
             self._done.append((self._index, self._plan))
         self._index = index
         self._copy = None
+        # The encoding the answers come in, known now: a SET earlier in the pipeline may
+        # have changed it since the statement was planned.
+        self._readable = statement.client_encoding.upper() in MASKABLE_ENCODINGS
         self._planned(statement.columns or (), by_names=True)
 
     def copy_started(self, body: bytes) -> None:
@@ -106,9 +113,9 @@ class MaskingRewriter(ResultRewriter):
         self._planned((column,) * count, by_names=False)
         index = self._index
         copy_format = self._copy_formats[index] if index < len(self._copy_formats) else None
-        if copy_format is None or (copy_format.kind == "binary") != binary:
-            # A COPY the stage did not plan for, or not in the format it parsed: its data
-            # is withheld (copy_data gives b"" without a masker).
+        if copy_format is None or (copy_format.kind == "binary") != binary or not self._readable:
+            # A COPY the stage did not plan for, not in the format it parsed, or in an
+            # encoding it cannot read: its data is withheld (copy_data gives b"").
             return
         plan = self._plan
         masked = frozenset(position for position, entry in enumerate(plan) if entry is not None)
@@ -128,7 +135,12 @@ class MaskingRewriter(ResultRewriter):
         expected = self._expected[index] if index < len(self._expected) else ()
         by_position = {mask.position: mask for mask in masks if mask.name is not None}
         beyond = next((mask for mask in masks if mask.name is None), None)
-        if masks and not _as_expected(columns, expected, by_names):
+        if masks and not self._readable:
+            # Text in another encoding may hide a quote or a delimiter in a character:
+            # nothing of it can be read safely, so every value becomes NULL.
+            by_position = {}
+            beyond = ColumnMask(0, None, MIXED, MaskMethod.NULL, masks[0].rule)
+        elif masks and not _as_expected(columns, expected, by_names):
             # The result is not the one the analysis traced (a view or table changed since
             # the catalog was read, a `*` of another width): which column holds what is not
             # known, so every column is masked, by the strongest method.

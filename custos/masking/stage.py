@@ -18,7 +18,7 @@ from pglast import ast
 from custos.masking.copy_out import CopyFormat, UnsupportedCopy
 from custos.masking.detect import compiled_patterns
 from custos.masking.notifications import NotificationMasker
-from custos.masking.rewriter import MaskingRewriter
+from custos.masking.rewriter import MASKABLE_ENCODINGS, MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
 from custos.policy.models import MaskMethod
@@ -49,8 +49,14 @@ ENCODING_REFUSAL = Refusal(
     " results only in the UTF8 client encoding (this session's is {encoding})",
     "SET client_encoding TO 'UTF8', then run it again",
 )
-# Encodings whose text is UTF-8: SQL_ASCII passes the database's UTF-8 bytes as they are.
-_MASKABLE_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
+
+PIPELINED_REFUSAL = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "this statement reads personal data your role sees masked, and a statement sent before"
+    " it since the last Sync may change the client encoding its results come in, which the"
+    " gateway must know to mask them",
+    "send a Sync (end the pipeline) before a statement whose results are masked",
+)
 
 STORING_REFUSAL = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
@@ -126,7 +132,9 @@ class MaskingStage(Stage):
         if decision is None or decision.effect is not Effect.MASK:
             return FORWARD
         encoding = statement.client_encoding.upper()
-        if encoding not in _MASKABLE_ENCODINGS:
+        if not encoding:
+            return Refuse(PIPELINED_REFUSAL)
+        if encoding not in MASKABLE_ENCODINGS:
             # Another encoding's characters can hold the bytes of a quote, a backslash or a
             # delimiter: array, record, JSON and COPY text would be misread.
             refusal = ENCODING_REFUSAL

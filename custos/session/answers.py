@@ -474,6 +474,11 @@ class Answers:
         rewriter = statement.rewriter
         if rewriter is not None:
             self._rewriter = rewriter
+            # The encoding its answers come in: what the server last reported, which an
+            # earlier segment may have changed since the statement was planned ("": not
+            # known, a statement of its own segment may have).
+            if statement.client_encoding:
+                statement.client_encoding = self._view.lexical.client_encoding
             rewriter.result_started(statement, statement.index)
 
     # --- COPY ---------------------------------------------------------------------------------

@@ -577,6 +577,7 @@ class SessionMachine:
         if isinstance(resolved, Unconfirmed):
             return _BLOCK
         statement = self._new_statement(read if isinstance(read, tuple) else (), ())
+        statement.client_encoding = self._answers_encoding()
         if isinstance(resolved, Refusal):
             statement.refusal = resolved
         else:
@@ -727,10 +728,12 @@ class SessionMachine:
             resolved = resolve(prepared.candidates, self._view)
             if isinstance(resolved, Unconfirmed):
                 return _BLOCK
+        encoding = self._answers_encoding()
         # Whatever it runs (a function, a trigger) may change how later text reads, and the
         # server reports that only at the end of the segment.
         view.segment_lexical_change = True
         statement = self._new_statement(prepared.candidates, portal.parameters())
+        statement.client_encoding = encoding
         statement.portal_name = key
         statement.portal = portal
         statement.max_rows = max_rows
@@ -849,6 +852,13 @@ class SessionMachine:
     def _not_taken(self, outcome: Refusal | _Block) -> _Taken:
         return _BLOCK if isinstance(outcome, _Block) else self._refused_message(outcome)
 
+    def _answers_encoding(self) -> str:
+        """The client encoding a statement taken now is answered in; "" where a statement
+        sent before it in this segment may change it unseen (the server reports settings
+        only at the segment's end)."""
+        view = self._view
+        return "" if view.segment_lexical_change else view.lexical.client_encoding
+
     def _lexical_gate(self) -> Refusal | _Block | None:
         """For text that could read differently under other settings: whether it can be read."""
         view = self._view
@@ -957,7 +967,6 @@ class SessionMachine:
             statement.refusal = self._too_many_prepared()
         if statement.refusal is None:
             self._view.predict(statement)
-            statement.client_encoding = self._view.lexical.client_encoding
             waiting = self._run_stages(statement, -1, FORWARD)
             if waiting is not None:
                 item = _Item(None, [], statement, chunk[start:end], via)

@@ -173,7 +173,8 @@ class Statement:
         self.rows = 0
         self.answered_bytes = 0
         self.tags: list[str] | None = None  # CommandComplete tags, once there is one
-        # The session's client_encoding when it was planned: the text its answers come in.
+        # The client encoding its answers come in, as far as the session knows ("": not
+        # known, a statement before it in its segment may change it unseen).
         self.client_encoding = "UTF8"
         # What each of its statements does to the session once the database completes it
         # (see machine.py), by position in the query string; None when nothing.

@@ -118,6 +118,12 @@ def _may_be_a_column(name: str, scope: Scope, item: Rte) -> bool:
     return False
 
 
+def _iterated(columns: list[Col]) -> list[Col]:
+    """A recursive CTE's columns: each may hold any column's values, computed."""
+    everything = frozenset().union(*(column.sources for column in columns))
+    return [Col(column.name, everything, opaque=True, guessed=column.guessed) for column in columns]
+
+
 def _union(left: list[Col], right: list[Col]) -> list[Col]:
     """The columns of a UNION / INTERSECT / EXCEPT: each side's values, position by position."""
     if len(left) == len(right) and all(c.name is not None for c in (*left, *right)):
@@ -388,7 +394,8 @@ class Walker:
             return None
         fields: list[tuple[str, frozenset[Source], bool]] = []
         for key_node, value in zip(args[::2], args[1::2], strict=True):
-            key = literals.string(key_node)
+            # A bare string constant only: a cast changes the key (`'a'::char(2)` is "a ").
+            key = literals.string(key_node) if "A_Const" in key_node else None
             if key is None or any(key == known for known, _, _ in fields):
                 return None  # a computed key, or a key twice (json keeps both)
             ref = value.get("ColumnRef")
@@ -500,11 +507,16 @@ class Walker:
                 and select.get("op", "SETOP_NONE") != "SETOP_NONE"
                 and "withClause" not in select
             ):
-                # The non-recursive term fixes the columns the recursive term reads back.
+                # The non-recursive term fixes the columns the recursive term reads back; each
+                # step may then move any column's value, computed, into any other. So every
+                # column carries all their sources, computed, and the recursive term is read
+                # again with the columns so (its tests then see what they test).
                 left = self.select(select["larg"], scope)
                 scope.ctes[cte["ctename"]] = renamed(left, names)
                 right = self.select(select["rarg"], scope)
-                columns = _union(left, right)
+                columns = _iterated(_union(left, right))
+                scope.ctes[cte["ctename"]] = renamed(columns, names)
+                self.select(select["rarg"], scope)
                 for key in ("sortClause", "limitOffset", "limitCount"):
                     self.expr(select.get(key), scope)
             else:
@@ -1365,7 +1377,9 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
             ):
                 return _computed_in(rte, names[0])
             if rte.refname == names[0] and rte.relation is None:
-                return _computed_in(rte, None)  # a function's scalar result, by its alias
+                # A function's scalar result by its alias, or a subquery's whole row: a
+                # record holding its columns, computed where any of them is.
+                return any(column.opaque and column.sources for column in rte.columns)
         level = level.parent
     return False
 
