@@ -31,8 +31,11 @@ from custos.policy.patterns import PolicyPattern
 
 # Letters of any script (`zoë.brontë@exämple.org`).
 _EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
-# Either case, grouped by spaces or dashes (`GB54-DEMO-7256-...`, `gb54demo...`).
-_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,3})?\b")
+# Either case, grouped by spaces or dashes (`GB54-DEMO-7256-...`, `gb54demo...`); not a
+# part of a longer dashed run (a UUID's groups).
+_IBAN = re.compile(
+    r"(?<![\w-])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,3})?(?![\w-])"
+)
 _CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
 # E.164 (+44 7700 900214, +44 (0)7700 900214) or a national form with its trunk 0 (07700
 # 900214): groups of digits apart by a space (a no-break one too), dot, dash or any Unicode
