@@ -71,8 +71,12 @@ def renamed(columns: list[Col], names: list[str]) -> list[Col]:
     pending = iter(names)
     for index, column in enumerate(columns):
         if column.name is None:
-            # The expansion's width is unknown: every remaining alias may be any of its columns.
-            result.extend(Col(name, column.sources, column.opaque) for name in pending)
+            # The expansion's width is unknown: every remaining alias may be any of its
+            # columns, or any column after it.
+            rest = columns[index:]
+            sources = frozenset().union(*(later.sources for later in rest))
+            opaque = any(later.opaque for later in rest)
+            result.extend(Col(name, sources, opaque) for name in pending)
             # Some of its columns now go by the alias names, and no one knows how many.
             result.extend(unexpandable(columns[index:]))
             return result

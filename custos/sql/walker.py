@@ -497,6 +497,27 @@ class Walker:
                 scope.ctes[cte["ctename"]] = renamed(
                     placeholder, strings(cte.get("aliascolnames") or ())
                 )
+        # In a recursive WITH a CTE may read one declared after it: read them again until
+        # their columns settle (once per CTE, and once more to see them settled).
+        for _ in range(len(ctes) + 1 if recursive else 1):
+            before = [scope.ctes.get(cte["ctename"]) for cte in ctes]
+            self.ctes(ctes, recursive, scope)
+            if [scope.ctes.get(cte["ctename"]) for cte in ctes] == before:
+                break
+        else:
+            if recursive and len(ctes) > 1:
+                # Not settled: any of them may hold any of their values, computed.
+                held = [scope.ctes[cte["ctename"]] for cte in ctes]
+                every = frozenset().union(
+                    *(column.sources for columns in held for column in columns)
+                )
+                for cte, columns in zip(ctes, held, strict=True):
+                    scope.ctes[cte["ctename"]] = [
+                        Col(column.name, every, opaque=True, guessed=column.guessed)
+                        for column in columns
+                    ]
+
+    def ctes(self, ctes: list[Node], recursive: bool, scope: Scope) -> None:
         for cte in ctes:
             names = strings(cte.get("aliascolnames") or ())
             query = cte["ctequery"]
@@ -1369,19 +1390,29 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
     if len(names) >= 2:
         rte = scope.find_rte(names[-2])
         return rte is not None and _computed_in(rte, names[-1])
+    # As the name resolves (scope.resolve_name): every item of the innermost level that may
+    # have the column, the next level out while none surely has it.
+    name = names[0]
     level: Scope | None = scope
     while level is not None:
+        definite = False
         for rte in level.rtes:
-            if rte.plain_relation is None and any(
-                c.name == names[0] or _maybe_named(c) for c in rte.columns
-            ):
-                return _computed_in(rte, names[0])
-            if rte.refname == names[0] and rte.relation is None:
-                # A function's scalar result by its alias, or a subquery's whole row: a
-                # record holding its columns, computed where any of them is.
-                return any(column.opaque and column.sources for column in rte.columns)
+            hit = rte.lookup(name)
+            if hit is not None:
+                if _computed_in(rte, name):
+                    return True
+                definite = definite or hit[0]
+        if definite:
+            return False
         level = level.parent
-    return False
+    # No column has the name: a FROM item's whole row (a subquery's, a function's result),
+    # a record holding its columns, computed where any of them is.
+    named = scope.find_rte(name)
+    return (
+        named is not None
+        and named.relation is None
+        and any(column.opaque and column.sources for column in named.columns)
+    )
 
 
 def _uses_computed_column(node: Any, scope: Scope | None) -> bool:
