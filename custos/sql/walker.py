@@ -118,6 +118,28 @@ def _may_be_a_column(name: str, scope: Scope, item: Rte) -> bool:
     return False
 
 
+def _merged_order(
+    columns: list[Col], merged: list[Col], using: list[str], natural: bool
+) -> list[Col]:
+    """A USING or NATURAL join's columns as PostgreSQL orders them: the merged columns once,
+    first, then each side's others. Where a NATURAL join's common names are not known (a
+    side of unknown columns), neither is any position: one column of unknown width."""
+    if natural:
+        if any(column.name is None or _maybe_named(column) for column in columns):
+            sources = frozenset().union(*(column.sources for column in columns))
+            return [Col(None, sources, any(column.opaque for column in columns))]
+        seen: dict[str, list[Col]] = {}
+        for column in columns:
+            seen.setdefault(str(column.name), []).append(column)
+        common = [name for name, found in seen.items() if len(found) > 1]
+        merged = [
+            Col(name, frozenset().union(*(c.sources for c in seen[name])), True) for name in common
+        ]
+        using = common
+    rest = [column for column in columns if column.name not in using]
+    return [*merged, *rest]
+
+
 def _iterated(columns: list[Col]) -> list[Col]:
     """A recursive CTE's columns: each may hold any column's values, computed."""
     everything = frozenset().union(*(column.sources for column in columns))
@@ -694,11 +716,19 @@ class Walker:
         if alias:
             columns = [column for rte in both for column in rte.columns]
             if merges:
-                columns = unexpandable(columns)
+                columns = unexpandable(_merged_order(columns, merged, using, natural=not using))
             return [Rte(alias["aliasname"], renamed(columns, _alias_names(alias)))]
         using_alias = body.get("join_using_alias")
         if using_alias:
             both.append(Rte(using_alias["aliasname"], merged, expands=False))
+        if merges:
+            # `*` lists the join's columns in PostgreSQL's order (the merged ones once,
+            # first): an item of its own, the sides still there for their names alone.
+            columns = [column for rte in both if rte.expands for column in rte.columns]
+            for rte in both:
+                rte.expands = False
+            ordered = _merged_order(columns, merged, using, natural=not using)
+            both.append(Rte(None, unexpandable(ordered)))
         return both
 
     # -- writes ----------------------------------------------------------------------------
