@@ -15,6 +15,7 @@ was raised are kept.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
@@ -51,6 +52,8 @@ _NULL = b"\xff\xff\xff\xff"  # a value's length word -1: NULL
 # Types whose text and binary forms are the text itself.
 # Types whose text and binary forms are the text itself (xml is escaped: typed.py).
 _TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
+
+log = logging.getLogger(__name__)
 
 MASKABLE_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
 """Client encodings whose text masking reads: SQL_ASCII passes the database's UTF-8."""
@@ -236,6 +239,23 @@ class MaskingRewriter(ResultRewriter):
         kept = {code: value for code, value in fields.items() if code not in _QUOTING_FIELDS}
         kept["M"] = HIDDEN_MESSAGE.format(sqlstate=fields.get("C", "unknown"))
         return kept
+
+    def statement_finished(self, statement: Statement) -> None:
+        # Evidence: which columns, by which method, how many values; positions and
+        # categories only (an alias the client wrote could be anything).
+        masked = self.masked()
+        if not masked:
+            return
+        log.info(
+            "statement %d masked %d values: %s",
+            statement.number,
+            sum(column.values for column in masked),
+            " ".join(
+                f"{column.statement_index}.{column.position}:{column.category}:{column.method}"
+                f"={column.values}" + (f"(null {column.nulled})" if column.nulled else "")
+                for column in masked
+            ),
+        )
 
     def masked(self) -> tuple[MaskedColumn, ...]:
         counted = [

@@ -10,8 +10,6 @@ pseudonyms when no masking key is configured.
 
 from __future__ import annotations
 
-import logging
-
 import pglast
 from pglast import ast
 
@@ -24,7 +22,7 @@ from custos.policy.engine import Effect
 from custos.policy.models import MaskMethod
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
-from custos.session.stages import FORWARD, Outcome, Plan, Refuse, Rewrite, Stage
+from custos.session.stages import FORWARD, Plan, Refuse, Rewrite, Stage
 from custos.session.statement import Statement
 from custos.sql.facts import StatementFacts, StatementKind
 from custos.sql.risks import FUNCTION_STATEMENTS, STATE_SETTING_FUNCTIONS
@@ -107,14 +105,7 @@ def _copy_refusal(reason: str) -> Refusal:
     )
 
 
-log = logging.getLogger(__name__)
-
-
 class MaskingStage(Stage):
-    # Each masked statement's counts are logged: which columns, by which method, how many
-    # values (positions and categories only: an alias the client wrote could be anything).
-    hears_outcomes = True
-
     def __init__(self, key: bytes | None) -> None:
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
         self._masker = Masker(key)
@@ -170,17 +161,3 @@ class MaskingStage(Stage):
     def notification(self, body: bytes) -> bytes | None:
         notifications = self._notifications
         return None if notifications is None else notifications.masked(body)
-
-    def finished(self, statement: Statement, outcome: Outcome) -> None:
-        if not outcome.masked:
-            return
-        log.info(
-            "statement %d masked %d values: %s",
-            statement.number,
-            sum(column.values for column in outcome.masked),
-            " ".join(
-                f"{column.statement_index}.{column.position}:{column.category}:{column.method}"
-                f"={column.values}" + (f"(null {column.nulled})" if column.nulled else "")
-                for column in outcome.masked
-            ),
-        )

@@ -445,6 +445,12 @@ class SessionMachine:
         if statement.finished:
             return
         statement.finished = True
+        rewriter = statement.rewriter
+        if rewriter is not None:
+            try:
+                rewriter.statement_finished(statement)
+            except Exception:
+                log.exception("a result rewriter failed to hear its statement finish")
         if not self._listeners:
             return
         outcome = Outcome(

@@ -121,6 +121,10 @@ class ResultRewriter:
         """The columns masked so far, with their counts."""
         return ()
 
+    def statement_finished(self, statement: Statement) -> None:
+        """The statement's last answer came (heard without any stage listening)."""
+        return None
+
 
 class Status(StrEnum):
     COMPLETED = "completed"  # the database ran it to its end (a failed commit is FAILED)
@@ -222,3 +226,7 @@ class _Chain(ResultRewriter):
 
     def masked(self) -> tuple[MaskedColumn, ...]:
         return self._first.masked() + self._second.masked()
+
+    def statement_finished(self, statement: Statement) -> None:
+        self._first.statement_finished(statement)
+        self._second.statement_finished(statement)
