@@ -714,7 +714,9 @@ class Walker:
                 rte.merged = True
         alias = body.get("alias")
         if alias:
-            columns = [column for rte in both for column in rte.columns]
+            # What the join's `*` lists: not the sides a nested USING join hides, nor the
+            # name of its merged columns (`USING (id) AS u`).
+            columns = [column for rte in both if rte.expands for column in rte.columns]
             if merges:
                 columns = unexpandable(_merged_order(columns, merged, using, natural=not using))
             return [Rte(alias["aliasname"], renamed(columns, _alias_names(alias)))]
@@ -1417,13 +1419,22 @@ def _computed_column(scope: Scope | None, fields: Sequence[Node]) -> bool:
     names = strings(fields)
     if not names or len(names) != len(fields) or scope is None:
         return False  # `*`, or a subscript: judged elsewhere
-    if len(names) >= 2:
-        rte = scope.find_rte(names[-2])
-        return rte is not None and _computed_in(rte, names[-1])
+    if len(names) >= 3:
+        # schema.table.column: the item is the unaliased relation, which need not be the
+        # nearest item of that name (an inner alias may share it): any of them.
+        level: Scope | None = scope
+        while level is not None:
+            if any(rte.refname == names[-2] and _computed_in(rte, names[-1]) for rte in level.rtes):
+                return True
+            level = level.parent
+        return False
+    if len(names) == 2:
+        rte = scope.find_rte(names[0])
+        return rte is not None and _computed_in(rte, names[1])
     # As the name resolves (scope.resolve_name): every item of the innermost level that may
     # have the column, the next level out while none surely has it.
     name = names[0]
-    level: Scope | None = scope
+    level = scope
     while level is not None:
         definite = False
         for rte in level.rtes:
