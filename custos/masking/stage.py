@@ -56,6 +56,14 @@ PIPELINED_REFUSAL = Refusal(
     "send a Sync (end the pipeline) before a statement whose results are masked",
 )
 
+HOLD_REFUSAL = Refusal(
+    sqlstates.FEATURE_NOT_SUPPORTED,
+    "this cursor reads personal data your role sees masked and is WITH HOLD: its query runs"
+    " when the transaction commits, whose errors would quote the values unmasked, so the"
+    " gateway refuses it",
+    "declare the cursor without HOLD, inside a transaction, and FETCH from it there",
+)
+
 STORING_REFUSAL = Refusal(
     sqlstates.INSUFFICIENT_PRIVILEGE,
     "this statement reads personal data your role sees masked and also writes or keeps"
@@ -139,6 +147,8 @@ class MaskingStage(Stage):
                 copies = StatementKind.COPY_TO in facts.kinds or facts.copy_destination is not None
                 if _stores(facts, _COPYING_OUT if copies else _READING):
                     return Refuse(STORING_REFUSAL)
+                if facts.holdable:
+                    return Refuse(HOLD_REFUSAL)
                 if copies:
                     try:
                         copy_format = _copy_format(facts, analysis.texts[index])
