@@ -241,12 +241,3 @@ def resolve_schema_qualified(
                 return set() if hit is None else hit[1]
         level = level.parent
     return resolve_qualified(scope, schema, table)
-
-
-def whole_row_of(scope: Scope | None, qualifier: str) -> set[Source]:
-    """`q.*`, or `schema.table.*` given as its table name."""
-    rte = scope.find_rte(qualifier) if scope is not None else None
-    if rte is None:
-        return set()
-    rte.touched += 1
-    return rte.whole_row()

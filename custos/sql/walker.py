@@ -47,7 +47,6 @@ from custos.sql.scope import (
     resolve_qualified,
     resolve_schema_qualified,
     unexpandable,
-    whole_row_of,
 )
 
 Node = Mapping[str, Any]
@@ -429,11 +428,29 @@ class Walker:
             fields.append((key, sources, bool(sources) and computed))
         return JsonShape(tuple(fields))
 
+    def qualified_rte(self, qualifier: list[str], scope: Scope | None) -> Rte | None:
+        """The FROM item `q` or `schema.table` names: the nearest item so called, or for a
+        schema-qualified name the unaliased relation itself, at whatever level it is (an
+        inner item may share its name)."""
+        if scope is None:
+            return None
+        if len(qualifier) < 2:
+            return scope.find_rte(qualifier[-1])
+        relation = self._c.resolver.name(qualifier[-2], qualifier[-1])
+        level: Scope | None = scope
+        while level is not None:
+            for rte in level.rtes:
+                named = rte.relation == relation or rte.view == relation
+                if named and rte.refname == qualifier[-1] and not rte.aliased:
+                    return rte
+            level = level.parent
+        return None
+
     def star(self, fields: Sequence[Node], scope: Scope) -> list[Col]:
         """The columns `*` or `q.*` stands for in a SELECT list or RETURNING."""
         qualifier = strings(fields[:-1])
         if qualifier:
-            found = scope.find_rte(qualifier[-1])
+            found = self.qualified_rte(qualifier, scope)
             rtes = [] if found is None else [found]
         else:
             rtes = [rte for rte in scope.rtes if rte.expands]
@@ -564,7 +581,22 @@ class Walker:
                     self.expr(select.get(key), scope)
             else:
                 columns = self.query(query, scope)
-            scope.ctes[cte["ctename"]] = renamed(columns, names)
+                if recursive:
+                    # It may read itself in a form the walk does not split into its terms
+                    # (its own WITH first): any step may move any value into any column.
+                    columns = _iterated(columns)
+            columns = renamed(columns, names)
+            # SEARCH and CYCLE add columns (an order, a cycle mark, the path of rows) made of
+            # the columns they name, or of any: computed from all of them.
+            added = [
+                (cte.get("search_clause") or {}).get("search_seq_column"),
+                (cte.get("cycle_clause") or {}).get("cycle_mark_column"),
+                (cte.get("cycle_clause") or {}).get("cycle_path_column"),
+            ]
+            if any(added):
+                every = frozenset().union(*(column.sources for column in columns))
+                columns = [*columns, *(Col(name, every, opaque=True) for name in added if name)]
+            scope.ctes[cte["ctename"]] = columns
 
     # -- FROM ------------------------------------------------------------------------------
 
@@ -1067,7 +1099,11 @@ class Walker:
         if "A_Star" in fields[-1]:
             qualifier = strings(fields[:-1])
             if qualifier:
-                return whole_row_of(scope, qualifier[-1])
+                rte = self.qualified_rte(qualifier, scope)
+                if rte is None:
+                    return set()
+                rte.touched += 1
+                return rte.whole_row()
             sources: set[Source] = set()
             for rte in scope.rtes if scope is not None else ():
                 rte.touched += 1
