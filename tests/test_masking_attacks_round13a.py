@@ -63,7 +63,6 @@ def test_recursive_cte_search_and_cycle_columns_are_untraced(governed, personal,
     assert not leaked(rows, personal), rows
 
 
-
 # === finding 3: a recursive CTE whose body has its own WITH is walked as not recursive =====
 # Walker.ctes() reads a recursive CTE term by term (every column then carries all sources,
 # computed: _iterated) only where its SelectStmt has no withClause; with one, the body is
@@ -84,4 +83,3 @@ def test_recursive_cte_with_inner_with_rotates_past_the_fixpoint(governed, perso
     assert rows, rows
     assert isinstance(rows[0], list), rows
     assert not leaked(rows, personal), rows
-
