@@ -1,0 +1,1 @@
+"""The audit trail: PII-free, hash-chained evidence of every session and statement."""

@@ -1,0 +1,118 @@
+"""Audit events and their hash chains: the schema auditors' queries rely on, and a
+verifier that names every event changed, removed, reordered or inserted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from custos.audit.chain import GENESIS, SessionChain, event_hash, verify_chain
+from custos.audit.events import AuditEvent, EventType
+
+# The fields the issue names, which auditors' queries use by these names.
+NAMED_FIELDS = {
+    "event_id", "event_type", "time", "session_id", "seq", "role", "subject", "issuer",
+    "groups", "client_addr", "application_name", "labels", "target", "statement", "kinds",
+    "relations", "categories", "decision", "rules", "deciding_rule", "policy_version",
+    "masked", "approval_id", "sqlstate", "rows", "bytes", "duration_ms", "prev_hash", "hash",
+}  # fmt: skip
+START = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+
+
+def session(events: int, session_id: str = "s-1") -> list[AuditEvent]:
+    chain = SessionChain(session_id)
+    sealed = [chain.sealed(event_id="e-0", event_type=EventType.SESSION_START, time=START)]
+    for number in range(1, events):
+        sealed.append(
+            chain.sealed(
+                event_id=f"e-{number}",
+                event_type=EventType.STATEMENT,
+                time=START + timedelta(seconds=number),
+                role="agent",
+                statement="SELECT email FROM crm.customers WHERE id = $1",
+                decision="mask",
+                rows=number,
+            )
+        )
+    return sealed
+
+
+def test_the_schema_has_every_field_auditors_query_by_name() -> None:
+    assert set(AuditEvent.model_fields) == NAMED_FIELDS | {"schema_version"}
+
+
+def test_a_sealed_session_verifies_and_links_each_event_to_the_one_before() -> None:
+    events = session(5)
+    assert verify_chain(events) == []
+    assert events[0].prev_hash == GENESIS
+    assert [event.prev_hash for event in events[1:]] == [event.hash for event in events[:-1]]
+    assert [event.seq for event in events] == list(range(5))
+
+
+def test_a_changed_field_is_named() -> None:
+    events = session(4)
+    events[2] = events[2].model_copy(update={"decision": "allow"})
+    assert [(p.seq, p.problem) for p in verify_chain(events)] == [(2, "changed")]
+
+
+def test_a_removed_event_is_named() -> None:
+    events = session(5)
+    del events[1:3]
+    problems = verify_chain(events)
+    assert [(p.seq, p.problem) for p in problems] == [(1, "removed")]
+    assert problems[0].detail == "events 1 to 2 missing"
+
+
+def test_reordered_events_are_named() -> None:
+    events = session(4)
+    events[1], events[2] = events[2], events[1]
+    assert "reordered" in {p.problem for p in verify_chain(events)}
+
+
+def test_an_inserted_event_with_a_valid_hash_of_its_own_is_named() -> None:
+    events = session(3)
+    forger = SessionChain("s-1")
+    forged = forger.sealed(event_id="x", event_type=EventType.STATEMENT, time=START)
+    forged = forged.model_copy(update={"seq": 1})
+    forged = forged.model_copy(update={"hash": event_hash(forged.model_dump(mode="json"))})
+    tampered = [events[0], forged, *events[1:]]
+    problems = {(p.seq, p.problem) for p in verify_chain(tampered)}
+    assert (1, "inserted") in problems
+
+
+@given(
+    st.integers(min_value=2, max_value=12),
+    st.sampled_from(["change", "remove", "swap"]),
+    st.data(),
+)
+def test_any_single_tampering_is_found(length: int, tampering: str, data: st.DataObject) -> None:
+    events = session(length)
+    at = data.draw(st.integers(min_value=0, max_value=length - 2))
+    if tampering == "change":
+        events[at] = events[at].model_copy(update={"rows": 10_000})
+    elif tampering == "remove":
+        del events[at]
+    else:
+        events[at], events[at + 1] = events[at + 1], events[at]
+    assert verify_chain(events)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"time": datetime(2026, 12, 6, 9, 0)}, "time zone"),  # naive: refused
+        ({"schema_version": 2}, "schema version 2"),
+        ({"password": "x"}, "Extra inputs are not permitted"),
+        ({"rows": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_an_event_the_schema_does_not_describe_is_refused(
+    change: dict[str, object], message: str
+) -> None:
+    fields = session(1)[0].model_dump()
+    with pytest.raises(ValidationError, match=message):
+        AuditEvent.model_validate({**fields, **change})
