@@ -1,0 +1,46 @@
+"""A statement's text as the audit trail keeps it: no value in it.
+
+Every literal becomes `?` (strings of every kind, numbers, bit strings, dollar-quoted
+bodies), every comment a space, and every quoted name that is not a plain name (`"x@y.z"`)
+`"?"`: what is left is the statement's structure, its keywords, the names of what it
+reads and `$n` parameters. The text is read by pglast's scanner, PostgreSQL's own, so
+what it calls a literal is what the server does; a text it cannot read is kept as a
+fixed marker, never as it came.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pglast.parser import scan
+
+UNREADABLE = "<a statement the scanner could not read>"
+
+_LITERALS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_PLAIN_NAME = re.compile(r'"[A-Za-z_][A-Za-z0-9_$]*"')
+
+
+def without_values(sql: str) -> str:
+    """The statement with its literals, comments and unusual quoted names replaced."""
+    try:
+        tokens = scan(sql)
+    except Exception:  # pglast raises its own error types for unreadable text
+        return UNREADABLE
+    pieces: list[str] = []
+    position = 0
+    for start, end, name, _ in tokens:
+        token = sql[start : end + 1]
+        if name in _LITERALS:
+            replacement = "?"
+        elif name in _COMMENTS:
+            replacement = " "
+        elif name in ("IDENT", "UIDENT") and token[-1:] == '"' and not _PLAIN_NAME.fullmatch(token):
+            replacement = '"?"'
+        else:
+            continue
+        pieces.append(sql[position:start])
+        pieces.append(replacement)
+        position = end + 1
+    pieces.append(sql[position:])
+    return "".join(pieces)
