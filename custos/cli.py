@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from custos.audit.commands import add_audit_commands
 from custos.config import ConfigError, load_config
 from custos.identity.durations import parse_duration
 from custos.policy.commands import add_policy_commands
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(command=_token)
 
     add_policy_commands(commands)
+    add_audit_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="start a throwaway database with fake customers behind the gateway"

@@ -1,0 +1,117 @@
+"""The local audit store: append-only JSON Lines segment files, laid out as the S3 archive
+is (`dt=YYYY-MM-DD/hour=HH/segment-...jsonl`).
+
+`append` writes a batch of events (a chunk's statements, every session's at that moment)
+and makes it durable with one fsync: a group commit. A segment is this process's for its
+hour; a new hour, or a new process, starts a new one, so no file is ever written twice.
+`verify_store` reads every segment and checks each session's chain (chain.py), and names
+any line that is not an event (a torn write, an edit).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from custos.audit.chain import ChainProblem, verify_chain
+from custos.audit.events import AuditEvent
+
+
+def segment_directory(root: Path, moment: datetime) -> Path:
+    """Where the events of an hour go: `dt=YYYY-MM-DD/hour=HH` (UTC), as in the archive."""
+    moment = moment.astimezone(UTC)
+    return root / f"dt={moment:%Y-%m-%d}" / f"hour={moment:%H}"
+
+
+class LocalStore:
+    """Appends audit events to segment files under `root`, durably."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._hour: Path | None = None  # the directory of the segment open now
+        self._file: int | None = None
+
+    def append(self, events: Sequence[AuditEvent]) -> None:
+        """Writes the events, in order, and returns once they are on disk."""
+        if not events:
+            return
+        lines: dict[Path, list[bytes]] = {}
+        for event in events:
+            directory = segment_directory(self._root, event.time)
+            lines.setdefault(directory, []).append(event.model_dump_json().encode() + b"\n")
+        for directory, batch in lines.items():
+            descriptor = self._segment(directory)
+            data = b"".join(batch)
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+            os.fsync(descriptor)
+
+    def close(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+            self._hour = None
+
+    def _segment(self, directory: Path) -> int:
+        if self._hour == directory and self._file is not None:
+            return self._file
+        self.close()
+        directory.mkdir(parents=True, exist_ok=True)
+        # Named to sort in the order segments were started (to the nanosecond), so that a
+        # reader meets each session's events in the order they were written.
+        path = directory / f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.jsonl"
+        self._file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+        # The new file's name is durable too: fsync of the directory that holds it.
+        folder = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        self._hour = directory
+        return self._file
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableLine:
+    """A line of a segment that is not an event this gateway reads."""
+
+    path: Path
+    line: int
+    detail: str
+
+
+def segments(root: Path) -> list[Path]:
+    """Every segment file, oldest first (by hour, then by when it was started)."""
+    return sorted(root.glob("dt=*/hour=*/segment-*.jsonl"))
+
+
+def stored_events(root: Path) -> Iterator[AuditEvent | UnreadableLine]:
+    for path in segments(root):
+        with path.open("rb") as segment:
+            for number, line in enumerate(segment, start=1):
+                try:
+                    yield AuditEvent.model_validate_json(line)
+                except ValidationError as error:
+                    detail = f"not an audit event ({error.error_count()} problems)"
+                    yield UnreadableLine(path, number, detail)
+
+
+def verify_store(root: Path) -> tuple[list[ChainProblem], list[UnreadableLine]]:
+    """Each session's chain checked over every segment, and the lines that are not events."""
+    sessions: dict[str, list[AuditEvent]] = {}
+    unreadable: list[UnreadableLine] = []
+    for item in stored_events(root):
+        if isinstance(item, UnreadableLine):
+            unreadable.append(item)
+        else:
+            sessions.setdefault(item.session_id, []).append(item)
+    problems = [problem for events in sessions.values() for problem in verify_chain(events)]
+    return problems, unreadable
