@@ -1,0 +1,67 @@
+"""Group commit: events of many sessions handed over at once share one durable write, each
+caller hears when its own are on disk, and a store that cannot write fails them all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from custos.audit.chain import SessionChain
+from custos.audit.commit import GroupCommitter
+from custos.audit.events import AuditEvent, EventType
+from custos.audit.local import LocalStore, stored_events, verify_store
+
+NOW = datetime(2026, 12, 6, 10, tzinfo=UTC)
+
+
+class CountingStore(LocalStore):
+    """The real store, counting its appends (each one write and one fsync)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.appends: list[int] = []
+
+    def append(self, events: Sequence[AuditEvent]) -> None:
+        self.appends.append(len(events))
+        super().append(events)
+
+
+def event(chain: SessionChain, number: int) -> AuditEvent:
+    return chain.sealed(
+        event_id=f"{chain.session_id}-{number}", event_type=EventType.STATEMENT, time=NOW
+    )
+
+
+def test_events_waiting_together_share_a_commit(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path)
+    chains = [SessionChain(f"s-{n}") for n in range(20)]
+
+    async def sessions() -> None:
+        committer = GroupCommitter(store)
+        waits = [committer.add([event(chain, 0)]) for chain in chains]
+        waits += [committer.add([event(chain, 1)]) for chain in chains]
+        await asyncio.gather(*waits)
+
+    asyncio.run(sessions())
+    store.close()
+    assert sum(store.appends) == 40
+    assert len(store.appends) <= 2  # the first event alone, then all that waited meanwhile
+    assert verify_store(tmp_path) == ([], [])
+    assert len([e for e in stored_events(tmp_path) if isinstance(e, AuditEvent)]) == 40
+
+
+def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the store's root is a file: nothing can be written under it
+
+    async def session() -> list[BaseException | None]:
+        committer = GroupCommitter(LocalStore(blocked))
+        chain = SessionChain("s-1")
+        waits = [committer.add([event(chain, n)]) for n in range(3)]
+        return await asyncio.gather(*waits, return_exceptions=True)
+
+    outcomes = asyncio.run(session())
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
