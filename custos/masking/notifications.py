@@ -15,10 +15,9 @@ from custos.masking.detect import DETECTED, mask_found
 from custos.masking.values import REDACTED, Masker
 from custos.policy.engine import MaskSpec
 from custos.policy.masks import STRENGTH
-from custos.policy.models import MaskMethod
+from custos.policy.models import PSEUDONYM_METHODS, MaskMethod
 from custos.protocol.errors import ProtocolViolation
 
-_PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
 _KEYLESS = Masker(None)  # for the methods that need no key
 
 
@@ -36,7 +35,7 @@ class NotificationMasker:
         self._masker = masker
         # Found values masked in place only where everything masked can be found.
         self._detects = categories <= frozenset(DETECTED) and (
-            masker is not None or strongest not in _PSEUDONYMS
+            masker is not None or strongest not in PSEUDONYM_METHODS
         )
 
     def masked(self, body: bytes) -> bytes:

@@ -41,7 +41,7 @@ from custos.masking.values import REDACTED, Masker, partial
 from custos.policy.catalog import FREE_TEXT
 from custos.policy.catalog import FREE_TEXT_HOLDS as QUOTED
 from custos.policy.masks import MIXED, STRENGTH, ColumnMask, JsonMask, whole_value_method
-from custos.policy.models import MaskMethod
+from custos.policy.models import PSEUDONYM_METHODS, MaskMethod
 from custos.protocol.backend import Column
 from custos.protocol.errors import ProtocolViolation
 from custos.session.stages import MaskedColumn, ResultRewriter
@@ -279,7 +279,7 @@ class MaskingRewriter(ResultRewriter):
         if column.json is not None:
             kept = self._masked_object(value, column, column.json)
             if kept is not None:
-                return len(kept).to_bytes(4, "big") + kept
+                return _with_length(kept)
         if how == _TEXT_FORM:
             # A text type, whose text and binary forms are the text itself: the common case.
             try:
@@ -291,8 +291,7 @@ class MaskingRewriter(ResultRewriter):
             encoded = self._masked_by_type(value, column)
         if encoded is None:
             column.nulled += 1
-            return _NULL
-        return len(encoded).to_bytes(4, "big") + encoded
+        return _with_length(encoded)
 
     def _masked_by_type(self, value: bytes, column: _ColumnPlan) -> bytes | None:
         return masked_value(
@@ -320,7 +319,7 @@ class MaskingRewriter(ResultRewriter):
             return mask_found(text, QUOTED, method, self._masker, self._patterns)[0]
         if method is MaskMethod.PARTIAL:
             return partial(text, category)
-        if method is MaskMethod.PSEUDONYM or method is MaskMethod.HASH:
+        if method in PSEUDONYM_METHODS:
             return self._masker.pseudonym(text, category)
         return self._masker.text(text, category, method)
 

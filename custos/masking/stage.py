@@ -10,6 +10,8 @@ pseudonyms when no masking key is configured.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pglast
 from pglast import ast
 
@@ -19,7 +21,7 @@ from custos.masking.notifications import NotificationMasker
 from custos.masking.rewriter import MASKABLE_ENCODINGS, MaskingRewriter
 from custos.masking.values import Masker
 from custos.policy.engine import Effect
-from custos.policy.models import MaskMethod
+from custos.policy.models import PSEUDONYM_METHODS
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.stages import FORWARD, Plan, Refuse, Rewrite, Stage
@@ -89,9 +91,6 @@ def _stores(facts: StatementFacts, reading: frozenset[StatementKind]) -> bool:
     return any(name.rpartition(".")[2] in _STORING_FUNCTIONS for name in facts.functions)
 
 
-_PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
-
-
 def _copy_format(facts: StatementFacts, text: str) -> CopyFormat:
     """The format of a COPY that sends its rows to the client, read from its own text;
     UnsupportedCopy for any other COPY, or options the masking cannot follow."""
@@ -107,17 +106,15 @@ def _copy_format(facts: StatementFacts, text: str) -> CopyFormat:
     return CopyFormat.of_statement(copy)
 
 
-def _copy_refusal(reason: str) -> Refusal:
-    return Refusal(
-        COPY_REFUSAL.sqlstate, COPY_REFUSAL.message.format(reason=reason), COPY_REFUSAL.hint
-    )
+def _filled(refusal: Refusal, **values: str) -> Refusal:
+    """The refusal with the values its message names filled in."""
+    return replace(refusal, message=refusal.message.format(**values))
 
 
 class MaskingStage(Stage):
     def __init__(self, key: bytes | None) -> None:
         # Without a key, pseudonyms cannot be made; partial, redact and null need none.
         self._masker = Masker(key)
-        self._keyed = key is not None
         # Once the session LISTENs: the role's mask rules, which notifications' payloads
         # are masked by (notifications.py).
         self._notifications: NotificationMasker | None = None
@@ -126,7 +123,7 @@ class MaskingStage(Stage):
         decision = statement.decision
         if decision is not None and decision.notification_masks:
             self._notifications = NotificationMasker(
-                decision.notification_masks, self._masker if self._keyed else None
+                decision.notification_masks, self._masker if self._masker.keyed else None
             )
         if decision is None or decision.effect is not Effect.MASK:
             return FORWARD
@@ -136,10 +133,7 @@ class MaskingStage(Stage):
         if encoding not in MASKABLE_ENCODINGS:
             # Another encoding's characters can hold the bytes of a quote, a backslash or a
             # delimiter: array, record, JSON and COPY text would be misread.
-            refusal = ENCODING_REFUSAL
-            return Refuse(
-                Refusal(refusal.sqlstate, refusal.message.format(encoding=encoding), refusal.hint)
-            )
+            return Refuse(_filled(ENCODING_REFUSAL, encoding=encoding))
         copy_formats: list[CopyFormat | None] = []
         for analysis, _ in statement.candidates:
             for index, facts in enumerate(analysis.statements):
@@ -153,10 +147,12 @@ class MaskingStage(Stage):
                     try:
                         copy_format = _copy_format(facts, analysis.texts[index])
                     except UnsupportedCopy as unsupported:
-                        return Refuse(_copy_refusal(str(unsupported)))
+                        return Refuse(_filled(COPY_REFUSAL, reason=str(unsupported)))
                 if len(copy_formats) <= index:
                     copy_formats.append(copy_format)
-        if not self._keyed and any(mask.method in _PSEUDONYMS for mask in decision.masks):
+        if not self._masker.keyed and any(
+            mask.method in PSEUDONYM_METHODS for mask in decision.masks
+        ):
             return Refuse(NO_KEY_REFUSAL)
         return Rewrite(
             MaskingRewriter(

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape as xml_escape
 
 from custos.masking.generalise import generalised_scaled
-from custos.policy.models import MaskMethod
+from custos.policy.models import PSEUDONYM_METHODS, MaskMethod
 
 Keyed = Callable[[str, bytes], bytes]
 """(category, value bytes) -> 32 bytes of keyed material (HMAC-SHA-256 under the key)."""
@@ -86,7 +86,6 @@ _TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN, XML})
 _INTEGER_BYTES = {INT2: 2, INT4: 4, INT8: 8}
 _FIRST_USER_OID = 16384  # FirstNormalObjectId: the types below are PostgreSQL's own
 
-_PSEUDONYMS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
 _COARSE = frozenset({MaskMethod.PARTIAL, MaskMethod.GENERALISE})
 
 
@@ -176,7 +175,7 @@ class _Rule:
     def _masked_typed(self, value: _Typed) -> _Typed:
         if self.method is MaskMethod.REDACT:
             return value.redacted()
-        if self.method in _PSEUDONYMS:
+        if self.method in PSEUDONYM_METHODS:
             return value.pseudonym(self.material(value.canonical()))
         if self.method is MaskMethod.GENERALISE:
             return value.generalised()

@@ -76,6 +76,11 @@ class Masker:
             return generalised_text(value) or REDACTED
         return self.pseudonym(value, category)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether it holds a key: pseudonyms can be made."""
+        return self._inner is not None
+
     def pseudonym(self, value: str, category: str) -> str:
         """The keyed, format-keeping pseudonym of a value of this category."""
         made = self._made

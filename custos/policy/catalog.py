@@ -27,6 +27,14 @@ counts as reading them too, so a rule that masks them (content detection finds t
 text) or refuses them applies."""
 
 
+def by_relation(pairs: Iterable[tuple[str, str]]) -> dict[str, frozenset[str]]:
+    """(relation, column) pairs as `PersonalDataCatalog.categories` takes them."""
+    grouped: dict[str, frozenset[str]] = {}
+    for relation, column in pairs:
+        grouped[relation] = grouped.get(relation, frozenset()) | {column}
+    return grouped
+
+
 class PersonalDataCatalog:
     """The tables holding personal data, and the category of each of their columns."""
 

@@ -21,7 +21,7 @@ its values go is not known.
 from __future__ import annotations
 
 from custos.identity.errors import shown
-from custos.policy.catalog import PersonalDataCatalog
+from custos.policy.catalog import PersonalDataCatalog, by_relation
 from custos.sql.facts import ALL_COLUMNS, StatementFacts, ValueCopy
 
 OUT_OF_THE_DATABASE = "a server file or program"
@@ -58,10 +58,8 @@ def copies_risk(statement: StatementFacts, catalog: PersonalDataCatalog) -> str 
 
 def _untraced(statement: StatementFacts, catalog: PersonalDataCatalog) -> dict[str, frozenset[str]]:
     """What every stored value may carry besides its own lineage (see the module doc)."""
-    untraced: dict[str, frozenset[str]] = {}
     tested = {(match.relation, match.column) for match in statement.pattern_matches}
-    for relation, column in (*statement.function_reads, *statement.compared, *tested):
-        untraced[relation] = untraced.get(relation, frozenset()) | {column}
+    untraced = by_relation((*statement.function_reads, *statement.compared, *tested))
     if statement.reads_statistics:
         untraced.update(dict.fromkeys(catalog.relations, frozenset({ALL_COLUMNS})))
     return untraced

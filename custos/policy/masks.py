@@ -11,11 +11,11 @@ column from its place on is masked when any of them, or any column after it, wou
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog
+from custos.policy.catalog import FREE_TEXT, PersonalDataCatalog, by_relation
 from custos.policy.models import MaskMethod
 from custos.sql.facts import JsonShape, OutputColumn
 
@@ -144,18 +144,11 @@ def column_masks(
     (`chr(n)` where `ascii(substr(name, p, 1)) = n`; `x.g` joined on `phone = x.g`)."""
     rules = tuple(rules)
     if reads_statistics and rules:
-        strongest = max(rules, key=lambda rule: STRENGTH[rule.method])
-        method = whole_value_method(strongest.method)
-        return (ColumnMask(0, None, MIXED, method, strongest.rule, computed=True),)
-    untraced: dict[str, frozenset[str]] = {}
-    for relation, column in (*function_reads, *tested):
-        untraced[relation] = untraced.get(relation, frozenset()) | {column}
-    held_by_functions = catalog.categories(untraced)
+        return (_every_column(rules),)
+    held_by_functions = catalog.categories(by_relation((*function_reads, *tested)))
     applying = [rule for rule in rules if not rule.categories.isdisjoint(held_by_functions)]
     if applying:
-        strongest = max(applying, key=lambda rule: STRENGTH[rule.method])
-        method = whole_value_method(strongest.method)
-        return (ColumnMask(0, None, MIXED, method, strongest.rule, computed=True),)
+        return (_every_column(applying),)
     masks: list[ColumnMask] = []
     unknown_from: int | None = None  # where a column of unknown width puts the rest
     for position, output in enumerate(outputs):
@@ -186,6 +179,14 @@ def column_masks(
     return (*placed, fallback)
 
 
+def _every_column(rules: Sequence[MaskRule]) -> ColumnMask:
+    """Every column masked whole by the strongest of the rules: which holds what is not
+    known, and the statement may have computed any of them."""
+    strongest = max(rules, key=lambda rule: STRENGTH[rule.method])
+    method = whole_value_method(strongest.method)
+    return ColumnMask(0, None, MIXED, method, strongest.rule, computed=True)
+
+
 def _mask_of(
     lineage: Iterable[tuple[str, str]],
     computed: bool,
@@ -193,9 +194,7 @@ def _mask_of(
     rules: tuple[MaskRule, ...],
 ) -> tuple[str, MaskMethod, str] | None:
     """How a value of this lineage is masked (category, method, rule), or None."""
-    sources: dict[str, frozenset[str]] = {}
-    for relation, column in lineage:
-        sources[relation] = sources.get(relation, frozenset()) | {column}
+    sources = by_relation(lineage)
     held = catalog.categories(sources)
     applying = [rule for rule in rules if not rule.categories.isdisjoint(held)]
     if not applying:

@@ -61,6 +61,10 @@ class MaskMethod(StrEnum):
     NULL = "null"
 
 
+PSEUDONYM_METHODS = frozenset({MaskMethod.PSEUDONYM, MaskMethod.HASH})
+"""The methods that make keyed pseudonyms, and so need the masking key."""
+
+
 def _category(value: str) -> str:
     if value in CATEGORIES or _CUSTOM_CATEGORY.fullmatch(value):
         return value

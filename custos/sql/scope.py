@@ -11,6 +11,7 @@ by its bare name). Reads are over-approximated; that is the safe side for policy
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from custos.sql import budget
@@ -63,6 +64,11 @@ def unexpandable(columns: list[Col]) -> list[Col]:
     ]
 
 
+def sources_of(columns: Iterable[Col]) -> frozenset[Source]:
+    """Every source the columns' values may come from."""
+    return frozenset().union(*(column.sources for column in columns))
+
+
 def renamed(columns: list[Col], names: list[str]) -> list[Col]:
     """Apply alias column names (`AS x(a, b)`) to the leading columns."""
     if not names:
@@ -74,7 +80,7 @@ def renamed(columns: list[Col], names: list[str]) -> list[Col]:
             # The expansion's width is unknown: every remaining alias may be any of its
             # columns, or any column after it.
             rest = columns[index:]
-            sources = frozenset().union(*(later.sources for later in rest))
+            sources = sources_of(rest)
             opaque = any(later.opaque for later in rest)
             result.extend(Col(name, sources, opaque) for name in pending)
             # Some of its columns now go by the alias names, and no one knows how many.

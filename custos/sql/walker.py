@@ -46,6 +46,7 @@ from custos.sql.scope import (
     resolve_name,
     resolve_qualified,
     resolve_schema_qualified,
+    sources_of,
     unexpandable,
 )
 
@@ -125,24 +126,23 @@ def _merged_order(
     side of unknown columns), neither is any position: one column of unknown width."""
     if natural:
         if any(column.name is None or _maybe_named(column) for column in columns):
-            sources = frozenset().union(*(column.sources for column in columns))
+            sources = sources_of(columns)
             return [Col(None, sources, any(column.opaque for column in columns))]
         seen: dict[str, list[Col]] = {}
         for column in columns:
             seen.setdefault(str(column.name), []).append(column)
         common = [name for name, found in seen.items() if len(found) > 1]
-        merged = [
-            Col(name, frozenset().union(*(c.sources for c in seen[name])), True) for name in common
-        ]
+        merged = [Col(name, sources_of(seen[name]), True) for name in common]
         using = common
     rest = [column for column in columns if column.name not in using]
     return [*merged, *rest]
 
 
-def _iterated(columns: list[Col]) -> list[Col]:
-    """A recursive CTE's columns: each may hold any column's values, computed."""
-    everything = frozenset().union(*(column.sources for column in columns))
-    return [Col(column.name, everything, opaque=True, guessed=column.guessed) for column in columns]
+def _iterated(columns: list[Col], sources: frozenset[Source] | None = None) -> list[Col]:
+    """A recursive CTE's columns: each may hold any of `sources` (by default, any of these
+    columns' values), computed."""
+    every = sources_of(columns) if sources is None else sources
+    return [Col(column.name, every, opaque=True, guessed=column.guessed) for column in columns]
 
 
 def _union(left: list[Col], right: list[Col]) -> list[Col]:
@@ -154,7 +154,7 @@ def _union(left: list[Col], right: list[Col]) -> list[Col]:
             for a, b in zip(left, right, strict=True)
         ]
     # A `*` of unknown width breaks the positions: any column may carry any of the values.
-    everything = frozenset().union(*(c.sources for c in (*left, *right)))
+    everything = sources_of((*left, *right))
     opaque = any(c.opaque for c in (*left, *right))
     named = [Col(c.name, everything, opaque, guessed=c.guessed) for c in left if c.name]
     return [*named, Col(None, everything, opaque)]
@@ -547,14 +547,9 @@ class Walker:
             if recursive and len(ctes) > 1:
                 # Not settled: any of them may hold any of their values, computed.
                 held = [scope.ctes[cte["ctename"]] for cte in ctes]
-                every = frozenset().union(
-                    *(column.sources for columns in held for column in columns)
-                )
+                every = sources_of(column for columns in held for column in columns)
                 for cte, columns in zip(ctes, held, strict=True):
-                    scope.ctes[cte["ctename"]] = [
-                        Col(column.name, every, opaque=True, guessed=column.guessed)
-                        for column in columns
-                    ]
+                    scope.ctes[cte["ctename"]] = _iterated(columns, every)
 
     def ctes(self, ctes: list[Node], recursive: bool, scope: Scope) -> None:
         for cte in ctes:
@@ -594,7 +589,7 @@ class Walker:
                 (cte.get("cycle_clause") or {}).get("cycle_path_column"),
             ]
             if any(added):
-                every = frozenset().union(*(column.sources for column in columns))
+                every = sources_of(columns)
                 columns = [*columns, *(Col(name, every, opaque=True) for name in added if name)]
             scope.ctes[cte["ctename"]] = columns
 
