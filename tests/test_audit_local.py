@@ -47,7 +47,8 @@ def store(tmp_path: Path) -> Path:
 
 def test_events_land_by_hour_as_in_the_archive_and_read_back_whole(store: Path) -> None:
     layout = sorted(str(path.parent.relative_to(store)) for path in segments(store))
-    assert layout == ["dt=2026-12-06/hour=09", "dt=2026-12-06/hour=10", "dt=2026-12-06/hour=10"]
+    hours = ["dt=2026-12-06/hour=09", "dt=2026-12-06/hour=10", "dt=2026-12-06/hour=10"]
+    assert layout == [f"events/{hour}" for hour in hours]
     events = [event for event in stored_events(store) if isinstance(event, AuditEvent)]
     assert sorted((event.session_id, event.seq) for event in events) == [
         ("s-1", 0), ("s-1", 1), ("s-1", 2), ("s-1", 3), ("s-2", 0), ("s-2", 1), ("s-2", 2),

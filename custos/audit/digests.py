@@ -3,7 +3,7 @@
 For each hour, also one with no events, a digest lists the segment files written in it
 with their SHA-256 and size, the head of every session chain at the hour's end, and the
 previous digest's hash and signature, and is signed (Ed25519 here; an asymmetric KMS key
-in AWS). Digests live beside the segments, under `digests/dt=YYYY-MM-DD/hour=HH/`.
+in AWS). Digests live beside the tables, under `digests/dt=YYYY-MM-DD/hour=HH/`.
 `verify_digests` checks every signature and every link, that every file listed is there
 as it was, that no segment of a digested hour is unlisted, and that no hour between the
 first digest and the last is missing one.
@@ -22,13 +22,22 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from custos.audit.events import AuditEvent
-from custos.audit.local import segment_directory
+from custos.audit.local import EVENTS, TABLES, hour_directory, segment_directory
 
 DIGEST_VERSION = 1
 
 
 def digest_path(root: Path, hour: datetime) -> Path:
-    return root / "digests" / segment_directory(Path(), hour) / "digest.json"
+    return root / "digests" / hour_directory(hour) / "digest.json"
+
+
+def _hour_segments(root: Path, hour: datetime) -> list[Path]:
+    """The segment files of every table written in an hour."""
+    return [
+        path
+        for table in TABLES
+        for path in sorted(segment_directory(root, hour, table).glob("segment-*.jsonl"))
+    ]
 
 
 def _canonical(document: dict[str, object]) -> bytes:
@@ -58,14 +67,14 @@ def _heads(paths: list[Path]) -> dict[str, dict[str, object]]:
 def write_digest(root: Path, hour: datetime, key: Ed25519PrivateKey) -> Path:
     """Signs and writes the digest of one hour (UTC), linked to the one before it."""
     hour = hour.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    paths = sorted(segment_directory(root, hour).glob("segment-*.jsonl"))
+    paths = _hour_segments(root, hour)
     previous_path = digest_path(root, hour - timedelta(hours=1))
     previous = json.loads(previous_path.read_bytes()) if previous_path.exists() else None
     document: dict[str, object] = {
         "version": DIGEST_VERSION,
         "hour": hour.isoformat(),
         "files": [_file_entry(root, path) for path in paths],
-        "chain_heads": _heads(paths),
+        "chain_heads": _heads([path for path in paths if path.is_relative_to(root / EVENTS)]),
         "previous_digest_hash": None if previous is None else _digest_hash(previous),
         "previous_signature": None if previous is None else previous["signature"],
     }
@@ -124,7 +133,7 @@ def verify_digests(root: Path, public_key: Ed25519PublicKey) -> list[DigestProbl
         digested_hours.append(hour)
         previous, previous_hour = signed, hour
     for hour in digested_hours:
-        for file in sorted(segment_directory(root, hour).glob("segment-*.jsonl")):
+        for file in _hour_segments(root, hour):
             relative = str(file.relative_to(root))
             if relative not in listed:
                 problems.append(DigestProblem(relative, "not listed in its hour's digest"))

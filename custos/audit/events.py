@@ -25,15 +25,32 @@ class EventType(StrEnum):
     SESSION_START = "session_start"
     SESSION_END = "session_end"
     AUTHENTICATION_FAILURE = "authentication_failure"
-    STATEMENT = "statement"
+    STATEMENT = "statement"  # durable before the statement goes upstream
+    STATEMENT_OUTCOME = "statement_outcome"  # how it ended: status, rows, bytes, masking
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_DECIDED = "approval_decided"
     POLICY_LOADED = "policy_loaded"
 
 
+def in_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("an audit record's time must carry its time zone")
+    return value.astimezone(UTC)
+
+
 class _Record(BaseModel):
-    # A store holding an event this version does not describe fails closed.
+    # A store holding a record this version does not describe fails closed.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("schema_version", check_fields=False)
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"audit records of schema version {value} are not ones this gateway reads"
+                f" (it reads version {SCHEMA_VERSION}); use a gateway of that version"
+            )
+        return value
 
 
 class MaskedColumnRecord(_Record):
@@ -65,6 +82,8 @@ class AuditEvent(_Record):
     application_name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     target: str | None = None
+    purpose: str | None = None  # the role's purpose of processing, as the policy states it
+    statement_number: int | None = Field(default=None, ge=1)  # in the session, from 1
     statement: str | None = None  # literals and parameters replaced by placeholders
     kinds: tuple[str, ...] = ()
     relations: tuple[str, ...] = ()
@@ -75,26 +94,59 @@ class AuditEvent(_Record):
     policy_version: str | None = None
     masked: tuple[MaskedColumnRecord, ...] = ()
     approval_id: str | None = None
+    status: str | None = None  # completed, suspended, failed, refused, withdrawn, skipped
     sqlstate: str | None = None
+    error: str | None = None  # the gateway's own message (never the database's: it may quote)
     rows: int | None = Field(default=None, ge=0)
     bytes: int | None = Field(default=None, ge=0)
     duration_ms: float | None = Field(default=None, ge=0)
+    # The data-subject index (SubjectAccess rows beside the event): how many rows, whether
+    # the cap per statement was reached, and the personal tables read without anything
+    # identifying whom was read.
+    subjects: int = Field(default=0, ge=0)
+    subjects_capped: bool = False
+    unidentified: tuple[str, ...] = ()
     prev_hash: str = Field(min_length=HASH_HEX_CHARS, max_length=HASH_HEX_CHARS)
     hash: str = Field(min_length=HASH_HEX_CHARS, max_length=HASH_HEX_CHARS)
 
     @field_validator("time")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("an event's time must carry its time zone")
-        return value.astimezone(UTC)
+        return in_utc(value)
 
-    @field_validator("schema_version")
+
+class IdentifierType(StrEnum):
+    SUBJECT = "subject"  # a catalogued table's subject key: `crm.customers:42`
+    EMAIL = "email"
+    PHONE = "phone"
+    IBAN = "iban"
+    NATIONAL_ID = "national_id"
+
+
+class Access(StrEnum):
+    RETURNED = "returned"  # in the statement's result (masked or clear, see `masked`)
+    NAMED = "named"  # in its predicates, values written, or bind parameters
+
+
+class SubjectAccess(_Record):
+    """One data subject a statement touched, by the keyed pseudonym of an identifier: a row
+    of the data-subject index, stored beside the statement's outcome event (`event_id`)."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str = Field(min_length=1)
+    session_id: str = Field(min_length=1)
+    statement_number: int = Field(ge=1)
+    time: datetime
+    role: str | None = None
+    principal: str | None = None  # the token's subject: who accessed
+    identifier_type: IdentifierType
+    pseudonym: str = Field(min_length=HASH_HEX_CHARS, max_length=HASH_HEX_CHARS)
+    relation: str | None = None  # the table the identifier's column belongs to
+    columns: tuple[str, ...] = ()  # the result's columns of that table (for `returned`)
+    access: Access
+    masked: bool = False  # whether the columns came back masked
+
+    @field_validator("time")
     @classmethod
-    def _known_version(cls, value: int) -> int:
-        if value != SCHEMA_VERSION:
-            raise ValueError(
-                f"audit events of schema version {value} are not ones this gateway reads"
-                f" (it reads version {SCHEMA_VERSION}); use a gateway of that version"
-            )
-        return value
+    def _in_utc(cls, value: datetime) -> datetime:
+        return in_utc(value)

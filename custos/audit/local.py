@@ -1,9 +1,10 @@
 """The local audit store: append-only JSON Lines segment files, laid out as the S3 archive
-is (`dt=YYYY-MM-DD/hour=HH/segment-...jsonl`).
+is: a folder per table (`events/`, `subject_access/`), then `dt=YYYY-MM-DD/hour=HH/`.
 
-`append` writes a batch of events (a chunk's statements, every session's at that moment)
-and makes it durable with one fsync: a group commit. A segment is this process's for its
-hour; a new hour, or a new process, starts a new one, so no file is ever written twice.
+`append` writes a batch of events and data-subject index rows (a chunk's statements,
+every session's at that moment) and makes it durable with one fsync per file: a group
+commit. A segment is this process's for its table and hour; a new hour, or a new process,
+starts a new one, so no file is ever written twice.
 `verify_store` reads every segment and checks each session's chain (chain.py), and names
 any line that is not an event (a torn write, an edit).
 """
@@ -21,33 +22,42 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from custos.audit.chain import ChainProblem, verify_chain
-from custos.audit.events import AuditEvent
+from custos.audit.events import AuditEvent, SubjectAccess
+
+EVENTS = "events"
+SUBJECT_ACCESS = "subject_access"
+TABLES = (EVENTS, SUBJECT_ACCESS)
 
 
-def segment_directory(root: Path, moment: datetime) -> Path:
-    """Where the events of an hour go: `dt=YYYY-MM-DD/hour=HH` (UTC), as in the archive."""
+def segment_directory(root: Path, moment: datetime, table: str = EVENTS) -> Path:
+    """Where a table's records of an hour go: `TABLE/dt=YYYY-MM-DD/hour=HH` (UTC)."""
+    return root / table / hour_directory(moment)
+
+
+def hour_directory(moment: datetime) -> Path:
     moment = moment.astimezone(UTC)
-    return root / f"dt={moment:%Y-%m-%d}" / f"hour={moment:%H}"
+    return Path(f"dt={moment:%Y-%m-%d}") / f"hour={moment:%H}"
 
 
 class LocalStore:
-    """Appends audit events to segment files under `root`, durably."""
+    """Appends audit records to segment files under `root`, durably."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
-        self._hour: Path | None = None  # the directory of the segment open now
-        self._file: int | None = None
+        self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
 
-    def append(self, events: Sequence[AuditEvent]) -> None:
-        """Writes the events, in order, and returns once they are on disk."""
-        if not events:
-            return
-        lines: dict[Path, list[bytes]] = {}
-        for event in events:
-            directory = segment_directory(self._root, event.time)
-            lines.setdefault(directory, []).append(event.model_dump_json().encode() + b"\n")
-        for directory, batch in lines.items():
-            descriptor = self._segment(directory)
+    def append(
+        self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()
+    ) -> None:
+        """Writes the records, in order, and returns once they are on disk."""
+        lines: dict[tuple[str, Path], list[bytes]] = {}
+        for table, records in ((EVENTS, events), (SUBJECT_ACCESS, subjects)):
+            for record in records:
+                directory = segment_directory(self._root, record.time, table)
+                line = record.model_dump_json().encode() + b"\n"
+                lines.setdefault((table, directory), []).append(line)
+        for (table, directory), batch in lines.items():
+            descriptor = self._segment(table, directory)
             data = b"".join(batch)
             written = 0
             while written < len(data):
@@ -55,28 +65,30 @@ class LocalStore:
             os.fsync(descriptor)
 
     def close(self) -> None:
-        if self._file is not None:
-            os.close(self._file)
-            self._file = None
-            self._hour = None
+        for _, descriptor in self._open.values():
+            os.close(descriptor)
+        self._open.clear()
 
-    def _segment(self, directory: Path) -> int:
-        if self._hour == directory and self._file is not None:
-            return self._file
-        self.close()
+    def _segment(self, table: str, directory: Path) -> int:
+        current = self._open.get(table)
+        if current is not None:
+            if current[0] == directory:
+                return current[1]
+            os.close(current[1])
+            del self._open[table]
         directory.mkdir(parents=True, exist_ok=True)
         # Named to sort in the order segments were started (to the nanosecond), so that a
         # reader meets each session's events in the order they were written.
         path = directory / f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.jsonl"
-        self._file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
         # The new file's name is durable too: fsync of the directory that holds it.
         folder = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
-        self._hour = directory
-        return self._file
+        self._open[table] = (directory, descriptor)
+        return descriptor
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +100,9 @@ class UnreadableLine:
     detail: str
 
 
-def segments(root: Path) -> list[Path]:
-    """Every segment file, oldest first (by hour, then by when it was started)."""
-    return sorted(root.glob("dt=*/hour=*/segment-*.jsonl"))
+def segments(root: Path, table: str = EVENTS) -> list[Path]:
+    """Every segment file of a table, oldest first (by hour, then by when it was started)."""
+    return sorted((root / table).glob("dt=*/hour=*/segment-*.jsonl"))
 
 
 def stored_events(root: Path) -> Iterator[AuditEvent | UnreadableLine]:
