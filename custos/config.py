@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from custos.audit.settings import AuditSettings
 from custos.identity.models import IssuerConfig, RoleConfig
 from custos.masking.keys import MaskingSettings
 from custos.upstream.settings import UpstreamSettings
@@ -96,6 +97,7 @@ class GatewayConfig(BaseModel):
     dev_issuer_dir: Path | None = None
     policy: PolicySettings | None = None
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
+    audit: AuditSettings | None = None
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("listen")

@@ -13,7 +13,7 @@ from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
 from custos.identity.models import IssuerConfig, RoleConfig
-from custos.masking.keys import MaskingKeyError, masking_key
+from custos.masking.keys import KeyLoadError, secret_key
 from custos.policy.lambda_point import LambdaDecisionPoint
 from custos.policy.source import FilePolicySource, PolicyError, S3PolicySource
 from custos.session.decision import InProcessDecisionPoint
@@ -68,8 +68,8 @@ def _masking_key(config: GatewayConfig) -> bytes | None:
     if config.policy is None:
         return None
     try:
-        key = masking_key(config.masking)
-    except MaskingKeyError as error:
+        key = secret_key(config.masking, "masking")
+    except KeyLoadError as error:
         raise ConfigError(str(error)) from None
     if key is None:
         log.warning(

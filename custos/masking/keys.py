@@ -1,10 +1,12 @@
-"""The masking key: where pseudonyms' secret comes from.
+"""Secret keys: the masking key, for pseudonyms in results, and the audit key, for the
+pseudonyms the audit trail keeps of identifiers.
 
-In order: a file (`masking.key_file`), an AWS Secrets Manager secret (`masking.key_secret`,
-its name or ARN), or an environment variable (`masking.key_env`, CUSTOS_MASKING_KEY by
-default). The key is the text's UTF-8 bytes, at least 32 of them (`openssl rand -hex 32`
-makes one). Rotating it changes every pseudonym: results masked before and after no longer
-join; keep the old key while both must.
+In order: a file (`key_file`), an AWS Secrets Manager secret (`key_secret`, its name or
+ARN), or an environment variable (`key_env`: CUSTOS_MASKING_KEY and CUSTOS_AUDIT_KEY by
+default). A key is the text's UTF-8 bytes, at least 32 of them (`openssl rand -hex 32`
+makes one). Rotating the masking key changes every pseudonym: results masked before and
+after no longer join; keep the old key while both must. The audit key is a different
+one, so that nobody holding the masking key can link results to the audit trail's index.
 """
 
 from __future__ import annotations
@@ -17,52 +19,58 @@ from pydantic import BaseModel, ConfigDict
 MIN_KEY_BYTES = 32
 
 
-class MaskingSettings(BaseModel):
+class KeySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key_file: Path | None = None
     key_secret: str | None = None
+    key_env: str
+
+
+class MaskingSettings(KeySettings):
     key_env: str = "CUSTOS_MASKING_KEY"
 
 
-class MaskingKeyError(Exception):
+class KeyLoadError(Exception):
     """The key configured cannot be used; the message says why and what to do."""
 
 
-def masking_key(settings: MaskingSettings) -> bytes | None:
-    """The configured key; None when none is (pseudonyms are then refused)."""
+def secret_key(settings: KeySettings, purpose: str) -> bytes | None:
+    """The configured key (`purpose` names it in errors: "masking", "audit"); None when
+    none is configured."""
     if settings.key_file is not None:
         try:
             text = settings.key_file.read_text().strip()
         except OSError as error:
-            raise MaskingKeyError(
-                f"cannot read the masking key file {settings.key_file}: {error.strerror}"
+            raise KeyLoadError(
+                f"cannot read the {purpose} key file {settings.key_file}: {error.strerror}"
             ) from None
-        return _checked(text, f"the key file {settings.key_file}")
+        return _checked(text, purpose, f"the key file {settings.key_file}")
     if settings.key_secret is not None:
-        return _checked(_secret(settings.key_secret), f"the secret {settings.key_secret}")
+        text = _secret(settings.key_secret, purpose)
+        return _checked(text, purpose, f"the secret {settings.key_secret}")
     value = os.environ.get(settings.key_env)
-    return None if value is None else _checked(value.strip(), f"${settings.key_env}")
+    return None if value is None else _checked(value.strip(), purpose, f"${settings.key_env}")
 
 
-def _secret(name: str) -> str:
+def _secret(name: str, purpose: str) -> str:
     import boto3  # only where the key is in Secrets Manager
 
     try:
         answer = boto3.client("secretsmanager").get_secret_value(SecretId=name)
     except Exception as error:
-        raise MaskingKeyError(f"cannot read the masking key secret {name}: {error}") from None
+        raise KeyLoadError(f"cannot read the {purpose} key secret {name}: {error}") from None
     text = answer.get("SecretString")
     if not isinstance(text, str):
-        raise MaskingKeyError(f"the masking key secret {name} holds no text (SecretString)")
+        raise KeyLoadError(f"the {purpose} key secret {name} holds no text (SecretString)")
     return text.strip()
 
 
-def _checked(text: str, where: str) -> bytes:
+def _checked(text: str, purpose: str, where: str) -> bytes:
     key = text.encode()
     if len(key) < MIN_KEY_BYTES:
-        raise MaskingKeyError(
-            f"the masking key in {where} is {len(key)} bytes; it needs at least"
+        raise KeyLoadError(
+            f"the {purpose} key in {where} is {len(key)} bytes; it needs at least"
             f" {MIN_KEY_BYTES} (make one with `openssl rand -hex 32`)"
         )
     return key

@@ -1,0 +1,44 @@
+"""Keyed pseudonyms of identifiers, as the data-subject index keeps them.
+
+HMAC-SHA256 under the audit key (not the masking key) of the identifier's type and its
+normal form, so that the index can say "this statement read this person's row" without
+holding the identifier, and `custos audit subject --email ...` finds the same pseudonym
+from an identifier someone gives. Normal forms make the spellings of one identifier
+agree: an email in lower case, a phone number's digits, an IBAN without spaces in upper
+case, a subject key as the text of its value in its table (`crm.customers:42`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from custos.audit.events import IdentifierType
+
+IDENTIFIER_CATEGORIES = frozenset(
+    {IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.IBAN, IdentifierType.NATIONAL_ID}
+)
+"""The catalog's categories the index keeps: those that name one person."""
+
+
+def normal_form(identifier_type: IdentifierType, value: str) -> str:
+    text = value.strip()
+    if identifier_type is IdentifierType.EMAIL:
+        return text.lower()
+    if identifier_type is IdentifierType.PHONE:
+        return "".join(character for character in text if character.isdigit())
+    if identifier_type in (IdentifierType.IBAN, IdentifierType.NATIONAL_ID):
+        return "".join(text.split()).replace("-", "").upper()
+    return text
+
+
+def identifier_pseudonym(key: bytes, identifier_type: IdentifierType, value: str) -> str:
+    """The pseudonym of an email, phone, IBAN or national id."""
+    message = f"{identifier_type.value}\x00{normal_form(identifier_type, value)}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def subject_pseudonym(key: bytes, relation: str, subject_value: str) -> str:
+    """The pseudonym of a data subject by its key in a catalogued table: crm.customers, 42."""
+    message = f"{IdentifierType.SUBJECT.value}\x00{relation}\x00{subject_value.strip()}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,46 @@
+"""The audit trail's configuration: `audit:` in the gateway's config, or `--audit DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from custos.masking.keys import KeySettings
+
+
+class AuditKeySettings(KeySettings):
+    """The key of the data-subject index's pseudonyms; not the masking key."""
+
+    key_env: str = "CUSTOS_AUDIT_KEY"
+
+
+class AuditSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    store: Literal["local", "dynamodb"] = "local"
+    dir: Path | None = None  # the local store's folder
+    table: str | None = None  # the DynamoDB events table
+    key: AuditKeySettings = Field(default_factory=AuditKeySettings)
+    # A statement whose event cannot be made durable is refused, unless its target (the
+    # policy's target name) is listed here: then it runs, and the failure is logged.
+    fail_open_targets: list[str] = Field(default_factory=list)
+    # Literals in statement texts become `?`; with this, those not compared with, or
+    # written to, a catalogued personal column are kept beside the text.
+    keep_literals: bool = False
+    # The data-subject index keeps at most this many subjects per statement, and says so.
+    subjects_per_statement: int = Field(default=1000, ge=1)
+    # How long the hot tier keeps events: local segment files, DynamoDB items (TTL).
+    retention_days: int = Field(default=30, ge=1)
+    # Local digests: signed with this Ed25519 private key (PEM), every `digest_minutes`.
+    digest_key_file: Path | None = None
+    digest_minutes: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _one_store(self) -> AuditSettings:
+        if self.store == "local" and self.dir is None:
+            raise ValueError("a local audit store needs dir: the folder it writes to")
+        if self.store == "dynamodb" and not self.table:
+            raise ValueError("a dynamodb audit store needs table: the events table's name")
+        return self
