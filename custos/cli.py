@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--policy", type=Path, metavar="FILE", help="govern statements with this policy (YAML)"
     )
+    serve.add_argument(
+        "--audit",
+        type=Path,
+        metavar="DIR",
+        help="record every session and statement in this folder (the local audit store;"
+        " its key from the config's audit.key or $CUSTOS_AUDIT_KEY)",
+    )
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
     serve.add_argument(
@@ -91,6 +98,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         overrides["upstream"] = {"dsn": arguments.upstream}
     if arguments.policy:
         overrides["policy"] = {"file": arguments.policy}
+    if arguments.audit:
+        overrides["audit"] = {"store": "local", "dir": arguments.audit}
     if arguments.tls_cert or arguments.tls_key:
         if not (arguments.tls_cert and arguments.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both")

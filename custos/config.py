@@ -147,7 +147,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> G
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}  # `--audit DIR` keeps the file's audit key
+        elif value is not None:
             data[key] = value
     try:
         return GatewayConfig.model_validate(data)

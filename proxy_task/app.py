@@ -9,6 +9,8 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
+from custos.audit.stores import audit_store
+from custos.audit.trail import AuditTrail
 from custos.config import ConfigError, GatewayConfig, PolicySettings
 from custos.identity.authenticator import Authenticator
 from custos.identity.dev_issuer import DevIssuer
@@ -61,7 +63,30 @@ def build_services(config: GatewayConfig) -> GatewayServices:
         decision_point=_decision_point(config.policy, policy),
         columns=_column_catalog(config, credentials),
         masking_key=_masking_key(config),
+        audit=_audit_trail(config, policy),
     )
+
+
+def _audit_trail(config: GatewayConfig, policy: ReloadingPolicySource | None) -> AuditTrail | None:
+    settings = config.audit
+    if settings is None:
+        return None
+    if policy is None:
+        raise ConfigError(
+            "the audit trail records what policy decides: configure a policy (policy.file)"
+            " to turn it on"
+        )
+    try:
+        key = secret_key(settings.key, "audit")
+    except KeyLoadError as error:
+        raise ConfigError(str(error)) from None
+    if key is None:
+        raise ConfigError(
+            "the audit trail needs a key of its own for its pseudonyms: set audit.key.key_file"
+            f" (or key_secret, or ${settings.key.key_env}); `openssl rand -hex 32` makes one"
+        )
+    source = policy
+    return AuditTrail(audit_store(settings), key, settings, lambda: source.current().catalog)
 
 
 def _masking_key(config: GatewayConfig) -> bytes | None:

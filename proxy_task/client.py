@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from custos.audit.stage import AUDIT_UNAVAILABLE, AuditStage
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
@@ -36,6 +37,7 @@ from custos.session.machine import SessionLimits, SessionMachine
 from custos.session.policy_stage import PolicyStage, refusal_for
 from custos.session.refusal import Refusal
 from custos.session.relay import RelayMachine
+from custos.session.stages import Stage
 from custos.session.startup_settings import startup_settings
 from custos.session.texts import TextAnalyser
 from custos.upstream.errors import UpstreamAuthenticationError
@@ -82,6 +84,7 @@ class ClientConnection(PeerConnection):
         self._handshake: asyncio.Task[None] | None = None
         self._tls = False
         self._ssl_answered = False
+        self._audit: AuditStage | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -253,6 +256,11 @@ class ClientConnection(PeerConnection):
                 error.sqlstate,
                 error.message,
             )
+            audit = self.gateway.audit
+            if audit is not None:
+                audit.authentication_failed(
+                    shown(role), self.peer, shown(application_name), error.sqlstate, error.message
+                )
             raise HandshakeRefused(error.sqlstate, error.message, error.hint) from None
         return principal
 
@@ -372,7 +380,7 @@ class ClientConnection(PeerConnection):
             if workers is not None
             else None
         )
-        stages = [
+        stages: list[Stage] = [
             PolicyStage(
                 principal.role,
                 decision_point,
@@ -380,9 +388,12 @@ class ClientConnection(PeerConnection):
                 self.gateway.function_reach,
                 identity_workers,
                 masks_results=True,
-            ),
-            MaskingStage(self.gateway.masking_key),
+            )
         ]
+        audit = await self._audit_stage(principal, upstream)
+        if audit is not None:
+            stages.append(audit)
+        stages.append(MaskingStage(self.gateway.masking_key))
         return SessionMachine(
             stages=stages,
             analyser=TextAnalyser(
@@ -399,6 +410,30 @@ class ClientConnection(PeerConnection):
             log_context=f"role={principal.role} subject={shown(principal.subject)}",
             login=upstream.target.user,
         )
+
+    async def _audit_stage(
+        self, principal: Principal, upstream: UpstreamReady
+    ) -> AuditStage | None:
+        """The session's audit stage, once its start event is durable; None without a trail."""
+        trail = self.gateway.audit
+        policy = self.gateway.policy
+        if trail is None or policy is None:
+            return None
+        document = policy.current().document
+        database = upstream.target.database
+        target = next((t.name for t in document.targets if t.database == database), database)
+        role = next((r for r in document.roles if r.name == principal.role), None)
+        stage = trail.session_stage(principal, target, role.purpose if role else None)
+        try:
+            await stage.started()
+        except Exception as error:
+            log.error("audit: a session's start could not be recorded: %s", error)
+            if not stage.fails_open:
+                raise HandshakeRefused(
+                    AUDIT_UNAVAILABLE.sqlstate, AUDIT_UNAVAILABLE.message, AUDIT_UNAVAILABLE.hint
+                ) from None
+        self._audit = stage
+        return stage
 
     def _start_session(
         self, principal: Principal, upstream: UpstreamReady, machine: Machine
@@ -417,7 +452,7 @@ class ClientConnection(PeerConnection):
             self.transport,
             upstream.connection.transport,
             upstream_key,
-            self.gateway.session_closed,
+            self._session_closed,
         )
         session.cancel_key = self.gateway.cancels.register(upstream.process_id, session)
         self.transport.write(
@@ -444,6 +479,11 @@ class ClientConnection(PeerConnection):
         pending_client = self.reader.take()
         if pending_client:
             session.from_client(pending_client)
+
+    def _session_closed(self, session: Session) -> None:
+        if self._audit is not None:
+            self._audit.ended(session.close_reason, session.bytes_from_upstream)
+        self.gateway.session_closed(session)
 
     def _refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():

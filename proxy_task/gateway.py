@@ -8,6 +8,7 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass
 
+from custos.audit.trail import AuditTrail
 from custos.config import GatewayConfig
 from custos.identity.authenticator import Authenticator
 from custos.identity.errors import shown
@@ -44,6 +45,7 @@ class GatewayServices:
     decision_point: DecisionPoint | None = None
     columns: ColumnCatalog | None = None
     masking_key: bytes | None = None
+    audit: AuditTrail | None = None
 
 
 class Gateway:
@@ -56,6 +58,7 @@ class Gateway:
         self.decision_point = services.decision_point
         self.columns = services.columns
         self.masking_key = services.masking_key
+        self.audit = services.audit
         # What statements reach through their tables and views (defaults, triggers...).
         self.function_reach = FunctionReach(self.columns) if self.columns is not None else None
         limits = config.limits
@@ -142,6 +145,9 @@ class Gateway:
         self.max_sessions = await self._session_capacity()
         if self.policy is not None:
             self._policy_watch = loop.create_task(self.policy.watch())
+            if self.audit is not None:
+                self.audit.policy_loaded(self.policy.current().version)
+                self.policy.on_loaded = self.audit.policy_loaded
         log.info(
             "gateway listening on %s:%d (tls=%s, policy=%s)",
             self.config.listen_host,
@@ -211,6 +217,8 @@ class Gateway:
             self.columns.close()
         if self.analysis_workers is not None:
             self.analysis_workers.close()
+        if self.audit is not None:
+            await self.audit.close()
         log.info("gateway stopped")
 
     def connection_opened(self, connection: ClientConnection) -> None:

@@ -70,6 +70,7 @@ class Session:
         "bytes_from_client",
         "bytes_from_upstream",
         "cancel_key",
+        "close_reason",
         "principal",
     )
 
@@ -95,6 +96,7 @@ class Session:
         self._opened_at = time.monotonic()
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
+        self.close_reason = ""
 
     @property
     def idle(self) -> bool:
@@ -207,6 +209,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self.close_reason = reason
         if self._force_close is not None:
             self._force_close.cancel()
         for task in list(self._tasks):

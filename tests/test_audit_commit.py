@@ -10,7 +10,7 @@ from pathlib import Path
 
 from custos.audit.chain import SessionChain
 from custos.audit.commit import GroupCommitter
-from custos.audit.events import AuditEvent, EventType
+from custos.audit.events import AuditEvent, EventType, SubjectAccess
 from custos.audit.local import LocalStore, stored_events, verify_store
 
 NOW = datetime(2026, 12, 6, 10, tzinfo=UTC)
@@ -23,9 +23,9 @@ class CountingStore(LocalStore):
         super().__init__(root)
         self.appends: list[int] = []
 
-    def append(self, events: Sequence[AuditEvent]) -> None:
+    def append(self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()) -> None:
         self.appends.append(len(events))
-        super().append(events)
+        super().append(events, subjects)
 
 
 def event(chain: SessionChain, number: int) -> AuditEvent:
@@ -46,10 +46,33 @@ def test_events_waiting_together_share_a_commit(tmp_path: Path) -> None:
 
     asyncio.run(sessions())
     store.close()
-    assert sum(store.appends) == 40
-    assert len(store.appends) <= 2  # the first event alone, then all that waited meanwhile
+    assert store.appends == [40]  # handed over in one turn of the loop: one commit
     assert verify_store(tmp_path) == ([], [])
     assert len([e for e in stored_events(tmp_path) if isinstance(e, AuditEvent)]) == 40
+
+
+def test_events_handed_over_while_a_commit_is_written_share_the_next(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path)
+    chains = [SessionChain(f"s-{n}") for n in range(10)]
+
+    async def sessions() -> None:
+        committer = GroupCommitter(store)
+        first = committer.add([event(chains[0], 0)])
+        await asyncio.sleep(0)  # the first commit starts
+        waits = [committer.add([event(chain, 0)]) for chain in chains[1:]]
+        for chain in chains[1:]:
+            await asyncio.sleep(0)  # one session at a time, each turn of the loop
+            waits.append(committer.add([event(chain, 1)]))
+        await asyncio.gather(first, *waits)
+        await committer.flush()
+        assert committer.committed_events == 19
+
+    asyncio.run(sessions())
+    store.close()
+    assert sum(store.appends) == 19
+    assert store.appends[0] == 1
+    assert len(store.appends) < 10  # those that came while one was written waited together
+    assert verify_store(tmp_path) == ([], [])
 
 
 def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path) -> None:

@@ -5,7 +5,13 @@ normal form, so that the index can say "this statement read this person's row" w
 holding the identifier, and `custos audit subject --email ...` finds the same pseudonym
 from an identifier someone gives. Normal forms make the spellings of one identifier
 agree: an email in lower case, a phone number's digits, an IBAN without spaces in upper
-case, a subject key as the text of its value in its table (`crm.customers:42`).
+case, a subject key as the text of its value.
+
+A subject key's pseudonym does not depend on its table: `crm.customers.id = 42` and
+`crm.orders.customer_id = 42` are the same customer, as the catalog's `subject:` columns
+say. Tables whose subjects are people of different kinds (customers, employees) share
+the namespace, so a report on one may list the other's rows with the same key; each row
+names its table.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ def identifier_pseudonym(key: bytes, identifier_type: IdentifierType, value: str
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def subject_pseudonym(key: bytes, relation: str, subject_value: str) -> str:
-    """The pseudonym of a data subject by its key in a catalogued table: crm.customers, 42."""
-    message = f"{IdentifierType.SUBJECT.value}\x00{relation}\x00{subject_value.strip()}"
+def subject_pseudonym(key: bytes, subject_value: str) -> str:
+    """The pseudonym of a data subject by the value of its key: 42 for customer 42."""
+    message = f"{IdentifierType.SUBJECT.value}\x00{subject_value.strip()}"
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()

@@ -23,6 +23,9 @@ class AuditSettings(BaseModel):
     dir: Path | None = None  # the local store's folder
     table: str | None = None  # the DynamoDB events table
     key: AuditKeySettings = Field(default_factory=AuditKeySettings)
+    # Claims of the agent's token recorded on every event of its sessions: label -> claim
+    # (e.g. repository: repository, workflow: workflow, run_id: run_id).
+    labels: dict[str, str] = Field(default_factory=dict)
     # A statement whose event cannot be made durable is refused, unless its target (the
     # policy's target name) is listed here: then it runs, and the failure is logged.
     fail_open_targets: list[str] = Field(default_factory=list)

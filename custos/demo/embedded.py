@@ -94,13 +94,15 @@ def provision_gateway_login(server: PostgresServer, database: str = DEMO_DATABAS
 
 
 def write_masking_key(path: Path) -> Path:
-    """A new random masking key, readable by its owner alone (see custos/masking/keys.py)."""
+    """A new random key (masking or audit), readable by its owner alone (see
+    custos/masking/keys.py)."""
     path.write_text(secrets.token_hex(32) + "\n")
     path.chmod(0o600)
     return path
 
 
 def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
+    """The demo's gateway config; its audit trail in `directory / "audit"`."""
     bundle = generate_ca_and_server_cert(directory / "tls")
     config = {
         "listen": listen,
@@ -109,6 +111,11 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
         "dev_issuer_dir": str(directory / "dev-issuer"),
         "policy": {"file": str(DEMO_POLICY)},
         "masking": {"key_file": str(write_masking_key(directory / "masking.key"))},
+        "audit": {
+            "dir": str(directory / "audit"),
+            "key": {"key_file": str(write_masking_key(directory / "audit.key"))},
+            "labels": {"repository": "repository", "run_id": "run_id"},
+        },
     }
     path = directory / "custos.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -175,6 +182,11 @@ _ANALYST_EXAMPLE = """
 """
 
 
+_AUDIT_QUERY = (
+    "SELECT role, statement, decision FROM custos_audit.events WHERE event_type = 'statement'"
+)
+
+
 def _instructions(port: int, token: str, ca_cert: Path, work: Path) -> str:
     return f"""
 Custos demo is running: gateway on 127.0.0.1:{port}, fake customers in schema crm.
@@ -196,7 +208,17 @@ dba for group dba):
 
 As an analyst, names and contact details come back as keyed pseudonyms:
 {_ANALYST_EXAMPLE}
-Press Ctrl-C to stop; everything is removed.
+Every session and statement is recorded in {work / "audit"}: hash-chained, durable before
+each statement runs, and free of personal data (values become ? or keyed pseudonyms).
+Read it back while the demo runs:
+
+  custos audit verify --dir {work / "audit"}
+  custos audit query --dir {work / "audit"} \
+    "{_AUDIT_QUERY}"
+  CUSTOS_AUDIT_KEY=$(cat {work / "audit.key"}) \
+    custos audit subject --dir {work / "audit"} --subject crm.customers:42
+
+Press Ctrl-C to stop; everything is removed, the audit trail too.
 """
 
 

@@ -64,4 +64,6 @@ class RoleConfig(BaseModel):
 
     name: str = Field(pattern=r"^[a-z_][a-z0-9_\-]{0,62}$")
     description: str = ""
+    # Why this role processes personal data (GDPR Art. 30(1)(b)), on every audit event.
+    purpose: str | None = None
     trust: list[TrustStatement] = Field(min_length=1)

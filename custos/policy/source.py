@@ -79,6 +79,8 @@ class _ReloadingSource:
         self._engine = engine
         self._location = location
         self._problem: str | None = None
+        # Told each new version installed (the audit trail records it).
+        self.on_loaded: Callable[[str], None] | None = None
 
     def current(self) -> PolicyEngine:
         return self._engine
@@ -104,6 +106,8 @@ class _ReloadingSource:
         logger.info(
             "policy %s -> %s loaded from %s", old.version[:12], engine.version[:12], self._location
         )
+        if self.on_loaded is not None:
+            self.on_loaded(engine.version)
         return True
 
     def _report(self, problem: str) -> None:

@@ -52,5 +52,8 @@ ADMIN_SHUTDOWN: Final = "57P01"
 # Class P0: PL/pgSQL
 RAISE_EXCEPTION: Final = "P0001"
 
+# Class 58: system error
+IO_ERROR: Final = "58030"
+
 # Class XX: internal error
 INTERNAL_ERROR: Final = "XX000"

@@ -97,6 +97,7 @@ class PolicyStage(Stage):
         """Decides the statement as its candidates read (with what they reach)."""
         parameters = statement.parameters
         decide = self._decision_point.decide
+        statement.decided = candidates[0][0] if candidates else None
         if len(candidates) == 1:
             analysis, path = candidates[0]
             outcome = decide(self._role, analysis, parameters, path)

@@ -124,6 +124,7 @@ class Statement:
         "candidates",
         "client_encoding",
         "columns",
+        "decided",
         "decision",
         "effects",
         "finished",
@@ -160,6 +161,9 @@ class Statement:
         self.max_rows = max_rows
         # Set by stages: policy's decision, a refusal in place of the statement, a rewriter.
         self.decision: Decision | None = None
+        # The analysis the decision was drawn from: the first candidate's, read through
+        # what its relations reach (views, functions, `*` expanded); None until decided.
+        self.decided: Analysis | None = None
         self.refusal: Refusal | None = None
         self.rewriter: ResultRewriter | None = None
         # Answers: which statement of the query string they belong to, and the current

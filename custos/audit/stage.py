@@ -1,0 +1,374 @@
+"""The audit stage: every statement's event is durable before the statement goes upstream.
+
+It plans after policy (whose decision it records) and before masking (so that its
+subject collector reads the values masking rewrites). For each statement it seals a
+`statement` event (the text without values, what policy found and decided) into the
+session's chain and waits for its commit; a commit that fails refuses the statement,
+unless the session's target is configured to fail open. When the statement ends, a
+`statement_outcome` event follows (status, rows, bytes, time, what was masked), with the
+data-subject index's rows: the identifiers it named (named.py) and returned (returned.py),
+as keyed pseudonyms. Statements refused before this stage planned them get both events
+when they end. No value of a statement or its result enters an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from custos.audit.chain import SessionChain
+from custos.audit.events import (
+    Access,
+    AuditEvent,
+    EventType,
+    IdentifierType,
+    MaskedColumnRecord,
+    SubjectAccess,
+)
+from custos.audit.named import Named, named_identifiers
+from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
+from custos.audit.returned import SubjectCollector
+from custos.audit.statements import without_values
+from custos.policy.catalog import PersonalDataCatalog
+from custos.protocol import sqlstates
+from custos.session.refusal import Refusal
+from custos.session.stages import (
+    FORWARD,
+    Outcome,
+    Plan,
+    Refuse,
+    Rewrite,
+    Settled,
+    Stage,
+    Status,
+    WaitFor,
+)
+from custos.session.statement import Statement
+
+if TYPE_CHECKING:
+    from custos.audit.trail import AuditTrail
+
+log = logging.getLogger("custos.audit")
+
+AUDIT_UNAVAILABLE = Refusal(
+    sqlstates.IO_ERROR,
+    "the gateway could not record this statement in its audit trail, so it did not run it",
+    "try again shortly; tell the operator of this gateway if it persists",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIdentity:
+    """Who a session is, as every one of its events says."""
+
+    session_id: str
+    role: str
+    subject: str
+    issuer: str
+    groups: tuple[str, ...]
+    client_addr: str
+    application_name: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    purpose: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "groups": self.groups,
+            "client_addr": self.client_addr,
+            "application_name": self.application_name,
+            "labels": self.labels,
+            "target": self.target,
+            "purpose": self.purpose,
+        }
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """A statement whose event is written: what it named, what collects what it returns."""
+
+    named: list[Named]
+    collector: SubjectCollector | None
+
+
+class AuditStage(Stage):
+    hears_outcomes = True
+
+    def __init__(
+        self,
+        trail: AuditTrail,
+        identity: SessionIdentity,
+        key: bytes,
+        catalog: Callable[[], PersonalDataCatalog],
+        *,
+        cap: int,
+        fail_open: bool,
+    ) -> None:
+        self._trail = trail
+        self.identity = identity
+        self._fields = identity.fields()
+        self._key = key
+        self._catalog = catalog
+        self._cap = cap
+        self._fail_open = fail_open
+        self._chain = SessionChain(identity.session_id)
+        self._recorded: dict[int, _Recorded] = {}
+        self._started = datetime.now(UTC)
+
+    # --- the session -----------------------------------------------------------------------
+
+    def started(self) -> asyncio.Future[None]:
+        """The session's start event; the session opens once it is durable."""
+        return self._trail.commit([self._event(EventType.SESSION_START)])
+
+    def ended(self, reason: str, bytes_sent: int) -> None:
+        """The end event seals the chain: nothing of the session follows it."""
+        duration = (datetime.now(UTC) - self._started).total_seconds() * 1000
+        for number in sorted(self._recorded):
+            log.warning("audit: statement %d of the session never finished", number)
+        event = self._event(
+            EventType.SESSION_END, error=reason, bytes=bytes_sent, duration_ms=duration
+        )
+        self._trail.commit([event]).add_done_callback(_log_failure)
+
+    @property
+    def fails_open(self) -> bool:
+        return self._fail_open
+
+    # --- statements ------------------------------------------------------------------------
+
+    def plan(self, statement: Statement) -> Plan:
+        catalog = self._catalog()
+        named = self._named(statement, catalog)
+        collector = self._collector(statement, catalog)
+        self._recorded[statement.number] = _Recorded(named, collector)
+        written = self._trail.commit([self._statement_event(statement)])
+        return WaitFor(written, lambda settled: self._durable(settled, collector))
+
+    def _durable(self, settled: Settled, collector: SubjectCollector | None) -> Plan:
+        if settled.error is not None:
+            log.error(
+                "audit: a statement's event could not be written (%s); %s",
+                settled.error,
+                "running it anyway (fail open)" if self._fail_open else "refusing it",
+            )
+            if not self._fail_open:
+                return Refuse(AUDIT_UNAVAILABLE)
+        return FORWARD if collector is None else Rewrite(collector)
+
+    def finished(self, statement: Statement, outcome: Outcome) -> None:
+        recorded = self._recorded.pop(statement.number, None)
+        events: list[AuditEvent] = []
+        if recorded is None:
+            # Refused before this stage planned it: its event, now.
+            events.append(self._statement_event(statement))
+            named = self._named(statement, self._catalog())
+            collector = None
+        else:
+            named, collector = recorded.named, recorded.collector
+        event_id = uuid.uuid4().hex
+        subjects, capped = self._subjects(statement, event_id, named, collector)
+        decision = statement.decision
+        refusal = statement.refusal
+        error = None
+        if refusal is AUDIT_UNAVAILABLE:
+            error = refusal.message
+        elif decision is not None and outcome.status is Status.REFUSED and refusal is not None:
+            error = decision.message if refusal.message == decision.message else None
+        events.append(
+            self._event(
+                EventType.STATEMENT_OUTCOME,
+                event_id=event_id,
+                statement_number=statement.number,
+                status=outcome.status.value,
+                sqlstate=outcome.sqlstate,
+                error=error,
+                rows=outcome.rows,
+                bytes=outcome.bytes,
+                duration_ms=max(outcome.duration_seconds, 0.0) * 1000,
+                masked=tuple(
+                    MaskedColumnRecord(
+                        statement_index=column.statement_index,
+                        position=column.position,
+                        category=column.category,
+                        method=column.method,
+                        values=column.values,
+                        nulled=column.nulled,
+                    )
+                    for column in outcome.masked
+                ),
+                subjects=len(subjects),
+                subjects_capped=capped,
+                unidentified=self._unidentified(statement, subjects, collector),
+            )
+        )
+        self._trail.commit(events, subjects).add_done_callback(_log_failure)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _event(self, event_type: EventType, **fields: Any) -> AuditEvent:
+        fields.setdefault("event_id", uuid.uuid4().hex)
+        return self._chain.sealed(
+            event_type=event_type, time=datetime.now(UTC), **self._fields, **fields
+        )
+
+    def _statement_event(self, statement: Statement) -> AuditEvent:
+        decision = statement.decision
+        texts = statement.analysis.texts
+        text = "; ".join(without_values(each) for each in texts) if texts else None
+        if decision is None:
+            return self._event(
+                EventType.STATEMENT, statement_number=statement.number, statement=text
+            )
+        facts = decision.facts
+        return self._event(
+            EventType.STATEMENT,
+            statement_number=statement.number,
+            statement=text,
+            kinds=facts.kinds,
+            relations=tuple(sorted({*facts.relations_read, *facts.relations_written})),
+            categories=tuple(sorted({*facts.categories_read, *facts.categories_written})),
+            decision=decision.effect.value,
+            rules=decision.rules,
+            deciding_rule=decision.deciding_rule,
+            policy_version=decision.policy_version,
+        )
+
+    # --- the data-subject index --------------------------------------------------------------
+
+    def _named(self, statement: Statement, catalog: PersonalDataCatalog) -> list[Named]:
+        decision = statement.decision
+        if decision is None:
+            return []
+        facts = decision.facts
+        relations = sorted({*facts.relations_read, *facts.relations_written})
+        if not any(catalog.has_personal_data(relation) for relation in relations):
+            return []
+        parameters = _bind_texts(statement)
+        found: list[Named] = []
+        for text in statement.analysis.texts:
+            found += named_identifiers(text, relations, catalog, parameters)
+        return found
+
+    def _collector(
+        self, statement: Statement, catalog: PersonalDataCatalog
+    ) -> SubjectCollector | None:
+        decision = statement.decision
+        if decision is None:
+            return None
+        facts = decision.facts
+        if not any(catalog.has_personal_data(relation) for relation in facts.relations_read):
+            return None
+        analysis = statement.decided if statement.decided is not None else statement.analysis
+        return SubjectCollector(self._key, catalog, analysis, self._cap, decision)
+
+    def _subjects(
+        self,
+        statement: Statement,
+        event_id: str,
+        named: list[Named],
+        collector: SubjectCollector | None,
+    ) -> tuple[list[SubjectAccess], bool]:
+        rows: dict[tuple[IdentifierType, str, str, Access], SubjectAccess] = {}
+        time = datetime.now(UTC)
+        common: dict[str, Any] = {
+            "event_id": event_id,
+            "session_id": self.identity.session_id,
+            "statement_number": statement.number,
+            "time": time,
+            "role": self.identity.role,
+            "principal": self.identity.subject,
+        }
+        capped = False
+        for each in named:
+            if each.identifier_type is IdentifierType.SUBJECT:
+                pseudonym = subject_pseudonym(self._key, each.value)
+            else:
+                pseudonym = identifier_pseudonym(self._key, each.identifier_type, each.value)
+            key = (each.identifier_type, each.relation, pseudonym, Access.NAMED)
+            if key in rows:
+                continue
+            if len(rows) >= self._cap:
+                capped = True
+                break
+            rows[key] = SubjectAccess(
+                **common,
+                identifier_type=each.identifier_type,
+                pseudonym=pseudonym,
+                relation=each.relation,
+                access=Access.NAMED,
+            )
+        if collector is not None:
+            capped = capped or collector.capped
+            for returned in collector.found.values():
+                if len(rows) >= self._cap:
+                    capped = True
+                    break
+                key = (
+                    returned.identifier_type,
+                    returned.relation,
+                    returned.pseudonym,
+                    Access.RETURNED,
+                )
+                rows[key] = SubjectAccess(
+                    **common,
+                    identifier_type=returned.identifier_type,
+                    pseudonym=returned.pseudonym,
+                    relation=returned.relation,
+                    columns=returned.columns,
+                    access=Access.RETURNED,
+                    masked=returned.masked,
+                )
+        return list(rows.values()), capped
+
+    def _unidentified(
+        self,
+        statement: Statement,
+        subjects: list[SubjectAccess],
+        collector: SubjectCollector | None,
+    ) -> tuple[str, ...]:
+        """The personal tables it read or changed without anything saying whom."""
+        decision = statement.decision
+        if decision is None:
+            return ()
+        catalog = self._catalog()
+        facts = decision.facts
+        touched = {*facts.relations_read, *facts.relations_written}
+        identified = {row.relation for row in subjects}
+        if collector is not None and collector.unread_results:
+            identified = {row.relation for row in subjects if row.access is Access.NAMED}
+        return tuple(
+            sorted(
+                relation
+                for relation in touched
+                if catalog.has_personal_data(relation) and relation not in identified
+            )
+        )
+
+
+def _bind_texts(statement: Statement) -> tuple[str | None, ...]:
+    """The Bind values as text, where the portal's types allow (None for the others)."""
+    portal = statement.portal
+    if portal is None:
+        return ()
+    bind = portal.bind
+    if bind is None:
+        return ()
+    try:
+        return bind.texts(portal.prepared.parameter_types)
+    except Exception:  # a value that is not text in its declared type names no one
+        return ()
+
+
+def _log_failure(written: asyncio.Future[None]) -> None:
+    error = written.exception()
+    if error is not None:
+        log.error("audit: records could not be written: %s", error)
