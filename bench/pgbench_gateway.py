@@ -121,6 +121,9 @@ def custos_gateway(
     tls: bool,
     policy: bool = False,
     limits: dict[str, object] | None = None,
+    audit: dict[str, object] | None = None,
+    name: str | None = None,
+    log_level: str = "warning",
 ) -> Iterator[tuple[Endpoint, int]]:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -136,6 +139,8 @@ def custos_gateway(
         config["policy"] = {"file": str(bench_policy(work))}
     if limits:
         config["limits"] = limits
+    if audit:
+        config["audit"] = audit
     environment = {"PGUSER": "bench", "PGPASSWORD": issuer.mint("bench", "bench", ttl_seconds=3600)}
     if tls:
         bundle = generate_ca_and_server_cert(work / "tls")
@@ -145,9 +150,10 @@ def custos_gateway(
         environment["PGSSLMODE"] = "disable"
     config_path = work / "custos.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "custos", "--log-level", "warning", "serve"]
+    command = [sys.executable, "-m", "custos", "--log-level", log_level, "serve"]
     command += ["--config", str(config_path)]
-    name = "custos (TLS)" if tls else "custos+policy" if policy else "custos"
+    if name is None:
+        name = "custos (TLS)" if tls else "custos+policy" if policy else "custos"
     with running(command, port, "custos", work / "custos.log") as pid:
         yield Endpoint(name, port, environment), pid
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,9 @@ def start_gateway(
     upstream_dsn: str | None = None,
     extra_config: dict[str, Any] | None = None,
     database: str = "custos_demo",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> GatewayProcess:
+    """A gateway process (`preexec_fn` runs in it before it starts: resource limits)."""
     directory.mkdir(parents=True, exist_ok=True)
     tls = generate_ca_and_server_cert(directory / "tls")
     issuer = DevIssuer.open_or_create(directory / "dev-issuer")
@@ -135,6 +137,7 @@ def start_gateway(
             stderr=subprocess.STDOUT,
             cwd=REPOSITORY,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only a resource limit, set before exec
         )
     gateway = GatewayProcess(port, directory, issuer, tls, upstream, database, process, log_path)
     deadline = time.monotonic() + 30

@@ -111,6 +111,12 @@ class AuditTrail:
         """Waits for what was handed over to be durable, then closes the store."""
         await self.committer.flush()
         self._store.close()
+        committer = self.committer
+        log.info(
+            "audit trail closed: %d records in %d commits",
+            committer.committed_events,
+            committer.commits,
+        )
 
 
 def _log_failure(written: asyncio.Future[None]) -> None:

@@ -1,0 +1,109 @@
+"""What the audit trail costs: pgbench -S through the governed gateway, audit on (the
+local store, every statement durable before it runs) against audit off, in one run.
+
+Both gateways decide every statement with the demo-like policy of pgbench_gateway.py;
+runs alternate between them, so the ratio of each pair is spared most of the drift in
+the machine's speed. Also reports the group commit: commits per second and statements
+per commit while audited. Usage:
+
+    .venv/bin/python bench/audit_cost.py [--seconds 10] [--repeat 3]
+
+The issue's target: the audit costs at most 15% of TPS at 8 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pgbench_gateway import REPOSITORY, Result, custos_gateway, pgbench
+
+sys.path.insert(0, str(REPOSITORY))
+
+from custos.audit.events import AuditEvent, EventType  # noqa: E402
+from custos.audit.local import stored_events  # noqa: E402
+from custos.demo.postgres import TemporaryPostgres  # noqa: E402
+
+TARGET_COST = 0.15
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each pgbench run")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
+    parser.add_argument("--repeat", type=int, default=3, help="paired runs per figure (median)")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="custos-bench-audit-") as scratch:
+        work = Path(scratch)
+        work.chmod(0o755)
+        key_file = work / "audit.key"
+        key_file.write_text(secrets.token_hex(32))
+        audit = {"dir": str(work / "audit"), "key": {"key_file": str(key_file)}}
+        with TemporaryPostgres(tls=False) as server:
+            subprocess.run(["psql", server.dsn(), "-qc", "CREATE DATABASE bench"], check=True)
+            subprocess.run(
+                ["pgbench", "-i", "-q", "-s", str(arguments.scale), server.dsn(database="bench")],
+                check=True,
+                capture_output=True,
+            )
+            with (
+                custos_gateway(server, work / "off", tls=False, policy=True) as (off, _),
+                custos_gateway(
+                    server,
+                    work / "on",
+                    tls=False,
+                    policy=True,
+                    audit=audit,
+                    name="audit on",
+                    log_level="info",
+                ) as (on, _),
+            ):
+                audited_seconds = 0
+                print(f"pgbench -S, {arguments.repeat} paired runs of {arguments.seconds} s\n")
+                print(f"{'mode':<9}{'clients':>8}{'audit off':>11}{'audit on':>10}{'cost':>7}")
+                for mode in ("simple", "extended"):
+                    for clients in (1, 8):
+                        pairs: list[tuple[Result, Result]] = []
+                        for _ in range(arguments.repeat):
+                            plain = pgbench(off, mode, clients, arguments.seconds)
+                            audited = pgbench(on, mode, clients, arguments.seconds)
+                            audited_seconds += arguments.seconds
+                            pairs.append((plain, audited))
+                        costs = sorted(1 - a.tps / p.tps for p, a in pairs)
+                        cost = costs[len(costs) // 2]
+                        plain_tps = sorted(p.tps for p, _ in pairs)[len(pairs) // 2]
+                        audited_tps = sorted(a.tps for _, a in pairs)[len(pairs) // 2]
+                        verdict = ""
+                        if clients == 8:
+                            verdict = "  within target" if cost <= TARGET_COST else "  MISSED"
+                        print(
+                            f"{mode:<9}{clients:>8}{plain_tps:>11.0f}{audited_tps:>10.0f}"
+                            f"{cost:>7.0%}  (cost {TARGET_COST:.0%} at most){verdict}",
+                            flush=True,
+                        )
+            log = (work / "on" / "custos.log").read_text()
+        closed = re.search(r"audit trail closed: (\d+) records in (\d+) commits", log)
+        statements = sum(
+            1
+            for event in stored_events(work / "audit")
+            if isinstance(event, AuditEvent) and event.event_type is EventType.STATEMENT
+        )
+        if closed is None:
+            print("\nthe audited gateway did not report its commits (see its log)")
+            return 1
+        records, commits = int(closed.group(1)), int(closed.group(2))
+        print(
+            f"\naudited: {statements} statements recorded, {records} records in {commits}"
+            f" commits: {commits / audited_seconds:.0f} commits/s,"
+            f" {statements / max(commits, 1):.2f} statements per commit"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
