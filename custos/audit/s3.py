@@ -1,7 +1,9 @@
 """The audit archive in S3: the Object-Locked bucket as a digests.Archive, and digests
 signed and verified with an asymmetric KMS key.
 
-Objects are written SSE-KMS under the audit key. The bucket's default retention locks
+Objects are written SSE-KMS under the audit key (or, with no key named, under the bucket's
+default encryption: naming `aws:kms` without a key would pick the AWS-managed key). The
+bucket's default retention locks
 every version (COMPLIANCE), so a rewrite leaves the version before it in place; a reader,
 the digests included, sees each key's current version.
 
@@ -26,7 +28,9 @@ SIGNING_KEY_SPEC = "ECC_NIST_P256"
 class S3Archive:
     """The archive's objects under `prefix` in `bucket`, by their paths below it."""
 
-    def __init__(self, client: Any, bucket: str, kms_key_id: str, prefix: str = "") -> None:
+    def __init__(
+        self, client: Any, bucket: str, kms_key_id: str | None = None, prefix: str = ""
+    ) -> None:
         self._client = client
         self.bucket = bucket
         self.kms_key_id = kms_key_id
@@ -44,13 +48,12 @@ class S3Archive:
         return bytes(response["Body"].read())
 
     def write(self, path: str, data: bytes) -> None:
-        self._client.put_object(
-            Bucket=self.bucket,
-            Key=self.prefix + path,
-            Body=data,
-            ServerSideEncryption="aws:kms",
-            SSEKMSKeyId=self.kms_key_id,
+        encryption = (
+            {}
+            if self.kms_key_id is None
+            else {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         )
+        self._client.put_object(Bucket=self.bucket, Key=self.prefix + path, Body=data, **encryption)
 
     def digests(self) -> list[str]:
         return [path for path in self._listed(f"{DIGESTS}/") if path.endswith("/digest.json")]
