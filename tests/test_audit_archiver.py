@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -258,3 +260,19 @@ def test_a_missing_environment_is_a_clear_error(
     archiver.audit_archive.cache_clear()
     with pytest.raises(RuntimeError, match="set AUDIT_BUCKET"):
         archiver.handler(lambda_event(audit.records), LambdaContext())
+
+
+def test_import_builds_no_client_and_reads_no_environment() -> None:
+    # Were the environment read or a KMS client built at import, these imports would fail:
+    # no region, no credentials, no bucket.
+    environment = {"PATH": os.environ["PATH"], "PYTHONPATH": os.getcwd()}
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import lambdas.audit_archiver.handler, lambdas.audit_digest.handler",
+        ],
+        check=True,
+        env=environment,
+        timeout=60,
+    )
