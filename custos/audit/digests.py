@@ -1,22 +1,26 @@
 """Signed hourly digests of the audit store, as CloudTrail signs its logs' digests.
 
-For each hour, also one with no events, a digest lists the segment files written in it
-with their SHA-256 and size, the head of every session chain at the hour's end, and the
+For each hour, also one with no events, a digest lists the files written in it with
+their SHA-256 and size, the head of every session chain at the hour's end, and the
 previous digest's hash and signature, and is signed (Ed25519 here; an asymmetric KMS key
 in AWS). Digests live beside the tables, under `digests/dt=YYYY-MM-DD/hour=HH/`.
 `verify_digests` checks every signature and every link, that every file listed is there
-as it was, that no segment of a digested hour is unlisted, and that no hour between the
+as it was, that no file of a digested hour is unlisted, and that no hour between the
 first digest and the last is missing one.
+
+The document is built and checked once, over an `Archive` (the local store's folder, or
+the S3 bucket: custos/audit/s3.py) with a `Signer` or `Verifier` (Ed25519 here, KMS there).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -25,64 +29,148 @@ from custos.audit.events import AuditEvent
 from custos.audit.local import EVENTS, TABLES, hour_directory, segment_directory
 
 DIGEST_VERSION = 1
+DIGESTS = "digests"
+
+
+class Archive(Protocol):
+    """The archive's files, by their paths relative to its root (`events/dt=.../...`)."""
+
+    def files(self, hour: datetime) -> list[str]:
+        """Every table's files of an hour, in a stable order."""
+        ...
+
+    def read(self, path: str) -> bytes | None:
+        """A file's bytes, or None if there is no such file."""
+        ...
+
+    def write(self, path: str, data: bytes) -> None: ...
+
+    def digests(self) -> list[str]:
+        """Every digest's path, oldest first."""
+        ...
+
+
+class Signer(Protocol):
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class Verifier(Protocol):
+    def verify(self, signature: bytes, message: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ed25519Signer:
+    key: Ed25519PrivateKey
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Ed25519Verifier:
+    key: Ed25519PublicKey
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class LocalArchive:
+    """The local store's folder as an archive."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def files(self, hour: datetime) -> list[str]:
+        return [
+            path.relative_to(self.root).as_posix()
+            for table in TABLES
+            for pattern in ("segment-*.jsonl", "segment-*.jsonl.gz")
+            for path in sorted(segment_directory(self.root, hour, table).glob(pattern))
+        ]
+
+    def read(self, path: str) -> bytes | None:
+        file = self.root / path
+        return file.read_bytes() if file.exists() else None
+
+    def write(self, path: str, data: bytes) -> None:
+        file = self.root / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(data)
+
+    def digests(self) -> list[str]:
+        found = (self.root / DIGESTS).glob("dt=*/hour=*/digest.json")
+        return sorted(path.relative_to(self.root).as_posix() for path in found)
+
+
+def digest_key(hour: datetime) -> str:
+    """Where an hour's digest is, relative to the archive's root."""
+    return f"{DIGESTS}/{hour_directory(hour).as_posix()}/digest.json"
 
 
 def digest_path(root: Path, hour: datetime) -> Path:
-    return root / "digests" / hour_directory(hour) / "digest.json"
+    return root / digest_key(hour)
 
 
-def _hour_segments(root: Path, hour: datetime) -> list[Path]:
-    """The segment files of every table written in an hour."""
-    return [
-        path
-        for table in TABLES
-        for path in sorted(segment_directory(root, hour, table).glob("segment-*.jsonl"))
-    ]
+def records(path: str, data: bytes) -> list[bytes]:
+    """The JSON lines of a file of the archive, gzipped (`.gz`) or not."""
+    return (gzip.decompress(data) if path.endswith(".gz") else data).splitlines()
 
 
 def _canonical(document: dict[str, object]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _file_entry(root: Path, path: Path) -> dict[str, object]:
-    data = path.read_bytes()
-    return {
-        "path": str(path.relative_to(root)),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-    }
+def _file_entry(path: str, data: bytes) -> dict[str, object]:
+    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def _heads(paths: list[Path]) -> dict[str, dict[str, object]]:
-    """Each session's last event in these segments: its sequence number and hash."""
-    heads: dict[str, dict[str, object]] = {}
-    for path in paths:
-        with path.open("rb") as segment:
-            for line in segment:
-                event = AuditEvent.model_validate_json(line)
-                heads[event.session_id] = {"seq": event.seq, "hash": event.hash}
-    return heads
+def _heads(files: dict[str, bytes]) -> dict[str, dict[str, object]]:
+    """Each session's last event in these files: its sequence number and hash."""
+    latest: dict[str, AuditEvent] = {}
+    for path, data in files.items():
+        for line in records(path, data):
+            event = AuditEvent.model_validate_json(line)
+            head = latest.get(event.session_id)
+            # In S3, files do not follow a session's order: the head is its highest seq.
+            if head is None or event.seq > head.seq:
+                latest[event.session_id] = event
+    return {session: {"seq": head.seq, "hash": head.hash} for session, head in latest.items()}
 
 
-def write_digest(root: Path, hour: datetime, key: Ed25519PrivateKey) -> Path:
-    """Signs and writes the digest of one hour (UTC), linked to the one before it."""
+def sign_digest(archive: Archive, hour: datetime, signer: Signer) -> str:
+    """Signs and writes the digest of one hour (UTC), linked to the one before it; its
+    path."""
     hour = hour.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    paths = _hour_segments(root, hour)
-    previous_path = digest_path(root, hour - timedelta(hours=1))
-    previous = json.loads(previous_path.read_bytes()) if previous_path.exists() else None
+    files: dict[str, bytes] = {}
+    for path in archive.files(hour):
+        data = archive.read(path)
+        if data is not None:  # gone since it was listed: then it is not the hour's
+            files[path] = data
+    previous_bytes = archive.read(digest_key(hour - timedelta(hours=1)))
+    previous = None if previous_bytes is None else json.loads(previous_bytes)
     document: dict[str, object] = {
         "version": DIGEST_VERSION,
         "hour": hour.isoformat(),
-        "files": [_file_entry(root, path) for path in paths],
-        "chain_heads": _heads([path for path in paths if path.is_relative_to(root / EVENTS)]),
+        "files": [_file_entry(path, data) for path, data in files.items()],
+        "chain_heads": _heads(
+            {path: data for path, data in files.items() if path.startswith(f"{EVENTS}/")}
+        ),
         "previous_digest_hash": None if previous is None else _digest_hash(previous),
         "previous_signature": None if previous is None else previous["signature"],
     }
-    signed = {**document, "signature": key.sign(_canonical(document)).hex()}
-    path = digest_path(root, hour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_canonical(signed))
+    signed = {**document, "signature": signer.sign(_canonical(document)).hex()}
+    path = digest_key(hour)
+    archive.write(path, _canonical(signed))
     return path
+
+
+def write_digest(root: Path, hour: datetime, key: Ed25519PrivateKey) -> Path:
+    """Signs and writes the digest of one hour of the local store with an Ed25519 key."""
+    return root / sign_digest(LocalArchive(root), hour, Ed25519Signer(key))
 
 
 def _digest_hash(document: dict[str, object]) -> str:
@@ -95,26 +183,32 @@ class DigestProblem:
     problem: str
 
 
-def _digests(root: Path) -> Iterator[tuple[datetime, Path]]:
-    for path in sorted((root / "digests").glob("dt=*/hour=*/digest.json")):
-        day = path.parent.parent.name.removeprefix("dt=")
-        hour = path.parent.name.removeprefix("hour=")
-        yield datetime.fromisoformat(f"{day}T{hour}:00:00+00:00"), path
+def _digest_hour(path: str) -> datetime:
+    folders = PurePosixPath(path).parts
+    day, hour = folders[-3].removeprefix("dt="), folders[-2].removeprefix("hour=")
+    return datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")
 
 
 def verify_digests(root: Path, public_key: Ed25519PublicKey) -> list[DigestProblem]:
+    """Every problem with the local store's digests and the files they list."""
+    return verify_archive(LocalArchive(root), Ed25519Verifier(public_key))
+
+
+def verify_archive(archive: Archive, verifier: Verifier) -> list[DigestProblem]:
     problems: list[DigestProblem] = []
     listed: set[str] = set()
     digested_hours: list[datetime] = []
     previous: dict[str, object] | None = None
     previous_hour: datetime | None = None
-    for hour, path in _digests(root):
-        where = str(path.relative_to(root))
-        signed = json.loads(path.read_bytes())
+    for where in archive.digests():
+        hour = _digest_hour(where)
+        signed = json.loads(archive.read(where) or b"{}")
         document = {name: value for name, value in signed.items() if name != "signature"}
         try:
-            public_key.verify(bytes.fromhex(str(signed.get("signature", ""))), _canonical(document))
-        except (InvalidSignature, ValueError):
+            signature = bytes.fromhex(str(signed.get("signature", "")))
+        except ValueError:
+            signature = b""
+        if not signature or not verifier.verify(signature, _canonical(document)):
             problems.append(DigestProblem(where, "its signature does not hold"))
         if previous_hour is not None and hour - previous_hour > timedelta(hours=1):
             gap = f"{(previous_hour + timedelta(hours=1)).isoformat()} to {hour.isoformat()}"
@@ -125,16 +219,15 @@ def verify_digests(root: Path, public_key: Ed25519PublicKey) -> list[DigestProbl
             problems.append(DigestProblem(where, "it does not link to the digest before it"))
         for entry in document.get("files", []):
             listed.add(entry["path"])
-            file = root / entry["path"]
-            if not file.exists():
+            data = archive.read(entry["path"])
+            if data is None:
                 problems.append(DigestProblem(entry["path"], "listed in a digest, and missing"))
-            elif _file_entry(root, file)["sha256"] != entry["sha256"]:
+            elif hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 problems.append(DigestProblem(entry["path"], "changed since its digest"))
         digested_hours.append(hour)
         previous, previous_hour = signed, hour
     for hour in digested_hours:
-        for file in _hour_segments(root, hour):
-            relative = str(file.relative_to(root))
-            if relative not in listed:
-                problems.append(DigestProblem(relative, "not listed in its hour's digest"))
+        for path in archive.files(hour):
+            if path not in listed:
+                problems.append(DigestProblem(path, "not listed in its hour's digest"))
     return problems
