@@ -46,9 +46,7 @@ class LocalStore:
         self._root = root
         self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
 
-    def append(
-        self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()
-    ) -> None:
+    def append(self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()) -> None:
         """Writes the records, in order, and returns once they are on disk."""
         lines: dict[tuple[str, Path], list[bytes]] = {}
         for table, records in ((EVENTS, events), (SUBJECT_ACCESS, subjects)):
