@@ -9,8 +9,8 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from audit_archive import write_archive
+
 from custos.cli import main
 
 SOURCE = ["--region", "eu-west-1", "--account-id", "123456789012", "--source-name", "custos"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from audit_archive import ANN_EMAIL_PSEUDONYM, ANN_SUBJECT_PSEUDONYM, write_archive
+
 from custos.audit.query import named_queries
 from custos.cli import main
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from audit_archive import (
     ANN_EMAIL,
     ANN_EMAIL_PSEUDONYM,
@@ -17,6 +16,7 @@ from audit_archive import (
     AUDIT_KEY,
     write_archive,
 )
+
 from custos.cli import main
 
 POLICY = """

@@ -121,7 +121,8 @@ def _fail(message: str) -> int:
 def verify_command(arguments: argparse.Namespace) -> int:
     root: Path = arguments.dir
     if not root.is_dir():
-        return _fail(f"no audit store at {root}: give the directory the gateway writes")
+        print(f"custos audit: no audit store at {root}: give the directory the gateway writes")
+        return 2
     public_key = None
     if arguments.public_key is not None:
         try:
