@@ -61,12 +61,12 @@ def named_queries() -> dict[str, NamedQuery]:
     found: dict[str, NamedQuery] = {}
     for path in sorted(QUERIES.glob("*.sql")):
         text = path.read_text()
-        header = {
-            key.strip(): value.strip()
-            for line in text.splitlines()
-            if line.startswith("-- ") and ":" in line
-            for key, _, value in [line.removeprefix("-- ").partition(":")]
-        }
+        header: dict[str, str] = {}
+        for line in text.splitlines():
+            if not line.startswith("-- "):
+                break  # the header is the comment lines the file opens with
+            key, _, value = line.removeprefix("-- ").partition(":")
+            header[key.strip()] = value.strip()
         query = NamedQuery(
             header["name"], header["description"], header.get("parameters", ""), text
         )
