@@ -71,8 +71,9 @@ def read_named_query(path: Path) -> NamedQuery:
     return NamedQuery(name=name, description=description, query=text, path=path)
 
 
-def read_named_queries(folder: Path = QUERIES_DIR) -> list[NamedQuery]:
-    """Every ``*.sql`` file of ``folder`` as a named query, by file name."""
+def read_named_queries(folder: Path | None = None) -> list[NamedQuery]:
+    """Every ``*.sql`` file of ``folder`` (the queries folder) as a named query, by file name."""
+    folder = QUERIES_DIR if folder is None else folder
     queries = [read_named_query(path) for path in sorted(folder.glob("*.sql"))]
     if not queries:
         raise NamedQueryError(f"{folder} holds no .sql file; the auditors' queries live there")
