@@ -9,6 +9,7 @@ from typing import Any
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
+from stacks.audit import AuditStack
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import load_context
 from stacks.gateway import GatewayStack
@@ -16,7 +17,13 @@ from stacks.network import NetworkStack
 from stacks.policy import PolicyStack
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
-STACK_NAMES = ("Custos-Network", "Custos-AuditStorage", "Custos-Policy", "Custos-Gateway")
+STACK_NAMES = (
+    "Custos-Network",
+    "Custos-AuditStorage",
+    "Custos-Audit",
+    "Custos-Policy",
+    "Custos-Gateway",
+)
 
 
 def _cdk_json_context() -> dict[str, Any]:
@@ -49,6 +56,7 @@ def build_app(context_overrides: dict[str, Any] | None = None, *, outdir: str | 
 
     network = NetworkStack(app, "Custos-Network", context=context, env=env)
     audit = AuditStorageStack(app, "Custos-AuditStorage", context=context, env=env)
+    AuditStack(app, "Custos-Audit", context=context, storage=audit, env=env)
     policy = PolicyStack(app, "Custos-Policy", context=context, vpc=network.vpc, env=env)
     GatewayStack(
         app,

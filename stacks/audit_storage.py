@@ -14,6 +14,11 @@ from stacks.buckets import access_log_bucket, private_bucket
 from stacks.config import CustosContext
 
 EVENTS_TTL_ATTRIBUTE = "expires_at"
+# Events by data subject and time: the gateway writes subject_pk and subject_sk on the items
+# that name a subject; the others stay out of the index.
+SUBJECT_INDEX = "by_subject"
+SUBJECT_INDEX_PARTITION_KEY = "subject_pk"
+SUBJECT_INDEX_SORT_KEY = "subject_sk"
 
 
 class AuditStorageStack(Stack):
@@ -49,6 +54,16 @@ class AuditStorageStack(Stack):
             stream=dynamodb.StreamViewType.NEW_IMAGE,
             deletion_protection=True,
             removal_policy=RemovalPolicy.RETAIN,
+        )
+        self.events_table.add_global_secondary_index(
+            index_name=SUBJECT_INDEX,
+            partition_key=dynamodb.Attribute(
+                name=SUBJECT_INDEX_PARTITION_KEY, type=dynamodb.AttributeType.STRING
+            ),
+            sort_key=dynamodb.Attribute(
+                name=SUBJECT_INDEX_SORT_KEY, type=dynamodb.AttributeType.STRING
+            ),
+            projection_type=dynamodb.ProjectionType.ALL,
         )
         self.access_log_bucket = access_log_bucket(self)
         self.audit_bucket = private_bucket(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from typing import Any
 
 import aws_cdk
@@ -75,8 +76,14 @@ class CustosContext(_Strict):
     availability_zones: list[str]
     targets: list[TargetConfig] = Field(min_length=1)
     oidc_issuers: list[IssuerContext] = Field(min_length=1)
+    # Years of evidence: the audit bucket's Object Lock (COMPLIANCE) retention, in days.
     audit_retention_days: int = Field(ge=1)
+    # The hot tier: days an event stays in the DynamoDB table (TTL on expires_at).
     events_ttl_days: int = Field(default=30, ge=1)
+    # How often the digest Lambda runs; each digest covers an hour, so at least hourly.
+    audit_digest_minutes: int = 60
+    # The first day of the archive: Athena's partition projection ranges from it to now.
+    audit_archive_start: date = date(2025, 1, 1)
     gateway: GatewaySizing = GatewaySizing()
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -86,6 +93,31 @@ class CustosContext(_Strict):
         if not re.fullmatch(r"\d{12}", value):
             raise ValueError("an AWS account id is exactly 12 digits, as a string")
         return value
+
+    @field_validator("audit_digest_minutes")
+    @classmethod
+    def _at_least_hourly(cls, value: int) -> int:
+        if not 1 <= value <= 60:
+            raise ValueError(
+                f"got {value}; each digest covers an hour, so the digest schedule runs at "
+                "least hourly: set audit_digest_minutes between 1 and 60"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _retention_in_order(self) -> CustosContext:
+        if self.events_ttl_days > self.audit_retention_days:
+            raise ValueError(
+                f"events_ttl_days ({self.events_ttl_days}) exceeds audit_retention_days "
+                f"({self.audit_retention_days}): the hot tier would outlive the locked archive; "
+                "lower events_ttl_days or raise audit_retention_days"
+            )
+        if self.audit_archive_start > date.today():
+            raise ValueError(
+                f"audit_archive_start {self.audit_archive_start} is in the future; set the "
+                "first day the archive holds events (YYYY-MM-DD), or omit it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _zones_in_region(self) -> CustosContext:

@@ -146,6 +146,8 @@ class GatewayStack(Stack):
             environment={
                 "CUSTOS_CONFIG": CONFIG_PATH,
                 "CUSTOS_CONFIG_DOCUMENT": document,
+                # Where the audit stage writes its events (the role may only add items).
+                "CUSTOS_AUDIT_TABLE": audit.events_table.table_name,
                 # The image sets it too; the read-only filesystem depends on it.
                 "PYTHONDONTWRITEBYTECODE": "1",
             },

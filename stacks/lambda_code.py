@@ -1,9 +1,9 @@
-"""The policy Lambda's code asset, bundled on this machine because synth cannot use Docker.
+"""The Lambdas' code asset, bundled on this machine because synth cannot use Docker.
 
 The bundle is ``custos/`` and ``lambdas/`` plus the pinned runtime dependencies from
 ``requirements.txt``, installed as manylinux wheels for the Lambda's Python. Installing them
 needs PyPI, so the context flag ``custos:skip_bundling`` (tests, quick synths) makes the asset
-just the source; never deploy such a synth, the function would fail to import its deps.
+just the source; never deploy such a synth, the functions would fail to import its deps.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class LocalBundler:
         )
         if result.returncode != 0:
             raise BundlingFailed(
-                "pip could not install the policy Lambda's dependencies from requirements.txt "
+                "pip could not install the Lambdas' dependencies from requirements.txt "
                 f"(exit {result.returncode}); check PyPI is reachable, or set the context "
                 "flag custos:skip_bundling=true for a synth that will not be deployed.\n"
                 + result.stderr[-4000:]
@@ -90,8 +90,9 @@ class LocalBundler:
         return True
 
 
-def policy_function_code(*, skip_bundling: bool) -> lambda_.Code:
-    """The asset for the policy Lambda: bundled, or the bare source when ``skip_bundling``."""
+def function_code(*, skip_bundling: bool) -> lambda_.Code:
+    """The asset every Custos Lambda runs from (each names its handler module): bundled, or
+    the bare source when ``skip_bundling``. One stack's functions can share one."""
     if skip_bundling:
         return lambda_.Code.from_asset(
             str(REPO_ROOT), exclude=ASSET_EXCLUDE, ignore_mode=IgnoreMode.GLOB

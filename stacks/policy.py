@@ -14,7 +14,7 @@ from constructs import Construct
 
 from stacks.buckets import access_log_bucket, private_bucket
 from stacks.config import CustosContext, skip_bundling
-from stacks.lambda_code import RUNTIME, policy_function_code
+from stacks.lambda_code import RUNTIME, function_code
 
 POLICY_KEY = "policy.yaml"
 HANDLER = "lambdas.policy_eval.handler.handler"
@@ -60,7 +60,7 @@ class PolicyStack(Stack):
             "PolicyFunction",
             runtime=RUNTIME,
             handler=HANDLER,
-            code=policy_function_code(skip_bundling=skip_bundling(self)),
+            code=function_code(skip_bundling=skip_bundling(self)),
             memory_size=512,
             timeout=Duration.seconds(10),
             vpc=vpc,

@@ -64,6 +64,18 @@ def test_events_table_shape(audit: Template) -> None:
                     "AttributeDefinitions": [
                         {"AttributeName": "pk", "AttributeType": "S"},
                         {"AttributeName": "sk", "AttributeType": "S"},
+                        {"AttributeName": "subject_pk", "AttributeType": "S"},
+                        {"AttributeName": "subject_sk", "AttributeType": "S"},
+                    ],
+                    "GlobalSecondaryIndexes": [
+                        {
+                            "IndexName": "by_subject",
+                            "KeySchema": [
+                                {"AttributeName": "subject_pk", "KeyType": "HASH"},
+                                {"AttributeName": "subject_sk", "KeyType": "RANGE"},
+                            ],
+                            "Projection": {"ProjectionType": "ALL"},
+                        }
                     ],
                     "BillingMode": "PAY_PER_REQUEST",
                     "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},

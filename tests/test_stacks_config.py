@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,32 @@ def test_skip_bundling_flag() -> None:
     assert skip_bundling(App(context={"custos:skip_bundling": "true"}))
     assert not skip_bundling(App(context={"custos:skip_bundling": False}))
     assert not skip_bundling(App())
+
+
+def test_audit_defaults_are_an_hourly_digest_and_a_past_archive_start() -> None:
+    context = parse_context(TEST_CONTEXT)
+    assert context.audit_digest_minutes == 60
+    assert context.audit_archive_start == date(2025, 1, 1)
+
+
+@pytest.mark.parametrize("minutes", [0, 61, 1440])
+def test_digest_schedule_must_run_at_least_hourly(minutes: int) -> None:
+    message = _error(context_with(audit_digest_minutes=minutes))
+    assert "custos.audit_digest_minutes" in message
+    assert "between 1 and 60" in message
+
+
+def test_hot_tier_may_not_outlive_the_locked_archive() -> None:
+    message = _error(context_with(events_ttl_days=500, audit_retention_days=400))
+    assert "events_ttl_days (500) exceeds audit_retention_days (400)" in message
+    parse_context(context_with(events_ttl_days=400, audit_retention_days=400))
+
+
+def test_archive_start_in_the_future_is_refused() -> None:
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    message = _error(context_with(audit_archive_start=tomorrow))
+    assert f"audit_archive_start {tomorrow} is in the future" in message
+
+
+def test_archive_start_must_be_a_date() -> None:
+    assert "custos.audit_archive_start" in _error(context_with(audit_archive_start="January"))

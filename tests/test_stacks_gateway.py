@@ -209,7 +209,18 @@ def test_tls_material_arrives_as_ecs_secrets_never_plain_environment(default: Sy
         },
     ]
     environment = {item["Name"] for item in container["Environment"]}
-    assert environment == {"CUSTOS_CONFIG", "CUSTOS_CONFIG_DOCUMENT", "PYTHONDONTWRITEBYTECODE"}
+    assert environment == {
+        "CUSTOS_CONFIG",
+        "CUSTOS_CONFIG_DOCUMENT",
+        "CUSTOS_AUDIT_TABLE",
+        "PYTHONDONTWRITEBYTECODE",
+    }
+
+
+def test_audit_table_is_named_to_the_task(default: Synth) -> None:
+    environment = {item["Name"]: item["Value"] for item in _container(default)["Environment"]}
+    (table_name,) = _import_names(environment["CUSTOS_AUDIT_TABLE"])
+    assert "RefEvents" in table_name
 
 
 def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
