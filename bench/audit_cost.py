@@ -25,9 +25,9 @@ from pgbench_gateway import REPOSITORY, Result, custos_gateway, pgbench
 
 sys.path.insert(0, str(REPOSITORY))
 
-from custos.audit.events import AuditEvent, EventType  # noqa: E402
-from custos.audit.local import stored_events  # noqa: E402
-from custos.demo.postgres import TemporaryPostgres  # noqa: E402
+from custos.audit.events import AuditEvent, EventType
+from custos.audit.local import stored_events
+from custos.demo.postgres import TemporaryPostgres
 
 TARGET_COST = 0.15
 

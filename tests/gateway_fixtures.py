@@ -137,7 +137,7 @@ def start_gateway(
             stderr=subprocess.STDOUT,
             cwd=REPOSITORY,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=preexec_fn,  # noqa: PLW1509 - only a resource limit, set before exec
+            preexec_fn=preexec_fn,
         )
     gateway = GatewayProcess(port, directory, issuer, tls, upstream, database, process, log_path)
     deadline = time.monotonic() + 30

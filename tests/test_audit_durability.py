@@ -139,16 +139,17 @@ def test_a_store_that_cannot_be_written_refuses_statements_and_sessions(
     )
     try:
         with psycopg_session(running, "dba", "dora", application_name="load-1") as conn:
-            refused_at = None
+            refused: psycopg.Error | None = None
+            refused_at = 0
             for n in range(1, 20000):
                 try:
                     conn.execute(f"INSERT INTO public.{scratch_table} VALUES (1, {n})")
                 except psycopg.Error as error:
-                    assert error.sqlstate == "58030"
-                    assert "could not record this statement" in str(error)
-                    refused_at = n
+                    refused, refused_at = error, n
                     break
-            assert refused_at is not None, "the store filled up"
+            assert refused is not None, "the store filled up"
+            assert refused.sqlstate == "58030"
+            assert "could not record this statement" in str(refused)
         with psycopg.connect(pg_dsn, autocommit=True) as direct:
             numbers = direct.execute(f"SELECT n FROM public.{scratch_table}").fetchall()
         assert sorted(n for (n,) in numbers) == list(range(1, refused_at))

@@ -115,13 +115,20 @@ def test_a_session_is_recorded_in_order_and_its_chain_holds(audited: GatewayProc
     assert {event.subject for event in events} == {"agent-ordered"}
     (read, read_outcome), (refused, refused_outcome) = statements_and_outcomes(events)
     assert read.statement == "SELECT id, full_name FROM crm.customers WHERE id < ? LIMIT ?"
-    assert read.decision == "allow" and read.deciding_rule == "agents-read-crm"
-    assert read.relations == ("crm.customers",) and "name" in read.categories
-    assert read_outcome.status == "completed" and read_outcome.rows == 3
-    assert read_outcome.bytes and read_outcome.bytes > 0
-    assert refused.decision == "deny" and refused.deciding_rule == "agents-no-bulk-export"
-    assert refused_outcome.status == "refused" and refused_outcome.sqlstate == "42501"
-    assert refused_outcome.error and "pages of at most 100 rows" in refused_outcome.error
+    assert read.decision == "allow"
+    assert read.deciding_rule == "agents-read-crm"
+    assert read.relations == ("crm.customers",)
+    assert "name" in read.categories
+    assert read_outcome.status == "completed"
+    assert read_outcome.rows == 3
+    assert read_outcome.bytes
+    assert read_outcome.bytes > 0
+    assert refused.decision == "deny"
+    assert refused.deciding_rule == "agents-no-bulk-export"
+    assert refused_outcome.status == "refused"
+    assert refused_outcome.sqlstate == "42501"
+    assert refused_outcome.error
+    assert "pages of at most 100 rows" in refused_outcome.error
     assert verify_store(audit_dir(audited)) == ([], [])
 
 
@@ -137,7 +144,8 @@ def test_a_failed_login_is_recorded_without_the_token(audited: GatewayProcess) -
         and event.application_name == "forger"
     ]
     assert len(failures) == 1
-    assert failures[0].role == "agent" and failures[0].sqlstate == "28P01"
+    assert failures[0].role == "agent"
+    assert failures[0].sqlstate == "28P01"
     assert forged[:40] not in failures[0].model_dump_json()
 
 
@@ -151,17 +159,20 @@ def test_the_subject_index_names_whom_a_statement_returned_and_named(
     with psycopg_session(audited, "analyst", "alice", application_name="subjects") as conn:
         conn.execute("SELECT id, email FROM crm.customers WHERE id = %s", [42]).fetchall()
     events = wait_for_end(audited, "subjects")
-    ((statement, outcome),) = statements_and_outcomes(events)
+    ((_, outcome),) = statements_and_outcomes(events)
     rows = [row for row in subject_rows(audited) if row.event_id == outcome.event_id]
     found = {(r.identifier_type, r.pseudonym, r.access.value, r.masked) for r in rows}
     assert found == {
         (IdentifierType.SUBJECT, subject_pseudonym(key, "42"), "named", False),
         (IdentifierType.SUBJECT, subject_pseudonym(key, "42"), "returned", False),
-        (IdentifierType.EMAIL, identifier_pseudonym(key, IdentifierType.EMAIL, row[0]), "returned", True),
+        (IdentifierType.EMAIL, identifier_pseudonym(key, IdentifierType.EMAIL, row[0]),
+         "returned", True),
     }  # fmt: skip
-    assert outcome.subjects == 3 and not outcome.subjects_capped
+    assert outcome.subjects == 3
+    assert not outcome.subjects_capped
     assert outcome.unidentified == ()
-    assert {r.principal for r in rows} == {"alice"} and {r.role for r in rows} == {"analyst"}
+    assert {r.principal for r in rows} == {"alice"}
+    assert {r.role for r in rows} == {"analyst"}
 
 
 def test_a_read_that_says_not_whom_is_recorded_as_such(audited: GatewayProcess) -> None:
@@ -177,7 +188,8 @@ def test_the_subject_index_stops_at_its_cap_and_says_so(audited: GatewayProcess)
         rows = conn.execute("SELECT id FROM crm.customers ORDER BY id LIMIT 1500").fetchall()
     assert len(rows) == 1500
     ((_, outcome),) = statements_and_outcomes(wait_for_end(audited, "many"))
-    assert outcome.subjects == 1000 and outcome.subjects_capped
+    assert outcome.subjects == 1000
+    assert outcome.subjects_capped
 
 
 def _raw_values(pg_dsn: str) -> list[str]:
@@ -195,9 +207,7 @@ def _forms(value: str) -> set[bytes]:
     return encoded
 
 
-def test_no_raw_personal_value_reaches_the_store(
-    audited: GatewayProcess, pg_dsn: str
-) -> None:
+def test_no_raw_personal_value_reaches_the_store(audited: GatewayProcess, pg_dsn: str) -> None:
     written: dict[str, Any] = {
         "email": "mallory.private@example.net",
         "phone": "+44 7700 900999",
@@ -232,7 +242,9 @@ def test_no_raw_personal_value_reaches_the_store(
         conn.execute("ROLLBACK")
     for application in ("scan-analyst", "scan-agent", "scan-dba"):
         wait_for_end(audited, application)
-    forbidden = {form for value in [*_raw_values(pg_dsn), *written.values()] for form in _forms(value)}
+    forbidden = {
+        form for value in [*_raw_values(pg_dsn), *written.values()] for form in _forms(value)
+    }
     forbidden = {form for form in forbidden if len(form) >= 6}
     stored = b"".join(path.read_bytes() for path in audit_dir(audited).rglob("*") if path.is_file())
     assert stored, "the store holds the sessions above"

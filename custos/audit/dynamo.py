@@ -159,6 +159,9 @@ class DynamoStore:
             f" {self._attempts} attempts (throttled); raise its capacity or wait and retry"
         )
 
+    def close(self) -> None:
+        """Nothing is held open: every append is durable when it returns."""
+
     def session_events(self, session_id: str) -> list[AuditEvent]:
         """A session's events as stored, in sequence order (a strongly consistent read)."""
         paginator = self._client.get_paginator("query")

@@ -39,7 +39,7 @@ class SubjectIdentifier:
 
     def pseudonym(self, key: bytes) -> str:
         if self.relation is not None:
-            return subject_pseudonym(key, self.relation, self.value)
+            return subject_pseudonym(key, self.value)
         return identifier_pseudonym(key, self.identifier_type, self.value)
 
     def described(self) -> str:
