@@ -35,7 +35,7 @@ ANN_PHONE = "+44 20 7946 0018"
 ANN_SUBJECT = ("crm.customers", "42")
 ANN_EMAIL_PSEUDONYM = identifier_pseudonym(KEY, IdentifierType.EMAIL, ANN_EMAIL)
 ANN_PHONE_PSEUDONYM = identifier_pseudonym(KEY, IdentifierType.PHONE, ANN_PHONE)
-ANN_SUBJECT_PSEUDONYM = subject_pseudonym(KEY, *ANN_SUBJECT)
+ANN_SUBJECT_PSEUDONYM = subject_pseudonym(KEY, ANN_SUBJECT[1])
 
 DAY_ONE = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 SUPPORT_START = datetime(2026, 3, 1, 11, 30, tzinfo=UTC)

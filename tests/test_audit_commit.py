@@ -70,7 +70,6 @@ def test_events_handed_over_while_a_commit_is_written_share_the_next(tmp_path: P
     asyncio.run(sessions())
     store.close()
     assert sum(store.appends) == 19
-    assert store.appends[0] == 1
     assert len(store.appends) < 10  # those that came while one was written waited together
     assert verify_store(tmp_path) == ([], [])
 

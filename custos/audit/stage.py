@@ -210,7 +210,8 @@ class AuditStage(Stage):
                 unidentified=self._unidentified(statement, subjects, collector),
             )
         )
-        self._trail.commit(events, subjects).add_done_callback(_log_failure)
+        written = self._trail.commit(events, subjects, waited_for=False)
+        written.add_done_callback(_log_failure)
 
     # --- events ----------------------------------------------------------------------------
 

@@ -43,9 +43,13 @@ class AuditTrail:
         self._catalog = catalog
 
     def commit(
-        self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()
+        self,
+        events: Sequence[AuditEvent],
+        subjects: Sequence[SubjectAccess] = (),
+        *,
+        waited_for: bool = True,
     ) -> asyncio.Future[None]:
-        return self.committer.add(events, subjects)
+        return self.committer.add(events, subjects, waited_for=waited_for)
 
     def session_stage(self, principal: Principal, target: str, purpose: str | None) -> AuditStage:
         identity = SessionIdentity(
@@ -110,6 +114,7 @@ class AuditTrail:
     async def close(self) -> None:
         """Waits for what was handed over to be durable, then closes the store."""
         await self.committer.flush()
+        self.committer.close()
         self._store.close()
         committer = self.committer
         log.info(
