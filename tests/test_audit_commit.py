@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from custos.audit.chain import SessionChain
-from custos.audit.commit import GroupCommitter
+from custos.audit.commit import LINGER_SECONDS, GroupCommitter
 from custos.audit.events import AuditEvent, EventType, SubjectAccess
 from custos.audit.local import LocalStore, stored_events, verify_store
 
@@ -87,3 +87,26 @@ def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path) ->
     outcomes = asyncio.run(session())
     assert len(outcomes) == 3
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
+
+
+def test_records_nobody_waits_for_share_the_next_commit_or_linger(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path)
+    chain = SessionChain("s-1")
+
+    async def session() -> float:
+        committer = GroupCommitter(store)
+        loop = asyncio.get_running_loop()
+        outcome = committer.add([event(chain, 0)], waited_for=False)
+        statement = committer.add([event(chain, 1)])
+        await asyncio.gather(outcome, statement)  # one commit for both
+        started = loop.time()
+        await committer.add([event(chain, 2)], waited_for=False)  # alone: it lingers
+        lingered = loop.time() - started
+        committer.close()
+        return lingered
+
+    lingered = asyncio.run(session())
+    store.close()
+    assert store.appends == [2, 1]
+    assert lingered >= LINGER_SECONDS * 0.9
+    assert verify_store(tmp_path) == ([], [])

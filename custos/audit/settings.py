@@ -29,16 +29,10 @@ class AuditSettings(BaseModel):
     # A statement whose event cannot be made durable is refused, unless its target (the
     # policy's target name) is listed here: then it runs, and the failure is logged.
     fail_open_targets: list[str] = Field(default_factory=list)
-    # Literals in statement texts become `?`; with this, those not compared with, or
-    # written to, a catalogued personal column are kept beside the text.
-    keep_literals: bool = False
     # The data-subject index keeps at most this many subjects per statement, and says so.
     subjects_per_statement: int = Field(default=1000, ge=1)
-    # How long the hot tier keeps events: local segment files, DynamoDB items (TTL).
+    # How long the hot tier (DynamoDB, by TTL) keeps records; the local store keeps all.
     retention_days: int = Field(default=30, ge=1)
-    # Local digests: signed with this Ed25519 private key (PEM), every `digest_minutes`.
-    digest_key_file: Path | None = None
-    digest_minutes: int = Field(default=60, ge=1)
 
     @model_validator(mode="after")
     def _one_store(self) -> AuditSettings:
