@@ -133,16 +133,22 @@ def test_a_session_is_recorded_in_order_and_its_chain_holds(audited: GatewayProc
 
 
 def test_a_failed_login_is_recorded_without_the_token(audited: GatewayProcess) -> None:
+    import time
+
     forged = audited.token("agent", "agent-forger") + "x"
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(audited.dsn("agent", forged, application_name="forger")).close()
-    failures = [
-        event
-        for event in stored_events(audit_dir(audited))
-        if isinstance(event, AuditEvent)
-        and event.event_type is EventType.AUTHENTICATION_FAILURE
-        and event.application_name == "forger"
-    ]
+    deadline = time.monotonic() + 10
+    failures: list[AuditEvent] = []
+    while not failures and time.monotonic() < deadline:
+        time.sleep(0.05)
+        failures = [
+            event
+            for event in stored_events(audit_dir(audited))
+            if isinstance(event, AuditEvent)
+            and event.event_type is EventType.AUTHENTICATION_FAILURE
+            and event.application_name == "forger"
+        ]
     assert len(failures) == 1
     assert failures[0].role == "agent"
     assert failures[0].sqlstate == "28P01"
@@ -255,3 +261,48 @@ def test_no_raw_personal_value_reaches_the_store(audited: GatewayProcess, pg_dsn
     named = {(row.identifier_type, row.pseudonym) for row in subject_rows(audited)}
     for kind in (IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.IBAN):
         assert (kind, identifier_pseudonym(key, kind, written[kind.value])) in named
+
+
+def test_personal_values_written_as_names_are_redacted(
+    audited: GatewayProcess, pg_dsn: str
+) -> None:
+    """Attack round 20: an email scans as names and an operator, an IBAN is a valid name
+    (of a savepoint, a cursor, an alias), and application_name is the client's to set."""
+    with psycopg.connect(pg_dsn, autocommit=True) as direct:
+        row = direct.execute("SELECT email, iban FROM crm.customers WHERE id = 110").fetchone()
+    assert row is not None
+    email, iban = row
+    with psycopg_session(audited, "dba", "dora", application_name=email) as conn:
+        with pytest.raises(psycopg.Error):
+            conn.execute(f"SELECT {email}")
+        conn.execute("BEGIN")
+        conn.execute(f"SAVEPOINT {iban}")
+        conn.execute(f'SELECT 1 AS "{iban}", 2 AS {iban}')
+        conn.execute("ROLLBACK")
+    wait_for_end(audited, recorded_application(email))
+    stored = b"".join(path.read_bytes() for path in audit_dir(audited).rglob("*") if path.is_file())
+    for value in (email, iban, iban.lower()):
+        assert value.encode() not in stored
+
+
+def recorded_application(name: str) -> str:
+    from custos.audit.statements import recorded_text
+
+    return recorded_text(name)
+
+
+def test_a_subject_key_in_another_spelling_finds_the_same_subject(audited: GatewayProcess) -> None:
+    """Attack round 20: `id = 231.0`, `'0241'`, `' 242 '` match customers 231, 241, 242.
+    The last two are texts of one shape: each is read for its own value."""
+    key = audit_key(audited)
+    with psycopg_session(audited, "dba", "dora", application_name="spellings") as conn:
+        for spelling in ("231.0", "'0241'", "' 242 '"):
+            conn.execute(f"SELECT full_name FROM crm.customers WHERE id = {spelling}").fetchall()
+    events = wait_for_end(audited, "spellings")
+    outcomes = {o.event_id for _, o in statements_and_outcomes(events)}
+    named = {
+        row.pseudonym
+        for row in subject_rows(audited)
+        if row.event_id in outcomes and row.access.value == "named"
+    }
+    assert named == {subject_pseudonym(key, str(number)) for number in (231, 241, 242)}

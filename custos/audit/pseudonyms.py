@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from custos.audit.events import IdentifierType
 
@@ -44,7 +45,19 @@ def identifier_pseudonym(key: bytes, identifier_type: IdentifierType, value: str
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+(?:\.0*)?")
+
+
+def subject_key_text(value: str) -> str:
+    """A subject key's normal form: a whole number as the database prints it (`'0241'`,
+    `241.0` and ` 241 ` all find customer 241), any other key as it is, trimmed."""
+    text = value.strip()
+    if _WHOLE_NUMBER.fullmatch(text):
+        return str(int(text.split(".")[0]))
+    return text
+
+
 def subject_pseudonym(key: bytes, subject_value: str) -> str:
     """The pseudonym of a data subject by the value of its key: 42 for customer 42."""
-    message = f"{IdentifierType.SUBJECT.value}\x00{subject_value.strip()}"
+    message = f"{IdentifierType.SUBJECT.value}\x00{subject_key_text(subject_value)}"
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()

@@ -6,6 +6,12 @@ bodies), every comment a space, and every quoted name that is not a plain name (
 reads and `$n` parameters. The text is read by pglast's scanner, PostgreSQL's own, so
 what it calls a literal is what the server does; a text it cannot read is kept as a
 fixed marker, never as it came.
+
+Names are the client's to choose, too: `SELECT aisha.campbell110@example.com` scans as
+names and an operator, an IBAN is a valid name (of a savepoint, a cursor, an alias). So
+what is left is searched as masking searches free text (custos/masking/detect.py), and
+every email, phone number, IBAN, card number or address found is redacted; so are the
+client's own words an event records (`application_name`, labels: `recorded_text`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ import re
 
 from pglast.parser import scan
 
+from custos.masking.detect import mask_found
+from custos.masking.values import Masker
+from custos.policy.models import MaskMethod
+
 UNREADABLE = "<a statement the scanner could not read>"
 
 _LITERALS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
@@ -21,8 +31,22 @@ _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _PLAIN_NAME = re.compile(r'"[A-Za-z_][A-Za-z0-9_$]*"')
 
 
+_FOUND = frozenset({"email", "phone", "iban"})
+_REDACTING = Masker(b"\0" * 32)  # redaction uses no key
+
+
+def recorded_text(text: str) -> str:
+    """Client-chosen text as an event keeps it: the personal values found in it redacted."""
+    return mask_found(text, _FOUND, MaskMethod.REDACT, _REDACTING)[0]
+
+
 def without_values(sql: str) -> str:
-    """The statement with its literals, comments and unusual quoted names replaced."""
+    """The statement with its literals, comments and unusual quoted names replaced, and
+    the personal values found in what is left redacted."""
+    return recorded_text(_placeholders(sql))
+
+
+def _placeholders(sql: str) -> str:
     try:
         tokens = scan(sql)
     except Exception:  # pglast raises its own error types for unreadable text

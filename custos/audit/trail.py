@@ -20,6 +20,7 @@ from custos.audit.commit import AuditStore, GroupCommitter
 from custos.audit.events import AuditEvent, EventType, SubjectAccess
 from custos.audit.settings import AuditSettings
 from custos.audit.stage import AuditStage, SessionIdentity
+from custos.audit.statements import recorded_text
 from custos.identity.principal import Principal
 from custos.policy.catalog import PersonalDataCatalog
 
@@ -59,7 +60,11 @@ class AuditTrail:
             issuer=principal.issuer,
             groups=principal.groups,
             client_addr=principal.client_address,
-            application_name=principal.application_name,
+            application_name=(
+                None
+                if principal.application_name is None
+                else recorded_text(principal.application_name)
+            ),
             labels=self.labels(principal.claims),
             target=target,
             purpose=purpose,
@@ -79,7 +84,7 @@ class AuditTrail:
         for label, claim in self._settings.labels.items():
             value = claims.get(claim)
             if isinstance(value, str | int | float | bool):
-                labels[label] = str(value)[:_LABEL_CHARS]
+                labels[label] = recorded_text(str(value)[:_LABEL_CHARS])
         return labels
 
     def authentication_failed(
@@ -96,7 +101,7 @@ class AuditTrail:
             event_type=EventType.AUTHENTICATION_FAILURE,
             role=role,
             client_addr=client_addr,
-            application_name=application_name,
+            application_name=None if application_name is None else recorded_text(application_name),
             sqlstate=sqlstate,
             error=reason,
             status="refused",
