@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from custos.audit.chain import GENESIS, SessionChain, event_hash, verify_chain
-from custos.audit.events import AuditEvent, EventType
+from custos.audit.chain import GENESIS, SessionChain, encoded, event_hash, verify_chain
+from custos.audit.events import AuditEvent, EventType, MaskedColumnRecord
 
 # The fields the issue names, which auditors' queries use by these names.
 NAMED_FIELDS = {
@@ -119,3 +119,49 @@ def test_an_event_the_schema_does_not_describe_is_refused(
     fields = session(1)[0].model_dump()
     with pytest.raises(ValidationError, match=message):
         AuditEvent.model_validate({**fields, **change})
+
+
+_TEXT = st.text(max_size=12)
+_NAMES = st.lists(st.text(min_size=1, max_size=8), max_size=3).map(tuple)
+_FIELDS = st.fixed_dictionaries(
+    {"event_id": st.text(min_size=1, max_size=10), "event_type": st.sampled_from(EventType)},
+    optional={
+        "role": _TEXT,
+        "groups": _NAMES,
+        "labels": st.dictionaries(st.text(max_size=5), _TEXT, max_size=3),
+        "statement": _TEXT,
+        "statement_number": st.integers(1, 10**6),
+        "kinds": _NAMES,
+        "rows": st.integers(0, 10**9),
+        "duration_ms": st.floats(0, 1e6, allow_nan=False),
+        "subjects_capped": st.booleans(),
+        "masked": st.lists(
+            st.builds(
+                MaskedColumnRecord,
+                statement_index=st.integers(0, 3),
+                position=st.integers(-1, 9),
+                category=_TEXT,
+                method=_TEXT,
+                values=st.integers(0, 99),
+                nulled=st.integers(0, 9),
+            ),
+            max_size=2,
+        ).map(tuple),
+    },
+)
+
+
+@given(
+    events=st.lists(_FIELDS, min_size=1, max_size=4),
+    moment=st.datetimes(timezones=st.just(UTC)),
+)
+def test_the_hot_path_seals_exactly_as_the_model_does(
+    events: list[dict[str, object]], moment: datetime
+) -> None:
+    by_model, fast = SessionChain("s"), SessionChain("s")
+    for fields in events:
+        expected = by_model.sealed(time=moment, **fields)
+        sealed = fast.sealed_fast(moment, {name: encoded(v) for name, v in fields.items()})
+        assert sealed.hash == expected.hash
+        assert AuditEvent.model_validate_json(sealed.line) == expected
+    assert fast.head == by_model.head

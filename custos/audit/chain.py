@@ -13,7 +13,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
+
+from pydantic import BaseModel
 
 from custos.audit.events import AuditEvent
 
@@ -32,6 +36,57 @@ def event_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(fields)).hexdigest()
 
 
+def json_form(value: Any) -> Any:
+    """A value as `model_dump(mode="json")` gives it."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, tuple | list):
+        return [json_form(item) for item in value]
+    if isinstance(value, dict):
+        return {key: json_form(item) for key, item in value.items()}
+    return value
+
+
+def encoded(value: Any) -> str:
+    """A field's value as the canonical form holds it."""
+    return json.dumps(json_form(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_CANONICAL_ORDER = tuple(sorted(name for name in AuditEvent.model_fields if name != "hash"))
+_DEFAULTS = {
+    name: encoded(field.get_default(call_default_factory=True))
+    for name, field in AuditEvent.model_fields.items()
+    if not field.is_required()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SealedEvent:
+    """An event sealed on the gateway's hot path: its stored line, and what a store files
+    it by. The line reads back as the AuditEvent it stands for (`AuditEvent.line`)."""
+
+    session_id: str
+    seq: int
+    time: datetime
+    hash: str
+    line: bytes  # JSON, newline-terminated
+
+
+EventRecord = AuditEvent | SealedEvent
+"""An event as stores take it: a model, or sealed on the hot path."""
+
+
+def record_line(record: EventRecord | BaseModel) -> bytes:
+    """The line a store writes for a record."""
+    if isinstance(record, SealedEvent):
+        return record.line
+    return record.model_dump_json().encode() + b"\n"
+
+
 class SessionChain:
     """Seals a session's events in order: each with its sequence number, the previous
     event's hash and its own."""
@@ -42,6 +97,10 @@ class SessionChain:
         self.session_id = session_id
         self._seq = 0
         self._previous = GENESIS
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
 
     @property
     def head(self) -> str:
@@ -65,6 +124,27 @@ class SessionChain:
         self._seq += 1
         self._previous = event.hash
         return event
+
+    def sealed_fast(self, time: datetime, pieces: Mapping[str, str]) -> SealedEvent:
+        """The next event, sealed from its fields already encoded (`encoded`), without
+        building a model: the same canonical form, hash and line `sealed` gives, at a
+        fraction of the cost. Fields not given take their defaults; the caller answers for
+        the values being what the schema takes (tests hold the two ways equal)."""
+        seq = self._seq
+        fields = {
+            **_DEFAULTS,
+            **pieces,
+            "time": encoded(time),
+            "session_id": encoded(self.session_id),
+            "seq": str(seq),
+            "prev_hash": f'"{self._previous}"',
+        }
+        body = ",".join(f'"{name}":{fields[name]}' for name in _CANONICAL_ORDER)
+        digest = hashlib.sha256(f"{{{body}}}".encode()).hexdigest()
+        self._seq = seq + 1
+        self._previous = digest
+        line = f'{{{body},"hash":"{digest}"}}\n'.encode()
+        return SealedEvent(self.session_id, seq, time, digest, line)
 
 
 @dataclass(frozen=True, slots=True)

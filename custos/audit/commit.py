@@ -6,7 +6,7 @@ a commit is being written, share the next commit: one write and one fsync howeve
 statements and sessions they come from. Each caller gets a future that settles once its
 records are durable, or fails with the store's error (the statement is then refused:
 fail closed). Records nobody waits for (a statement's outcome) start no commit of their
-own: they share the next one, at the latest after LINGER_SECONDS.
+own: they share the next one, at the latest after twice LINGER_SECONDS.
 
 The writes happen on a thread of the committer's own, which takes whatever waits each
 time it is free: the event loop goes on meanwhile, and hands over a commit with one
@@ -20,7 +20,8 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from custos.audit.events import AuditEvent, SubjectAccess
+from custos.audit.chain import EventRecord
+from custos.audit.events import SubjectAccess
 
 LINGER_SECONDS = 0.05
 """How long records nobody waits for may wait for a commit someone else starts."""
@@ -31,7 +32,7 @@ class AuditStore(Protocol):
     durable, and is called off the event loop."""
 
     def append(
-        self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()
+        self, events: Sequence[EventRecord], subjects: Sequence[SubjectAccess] = ()
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -45,7 +46,7 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         # Guarded by the lock: what waits for the next commit, and whether anyone waits.
-        self._events: list[AuditEvent] = []
+        self._events: list[EventRecord] = []
         self._subjects: list[SubjectAccess] = []
         self._next: asyncio.Future[None] | None = None
         self._urgent = False
@@ -58,7 +59,7 @@ class GroupCommitter:
 
     def add(
         self,
-        events: Sequence[AuditEvent],
+        events: Sequence[EventRecord],
         subjects: Sequence[SubjectAccess] = (),
         *,
         waited_for: bool = True,
@@ -74,8 +75,7 @@ class GroupCommitter:
             self._events.extend(events)
             self._subjects.extend(subjects)
             if not waited_for:
-                self._ready.notify()  # the writer starts its linger from now
-                return future
+                return future  # the writer looks again within LINGER_SECONDS
         if not self._announced:
             # Not at once: what else this turn of the loop hands over shares the commit.
             self._announced = True
@@ -114,10 +114,12 @@ class GroupCommitter:
         while True:
             with self._lock:
                 while not self._urgent and not self._closing:
-                    if self._next is None:
-                        self._ready.wait()
-                    elif not self._ready.wait(LINGER_SECONDS):
-                        break  # lingered long enough
+                    # Woken for what someone waits for; else it looks again each period,
+                    # and writes what lingered a whole one (no wake-up per outcome).
+                    lingering = self._next is not None
+                    waited_out = not self._ready.wait(LINGER_SECONDS)
+                    if waited_out and lingering and self._next is not None:
+                        break
                 if self._next is None:
                     if self._closing:
                         return

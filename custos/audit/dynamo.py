@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from custos.audit.chain import EventRecord, record_line
 from custos.audit.events import AuditEvent, SubjectAccess
 from custos.audit.local import EVENTS, SUBJECT_ACCESS
 
@@ -47,7 +48,7 @@ class AuditStoreUnavailable(RuntimeError):
     """The events table could not take a batch of records; none of its statements may run."""
 
 
-def event_key(event: AuditEvent) -> tuple[str, str]:
+def event_key(event: EventRecord) -> tuple[str, str]:
     return f"session#{event.session_id}", f"event#{event.seq:010d}"
 
 
@@ -64,8 +65,8 @@ def sortable_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event_item(event: AuditEvent, retention_days: int) -> Item:
-    line = event.model_dump_json()
+def event_item(event: EventRecord, retention_days: int) -> Item:
+    line = record_line(event).decode().removesuffix("\n")
     pk, sk = event_key(event)
     return _item(pk, sk, EVENTS, line, event.time, retention_days)
 
@@ -114,7 +115,7 @@ class DynamoStore:
         self._first_delay = first_delay
         self._sleep = sleep
 
-    def append(self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()) -> None:
+    def append(self, events: Sequence[EventRecord], subjects: Sequence[SubjectAccess] = ()) -> None:
         """Writes the records; raises AuditStoreUnavailable if any of them is not written."""
         items: dict[tuple[str, str], Item] = {}
         for item in [event_item(event, self.retention_days) for event in events] + [

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from custos.audit.chain import ChainProblem, verify_chain
+from custos.audit.chain import ChainProblem, EventRecord, record_line, verify_chain
 from custos.audit.events import AuditEvent, SubjectAccess
 
 EVENTS = "events"
@@ -46,13 +46,13 @@ class LocalStore:
         self._root = root
         self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
 
-    def append(self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()) -> None:
+    def append(self, events: Sequence[EventRecord], subjects: Sequence[SubjectAccess] = ()) -> None:
         """Writes the records, in order, and returns once they are on disk."""
         lines: dict[tuple[str, Path], list[bytes]] = {}
         for table, records in ((EVENTS, events), (SUBJECT_ACCESS, subjects)):
             for record in records:
                 directory = segment_directory(self._root, record.time, table)
-                line = record.model_dump_json().encode() + b"\n"
+                line = record_line(record)
                 lines.setdefault((table, directory), []).append(line)
         for (table, directory), batch in lines.items():
             descriptor = self._segment(table, directory)

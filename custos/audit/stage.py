@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from custos.audit.chain import SessionChain
+from custos.audit.chain import SealedEvent, SessionChain, encoded
 from custos.audit.events import (
     Access,
-    AuditEvent,
     EventType,
     IdentifierType,
     MaskedColumnRecord,
@@ -35,6 +33,7 @@ from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
 from custos.audit.returned import SubjectCollector
 from custos.audit.statements import without_values
 from custos.policy.catalog import PersonalDataCatalog
+from custos.policy.engine import Decision
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.stages import (
@@ -54,6 +53,10 @@ if TYPE_CHECKING:
     from custos.audit.trail import AuditTrail
 
 log = logging.getLogger("custos.audit")
+
+_STATEMENT = encoded(EventType.STATEMENT)
+_OUTCOME = encoded(EventType.STATEMENT_OUTCOME)
+_DECISIONS_KEPT = 256
 
 AUDIT_UNAVAILABLE = Refusal(
     sqlstates.IO_ERROR,
@@ -114,7 +117,8 @@ class AuditStage(Stage):
     ) -> None:
         self._trail = trail
         self.identity = identity
-        self._fields = identity.fields()
+        self._pieces = {name: encoded(value) for name, value in identity.fields().items()}
+        self._decisions: dict[int, tuple[Decision, dict[str, str]]] = {}
         self._key = key
         self._catalog = catalog
         self._cap = cap
@@ -166,7 +170,7 @@ class AuditStage(Stage):
 
     def finished(self, statement: Statement, outcome: Outcome) -> None:
         recorded = self._recorded.pop(statement.number, None)
-        events: list[AuditEvent] = []
+        events: list[SealedEvent] = []
         if recorded is None:
             # Refused before this stage planned it: its event, now.
             events.append(self._statement_event(statement))
@@ -174,7 +178,7 @@ class AuditStage(Stage):
             collector = None
         else:
             named, collector = recorded.named, recorded.collector
-        event_id = uuid.uuid4().hex
+        event_id = self._next_event_id()
         subjects, capped = self._subjects(statement, event_id, named, collector)
         decision = statement.decision
         refusal = statement.refusal
@@ -183,18 +187,22 @@ class AuditStage(Stage):
             error = refusal.message
         elif decision is not None and outcome.status is Status.REFUSED and refusal is not None:
             error = decision.message if refusal.message == decision.message else None
-        events.append(
-            self._event(
-                EventType.STATEMENT_OUTCOME,
-                event_id=event_id,
-                statement_number=statement.number,
-                status=outcome.status.value,
-                sqlstate=outcome.sqlstate,
-                error=error,
-                rows=outcome.rows,
-                bytes=outcome.bytes,
-                duration_ms=max(outcome.duration_seconds, 0.0) * 1000,
-                masked=tuple(
+        pieces = {
+            "event_type": _OUTCOME,
+            "event_id": f'"{event_id}"',
+            "statement_number": str(statement.number),
+            "status": f'"{outcome.status.value}"',
+            "rows": str(outcome.rows),
+            "bytes": str(outcome.bytes),
+            "duration_ms": encoded(max(outcome.duration_seconds, 0.0) * 1000),
+        }
+        if outcome.sqlstate is not None:
+            pieces["sqlstate"] = encoded(outcome.sqlstate)
+        if error is not None:
+            pieces["error"] = encoded(error)
+        if outcome.masked:
+            pieces["masked"] = encoded(
+                [
                     MaskedColumnRecord(
                         statement_index=column.statement_index,
                         position=column.position,
@@ -204,44 +212,69 @@ class AuditStage(Stage):
                         nulled=column.nulled,
                     )
                     for column in outcome.masked
-                ),
-                subjects=len(subjects),
-                subjects_capped=capped,
-                unidentified=self._unidentified(statement, subjects, collector),
+                ]
             )
-        )
+        if subjects:
+            pieces["subjects"] = str(len(subjects))
+        if capped:
+            pieces["subjects_capped"] = "true"
+        unidentified = self._unidentified(statement, subjects, collector)
+        if unidentified:
+            pieces["unidentified"] = encoded(unidentified)
+        events.append(self._seal(pieces))
         written = self._trail.commit(events, subjects, waited_for=False)
         written.add_done_callback(_log_failure)
 
     # --- events ----------------------------------------------------------------------------
 
-    def _event(self, event_type: EventType, **fields: Any) -> AuditEvent:
-        fields.setdefault("event_id", uuid.uuid4().hex)
-        return self._chain.sealed(
-            event_type=event_type, time=datetime.now(UTC), **self._fields, **fields
+    def _next_event_id(self) -> str:
+        # Unique: the session's id is, and the chain numbers its events.
+        return f"{self.identity.session_id}-{self._chain.next_seq}"
+
+    def _seal(self, pieces: dict[str, str]) -> SealedEvent:
+        """The session's next event, from its own fields already encoded."""
+        pieces.setdefault("event_id", f'"{self._next_event_id()}"')
+        return self._chain.sealed_fast(datetime.now(UTC), {**self._pieces, **pieces})
+
+    def _event(self, event_type: EventType, **fields: Any) -> SealedEvent:
+        return self._seal(
+            {"event_type": encoded(event_type)}
+            | {name: encoded(value) for name, value in fields.items()}
         )
 
-    def _statement_event(self, statement: Statement) -> AuditEvent:
-        decision = statement.decision
+    def _statement_event(self, statement: Statement) -> SealedEvent:
         texts = statement.analysis.texts
-        text = "; ".join(without_values(each) for each in texts) if texts else None
-        if decision is None:
-            return self._event(
-                EventType.STATEMENT, statement_number=statement.number, statement=text
-            )
+        pieces = {
+            "event_type": _STATEMENT,
+            "statement_number": str(statement.number),
+        }
+        if texts:
+            pieces["statement"] = encoded("; ".join(without_values(text) for text in texts))
+        decision = statement.decision
+        if decision is not None:
+            pieces.update(self._decided(decision))
+        return self._seal(pieces)
+
+    def _decided(self, decision: Decision) -> dict[str, str]:
+        """A decision's fields, encoded once per decision (the decision point keeps one
+        decision per kind of statement and role)."""
+        known = self._decisions.get(id(decision))
+        if known is not None and known[0] is decision:
+            return known[1]
         facts = decision.facts
-        return self._event(
-            EventType.STATEMENT,
-            statement_number=statement.number,
-            statement=text,
-            kinds=facts.kinds,
-            relations=tuple(sorted({*facts.relations_read, *facts.relations_written})),
-            categories=tuple(sorted({*facts.categories_read, *facts.categories_written})),
-            decision=decision.effect.value,
-            rules=decision.rules,
-            deciding_rule=decision.deciding_rule,
-            policy_version=decision.policy_version,
-        )
+        pieces = {
+            "kinds": encoded(facts.kinds),
+            "relations": encoded(sorted({*facts.relations_read, *facts.relations_written})),
+            "categories": encoded(sorted({*facts.categories_read, *facts.categories_written})),
+            "decision": encoded(decision.effect.value),
+            "rules": encoded(decision.rules),
+            "deciding_rule": encoded(decision.deciding_rule),
+            "policy_version": encoded(decision.policy_version),
+        }
+        if len(self._decisions) >= _DECISIONS_KEPT:
+            self._decisions.clear()
+        self._decisions[id(decision)] = (decision, pieces)
+        return pieces
 
     # --- the data-subject index --------------------------------------------------------------
 

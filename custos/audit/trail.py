@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from custos.audit.chain import SessionChain
+from custos.audit.chain import EventRecord, SessionChain
 from custos.audit.commit import AuditStore, GroupCommitter
-from custos.audit.events import AuditEvent, EventType, SubjectAccess
+from custos.audit.events import EventType, SubjectAccess
 from custos.audit.settings import AuditSettings
 from custos.audit.stage import AuditStage, SessionIdentity
 from custos.audit.statements import recorded_text
@@ -45,7 +45,7 @@ class AuditTrail:
 
     def commit(
         self,
-        events: Sequence[AuditEvent],
+        events: Sequence[EventRecord],
         subjects: Sequence[SubjectAccess] = (),
         *,
         waited_for: bool = True,
