@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from custos.audit.chain import SessionChain
 from custos.audit.commit import LINGER_SECONDS, GroupCommitter
 from custos.audit.events import AuditEvent, EventType, SubjectAccess
@@ -17,11 +19,17 @@ NOW = datetime(2026, 12, 6, 10, tzinfo=UTC)
 
 
 class CountingStore(LocalStore):
-    """The real store, counting its appends (each one write and one fsync)."""
+    """The real store, counting its appends (each one write and one fsync); `quick` false
+    has it written as a slow store is, on the committer's thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, quick: bool = True) -> None:
         super().__init__(root)
         self.appends: list[int] = []
+        self._quick = quick
+
+    @property
+    def writes_quickly(self) -> bool:
+        return self._quick
 
     def append(self, events: Sequence[AuditEvent], subjects: Sequence[SubjectAccess] = ()) -> None:
         self.appends.append(len(events))
@@ -34,8 +42,9 @@ def event(chain: SessionChain, number: int) -> AuditEvent:
     )
 
 
-def test_events_waiting_together_share_a_commit(tmp_path: Path) -> None:
-    store = CountingStore(tmp_path)
+@pytest.mark.parametrize("quick", [True, False], ids=["on the loop", "on a thread"])
+def test_events_waiting_together_share_a_commit(tmp_path: Path, quick: bool) -> None:
+    store = CountingStore(tmp_path, quick=quick)
     chains = [SessionChain(f"s-{n}") for n in range(20)]
 
     async def sessions() -> None:
@@ -52,7 +61,7 @@ def test_events_waiting_together_share_a_commit(tmp_path: Path) -> None:
 
 
 def test_events_handed_over_while_a_commit_is_written_share_the_next(tmp_path: Path) -> None:
-    store = CountingStore(tmp_path)
+    store = CountingStore(tmp_path, quick=False)
     chains = [SessionChain(f"s-{n}") for n in range(10)]
 
     async def sessions() -> None:
@@ -74,12 +83,13 @@ def test_events_handed_over_while_a_commit_is_written_share_the_next(tmp_path: P
     assert verify_store(tmp_path) == ([], [])
 
 
-def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quick", [True, False], ids=["on the loop", "on a thread"])
+def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path, quick: bool) -> None:
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")  # the store's root is a file: nothing can be written under it
 
     async def session() -> list[BaseException | None]:
-        committer = GroupCommitter(LocalStore(blocked))
+        committer = GroupCommitter(CountingStore(blocked, quick=quick))
         chain = SessionChain("s-1")
         waits = [committer.add([event(chain, n)]) for n in range(3)]
         return await asyncio.gather(*waits, return_exceptions=True)
@@ -89,8 +99,11 @@ def test_a_store_that_cannot_write_fails_every_waiting_caller(tmp_path: Path) ->
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
 
 
-def test_records_nobody_waits_for_share_the_next_commit_or_linger(tmp_path: Path) -> None:
-    store = CountingStore(tmp_path)
+@pytest.mark.parametrize("quick", [True, False], ids=["on the loop", "on a thread"])
+def test_records_nobody_waits_for_share_the_next_commit_or_linger(
+    tmp_path: Path, quick: bool
+) -> None:
+    store = CountingStore(tmp_path, quick=quick)
     chain = SessionChain("s-1")
 
     async def session() -> float:

@@ -160,6 +160,10 @@ class DynamoStore:
             f" {self._attempts} attempts (throttled); raise its capacity or wait and retry"
         )
 
+    @property
+    def writes_quickly(self) -> bool:
+        return False  # each write is a network round trip
+
     def close(self) -> None:
         """Nothing is held open: every append is durable when it returns."""
 
