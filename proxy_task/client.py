@@ -396,12 +396,8 @@ class ClientConnection(PeerConnection):
         stages.append(MaskingStage(self.gateway.masking_key))
         return SessionMachine(
             stages=stages,
-            # The audit trail reads each statement's own text (its values named in the
-            # data-subject index), not that of another text of its shape.
             analyser=TextAnalyser(
-                self.gateway.analyses,
-                decision_point.reads_statement_text or audit is not None,
-                identity_workers,
+                self.gateway.analyses, decision_point.reads_statement_text, identity_workers
             ),
             search_path=search_path,
             lexical=lexical_settings(upstream.messages),

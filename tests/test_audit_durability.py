@@ -34,6 +34,7 @@ def audited_gateway(
     upstream_dsn: str,
     fail_open_targets: list[str] | None = None,
     file_size_limit: int | None = None,
+    durability: str = "disk",
 ) -> GatewayProcess:
     directory.mkdir(parents=True, exist_ok=True)
     key_file = write_masking_key(directory / "audit.key")
@@ -53,6 +54,7 @@ def audited_gateway(
                 "dir": str(directory / "audit"),
                 "key": {"key_file": str(key_file)},
                 "fail_open_targets": fail_open_targets or [],
+                "durability": durability,
             },
         },
         preexec_fn=limit_file_size,
@@ -89,14 +91,18 @@ def rows_by_client(pg_dsn: str, table: str) -> dict[str, int]:
     return {f"load-{client}": count for client, count in found}
 
 
+@pytest.mark.parametrize("durability", ["disk", "process"])
 def test_sigkill_under_load_loses_no_event_of_an_executed_statement(
     pg: PostgresServer,
     pg_dsn: str,
     gateway: GatewayProcess,
     tmp_path: Path,
     scratch_table: str,
+    durability: str,
 ) -> None:
-    running = audited_gateway(tmp_path / "killed", pg, gateway.upstream_dsn)
+    """Either durability survives the gateway's death: `process` hands each statement's
+    event to the operating system before the statement goes upstream, `disk` fsyncs it."""
+    running = audited_gateway(tmp_path / "killed", pg, gateway.upstream_dsn, durability=durability)
     started = threading.Barrier(CLIENTS + 1)
 
     def load(client: int) -> None:

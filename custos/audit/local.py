@@ -27,6 +27,8 @@ from custos.audit.events import AuditEvent, SubjectAccess
 EVENTS = "events"
 SUBJECT_ACCESS = "subject_access"
 TABLES = (EVENTS, SUBJECT_ACCESS)
+FSYNC_SECONDS = 1.0
+"""With `durability: process`, how long written records may wait for their fsync."""
 
 
 def segment_directory(root: Path, moment: datetime, table: str = EVENTS) -> Path:
@@ -42,8 +44,13 @@ def hour_directory(moment: datetime) -> Path:
 class LocalStore:
     """Appends audit records to segment files under `root`, durably."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync_each: bool = True) -> None:
+        """`fsync_each` false: a batch is durable once the operating system holds it (it
+        survives the gateway's crash, not the machine's), and the files are fsynced at
+        least every FSYNC_SECONDS."""
         self._root = root
+        self._fsync_each = fsync_each
+        self._synced_at = time.monotonic()
         self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
 
     def append(self, events: Sequence[EventRecord], subjects: Sequence[SubjectAccess] = ()) -> None:
@@ -60,13 +67,23 @@ class LocalStore:
             written = 0
             while written < len(data):
                 written += os.write(descriptor, data[written:])
+            if self._fsync_each:
+                os.fsync(descriptor)
+        if not self._fsync_each and time.monotonic() - self._synced_at >= FSYNC_SECONDS:
+            self._sync()
+
+    def _sync(self) -> None:
+        for _, descriptor in self._open.values():
             os.fsync(descriptor)
+        self._synced_at = time.monotonic()
 
     @property
     def writes_quickly(self) -> bool:
         return True  # a local write and fsync take a fraction of a millisecond
 
     def close(self) -> None:
+        if not self._fsync_each:
+            self._sync()
         for _, descriptor in self._open.values():
             os.close(descriptor)
         self._open.clear()
@@ -76,6 +93,8 @@ class LocalStore:
         if current is not None:
             if current[0] == directory:
                 return current[1]
+            if not self._fsync_each:
+                os.fsync(current[1])
             os.close(current[1])
             del self._open[table]
         directory.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,12 @@ class AuditSettings(BaseModel):
     # A statement whose event cannot be made durable is refused, unless its target (the
     # policy's target name) is listed here: then it runs, and the failure is logged.
     fail_open_targets: list[str] = Field(default_factory=list)
+    # When a statement's event counts as durable, before the statement goes upstream:
+    # `disk`, written and fsynced (it survives the machine's failure); `process`, written
+    # to the operating system (it survives the gateway's crash or SIGKILL, not the
+    # machine's; fsynced within a second). The local store only: DynamoDB acknowledges a
+    # write once it is durable.
+    durability: Literal["disk", "process"] = "disk"
     # The data-subject index keeps at most this many subjects per statement, and says so.
     subjects_per_statement: int = Field(default=1000, ge=1)
     # How long the hot tier (DynamoDB, by TTL) keeps records; the local store keeps all.

@@ -243,7 +243,8 @@ class AuditStage(Stage):
         )
 
     def _statement_event(self, statement: Statement) -> SealedEvent:
-        texts = statement.analysis.texts
+        own = _own_text(statement)
+        texts = statement.analysis.texts if own is None else (own,)
         pieces = {
             "event_type": _STATEMENT,
             "statement_number": str(statement.number),
@@ -286,11 +287,10 @@ class AuditStage(Stage):
         relations = sorted({*facts.relations_read, *facts.relations_written})
         if not any(catalog.has_personal_data(relation) for relation in relations):
             return []
-        parameters = _bind_texts(statement)
-        found: list[Named] = []
-        for text in statement.analysis.texts:
-            found += named_identifiers(text, relations, catalog, parameters)
-        return found
+        own = _own_text(statement)
+        if own is None:
+            return []  # its values are not known: its tables count as read unidentified
+        return named_identifiers(own, relations, catalog, _bind_texts(statement))
 
     def _collector(
         self, statement: Statement, catalog: PersonalDataCatalog
@@ -386,6 +386,13 @@ class AuditStage(Stage):
                 if catalog.has_personal_data(relation) and relation not in identified
             )
         )
+
+
+def _own_text(statement: Statement) -> str | None:
+    """The statement's own text: its analysis may be that of another text of its shape,
+    which holds other values. Governed sessions speak UTF8 or SQL_ASCII."""
+    text = statement.text
+    return None if text is None else text.decode("utf-8", "replace")
 
 
 def _bind_texts(statement: Statement) -> tuple[str | None, ...]:

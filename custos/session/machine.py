@@ -583,6 +583,7 @@ class SessionMachine:
         if isinstance(resolved, Unconfirmed):
             return _BLOCK
         statement = self._new_statement(read if isinstance(read, tuple) else (), ())
+        statement.text = chunk[start + 5 : text_end]
         statement.client_encoding = self._answers_encoding()
         if isinstance(resolved, Refusal):
             statement.refusal = resolved
@@ -613,7 +614,7 @@ class SessionMachine:
                     refused = stage.refuse_text(read)
                     if refused is not None:
                         return self._refused_parse(name, refused)
-            prepared = Prepared(read, parse.parameter_types)
+            prepared = Prepared(read, parse.parameter_types, text=parse.query)
             prepared.runs_before = self._runs_taken
             if not read[0][0].session_effects and len(body) <= _PARSE_MEMO_MAX_BODY:
                 if (
@@ -739,6 +740,7 @@ class SessionMachine:
         # server reports that only at the end of the segment.
         view.segment_lexical_change = True
         statement = self._new_statement(prepared.candidates, portal.parameters())
+        statement.text = prepared.text
         statement.client_encoding = encoding
         statement.portal_name = key
         statement.portal = portal

@@ -48,6 +48,7 @@ class Prepared:
         "refusal",
         "row_description",
         "runs_before",
+        "text",
         "uses_parameters",
     )
 
@@ -56,8 +57,12 @@ class Prepared:
         candidates: Candidates,
         parameter_types: tuple[int, ...] = (),
         refusal: Refusal | None = None,
+        text: bytes | None = None,
     ) -> None:
         self.candidates = candidates
+        # Its text as the Parse sent it (the analysis may be that of another text of its
+        # shape); None for one prepared in SQL.
+        self.text = text
         self.parameter_types = parameter_types
         self.uses_parameters = uses_parameters(candidates)
         # Running it raises this instead: the gateway's refusal took the statement's place.
@@ -141,6 +146,7 @@ class Statement:
         "sqlstate",
         "started_at",
         "tags",
+        "text",
     )
 
     def __init__(
@@ -177,6 +183,9 @@ class Statement:
         self.rows = 0
         self.answered_bytes = 0
         self.tags: list[str] | None = None  # CommandComplete tags, once there is one
+        # The text it runs as the client sent it: a Query's string, an Execute's Parse (its
+        # analysis may be that of another text of its shape); None when not known.
+        self.text: bytes | None = None
         # The client encoding its answers come in, as far as the session knows ("": not
         # known, a statement before it in its segment may change it unseen).
         self.client_encoding = "UTF8"
