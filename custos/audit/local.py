@@ -27,6 +27,7 @@ from custos.audit.events import AuditEvent, SubjectAccess
 EVENTS = "events"
 SUBJECT_ACCESS = "subject_access"
 TABLES = (EVENTS, SUBJECT_ACCESS)
+_FOLDERS_KEPT = 64
 FSYNC_SECONDS = 1.0
 """With `durability: process`, how long written records may wait for their fsync."""
 
@@ -50,17 +51,25 @@ class LocalStore:
         least every FSYNC_SECONDS."""
         self._root = root
         self._fsync_each = fsync_each
+        self._folders: dict[tuple[str, int], Path] = {}
         self._synced_at = time.monotonic()
         self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
 
     def append(self, events: Sequence[EventRecord], subjects: Sequence[SubjectAccess] = ()) -> None:
         """Writes the records, in order, and returns once they are on disk."""
         lines: dict[tuple[str, Path], list[bytes]] = {}
+        folders = self._folders
         for table, records in ((EVENTS, events), (SUBJECT_ACCESS, subjects)):
             for record in records:
-                directory = segment_directory(self._root, record.time, table)
-                line = record_line(record)
-                lines.setdefault((table, directory), []).append(line)
+                # The folder by the record's hour since the epoch: every record of an hour
+                # spares the folder's name being worked out again.
+                key = (table, int(record.time.timestamp()) // 3600)
+                directory = folders.get(key)
+                if directory is None:
+                    if len(folders) > _FOLDERS_KEPT:
+                        folders.clear()
+                    directory = folders[key] = segment_directory(self._root, record.time, table)
+                lines.setdefault((table, directory), []).append(record_line(record))
         for (table, directory), batch in lines.items():
             descriptor = self._segment(table, directory)
             data = b"".join(batch)
