@@ -59,7 +59,8 @@ class LocalStore:
         """Writes the records, in order, and returns once they are on disk."""
         lines: dict[tuple[str, Path], list[bytes]] = {}
         folders = self._folders
-        for table, records in ((EVENTS, events), (SUBJECT_ACCESS, subjects)):
+        # The index's rows first: a reader that sees an event sees the rows it refers to.
+        for table, records in ((SUBJECT_ACCESS, subjects), (EVENTS, events)):
             for record in records:
                 # The folder by the record's hour since the epoch: every record of an hour
                 # spares the folder's name being worked out again.
