@@ -9,6 +9,7 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
+from custos.audit.digest_schedule import DigestKeyError, DigestSchedule, digest_signing_key
 from custos.audit.stores import audit_store
 from custos.audit.trail import AuditTrail
 from custos.config import ConfigError, GatewayConfig, PolicySettings
@@ -85,8 +86,16 @@ def _audit_trail(config: GatewayConfig, policy: ReloadingPolicySource | None) ->
             "the audit trail needs a key of its own for its pseudonyms: set audit.key.key_file"
             f" (or key_secret, or ${settings.key.key_env}); `openssl rand -hex 32` makes one"
         )
+    digests = None
+    if settings.digest_key_file is not None and settings.dir is not None:
+        try:
+            digests = DigestSchedule(settings.dir, digest_signing_key(settings.digest_key_file))
+        except DigestKeyError as error:
+            raise ConfigError(str(error)) from None
     source = policy
-    return AuditTrail(audit_store(settings), key, settings, lambda: source.current().catalog)
+    return AuditTrail(
+        audit_store(settings), key, settings, lambda: source.current().catalog, digests
+    )
 
 
 def _masking_key(config: GatewayConfig) -> bytes | None:

@@ -76,6 +76,7 @@ class Gateway:
             else None
         )
         self._policy_watch: asyncio.Task[None] | None = None
+        self._digests: asyncio.Task[None] | None = None
         self.cancels = CancelRegistry()
         self._handshaking: set[ClientConnection] = set()
         self._sessions: set[Session] = set()
@@ -148,6 +149,8 @@ class Gateway:
             if self.audit is not None:
                 self.audit.policy_loaded(self.policy.current().version)
                 self.policy.on_loaded = self.audit.policy_loaded
+        if self.audit is not None and self.audit.digests is not None:
+            self._digests = loop.create_task(self.audit.digests.run())
         log.info(
             "gateway listening on %s:%d (tls=%s, policy=%s)",
             self.config.listen_host,
@@ -192,6 +195,8 @@ class Gateway:
         self._all_closed.clear()
         if self._policy_watch is not None:
             self._policy_watch.cancel()
+        if self._digests is not None:
+            self._digests.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self._handshaking):

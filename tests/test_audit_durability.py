@@ -12,15 +12,20 @@ import resource
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from gateway_fixtures import GatewayProcess, psycopg_session, start_gateway
 
+from custos.audit.chain import SessionChain
+from custos.audit.digests import verify_digests
 from custos.audit.events import AuditEvent, EventType
-from custos.audit.local import stored_events
-from custos.demo.embedded import write_masking_key
+from custos.audit.local import LocalStore, stored_events
+from custos.demo.embedded import write_digest_keys, write_masking_key
 from custos.demo.postgres import PostgresServer
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
@@ -35,6 +40,7 @@ def audited_gateway(
     fail_open_targets: list[str] | None = None,
     file_size_limit: int | None = None,
     durability: str = "disk",
+    digest_key_file: Path | None = None,
 ) -> GatewayProcess:
     directory.mkdir(parents=True, exist_ok=True)
     key_file = write_masking_key(directory / "audit.key")
@@ -55,6 +61,7 @@ def audited_gateway(
                 "key": {"key_file": str(key_file)},
                 "fail_open_targets": fail_open_targets or [],
                 "durability": durability,
+                **({"digest_key_file": str(digest_key_file)} if digest_key_file else {}),
             },
         },
         preexec_fn=limit_file_size,
@@ -188,5 +195,35 @@ def test_a_target_configured_to_fail_open_runs_statements_the_store_cannot_recor
         assert recorded < 5999, "the store filled up"
         assert rows_by_client(pg_dsn, scratch_table) == {"load-1": 5999}
         assert "running it anyway (fail open)" in running.log()
+    finally:
+        running.stop()
+
+
+def test_the_gateway_digests_the_hours_over_when_it_starts(
+    pg: PostgresServer, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """A store with records of three hours ago: the gateway digests those hours (and the
+    quiet ones after) as it starts, and they verify with the public key."""
+    directory = tmp_path / "digesting"
+    earlier = datetime.now(UTC) - timedelta(hours=3)
+    store = LocalStore(directory / "audit")
+    store.append(
+        [SessionChain("s-old").sealed(event_id="old", event_type=EventType.STATEMENT, time=earlier)]
+    )
+    store.close()
+    private = write_digest_keys(tmp_path / "digest")
+    running = audited_gateway(directory, pg, gateway.upstream_dsn, digest_key_file=private)
+    try:
+        deadline = time.monotonic() + 20
+        digests: list[Path] = []
+        # Its hour and the next are over; the one after is, unless this is its first minute.
+        while len(digests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            digests = sorted((directory / "audit" / "digests").rglob("digest.json"))
+        assert len(digests) >= 2, running.log()
+        assert digests[0].parent.name == f"hour={earlier:%H}"
+        public = load_pem_public_key((tmp_path / "digest.pub.pem").read_bytes())
+        assert isinstance(public, Ed25519PublicKey)
+        assert verify_digests(directory / "audit", public) == []
     finally:
         running.stop()

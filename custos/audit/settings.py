@@ -40,10 +40,20 @@ class AuditSettings(BaseModel):
     # How long the hot tier (DynamoDB, by TTL) keeps records; the local store keeps all.
     retention_days: int = Field(default=30, ge=1)
 
+    # The local store's hourly digests are signed with this Ed25519 private key (PEM;
+    # `openssl genpkey -algorithm ed25519`); none without it. In AWS the digest Lambda
+    # signs with a KMS key.
+    digest_key_file: Path | None = None
+
     @model_validator(mode="after")
     def _one_store(self) -> AuditSettings:
         if self.store == "local" and self.dir is None:
             raise ValueError("a local audit store needs dir: the folder it writes to")
         if self.store == "dynamodb" and not self.table:
             raise ValueError("a dynamodb audit store needs table: the events table's name")
+        if self.store == "dynamodb" and self.digest_key_file is not None:
+            raise ValueError(
+                "digest_key_file signs the local store's digests; the DynamoDB store's are"
+                " signed by the digest Lambda with its KMS key: remove digest_key_file"
+            )
         return self

@@ -17,6 +17,7 @@ from typing import Any
 
 from custos.audit.chain import EventRecord, SessionChain
 from custos.audit.commit import AuditStore, GroupCommitter
+from custos.audit.digest_schedule import DigestSchedule
 from custos.audit.events import EventType, SubjectAccess
 from custos.audit.settings import AuditSettings
 from custos.audit.stage import AuditStage, SessionIdentity
@@ -36,8 +37,10 @@ class AuditTrail:
         key: bytes,
         settings: AuditSettings,
         catalog: Callable[[], PersonalDataCatalog],
+        digests: DigestSchedule | None = None,
     ) -> None:
         self.committer = GroupCommitter(store)
+        self.digests = digests  # the local store's hourly digests, run by the gateway
         self._store = store
         self._key = key
         self._settings = settings

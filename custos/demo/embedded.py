@@ -15,6 +15,13 @@ from typing import Any
 
 import psycopg
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from psycopg import sql
 
 from custos.config import ConfigError, load_config
@@ -101,6 +108,19 @@ def write_masking_key(path: Path) -> Path:
     return path
 
 
+def write_digest_keys(stem: Path) -> Path:
+    """A new Ed25519 key pair for the audit store's digests: the private key at
+    `STEM.pem` (returned), the public one, for `custos audit verify`, at `STEM.pub.pem`."""
+    key = Ed25519PrivateKey.generate()
+    private = stem.with_suffix(".pem")
+    private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    private.chmod(0o600)
+    stem.with_suffix(".pub.pem").write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private
+
+
 def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
     """The demo's gateway config; its audit trail in `directory / "audit"`."""
     bundle = generate_ca_and_server_cert(directory / "tls")
@@ -114,6 +134,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
         "audit": {
             "dir": str(directory / "audit"),
             "key": {"key_file": str(write_masking_key(directory / "audit.key"))},
+            "digest_key_file": str(write_digest_keys(directory / "audit-digest")),
             "labels": {"repository": "repository", "run_id": "run_id"},
         },
     }
@@ -209,10 +230,11 @@ dba for group dba):
 As an analyst, names and contact details come back as keyed pseudonyms:
 {_ANALYST_EXAMPLE}
 Every session and statement is recorded in {work / "audit"}: hash-chained, durable before
-each statement runs, and free of personal data (values become ? or keyed pseudonyms).
+each statement runs, free of personal data (values become ? or keyed pseudonyms), with a
+signed digest of each hour once it is over.
 Read it back while the demo runs:
 
-  custos audit verify --dir {work / "audit"}
+  custos audit verify --dir {work / "audit"} --public-key {work / "audit-digest.pub.pem"}
   custos audit query --dir {work / "audit"} \
     "{_AUDIT_QUERY}"
   CUSTOS_AUDIT_KEY=$(cat {work / "audit.key"}) \
