@@ -103,3 +103,33 @@ def test_a_missing_store_is_a_clear_error(
 ) -> None:
     assert main(["audit", "verify", "--dir", str(tmp_path / "nowhere")]) == 2
     assert "no audit store at" in capsys.readouterr().out
+
+
+def test_a_gzipped_store_reads_back_and_names_a_member_cut_short(tmp_path: Path) -> None:
+    chain = SessionChain("s-1")
+    writer = LocalStore(tmp_path, compress=True)
+    nine = datetime(2026, 12, 6, 9, tzinfo=UTC)  # one hour: one segment
+    for batch in statements(chain, 4, nine), statements(SessionChain("s-2"), 2, nine):
+        writer.append(batch)  # each batch a gzip member of its own
+    writer.close()
+    (segment,) = segments(tmp_path)
+    assert segment.name.endswith(".jsonl.gz")
+    assert len([e for e in stored_events(tmp_path) if isinstance(e, AuditEvent)]) == 6
+    assert verify_store(tmp_path) == ([], [])
+    segment.write_bytes(segment.read_bytes()[:-10])  # the last commit cut short
+    problems, unreadable = verify_store(tmp_path)
+    assert [line.detail for line in unreadable] == ["its last gzip member is cut short"]
+    assert problems == []  # s-2's events are all in the member that is cut
+
+
+def test_auditor_sql_reads_a_gzipped_store_commit_by_commit(tmp_path: Path) -> None:
+    from custos.audit.query import run_query
+
+    writer = LocalStore(tmp_path, compress=True)
+    chain = SessionChain("s-1")
+    nine = datetime(2026, 12, 6, 9, tzinfo=UTC)
+    for _ in range(3):
+        writer.append(statements(chain, 5, nine))  # three gzip members in one segment
+    writer.close()
+    result = run_query(tmp_path, "SELECT count(*), max(seq) FROM custos_audit.events")
+    assert result.rows == [(15, 14)]

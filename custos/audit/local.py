@@ -11,9 +11,11 @@ any line that is not an event (a torn write, an edit).
 
 from __future__ import annotations
 
+import gzip
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,12 +47,14 @@ def hour_directory(moment: datetime) -> Path:
 class LocalStore:
     """Appends audit records to segment files under `root`, durably."""
 
-    def __init__(self, root: Path, *, fsync_each: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync_each: bool = True, compress: bool = False) -> None:
         """`fsync_each` false: a batch is durable once the operating system holds it (it
         survives the gateway's crash, not the machine's), and the files are fsynced at
-        least every FSYNC_SECONDS."""
+        least every FSYNC_SECONDS. `compress`: segments are gzipped, each batch a gzip
+        member of its own, so that a file stays appendable and each batch whole on disk."""
         self._root = root
         self._fsync_each = fsync_each
+        self._compress = compress
         self._folders: dict[tuple[str, int], Path] = {}
         self._synced_at = time.monotonic()
         self._open: dict[str, tuple[Path, int]] = {}  # table -> its segment's folder, file
@@ -74,6 +78,8 @@ class LocalStore:
         for (table, directory), batch in lines.items():
             descriptor = self._segment(table, directory)
             data = b"".join(batch)
+            if self._compress:
+                data = gzip.compress(data, compresslevel=1, mtime=0)
             written = 0
             while written < len(data):
                 written += os.write(descriptor, data[written:])
@@ -110,7 +116,8 @@ class LocalStore:
         directory.mkdir(parents=True, exist_ok=True)
         # Named to sort in the order segments were started (to the nanosecond), so that a
         # reader meets each session's events in the order they were written.
-        path = directory / f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.jsonl"
+        suffix = ".jsonl.gz" if self._compress else ".jsonl"
+        path = directory / f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{suffix}"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
         # The new file's name is durable too: fsync of the directory that holds it.
         folder = os.open(directory, os.O_RDONLY)
@@ -132,19 +139,57 @@ class UnreadableLine:
 
 
 def segments(root: Path, table: str = EVENTS) -> list[Path]:
-    """Every segment file of a table, oldest first (by hour, then by when it was started)."""
-    return sorted((root / table).glob("dt=*/hour=*/segment-*.jsonl"))
+    """Every segment file of a table (plain or gzipped), oldest first (by hour, then by
+    when it was started)."""
+    folder = root / table
+    found = [
+        *folder.glob("dt=*/hour=*/segment-*.jsonl"),
+        *folder.glob("dt=*/hour=*/segment-*.jsonl.gz"),
+    ]
+    return sorted(found)
+
+
+def segment_lines(path: Path) -> tuple[list[bytes], str | None]:
+    """A segment's lines, and what is wrong with its end if it is torn: a line without its
+    newline, a gzip member cut short."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data, problem = _gunzipped(data)
+    else:
+        problem = None
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()  # the newline that ends the last line
+    return lines, problem
+
+
+def _gunzipped(data: bytes) -> tuple[bytes, str | None]:
+    """Every whole gzip member's content (one per batch), and whether one is cut short."""
+    pieces: list[bytes] = []
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        try:
+            content = member.decompress(data)
+        except zlib.error:
+            return b"".join(pieces), "a gzip member is damaged"
+        if not member.eof:  # a batch not whole on disk: none of it is read
+            return b"".join(pieces), "its last gzip member is cut short"
+        pieces.append(content)
+        data = member.unused_data
+    return b"".join(pieces), None
 
 
 def stored_events(root: Path) -> Iterator[AuditEvent | UnreadableLine]:
     for path in segments(root):
-        with path.open("rb") as segment:
-            for number, line in enumerate(segment, start=1):
-                try:
-                    yield AuditEvent.model_validate_json(line)
-                except ValidationError as error:
-                    detail = f"not an audit event ({error.error_count()} problems)"
-                    yield UnreadableLine(path, number, detail)
+        lines, problem = segment_lines(path)
+        for number, line in enumerate(lines, start=1):
+            try:
+                yield AuditEvent.model_validate_json(line)
+            except ValidationError as error:
+                detail = f"not an audit event ({error.error_count()} problems)"
+                yield UnreadableLine(path, number, detail)
+        if problem is not None:
+            yield UnreadableLine(path, len(lines) + 1, problem)
 
 
 def verify_store(root: Path) -> tuple[list[ChainProblem], list[UnreadableLine]]:

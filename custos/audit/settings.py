@@ -35,6 +35,8 @@ class AuditSettings(BaseModel):
     # machine's; fsynced within a second). The local store only: DynamoDB acknowledges a
     # write once it is durable.
     durability: Literal["disk", "process"] = "disk"
+    # The local store's segments gzipped (`.jsonl.gz`, a gzip member per commit).
+    compress: bool = False
     # The data-subject index keeps at most this many subjects per statement, and says so.
     subjects_per_statement: int = Field(default=1000, ge=1)
     # How long the hot tier (DynamoDB, by TTL) keeps records; the local store keeps all.

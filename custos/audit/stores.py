@@ -14,4 +14,6 @@ def audit_store(settings: AuditSettings) -> AuditStore:
         assert settings.table is not None  # AuditSettings checks it
         return DynamoStore(settings.table, settings.retention_days)
     assert settings.dir is not None  # AuditSettings checks it
-    return LocalStore(settings.dir, fsync_each=settings.durability == "disk")
+    return LocalStore(
+        settings.dir, fsync_each=settings.durability == "disk", compress=settings.compress
+    )
