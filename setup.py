@@ -11,6 +11,10 @@ import os
 from setuptools import setup
 
 HOT_PATH = [
+    "custos/audit/chain.py",
+    "custos/audit/commit.py",
+    "custos/audit/stage.py",
+    "custos/audit/statements.py",
     "custos/masking/detect.py",
     "custos/masking/rewriter.py",
     "custos/masking/values.py",

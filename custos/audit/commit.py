@@ -62,8 +62,8 @@ class GroupCommitter:
         self._announced = False  # a call_soon to wake the writer is pending (loop thread)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: threading.Thread | None = None
-        self._inline = store.writes_quickly
-        self._lingering: asyncio.TimerHandle | None = None  # inline: the outcomes' deadline
+        self._on_loop = store.writes_quickly
+        self._lingering: asyncio.TimerHandle | None = None  # on the loop: the outcomes' deadline
         self.commits = 0  # commits written, for the benchmark's commits per second
         self.committed_events = 0
 
@@ -84,9 +84,9 @@ class GroupCommitter:
                 future = self._next = loop.create_future()
             self._events.extend(events)
             self._subjects.extend(subjects)
-            if not waited_for and not self._inline:
+            if not waited_for and not self._on_loop:
                 return future  # the writer looks again within LINGER_SECONDS
-        if self._inline:
+        if self._on_loop:
             if waited_for and not self._announced:
                 # At the end of this turn of the loop: what else it hands over shares it.
                 self._announced = True
@@ -108,7 +108,7 @@ class GroupCommitter:
 
     def close(self) -> None:
         """Stops the writer once it has written what waits."""
-        if self._inline:
+        if self._on_loop:
             if self._next is not None:
                 self._commit_here()
             return
@@ -120,7 +120,7 @@ class GroupCommitter:
 
     def _start(self) -> asyncio.AbstractEventLoop:
         loop = self._loop = asyncio.get_running_loop()
-        if self._inline:
+        if self._on_loop:
             return loop
         self._writer = threading.Thread(
             target=self._write_forever, name="audit-commit", daemon=True
@@ -153,21 +153,10 @@ class GroupCommitter:
 
     def _write_forever(self) -> None:
         while True:
-            with self._lock:
-                while not self._urgent and not self._closing:
-                    # Woken for what someone waits for; else it looks again each period,
-                    # and writes what lingered a whole one (no wake-up per outcome).
-                    lingering = self._next is not None
-                    waited_out = not self._ready.wait(LINGER_SECONDS)
-                    if waited_out and lingering and self._next is not None:
-                        break
-                if self._next is None:
-                    if self._closing:
-                        return
-                    continue
-                events, subjects, future = self._events, self._subjects, self._next
-                self._events, self._subjects, self._next = [], [], None
-                self._urgent = False
+            batch = self._next_batch()
+            if batch is None:
+                return
+            events, subjects, future = batch
             error: BaseException | None = None
             try:
                 self._store.append(events, subjects)
@@ -178,6 +167,30 @@ class GroupCommitter:
                 self._loop.call_soon_threadsafe(self._settle, future, error, len(events))
             except RuntimeError:
                 return  # the loop is closed: nobody waits any more
+
+    def _next_batch(
+        self,
+    ) -> tuple[list[EventRecord], list[SubjectAccess], asyncio.Future[None]] | None:
+        """Waits for records to write, and takes them; None once closing with none left."""
+        with self._lock:
+            while True:
+                while not self._urgent and not self._closing:
+                    # Woken for what someone waits for; else it looks again each period,
+                    # and writes what lingered a whole one (no wake-up per outcome).
+                    lingering = self._next is not None
+                    waited_out = not self._ready.wait(LINGER_SECONDS)
+                    if waited_out and lingering and self._next is not None:
+                        break
+                future = self._next
+                if future is not None:
+                    break
+                if self._closing:
+                    return None
+                self._urgent = False
+            events, subjects = self._events, self._subjects
+            self._events, self._subjects, self._next = [], [], None
+            self._urgent = False
+            return events, subjects, future
 
     def _settle(
         self, future: asyncio.Future[None], error: BaseException | None, count: int
