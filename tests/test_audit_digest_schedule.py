@@ -49,7 +49,12 @@ def test_every_hour_over_gets_one_digest_quiet_ones_too(tmp_path: Path) -> None:
     assert write_due_digests(tmp_path, KEY, now, started) == []  # each hour once
     # Within its grace an hour is not due yet (records sealed at its end still land in it).
     assert due_hours(tmp_path, NINE + timedelta(hours=3) + GRACE / 2, started) == []
-    assert verify_digests(tmp_path, KEY.public_key()) == []
+    assert verify_digests(tmp_path, KEY.public_key(), now) == []
+    # An hour later, 11:00's records are due a digest: without one, verify says so.
+    later = NINE + timedelta(hours=3, minutes=10)
+    assert [(p.where, p.problem) for p in verify_digests(tmp_path, KEY.public_key(), later)] == [
+        ("dt=2026-12-06/hour=11", "records of an hour no digest signs")
+    ]
 
 
 def test_hours_the_gateway_was_down_are_digested_when_it_starts(tmp_path: Path) -> None:
@@ -60,7 +65,7 @@ def test_hours_the_gateway_was_down_are_digested_when_it_starts(tmp_path: Path) 
     later = NINE + timedelta(hours=6, minutes=30)
     written = write_due_digests(tmp_path, KEY, later, later)
     assert [path.parent.name for path in written] == [f"hour={h}" for h in range(10, 15)]
-    assert verify_digests(tmp_path, KEY.public_key()) == []
+    assert verify_digests(tmp_path, KEY.public_key(), later) == []
 
 
 def test_an_empty_store_starts_with_the_hour_the_gateway_started(tmp_path: Path) -> None:
@@ -76,8 +81,9 @@ def test_the_demo_keys_sign_what_the_public_one_verifies(tmp_path: Path) -> None
     write_due_digests(tmp_path / "store", key, NINE + timedelta(hours=2), NINE)
     public = load_pem_public_key((tmp_path / "digest.pub.pem").read_bytes())
     assert isinstance(public, Ed25519PublicKey)
-    assert verify_digests(tmp_path / "store", public) == []
-    assert verify_digests(tmp_path / "store", KEY.public_key()) != []  # another key's
+    now = NINE + timedelta(hours=2)
+    assert verify_digests(tmp_path / "store", public, now) == []
+    assert verify_digests(tmp_path / "store", KEY.public_key(), now) != []  # another key's
 
 
 def test_a_key_that_is_not_an_ed25519_private_key_is_refused(tmp_path: Path) -> None:

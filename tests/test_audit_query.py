@@ -323,3 +323,19 @@ def test_errors_speak_to_the_person(capsys: pytest.CaptureFixture[str], archive:
     missing_parameter = named_queries()["approvals"].sql
     assert main(["audit", "query", missing_parameter, "--dir", str(archive)]) == 2
     assert "the query failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "reader", ["read_text('{path}')", "read_csv_auto('{path}')", "read_json('{path}')"]
+)
+def test_auditor_sql_reads_the_archive_and_no_other_file(
+    capsys: pytest.CaptureFixture[str], archive: Path, tmp_path: Path, reader: str
+) -> None:
+    """Attack round 21: DuckDB's file functions read any file the user could."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"a": "not the archive"}\n')
+    sql = f"SELECT * FROM {reader.format(path=secret)}"
+    assert main(["audit", "query", sql, "--dir", str(archive)]) != 0
+    captured = capsys.readouterr()
+    assert "not the archive" not in captured.out + captured.err
+    assert "disabled by configuration" in captured.out + captured.err

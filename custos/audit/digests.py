@@ -189,9 +189,46 @@ def _digest_hour(path: str) -> datetime:
     return datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")
 
 
-def verify_digests(root: Path, public_key: Ed25519PublicKey) -> list[DigestProblem]:
-    """Every problem with the local store's digests and the files they list."""
-    return verify_archive(LocalArchive(root), Ed25519Verifier(public_key))
+UNDIGESTED_AFTER = timedelta(hours=1, minutes=5)
+"""How long after an hour begins its digest is due (the gateway writes it a minute after
+the hour ends): records of an hour older than that, and no digest, are not signed."""
+
+
+def verify_digests(
+    root: Path, public_key: Ed25519PublicKey, now: datetime | None = None
+) -> list[DigestProblem]:
+    """Every problem with the local store's digests and the files they list, and every
+    hour of records over long enough ago that no digest covers (a store whose digests
+    were removed with its records rewritten, or whose newest hours were cut off with
+    their digests, shows there)."""
+    archive = LocalArchive(root)
+    problems = verify_archive(archive, Ed25519Verifier(public_key))
+    digested = {_digest_hour(where) for where in archive.digests()}
+    due_before = (now or datetime.now(UTC)) - UNDIGESTED_AFTER
+    hours = {
+        datetime.fromisoformat(
+            f"{folder.parent.name.removeprefix('dt=')}T{folder.name.removeprefix('hour=')}:00:00+00:00"
+        )
+        for table in TABLES
+        for folder in (root / table).glob("dt=*/hour=*")
+        if any(folder.glob("segment-*"))
+    }
+    for hour in sorted(hours):
+        if hour not in digested and hour <= due_before:
+            where = f"{hour_directory(hour).as_posix()}"
+            problems.append(DigestProblem(where, "records of an hour no digest signs"))
+    return problems
+
+
+def digest_anchor(root: Path) -> tuple[str, str] | None:
+    """The newest digest's path and SHA-256: kept elsewhere (a ticket, a log, another
+    machine), it shows later whether the newest hours were cut off with their digests."""
+    archive = LocalArchive(root)
+    found = archive.digests()
+    if not found:
+        return None
+    data = archive.read(found[-1]) or b""
+    return found[-1], hashlib.sha256(data).hexdigest()
 
 
 def verify_archive(archive: Archive, verifier: Verifier) -> list[DigestProblem]:

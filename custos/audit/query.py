@@ -123,7 +123,8 @@ def sql_literal(text: str) -> str:
 
 
 def open_archive(root: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the store's tables in the schema `custos_audit`."""
+    """A DuckDB connection with the store's tables in the schema `custos_audit`, read into
+    memory, and no access to anything else."""
     if not root.is_dir():
         raise AuditQueryError(
             f"no audit store at {root}: give --dir the directory the gateway writes"
@@ -150,11 +151,15 @@ def open_archive(root: Path) -> duckdb.DuckDBPyConnection:
         )
         connection.execute(
             # Every value in the text below is a literal made by sql_literal.
-            f"CREATE VIEW {SCHEMA}.{table} AS SELECT * FROM read_json({file_list},"  # noqa: S608
+            f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM read_json({file_list},"  # noqa: S608
             f" format = 'newline_delimited', hive_partitioning = true,"
             f" union_by_name = true, columns = {column_map}}},"
             f" hive_types = {hive_types}}})"
         )
+    # The archive is read in: the auditor's SQL reads it and nothing else, no file
+    # (read_text('/etc/...')), no extension, and cannot turn that back on.
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
     return connection
 
 

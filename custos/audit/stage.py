@@ -31,7 +31,7 @@ from custos.audit.events import (
 from custos.audit.named import Named, named_identifiers
 from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
 from custos.audit.returned import SubjectCollector
-from custos.audit.statements import without_values
+from custos.audit.statements import recorded_name, without_values
 from custos.policy.catalog import PersonalDataCatalog
 from custos.policy.engine import Decision
 from custos.protocol import sqlstates
@@ -265,7 +265,15 @@ class AuditStage(Stage):
         facts = decision.facts
         pieces = {
             "kinds": encoded(facts.kinds),
-            "relations": encoded(sorted({*facts.relations_read, *facts.relations_written})),
+            # Names as the client wrote them: a table it names may be a value.
+            "relations": encoded(
+                sorted(
+                    {
+                        recorded_name(name)
+                        for name in (*facts.relations_read, *facts.relations_written)
+                    }
+                )
+            ),
             "categories": encoded(sorted({*facts.categories_read, *facts.categories_written})),
             "decision": encoded(decision.effect.value),
             "rules": encoded(decision.rules),

@@ -48,13 +48,25 @@ def recorded_text(text: str) -> str:
     return mask_found(text, _FOUND, MaskMethod.REDACT, _REDACTING)[0]
 
 
+_DIGIT_RUN = re.compile(r"\d{6,}")
+
+
+def recorded_name(text: str) -> str:
+    """A name the client chose (a table's, a savepoint's, the role it asked for), or text
+    made of them, as an event keeps it: the values detection finds redacted, and any run
+    of six digits or more, which may be a phone number's or an account's inside a name
+    (`p447700900123`), replaced by `?`."""
+    return _DIGIT_RUN.sub("?", recorded_text(text))
+
+
 def without_values(sql: str) -> str:
     """The statement with its literals, comments and unusual quoted names replaced, and
-    the personal values found in what is left redacted. The texts seen last are kept: a
+    the personal values found in what is left redacted (`recorded_name`). The texts seen
+    last are kept: a
     prepared statement is executed again and again."""
     recorded = _kept.get(sql)
     if recorded is None:
-        recorded = recorded_text(_placeholders(sql))
+        recorded = recorded_name(_placeholders(sql))
         if len(_kept) >= _KEPT_TEXTS:
             _kept.clear()
         _kept[sql] = recorded

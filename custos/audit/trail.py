@@ -21,7 +21,7 @@ from custos.audit.digest_schedule import DigestSchedule
 from custos.audit.events import EventType, SubjectAccess
 from custos.audit.settings import AuditSettings
 from custos.audit.stage import AuditStage, SessionIdentity
-from custos.audit.statements import recorded_text
+from custos.audit.statements import recorded_name, recorded_text
 from custos.identity.principal import Principal
 from custos.policy.catalog import PersonalDataCatalog
 
@@ -102,11 +102,13 @@ class AuditTrail:
         own message, which never quotes the token)."""
         self._alone(
             event_type=EventType.AUTHENTICATION_FAILURE,
-            role=role,
+            # The role is the client's to name here (no role of the policy took it), and
+            # the reason may quote it.
+            role=recorded_name(role),
             client_addr=client_addr,
             application_name=None if application_name is None else recorded_text(application_name),
             sqlstate=sqlstate,
-            error=reason,
+            error=recorded_name(reason),
             status="refused",
         )
 
