@@ -247,6 +247,11 @@ def verify_archive(archive: Archive, verifier: Verifier) -> list[DigestProblem]:
             signature = b""
         if not signature or not verifier.verify(signature, _canonical(document)):
             problems.append(DigestProblem(where, "its signature does not hold"))
+        if previous_hour is None and document.get("previous_digest_hash") is not None:
+            # The first digest found links to one before it: that one is gone.
+            problems.append(
+                DigestProblem(where, "the digest it links to, of the hour before, is missing")
+            )
         if previous_hour is not None and hour - previous_hour > timedelta(hours=1):
             gap = f"{(previous_hour + timedelta(hours=1)).isoformat()} to {hour.isoformat()}"
             problems.append(DigestProblem(where, f"no digest for the hours from {gap}"))

@@ -115,7 +115,8 @@ class _Finder:
         operator = expression.get("A_Expr", expression)
         kind = operator.get("kind")
         names = [part.get("String", {}).get("sval") for part in operator.get("name", ())]
-        if names[-1:] not in (["="], ["<>"]) or kind not in ("AEXPR_OP", "AEXPR_IN"):
+        # `=` and IN name whom the rows are about; `<>` and NOT IN name whom they are not.
+        if names[-1:] != ["="] or kind not in ("AEXPR_OP", "AEXPR_IN"):
             return
         left, right = operator.get("lexpr", {}), operator.get("rexpr", {})
         for column_side, value_side in ((left, right), (right, left)):

@@ -98,10 +98,26 @@ class SubjectCollector(ResultRewriter):
         self.found: dict[tuple[IdentifierType, str, str], Returned] = {}
         self.capped = False
         self.unread_results = False  # a result whose columns could not be traced
+        # The tables whose values the results show, identifying or not (`lower(email)`,
+        # a name): what a predicate names does not say whom those rows are about.
+        self.shown: set[str] = set()
+        # The tables an identifier of which a result shows computed (`lower(email)`, a
+        # subquery's): whom those values are about is not known, whatever else is.
+        self.opaque: set[str] = set()
 
     def result_started(self, statement: Statement, index: int) -> None:
         columns = statement.columns or ()
         identifying = identifying_columns(self._analysis, index, columns, self._catalog)
+        statements = self._analysis.statements
+        if index < len(statements):
+            for output in statements[index].output_columns:
+                self.shown.update(relation for relation, _ in output.sources)
+                if output.computed:
+                    self.opaque.update(
+                        relation
+                        for relation, name in output.sources
+                        if _identifies(self._catalog, relation, name)
+                    )
         if identifying is None:
             self.unread_results = self.unread_results or bool(columns)
             self._reading = []
@@ -154,6 +170,13 @@ def _is_masked(position: int, masks: tuple[ColumnMask, ...]) -> bool:
         mask.position == position or (mask.name is None and position >= mask.position)
         for mask in masks
     )
+
+
+def _identifies(catalog: PersonalDataCatalog, relation: str, column: str) -> bool:
+    table = catalog.table(relation)
+    if table is None:
+        return False
+    return table.subject == column or table.columns.get(column) in IDENTIFIER_CATEGORIES
 
 
 def _reader(column: Column) -> Callable[[bytes], str | None] | None:

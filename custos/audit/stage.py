@@ -377,16 +377,25 @@ class AuditStage(Stage):
         subjects: list[SubjectAccess],
         collector: SubjectCollector | None,
     ) -> tuple[str, ...]:
-        """The personal tables it read or changed without anything saying whom."""
+        """The personal tables it read or changed without anything saying whom: a table is
+        identified by the subjects its rows in the result identify, or, where the result
+        shows none of its values, by those the statement names (`WHERE id = 42`, an
+        UPDATE's WHERE). Rows shown without an identifier (`lower(email)`, a name beside
+        `WHERE id = 42 OR id < 4`) are not said to be about whom a predicate names."""
         decision = statement.decision
         if decision is None:
             return ()
         catalog = self._catalog()
         facts = decision.facts
         touched = {*facts.relations_read, *facts.relations_written}
-        identified = {row.relation for row in subjects}
-        if collector is not None and collector.unread_results:
-            identified = {row.relation for row in subjects if row.access is Access.NAMED}
+        returned = {row.relation for row in subjects if row.access is Access.RETURNED}
+        named = {row.relation for row in subjects if row.access is Access.NAMED}
+        if collector is None:
+            identified = returned | named
+        elif collector.unread_results:
+            identified = set()
+        else:
+            identified = (returned | (named - collector.shown)) - collector.opaque
         return tuple(
             sorted(
                 relation
