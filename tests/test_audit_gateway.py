@@ -306,3 +306,28 @@ def test_a_subject_key_in_another_spelling_finds_the_same_subject(audited: Gatew
         if row.event_id in outcomes and row.access.value == "named"
     }
     assert named == {subject_pseudonym(key, str(number)) for number in (231, 241, 242)}
+
+
+def test_a_report_on_all_of_a_persons_identifiers_finds_a_read_by_id(
+    audited: GatewayProcess, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack round 21: read by id, a person is not found by their email alone. Given both,
+    the report by id shows the access, and the one by email lists the read among those that
+    did not say whom they read (the result shows the person's values, no identifier)."""
+    from custos.cli import main
+
+    with psycopg.connect(pg_dsn, autocommit=True) as direct:
+        row = direct.execute("SELECT email FROM crm.customers WHERE id = 450").fetchone()
+    assert row is not None
+    with psycopg_session(audited, "analyst", "alice", application_name="by-id") as conn:
+        conn.execute("SELECT full_name, birth_date FROM crm.customers WHERE id = 450").fetchall()
+    wait_for_end(audited, "by-id")
+    arguments = ["audit", "subject", "--email", row[0], "--subject", "crm.customers:450"]
+    arguments += ["--dir", str(audit_dir(audited)), "--policy", str(DEMO_POLICY), "--json"]
+    arguments += ["--key-file", str(audited.directory / "audit.key")]
+    assert main(arguments) == 0
+    by_email, by_id = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert [access["principal"] for access in by_id["accesses"]] == ["alice"]
+    assert by_id["accesses"][0]["access"] == "named"
+    assert any(read["principal"] == "alice" for read in by_email["unidentified_reads"])
+    assert row[0] not in json.dumps(by_id)

@@ -16,6 +16,7 @@ from custos.audit.local import segments, verify_store
 from custos.audit.output import json_line, plain, table
 from custos.audit.query import AuditQueryError, run_query
 from custos.audit.settings import AuditKeySettings
+from custos.audit.subject_report import SubjectReport
 from custos.masking.keys import KeyLoadError, secret_key
 
 
@@ -59,12 +60,12 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     subject = commands.add_parser(
         "subject",
         help="a data-subject access report: every access to one person's data, and the"
-        " statements that read their tables without saying whom",
+        " statements that read their tables without saying whom; give every identifier of"
+        " the person you know (a statement that read them by id names no email)",
     )
-    identifier = subject.add_mutually_exclusive_group(required=True)
     for option in ("email", "phone", "iban", "national-id"):
-        identifier.add_argument(f"--{option}", metavar="VALUE", help=f"the person's {option}")
-    identifier.add_argument(
+        subject.add_argument(f"--{option}", metavar="VALUE", help=f"the person's {option}")
+    subject.add_argument(
         "--subject", metavar="TABLE:ID", help="the person's key in a catalogued table"
     )
     _store_argument(subject)
@@ -218,33 +219,51 @@ def subject_command(arguments: argparse.Namespace) -> int:
     from custos.policy.source import PolicyError
 
     try:
+        identifiers = [
+            SubjectIdentifier(kind, getattr(arguments, kind.value))
+            for kind in IdentifierType
+            if kind is not IdentifierType.SUBJECT and getattr(arguments, kind.value)
+        ]
         if arguments.subject is not None:
-            identifier = SubjectIdentifier.subject_key(arguments.subject)
-        else:
-            identifier_type, value = next(
-                (kind, getattr(arguments, kind.value))
-                for kind in IdentifierType
-                if kind is not IdentifierType.SUBJECT and getattr(arguments, kind.value)
+            identifiers.append(SubjectIdentifier.subject_key(arguments.subject))
+        if not identifiers:
+            return _fail(
+                "give the person's identifiers: --email, --phone, --iban, --national-id"
+                " or --subject TABLE:ID (several together for one report each)"
             )
-            identifier = SubjectIdentifier(identifier_type, value)
         key = audit_key(arguments)
-        tables = None
-        if arguments.policy is not None and identifier.relation is None:
-            tables = catalog_tables_of(arguments.policy, identifier.identifier_type)
-        report = subject_report(arguments.dir, key, identifier, tables)
+        reports = []
+        for identifier in identifiers:
+            tables = None
+            if arguments.policy is not None and identifier.relation is None:
+                tables = catalog_tables_of(arguments.policy, identifier.identifier_type)
+            reports.append(subject_report(arguments.dir, key, identifier, tables))
     except (AuditQueryError, KeyLoadError, PolicyError) as error:
         return _fail(str(error))
-    if arguments.json:
-        document = {
-            "identifier_type": identifier.identifier_type.value,
-            "identifier": identifier.described(),
-            "pseudonym": report.pseudonym,
-            "accesses": report.accesses,
-            "unidentified_tables": report.unidentified_tables,
-            "unidentified_reads": report.unidentified_reads,
-        }
-        print(json.dumps(plain(document), ensure_ascii=False))
-        return 0
+    for number, report in enumerate(reports):
+        if arguments.json:  # one document per identifier, one per line
+            print(json.dumps(plain(_report_document(report)), ensure_ascii=False))
+        else:
+            if number:
+                print()
+            _print_report(report)
+    return 0
+
+
+def _report_document(report: SubjectReport) -> dict[str, Any]:
+    identifier = report.identifier
+    return {
+        "identifier_type": identifier.identifier_type.value,
+        "identifier": identifier.described(),
+        "pseudonym": report.pseudonym,
+        "accesses": report.accesses,
+        "unidentified_tables": report.unidentified_tables,
+        "unidentified_reads": report.unidentified_reads,
+    }
+
+
+def _print_report(report: SubjectReport) -> None:
+    identifier = report.identifier
     print(f"Data-subject access report: {identifier.described()}")
     print(f"(its pseudonym in the data-subject index: {report.pseudonym})\n")
     print(f"Accesses ({len(report.accesses)}):")
@@ -258,7 +277,6 @@ def subject_command(arguments: argparse.Namespace) -> int:
     print(f"\nReads that did not say whom they read ({which}): {len(report.unidentified_reads)}")
     if report.unidentified_reads:
         print(_records_table(report.unidentified_reads, _UNIDENTIFIED_COLUMNS))
-    return 0
 
 
 _ACCESS_COLUMNS = (
