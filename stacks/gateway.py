@@ -104,6 +104,16 @@ class GatewayStack(Stack):
         # UpstreamSettings holds one credential source, so the gateway serves the first
         # target; the others' secrets exist for the operator to fill but are not readable.
         upstream_secret = self.target_secrets[0]
+        # The audit trail's pseudonym key: generated once, never shown; rotating it
+        # would part the data-subject index's old pseudonyms from the new.
+        self.audit_key_secret = secretsmanager.Secret(
+            self,
+            "AuditKeySecret",
+            description="Custos audit key: the data-subject index's pseudonyms (HMAC)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                exclude_punctuation=True, password_length=64
+            ),
+        )
         self.tls_secret = secretsmanager.Secret(
             self,
             "TlsSecret",
@@ -130,7 +140,7 @@ class GatewayStack(Stack):
             ),
         )
         self.log_group = logs.LogGroup(self, "GatewayLogs", retention=logs.RetentionDays.ONE_YEAR)
-        document = self._config_document(context, upstream_secret, policy)
+        document = self._config_document(context, upstream_secret, policy, audit)
         task_definition.add_container(
             CONTAINER_NAME,
             image=ecs.ContainerImage.from_asset(
@@ -282,6 +292,7 @@ class GatewayStack(Stack):
         context: CustosContext,
         upstream_secret: secretsmanager.ISecret,
         policy: PolicyStack,
+        audit: AuditStorageStack,
     ) -> str:
         """The gateway's YAML config as JSON (valid YAML), checked against its model now."""
         config: dict[str, Any] = {
@@ -300,6 +311,13 @@ class GatewayStack(Stack):
                 "s3_key": POLICY_KEY,
                 "decision_point": "in_process",
             },
+            # Every session and statement, durable in the events table before it runs.
+            "audit": {
+                "store": "dynamodb",
+                "table": audit.events_table.table_name,
+                "key": {"key_secret": self.audit_key_secret.secret_arn},
+                "retention_days": context.events_ttl_days,
+            },
         }
         # Tokens are placeholder strings here, which the model accepts; a field the gateway
         # would reject fails the synth instead of every task at start.
@@ -315,6 +333,7 @@ class GatewayStack(Stack):
     ) -> None:
         """Exactly what the running gateway calls; each statement names its resources."""
         upstream_secret.grant_read(role)
+        self.audit_key_secret.grant_read(role)
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["dynamodb:PutItem", "dynamodb:BatchWriteItem"],
@@ -545,6 +564,12 @@ class GatewayStack(Stack):
             "AwsSolutions-SMG4",
             "A certificate is renewed by its issuing CA, not by a Lambda; the operator "
             "replaces the PEMs and forces a new deployment.",
+        )
+        acknowledge(
+            self.audit_key_secret,
+            "AwsSolutions-SMG4",
+            "The audit key keys the data-subject index's pseudonyms: a rotated key would "
+            "part every access recorded before from those after, so it is never rotated.",
         )
         for secret in self.target_secrets:
             if isinstance(secret, secretsmanager.Secret):

@@ -230,6 +230,7 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
         if secret["Properties"].get("Name") != "custos/gateway-tls"
+        and "AuditKeySecret" not in name
     ]
     bucket_ref = {
         "Fn::ImportValue": next(
@@ -239,11 +240,22 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
         )
     }
     assert "PolicyBucket" in bucket_ref["Fn::ImportValue"]
+    imports = [
+        part
+        for part in environment["CUSTOS_CONFIG_DOCUMENT"]["Fn::Join"][1]
+        if isinstance(part, dict) and "Fn::ImportValue" in part
+    ]
+    (table_ref,) = [part for part in imports if "EventsD" in part["Fn::ImportValue"]]
+    (audit_secret,) = [
+        name for name in default.resources("AWS::SecretsManager::Secret") if "AuditKey" in name
+    ]
     document = _resolve(
         environment["CUSTOS_CONFIG_DOCUMENT"],
         {
             json.dumps({"Ref": target_secret}): f"arn:aws:secretsmanager:{REGION}:1:secret:crm",
             json.dumps(bucket_ref, sort_keys=True): "custos-policy-bucket",
+            json.dumps(table_ref, sort_keys=True): "custos-events",
+            json.dumps({"Ref": audit_secret}): f"arn:aws:secretsmanager:{REGION}:1:secret:key",
         },
     )
     config = GatewayConfig.model_validate(json.loads(document))
@@ -259,6 +271,10 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
         "policy.yaml",
     )
     assert config.policy.decision_point == "in_process"
+    # Every session and statement recorded in the events table, keyed by a secret of its own.
+    assert config.audit is not None
+    assert (config.audit.store, config.audit.table) == ("dynamodb", "custos-events")
+    assert config.audit.key.key_secret == f"arn:aws:secretsmanager:{REGION}:1:secret:key"
 
 
 def test_start_script_hands_over_config_and_tls_without_shell_interpretation(
@@ -302,6 +318,7 @@ def test_task_role_holds_exactly_the_least_privilege_statements(default: Synth) 
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
         if secret["Properties"].get("Name") != "custos/gateway-tls"
+        and "AuditKeySecret" not in name
     ]
     by_actions = {tuple(_actions(statement)): statement for statement in statements}
     assert set(by_actions) == {
@@ -314,9 +331,13 @@ def test_task_role_holds_exactly_the_least_privilege_statements(default: Synth) 
     assert all(statement["Effect"] == "Allow" for statement in statements)
     assert all(statement["Resource"] != "*" for statement in statements)
     resource = {key: statement["Resource"] for key, statement in by_actions.items()}
-    assert resource[("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue")] == {
-        "Ref": target_secret
-    }
+    (audit_secret,) = [
+        name for name in default.resources("AWS::SecretsManager::Secret") if "AuditKey" in name
+    ]
+    assert resource[("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue")] == [
+        {"Ref": audit_secret},
+        {"Ref": target_secret},
+    ]
     assert "EventsD" in resource[("dynamodb:BatchWriteItem", "dynamodb:PutItem")]["Fn::ImportValue"]
     kms = by_actions[("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")]
     assert "AuditKey" in kms["Resource"]["Fn::ImportValue"]
@@ -354,9 +375,10 @@ def test_existing_target_secret_is_referenced_by_name_and_read_by_its_arn(
     statements = _role_statements(mirrored, "TaskRole")
     reads = [s for s in statements if "secretsmanager:GetSecretValue" in _actions(s)]
     assert len(reads) == 1
+    (audit_key,) = [r for r in reads[0]["Resource"] if "AuditKey" in json.dumps(r)]
+    (existing,) = [r for r in reads[0]["Resource"] if r is not audit_key]
     arn = "".join(
-        part if isinstance(part, str) else "<partition>"
-        for part in reads[0]["Resource"]["Fn::Join"][1]
+        part if isinstance(part, str) else "<partition>" for part in existing["Fn::Join"][1]
     )
     assert arn == (
         f"arn:<partition>:secretsmanager:{REGION}:{ACCOUNT}:secret:{EXISTING_SECRET}-??????"
@@ -372,6 +394,7 @@ def test_created_target_secret_is_a_template_the_role_cannot_read_unless_served(
         name
         for name, secret in mirrored.resources("AWS::SecretsManager::Secret").items()
         if secret["Properties"].get("Name") != "custos/gateway-tls"
+        and "AuditKeySecret" not in name
     ]
     created = mirrored.resources("AWS::SecretsManager::Secret")[created_name]["Properties"]
     template = json.loads(created["GenerateSecretString"]["SecretStringTemplate"])
