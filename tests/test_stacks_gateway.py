@@ -229,8 +229,7 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
     (target_secret,) = [
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls"
-        and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
     ]
     bucket_ref = {
         "Fn::ImportValue": next(
@@ -317,8 +316,7 @@ def test_task_role_holds_exactly_the_least_privilege_statements(default: Synth) 
     (target_secret,) = [
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls"
-        and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
     ]
     by_actions = {tuple(_actions(statement)): statement for statement in statements}
     assert set(by_actions) == {
@@ -393,8 +391,7 @@ def test_created_target_secret_is_a_template_the_role_cannot_read_unless_served(
     (created_name,) = [
         name
         for name, secret in mirrored.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls"
-        and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
     ]
     created = mirrored.resources("AWS::SecretsManager::Secret")[created_name]["Properties"]
     template = json.loads(created["GenerateSecretString"]["SecretStringTemplate"])
