@@ -45,7 +45,8 @@ def test_the_schema_has_every_field_auditors_query_by_name() -> None:
     # The names, and the ones this schema adds to join an outcome to its statement
     # and to index the data subjects.
     added = {"purpose", "statement_number", "status", "error", "subjects", "subjects_capped"}
-    assert set(AuditEvent.model_fields) == NAMED_FIELDS | added | {"unidentified", "schema_version"}
+    added |= {"unidentified", "literals", "schema_version"}
+    assert set(AuditEvent.model_fields) == NAMED_FIELDS | added
 
 
 def test_a_sealed_session_verifies_and_links_each_event_to_the_one_before() -> None:

@@ -41,6 +41,7 @@ def audited_gateway(
     file_size_limit: int | None = None,
     durability: str = "disk",
     digest_key_file: Path | None = None,
+    keep_literals: bool = False,
 ) -> GatewayProcess:
     directory.mkdir(parents=True, exist_ok=True)
     key_file = write_masking_key(directory / "audit.key")
@@ -61,6 +62,7 @@ def audited_gateway(
                 "key": {"key_file": str(key_file)},
                 "fail_open_targets": fail_open_targets or [],
                 "durability": durability,
+                "keep_literals": keep_literals,
                 **({"digest_key_file": str(digest_key_file)} if digest_key_file else {}),
             },
         },
@@ -225,5 +227,26 @@ def test_the_gateway_digests_the_hours_over_when_it_starts(
         public = load_pem_public_key((tmp_path / "digest.pub.pem").read_bytes())
         assert isinstance(public, Ed25519PublicKey)
         assert verify_digests(directory / "audit", public) == []
+    finally:
+        running.stop()
+
+
+def test_literals_kept_on_request_only_where_no_personal_table_is_touched(
+    pg: PostgresServer, gateway: GatewayProcess, tmp_path: Path, scratch_table: str
+) -> None:
+    running = audited_gateway(tmp_path / "literals", pg, gateway.upstream_dsn, keep_literals=True)
+    try:
+        with psycopg_session(running, "dba", "dora", application_name="literals") as conn:
+            conn.execute(f"INSERT INTO public.{scratch_table} VALUES (7, 42)")
+            conn.execute("SELECT full_name FROM crm.customers WHERE id = 7").fetchall()
+        time.sleep(0.3)
+        events = [
+            event
+            for event in stored_events(running.directory / "audit")
+            if isinstance(event, AuditEvent) and event.event_type is EventType.STATEMENT
+        ]
+        kept = {(event.statement or "")[:11]: event.literals for event in events}
+        assert kept["INSERT INTO"] == ("7", "42")
+        assert kept["SELECT full"] == ()  # over personal data: none
     finally:
         running.stop()

@@ -85,6 +85,9 @@ class AuditEvent(_Record):
     purpose: str | None = None  # the role's purpose of processing, as the policy states it
     statement_number: int | None = Field(default=None, ge=1)  # in the session, from 1
     statement: str | None = None  # literals and parameters replaced by placeholders
+    # With `keep_literals`, for a statement that touches no catalogued table: its literals,
+    # in the order of the statement's `?` (personal values found in them redacted).
+    literals: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     relations: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()

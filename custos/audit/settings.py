@@ -37,6 +37,11 @@ class AuditSettings(BaseModel):
     durability: Literal["disk", "process"] = "disk"
     # The local store's segments gzipped (`.jsonl.gz`, a gzip member per commit).
     compress: bool = False
+    # Literals become `?` in statement texts. With this, those of a statement that touches
+    # no table of the policy's personal-data catalog are kept beside the text (`literals`),
+    # the personal values detection finds in them redacted; a statement over personal data
+    # keeps none.
+    keep_literals: bool = False
     # The data-subject index keeps at most this many subjects per statement, and says so.
     subjects_per_statement: int = Field(default=1000, ge=1)
     # How long the hot tier (DynamoDB, by TTL) keeps records; the local store keeps all.

@@ -31,7 +31,7 @@ from custos.audit.events import (
 from custos.audit.named import Named, named_identifiers
 from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
 from custos.audit.returned import SubjectCollector
-from custos.audit.statements import recorded_name, without_values
+from custos.audit.statements import literal_values, recorded_name, without_values
 from custos.policy.catalog import PersonalDataCatalog
 from custos.policy.engine import Decision
 from custos.protocol import sqlstates
@@ -114,6 +114,7 @@ class AuditStage(Stage):
         *,
         cap: int,
         fail_open: bool,
+        keep_literals: bool = False,
     ) -> None:
         self._trail = trail
         self.identity = identity
@@ -123,6 +124,7 @@ class AuditStage(Stage):
         self._catalog = catalog
         self._cap = cap
         self._fail_open = fail_open
+        self._keep_literals = keep_literals
         self._chain = SessionChain(identity.session_id)
         self._recorded: dict[int, _Recorded] = {}
         self._started = datetime.now(UTC)
@@ -254,7 +256,18 @@ class AuditStage(Stage):
         decision = statement.decision
         if decision is not None:
             pieces.update(self._decided(decision))
+            if self._keep_literals and own is not None and not self._personal(decision):
+                pieces["literals"] = encoded(literal_values(own))
         return self._seal(pieces)
+
+    def _personal(self, decision: Decision) -> bool:
+        """Whether a statement so decided touches a catalogued table."""
+        facts = decision.facts
+        catalog = self._catalog()
+        return any(
+            catalog.has_personal_data(relation)
+            for relation in (*facts.relations_read, *facts.relations_written)
+        ) or bool(facts.categories_read or facts.categories_written)
 
     def _decided(self, decision: Decision) -> dict[str, str]:
         """A decision's fields, encoded once per decision (the decision point keeps one

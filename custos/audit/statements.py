@@ -73,6 +73,19 @@ def without_values(sql: str) -> str:
     return recorded
 
 
+def literal_values(sql: str) -> tuple[str, ...]:
+    """The statement's literals, in the order of its `?`, as written (quotes and all), with
+    the personal values detection finds in them redacted: what `keep_literals` keeps of a
+    statement that touches no catalogued table."""
+    try:
+        tokens = scan(sql)
+    except Exception:  # pglast raises its own error types for unreadable text
+        return ()
+    return tuple(
+        recorded_text(sql[start : end + 1]) for start, end, name, _ in tokens if name in _LITERALS
+    )
+
+
 def _placeholders(sql: str) -> str:
     try:
         tokens = scan(sql)

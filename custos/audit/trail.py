@@ -78,6 +78,7 @@ class AuditTrail:
             self._key,
             self._catalog,
             cap=self._settings.subjects_per_statement,
+            keep_literals=self._settings.keep_literals,
             fail_open=target in self._settings.fail_open_targets,
         )
 
