@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 
 from custos.audit.digest_schedule import DigestKeyError, DigestSchedule, digest_signing_key
 from custos.audit.stores import audit_store
@@ -89,7 +90,12 @@ def _audit_trail(config: GatewayConfig, policy: ReloadingPolicySource | None) ->
     digests = None
     if settings.digest_key_file is not None and settings.dir is not None:
         try:
-            digests = DigestSchedule(settings.dir, digest_signing_key(settings.digest_key_file))
+            days = settings.expire_local_after_days
+            digests = DigestSchedule(
+                settings.dir,
+                digest_signing_key(settings.digest_key_file),
+                None if days is None else timedelta(days=days),
+            )
         except DigestKeyError as error:
             raise ConfigError(str(error)) from None
     source = policy

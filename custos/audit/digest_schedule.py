@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from custos.audit.digests import DIGESTS, write_digest
-from custos.audit.local import TABLES
+from custos.audit.local import folder_hour, record_hours
+from custos.audit.retention import expire_hours
 
 log = logging.getLogger("custos.audit")
 
@@ -45,20 +46,13 @@ def digest_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _hour_of(path: Path) -> datetime:
-    day = path.parent.name.removeprefix("dt=")
-    hour = path.name.removeprefix("hour=")
-    return datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")
-
-
 def _first_hour(root: Path, started: datetime) -> datetime:
     """The hour digests start from: after the last one written, else the first record's,
     else the one the gateway started in."""
     digested = sorted((root / DIGESTS).glob("dt=*/hour=*"))
     if digested:
-        return _hour_of(digested[-1]) + HOUR
-    hours = [_hour_of(folder) for table in TABLES for folder in (root / table).glob("dt=*/hour=*")]
-    start = min([*hours, started])
+        return folder_hour(digested[-1]) + HOUR
+    start = min([*record_hours(root), started])
     return start.replace(minute=0, second=0, microsecond=0)
 
 
@@ -81,9 +75,12 @@ def write_due_digests(
 class DigestSchedule:
     """Writes each hour's digest as it falls due, until cancelled."""
 
-    def __init__(self, root: Path, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, root: Path, key: Ed25519PrivateKey, expire_after: timedelta | None = None
+    ) -> None:
         self._root = root
         self._key = key
+        self._expire_after = expire_after  # the hot tier's length, if records expire
         # The first hour: the one the gateway starts in, if the store has nothing older.
         self._started = datetime.now(UTC)
 
@@ -92,9 +89,7 @@ class DigestSchedule:
         while True:
             now = datetime.now(UTC)
             try:
-                written = await loop.run_in_executor(
-                    None, write_due_digests, self._root, self._key, now, self._started
-                )
+                written = await loop.run_in_executor(None, self._hourly, now)
             except Exception:
                 log.exception("audit: the hourly digest could not be written; trying again")
                 written = []
@@ -102,3 +97,11 @@ class DigestSchedule:
                 log.info("audit: digest written %s", path.relative_to(self._root))
             next_due = now.replace(minute=0, second=0, microsecond=0) + HOUR + GRACE
             await asyncio.sleep(max((next_due - now).total_seconds(), 1.0))
+
+    def _hourly(self, now: datetime) -> list[Path]:
+        """The digests due, then the hours past the hot tier removed."""
+        written = write_due_digests(self._root, self._key, now, self._started)
+        if self._expire_after is not None:
+            for hour in expire_hours(self._root, self._key, now - self._expire_after):
+                log.info("audit: records of %s removed (retention)", hour.isoformat())
+        return written

@@ -26,7 +26,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from custos.audit.events import AuditEvent
-from custos.audit.local import EVENTS, TABLES, hour_directory, segment_directory
+from custos.audit.local import (
+    EVENTS,
+    TABLES,
+    folder_hour,
+    hour_directory,
+    record_hours,
+    segment_directory,
+)
 
 DIGEST_VERSION = 1
 DIGESTS = "digests"
@@ -183,12 +190,6 @@ class DigestProblem:
     problem: str
 
 
-def _digest_hour(path: str) -> datetime:
-    folders = PurePosixPath(path).parts
-    day, hour = folders[-3].removeprefix("dt="), folders[-2].removeprefix("hour=")
-    return datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")
-
-
 UNDIGESTED_AFTER = timedelta(hours=1, minutes=5)
 """How long after an hour begins its digest is due (the gateway writes it a minute after
 the hour ends): records of an hour older than that, and no digest, are not signed."""
@@ -202,22 +203,47 @@ def verify_digests(
     were removed with its records rewritten, or whose newest hours were cut off with
     their digests, shows there)."""
     archive = LocalArchive(root)
-    problems = verify_archive(archive, Ed25519Verifier(public_key))
-    digested = {_digest_hour(where) for where in archive.digests()}
+    problems = [
+        problem
+        for problem in verify_archive(archive, Ed25519Verifier(public_key))
+        if problem.problem != "listed in a digest, and missing"
+        or not expired_by_retention(root, folder_hour(PurePosixPath(problem.where)), public_key)
+    ]
+    digested = {folder_hour(PurePosixPath(where)) for where in archive.digests()}
     due_before = (now or datetime.now(UTC)) - UNDIGESTED_AFTER
-    hours = {
-        datetime.fromisoformat(
-            f"{folder.parent.name.removeprefix('dt=')}T{folder.name.removeprefix('hour=')}:00:00+00:00"
-        )
-        for table in TABLES
-        for folder in (root / table).glob("dt=*/hour=*")
-        if any(folder.glob("segment-*"))
-    }
-    for hour in sorted(hours):
+    for hour in record_hours(root):
         if hour not in digested and hour <= due_before:
             where = f"{hour_directory(hour).as_posix()}"
             problems.append(DigestProblem(where, "records of an hour no digest signs"))
     return problems
+
+
+EXPIRED = "expired"
+
+
+def tombstone_path(root: Path, hour: datetime) -> Path:
+    return root / EXPIRED / hour_directory(hour) / "tombstone.json"
+
+
+def tombstone_document(hour: datetime, digest: bytes) -> bytes:
+    fields = {"hour": hour.isoformat(), "digest_sha256": hashlib.sha256(digest).hexdigest()}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def expired_by_retention(root: Path, hour: datetime, public_key: Ed25519PublicKey) -> bool:
+    """Whether the hour's records were removed by retention: its tombstone is signed and
+    names the hour's digest as it is."""
+    tombstone = tombstone_path(root, hour)
+    digest = digest_path(root, hour)
+    if not tombstone.exists() or not digest.exists():
+        return False
+    try:
+        signed = json.loads(tombstone.read_text())
+        document = str(signed["document"]).encode()
+        public_key.verify(bytes.fromhex(str(signed["signature"])), document)
+    except (ValueError, KeyError, TypeError, InvalidSignature):
+        return False
+    return document == tombstone_document(hour, digest.read_bytes())
 
 
 def digest_anchor(root: Path) -> tuple[str, str] | None:
@@ -238,7 +264,7 @@ def verify_archive(archive: Archive, verifier: Verifier) -> list[DigestProblem]:
     previous: dict[str, object] | None = None
     previous_hour: datetime | None = None
     for where in archive.digests():
-        hour = _digest_hour(where)
+        hour = folder_hour(PurePosixPath(where))
         signed = json.loads(archive.read(where) or b"{}")
         document = {name: value for name, value in signed.items() if name != "signature"}
         try:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import ValidationError
 
@@ -42,6 +42,26 @@ def segment_directory(root: Path, moment: datetime, table: str = EVENTS) -> Path
 def hour_directory(moment: datetime) -> Path:
     moment = moment.astimezone(UTC)
     return Path(f"dt={moment:%Y-%m-%d}") / f"hour={moment:%H}"
+
+
+def folder_hour(folder: PurePath) -> datetime:
+    """The hour a `dt=YYYY-MM-DD/hour=HH` folder (or a file in one) holds."""
+    parts = folder.parts
+    at = next(index for index, part in enumerate(parts) if part.startswith("dt="))
+    day, hour = parts[at].removeprefix("dt="), parts[at + 1].removeprefix("hour=")
+    return datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")
+
+
+def record_hours(root: Path) -> list[datetime]:
+    """The hours some table holds segment files of, oldest first."""
+    return sorted(
+        {
+            folder_hour(folder)
+            for table in TABLES
+            for folder in (root / table).glob("dt=*/hour=*")
+            if any(folder.glob("segment-*"))
+        }
+    )
 
 
 class LocalStore:

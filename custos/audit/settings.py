@@ -51,6 +51,10 @@ class AuditSettings(BaseModel):
     # `openssl genpkey -algorithm ed25519`); none without it. In AWS the digest Lambda
     # signs with a KMS key.
     digest_key_file: Path | None = None
+    # The local store's hot tier: records older than this many days are removed once
+    # their hour's digest signs them, each hour leaving a signed tombstone (verify tells
+    # it from a removal). None: the local store keeps everything.
+    expire_local_after_days: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_store(self) -> AuditSettings:
@@ -58,6 +62,11 @@ class AuditSettings(BaseModel):
             raise ValueError("a local audit store needs dir: the folder it writes to")
         if self.store == "dynamodb" and not self.table:
             raise ValueError("a dynamodb audit store needs table: the events table's name")
+        if self.expire_local_after_days is not None and self.digest_key_file is None:
+            raise ValueError(
+                "expire_local_after_days removes only hours a digest signs, and signs their"
+                " tombstones: set digest_key_file too"
+            )
         if self.store == "dynamodb" and self.digest_key_file is not None:
             raise ValueError(
                 "digest_key_file signs the local store's digests; the DynamoDB store's are"
