@@ -129,6 +129,7 @@ def test_a_session_is_recorded_in_order_and_its_chain_holds(audited: GatewayProc
     assert refused_outcome.sqlstate == "42501"
     assert refused_outcome.error
     assert "pages of at most 100 rows" in refused_outcome.error
+    assert refused_outcome.unidentified == ()  # it never ran: it read nothing
     assert verify_store(audit_dir(audited)) == ([], [])
 
 

@@ -57,6 +57,7 @@ log = logging.getLogger("custos.audit")
 _STATEMENT = encoded(EventType.STATEMENT)
 _OUTCOME = encoded(EventType.STATEMENT_OUTCOME)
 _DECISIONS_KEPT = 256
+_NOT_RUN = frozenset({Status.REFUSED, Status.WITHDRAWN, Status.SKIPPED})
 
 AUDIT_UNAVAILABLE = Refusal(
     sqlstates.IO_ERROR,
@@ -220,7 +221,9 @@ class AuditStage(Stage):
             pieces["subjects"] = str(len(subjects))
         if capped:
             pieces["subjects_capped"] = "true"
-        unidentified = self._unidentified(statement, subjects, collector)
+        # What never ran read nothing; what it named stays, as an attempt.
+        ran = outcome.status not in _NOT_RUN
+        unidentified = self._unidentified(statement, subjects, collector) if ran else ()
         if unidentified:
             pieces["unidentified"] = encoded(unidentified)
         events.append(self._seal(pieces))

@@ -235,9 +235,9 @@ signed digest of each hour once it is over.
 Read it back while the demo runs:
 
   custos audit verify --dir {work / "audit"} --public-key {work / "audit-digest.pub.pem"}
-  custos audit query --dir {work / "audit"} \
+  custos audit query --dir {work / "audit"} \\
     "{_AUDIT_QUERY}"
-  CUSTOS_AUDIT_KEY=$(cat {work / "audit.key"}) \
+  CUSTOS_AUDIT_KEY=$(cat {work / "audit.key"}) \\
     custos audit subject --dir {work / "audit"} --subject crm.customers:42
 
 Press Ctrl-C to stop; everything is removed, the audit trail too.
