@@ -57,6 +57,7 @@ log = logging.getLogger("custos.audit")
 _STATEMENT = encoded(EventType.STATEMENT)
 _OUTCOME = encoded(EventType.STATEMENT_OUTCOME)
 _DECISIONS_KEPT = 256
+_OPAQUE_KINDS = frozenset({"do", "call", "ddl", "other"})
 _NOT_RUN = frozenset({Status.REFUSED, Status.WITHDRAWN, Status.SKIPPED})
 
 AUDIT_UNAVAILABLE = Refusal(
@@ -264,8 +265,14 @@ class AuditStage(Stage):
         return self._seal(pieces)
 
     def _personal(self, decision: Decision) -> bool:
-        """Whether a statement so decided touches a catalogued table."""
+        """Whether a statement so decided may touch personal data: it names a catalogued
+        table or category, or runs code whose statements the analysis does not see (a DO
+        block, a procedure, dynamic SQL, a function's body it creates)."""
         facts = decision.facts
+        if facts.unparsable or _OPAQUE_KINDS.intersection(facts.kinds):
+            return True
+        if any(risk.startswith("dynamic") for risk in facts.risks):
+            return True
         catalog = self._catalog()
         return any(
             catalog.has_personal_data(relation)
