@@ -39,8 +39,8 @@ class AuditSettings(BaseModel):
     compress: bool = False
     # Literals become `?` in statement texts. With this, those of a statement that touches
     # no table of the policy's personal-data catalog are kept beside the text (`literals`),
-    # the personal values detection finds in them redacted; a statement over personal data
-    # keeps none.
+    # the personal values detection finds in them redacted; a statement over personal data,
+    # or running code the analysis does not see into (DO, CALL, DDL), keeps none.
     keep_literals: bool = False
     # The data-subject index keeps at most this many subjects per statement, and says so.
     subjects_per_statement: int = Field(default=1000, ge=1)
