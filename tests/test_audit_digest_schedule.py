@@ -4,6 +4,7 @@ is not an Ed25519 private key is refused with a clear message."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from custos.audit.chain import SessionChain
 from custos.audit.digest_schedule import (
     GRACE,
     DigestKeyError,
+    DigestSchedule,
     digest_signing_key,
     due_hours,
     write_due_digests,
@@ -93,3 +95,19 @@ def test_a_key_that_is_not_an_ed25519_private_key_is_refused(tmp_path: Path) -> 
         digest_signing_key(public)
     with pytest.raises(DigestKeyError, match="cannot read the digest key"):
         digest_signing_key(tmp_path / "missing.pem")
+
+
+def test_hours_whose_digests_went_missing_are_never_signed_again(tmp_path: Path) -> None:
+    """Attack round 22: with an hour's digest gone, the gateway signing it again would
+    bless whatever the hour holds now."""
+    chain = SessionChain("s-1")
+    for hours in (0, 1, 2):
+        record_at(tmp_path, chain, NINE + timedelta(hours=hours, minutes=5))
+    schedule = DigestSchedule(tmp_path, KEY)
+    now = NINE + timedelta(hours=3, minutes=2)
+    assert len(schedule.hourly(now)) == 3
+    for hour in ("hour=10", "hour=11"):
+        shutil.rmtree(tmp_path / "digests" / "dt=2026-12-06" / hour)
+    assert schedule.hourly(now) == []  # not signed again
+    problems = {p.problem for p in verify_digests(tmp_path, KEY.public_key(), now)}
+    assert "records of an hour no digest signs" in problems

@@ -133,3 +133,24 @@ def test_auditor_sql_reads_a_gzipped_store_commit_by_commit(tmp_path: Path) -> N
     writer.close()
     result = run_query(tmp_path, "SELECT count(*), max(seq) FROM custos_audit.events")
     assert result.rows == [(15, 14)]
+
+
+def test_files_that_are_not_segments_are_named_and_never_read(store: Path) -> None:
+    """Attack round 22: a file of another name, or an hour spelt another way, beside the
+    segments: no reader may count its records, and verify must name it."""
+    from custos.audit.query import run_query
+
+    (first,) = segments(store)[:1]
+    before = run_query(store, "SELECT count(*) FROM custos_audit.events").rows
+    forged = first.parent / "forged.jsonl"
+    forged.write_bytes(first.read_bytes())
+    respelt = store / "events" / "dt=20261206" / "hour=09" / first.name
+    respelt.parent.mkdir(parents=True)
+    respelt.write_bytes(first.read_bytes())
+    assert run_query(store, "SELECT count(*) FROM custos_audit.events").rows == before
+    problems, unreadable = verify_store(store)
+    assert problems == []
+    assert {(line.path, line.detail) for line in unreadable} == {
+        (forged, "not a segment of this store"),
+        (respelt, "not a segment of this store"),
+    }

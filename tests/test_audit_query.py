@@ -339,3 +339,15 @@ def test_auditor_sql_reads_the_archive_and_no_other_file(
     captured = capsys.readouterr()
     assert "not the archive" not in captured.out + captured.err
     assert "disabled by configuration" in captured.out + captured.err
+
+
+def test_a_query_that_never_ends_is_stopped(
+    capsys: pytest.CaptureFixture[str], archive: Path
+) -> None:
+    """Attack round 22: a recursive query need never end."""
+    endless = (
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+    )
+    assert main(["audit", "query", endless, "--dir", str(archive), "--timeout", "1"]) != 0
+    captured = capsys.readouterr()
+    assert "ran longer than 1 s and was stopped" in captured.out + captured.err

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from custos.audit.events import IdentifierType
 from custos.audit.local import segments, verify_store
 from custos.audit.output import json_line, plain, table
-from custos.audit.query import AuditQueryError, run_query
+from custos.audit.query import QUERY_TIMEOUT_SECONDS, AuditQueryError, run_query
 from custos.audit.settings import AuditKeySettings
 from custos.audit.subject_report import SubjectReport
 from custos.masking.keys import KeyLoadError, secret_key
@@ -53,6 +53,13 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=[],
         metavar="VALUE",
         help="the value of the next ? in the query (repeat, in order)",
+    )
+    query.add_argument(
+        "--timeout",
+        type=float,
+        default=QUERY_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"stop the query after this long (default {QUERY_TIMEOUT_SECONDS:g})",
     )
     _json_argument(query)
     query.set_defaults(command=query_command)
@@ -178,7 +185,7 @@ def _digest_public_key(path: Path) -> Ed25519PublicKey:
 
 def query_command(arguments: argparse.Namespace) -> int:
     try:
-        result = run_query(arguments.dir, arguments.sql, arguments.param)
+        result = run_query(arguments.dir, arguments.sql, arguments.param, arguments.timeout)
     except AuditQueryError as error:
         return _fail(str(error))
     if arguments.json:

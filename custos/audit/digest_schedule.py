@@ -81,6 +81,11 @@ class DigestSchedule:
         self._root = root
         self._key = key
         self._expire_after = expire_after  # the hot tier's length, if records expire
+        # The newest hour signed, in this run or before: an hour up to it found without its
+        # digest lost it to someone, and is never signed again (what it holds now may not
+        # be what was signed).
+        digested = sorted((root / DIGESTS).glob("dt=*/hour=*/digest.json"))
+        self._newest: datetime | None = folder_hour(digested[-1]) if digested else None
         # The first hour: the one the gateway starts in, if the store has nothing older.
         self._started = datetime.now(UTC)
 
@@ -89,7 +94,7 @@ class DigestSchedule:
         while True:
             now = datetime.now(UTC)
             try:
-                written = await loop.run_in_executor(None, self._hourly, now)
+                written = await loop.run_in_executor(None, self.hourly, now)
             except Exception:
                 log.exception("audit: the hourly digest could not be written; trying again")
                 written = []
@@ -98,9 +103,21 @@ class DigestSchedule:
             next_due = now.replace(minute=0, second=0, microsecond=0) + HOUR + GRACE
             await asyncio.sleep(max((next_due - now).total_seconds(), 1.0))
 
-    def _hourly(self, now: datetime) -> list[Path]:
+    def hourly(self, now: datetime) -> list[Path]:
         """The digests due, then the hours past the hot tier removed."""
-        written = write_due_digests(self._root, self._key, now, self._started)
+        due = due_hours(self._root, now, self._started)
+        newest = self._newest
+        gone = [hour for hour in due if newest is not None and hour <= newest]
+        if gone:
+            log.error(
+                "audit: the digests of %d hours this gateway signed are gone (from %s); it"
+                " does not sign them again: run `custos audit verify` on the store",
+                len(gone),
+                gone[0].isoformat(),
+            )
+        written = [write_digest(self._root, hour, self._key) for hour in due if hour not in gone]
+        if written:
+            self._newest = max(hour for hour in due if hour not in gone)
         if self._expire_after is not None:
             for hour in expire_hours(self._root, self._key, now - self._expire_after):
                 log.info("audit: records of %s removed (retention)", hour.isoformat())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import time
 import uuid
 import zlib
@@ -54,14 +55,7 @@ def folder_hour(folder: PurePath) -> datetime:
 
 def record_hours(root: Path) -> list[datetime]:
     """The hours some table holds segment files of, oldest first."""
-    return sorted(
-        {
-            folder_hour(folder)
-            for table in TABLES
-            for folder in (root / table).glob("dt=*/hour=*")
-            if any(folder.glob("segment-*"))
-        }
-    )
+    return sorted({folder_hour(path) for table in TABLES for path in segments(root, table)})
 
 
 class LocalStore:
@@ -158,15 +152,30 @@ class UnreadableLine:
     detail: str
 
 
+_SEGMENT_PATH = re.compile(
+    r"dt=\d{4}-\d{2}-\d{2}/hour=\d{2}/segment-\d{20}-[0-9a-f]{12}\.jsonl(?:\.gz)?"
+)
+
+
 def segments(root: Path, table: str = EVENTS) -> list[Path]:
     """Every segment file of a table (plain or gzipped), oldest first (by hour, then by
-    when it was started)."""
+    when it was started): only files named and placed as the store writes them."""
     folder = root / table
-    found = [
-        *folder.glob("dt=*/hour=*/segment-*.jsonl"),
-        *folder.glob("dt=*/hour=*/segment-*.jsonl.gz"),
-    ]
-    return sorted(found)
+    return sorted(
+        path
+        for path in folder.glob("dt=*/hour=*/*")
+        if _SEGMENT_PATH.fullmatch(path.relative_to(folder).as_posix())
+    )
+
+
+def strangers(root: Path) -> list[Path]:
+    """Files under the tables' folders that are not segments the store wrote (another
+    name, another spelling of an hour): no reader reads them, and verify names them."""
+    found: list[Path] = []
+    for table in TABLES:
+        known = set(segments(root, table))
+        found += sorted(p for p in (root / table).rglob("*") if p.is_file() and p not in known)
+    return found
 
 
 def segment_lines(path: Path) -> tuple[list[bytes], str | None]:
@@ -222,4 +231,7 @@ def verify_store(root: Path) -> tuple[list[ChainProblem], list[UnreadableLine]]:
         else:
             sessions.setdefault(item.session_id, []).append(item)
     problems = [problem for events in sessions.values() for problem in verify_chain(events)]
+    unreadable += [
+        UnreadableLine(path, 0, "not a segment of this store") for path in strangers(root)
+    ]
     return problems, unreadable

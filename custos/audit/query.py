@@ -11,6 +11,7 @@ into columns, is rewritten here into DuckDB's recursive unnest.
 
 from __future__ import annotations
 
+import threading
 import types
 import typing
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 from sqlglot import exp
 
 from custos.audit.events import AuditEvent, SubjectAccess
-from custos.audit.local import EVENTS, SUBJECT_ACCESS
+from custos.audit.local import EVENTS, SUBJECT_ACCESS, segments
 
 SCHEMA = "custos_audit"
 QUERIES = Path(__file__).parent / "queries"
@@ -108,13 +109,14 @@ def _fields(model: type[BaseModel]) -> list[tuple[str, Any]]:
     return list(model.model_fields.items())
 
 
+QUERY_TIMEOUT_SECONDS = 300.0
+"""How long an auditor's query may run."""
+
+
 def table_files(root: Path, table: str) -> list[Path]:
-    """Every segment of a table, plain or gzipped."""
-    return sorted(
-        path
-        for pattern in ("*.jsonl", "*.jsonl.gz")
-        for path in (root / table).glob(f"dt=*/hour=*/{pattern}")
-    )
+    """Every segment of a table, plain or gzipped, as the store writes them (verify names
+    any other file)."""
+    return segments(root, table)
 
 
 def sql_literal(text: str) -> str:
@@ -197,17 +199,31 @@ def _spread_rows(node: exp.Expression) -> exp.Expression:
     return exp.Subquery(this=exp.select(spread), alias=alias.copy())
 
 
-def run_query(root: Path, sql: str, parameters: Sequence[str] = ()) -> QueryResult:
-    """Runs one Athena query over the store, with `?` bound to the parameters in order."""
+def run_query(
+    root: Path,
+    sql: str,
+    parameters: Sequence[str] = (),
+    timeout_seconds: float = QUERY_TIMEOUT_SECONDS,
+) -> QueryResult:
+    """Runs one Athena query over the store, with `?` bound to the parameters in order;
+    stopped after `timeout_seconds` (a recursive query need never end)."""
     translated = translate(sql)
     connection = open_archive(root)
+    deadline = threading.Timer(timeout_seconds, connection.interrupt)
+    deadline.start()
     try:
         cursor = connection.execute(translated, list(parameters))
         columns = tuple(column[0] for column in cursor.description or ())
         return QueryResult(columns, cursor.fetchall())
+    except duckdb.InterruptException:
+        raise AuditQueryError(
+            f"the query ran longer than {timeout_seconds:g} s and was stopped; narrow it, or"
+            " give --timeout more"
+        ) from None
     except duckdb.Error as error:
         raise AuditQueryError(
             f"the query failed: {error}\nas DuckDB ran it:\n{translated}"
         ) from None
     finally:
+        deadline.cancel()
         connection.close()
