@@ -33,7 +33,7 @@ from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
 from custos.audit.returned import SubjectCollector
 from custos.audit.statements import literal_values, recorded_name, without_values
 from custos.policy.catalog import PersonalDataCatalog
-from custos.policy.engine import Decision
+from custos.policy.engine import Decision, DecisionFacts
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
 from custos.session.stages import (
@@ -145,7 +145,7 @@ class AuditStage(Stage):
         event = self._event(
             EventType.SESSION_END, error=reason, bytes=bytes_sent, duration_ms=duration
         )
-        self._trail.commit([event]).add_done_callback(_log_failure)
+        self._trail.record([event])
 
     @property
     def fails_open(self) -> bool:
@@ -228,8 +228,7 @@ class AuditStage(Stage):
         if unidentified:
             pieces["unidentified"] = encoded(unidentified)
         events.append(self._seal(pieces))
-        written = self._trail.commit(events, subjects, waited_for=False)
-        written.add_done_callback(_log_failure)
+        self._trail.record(events, subjects, waited_for=False)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -274,10 +273,9 @@ class AuditStage(Stage):
         if any(risk.startswith("dynamic") for risk in facts.risks):
             return True
         catalog = self._catalog()
-        return any(
-            catalog.has_personal_data(relation)
-            for relation in (*facts.relations_read, *facts.relations_written)
-        ) or bool(facts.categories_read or facts.categories_written)
+        return any(catalog.has_personal_data(relation) for relation in _touched(facts)) or bool(
+            facts.categories_read or facts.categories_written
+        )
 
     def _decided(self, decision: Decision) -> dict[str, str]:
         """A decision's fields, encoded once per decision (the decision point keeps one
@@ -289,14 +287,7 @@ class AuditStage(Stage):
         pieces = {
             "kinds": encoded(facts.kinds),
             # Names as the client wrote them: a table it names may be a value.
-            "relations": encoded(
-                sorted(
-                    {
-                        recorded_name(name)
-                        for name in (*facts.relations_read, *facts.relations_written)
-                    }
-                )
-            ),
+            "relations": encoded(sorted({recorded_name(name) for name in _touched(facts)})),
             "categories": encoded(sorted({*facts.categories_read, *facts.categories_written})),
             "decision": encoded(decision.effect.value),
             "rules": encoded(decision.rules),
@@ -315,7 +306,7 @@ class AuditStage(Stage):
         if decision is None:
             return []
         facts = decision.facts
-        relations = sorted({*facts.relations_read, *facts.relations_written})
+        relations = sorted(_touched(facts))
         if not any(catalog.has_personal_data(relation) for relation in relations):
             return []
         own = _own_text(statement)
@@ -410,7 +401,7 @@ class AuditStage(Stage):
             return ()
         catalog = self._catalog()
         facts = decision.facts
-        touched = {*facts.relations_read, *facts.relations_written}
+        touched = _touched(facts)
         returned = {row.relation for row in subjects if row.access is Access.RETURNED}
         named = {row.relation for row in subjects if row.access is Access.NAMED}
         if collector is None:
@@ -426,6 +417,11 @@ class AuditStage(Stage):
                 if catalog.has_personal_data(relation) and relation not in identified
             )
         )
+
+
+def _touched(facts: DecisionFacts) -> set[str]:
+    """The relations a statement reads or writes."""
+    return {*facts.relations_read, *facts.relations_written}
 
 
 def _own_text(statement: Statement) -> str | None:
@@ -447,9 +443,3 @@ def _bind_texts(statement: Statement) -> tuple[str | None, ...]:
         return bind.texts(portal.prepared.parameter_types)
     except Exception:  # a value that is not text in its declared type names no one
         return ()
-
-
-def _log_failure(written: asyncio.Future[None]) -> None:
-    error = written.exception()
-    if error is not None:
-        log.error("audit: records could not be written: %s", error)

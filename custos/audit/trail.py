@@ -55,6 +55,16 @@ class AuditTrail:
     ) -> asyncio.Future[None]:
         return self.committer.add(events, subjects, waited_for=waited_for)
 
+    def record(
+        self,
+        events: Sequence[EventRecord],
+        subjects: Sequence[SubjectAccess] = (),
+        *,
+        waited_for: bool = True,
+    ) -> None:
+        """Commits records nobody waits on; a failure to write them is logged."""
+        self.commit(events, subjects, waited_for=waited_for).add_done_callback(_log_failure)
+
     def session_stage(self, principal: Principal, target: str, purpose: str | None) -> AuditStage:
         identity = SessionIdentity(
             session_id=uuid.uuid4().hex,
@@ -119,8 +129,7 @@ class AuditTrail:
     def _alone(self, **fields: Any) -> None:
         chain = SessionChain(uuid.uuid4().hex)
         event = chain.sealed(event_id=uuid.uuid4().hex, time=datetime.now(UTC), **fields)
-        written = self.commit([event])
-        written.add_done_callback(_log_failure)
+        self.record([event])
 
     async def close(self) -> None:
         """Waits for what was handed over to be durable, then closes the store."""
