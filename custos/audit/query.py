@@ -113,12 +113,6 @@ QUERY_TIMEOUT_SECONDS = 300.0
 """How long an auditor's query may run."""
 
 
-def table_files(root: Path, table: str) -> list[Path]:
-    """Every segment of a table, plain or gzipped, as the store writes them (verify names
-    any other file)."""
-    return segments(root, table)
-
-
 def sql_literal(text: str) -> str:
     """A string as an SQL literal: DuckDB's table functions take no parameters."""
     return "'" + text.replace("'", "''") + "'"
@@ -136,7 +130,7 @@ def open_archive(root: Path) -> duckdb.DuckDBPyConnection:
     connection.execute("SET TimeZone = 'UTC'")
     connection.execute(f"CREATE SCHEMA {SCHEMA}")
     for table, model in _MODELS.items():
-        files = table_files(root, table)
+        files = segments(root, table)  # as the store writes them: verify names the rest
         columns = {name: duckdb_type(field.annotation) for name, field in _fields(model)}
         if not files:
             declared = ", ".join(
