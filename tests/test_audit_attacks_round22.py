@@ -39,7 +39,7 @@ from test_audit_gateway import (  # noqa: F401  (the fixture)
 )
 
 from custos.audit.chain import SessionChain
-from custos.audit.digest_schedule import write_due_digests
+from custos.audit.digest_schedule import DigestSchedule
 from custos.audit.digests import digest_path, tombstone_path
 from custos.audit.events import EventType, IdentifierType, SubjectAccess
 from custos.audit.local import segments
@@ -334,7 +334,7 @@ def test_digests_removed_and_records_rewritten_are_not_resigned(tmp_path: Path) 
     (second,) = [s for s in segments(root) if "hour=10" in s.as_posix()]
     second.unlink()  # the DELETE of hour 10, gone
     now = datetime.now(UTC)
-    write_due_digests(root, KEY, now, now)  # what DigestSchedule._hourly does next
+    DigestSchedule(root, KEY, started=now).hourly(now)  # a gateway started again
     assert _verify(root, tmp_path) == 1
 
 

@@ -19,7 +19,6 @@ from custos.audit.digest_schedule import (
     DigestSchedule,
     digest_signing_key,
     due_hours,
-    write_due_digests,
 )
 from custos.audit.digests import verify_digests
 from custos.audit.events import EventType
@@ -46,9 +45,9 @@ def test_every_hour_over_gets_one_digest_quiet_ones_too(tmp_path: Path) -> None:
     # 11:00 is not over: only 09:00 and 10:00 (quiet) are due.
     now = NINE + timedelta(hours=2, minutes=30)
     assert due_hours(tmp_path, now, started) == [NINE, NINE + timedelta(hours=1)]
-    written = write_due_digests(tmp_path, KEY, now, started)
+    written = DigestSchedule(tmp_path, KEY, started=started).hourly(now)
     assert [path.parent.name for path in written] == ["hour=09", "hour=10"]
-    assert write_due_digests(tmp_path, KEY, now, started) == []  # each hour once
+    assert DigestSchedule(tmp_path, KEY, started=started).hourly(now) == []  # each hour once
     # Within its grace an hour is not due yet (records sealed at its end still land in it).
     assert due_hours(tmp_path, NINE + timedelta(hours=3) + GRACE / 2, started) == []
     assert verify_digests(tmp_path, KEY.public_key(), now) == []
@@ -62,10 +61,10 @@ def test_every_hour_over_gets_one_digest_quiet_ones_too(tmp_path: Path) -> None:
 def test_hours_the_gateway_was_down_are_digested_when_it_starts(tmp_path: Path) -> None:
     chain = SessionChain("s-1")
     record_at(tmp_path, chain, NINE + timedelta(minutes=5))
-    write_due_digests(tmp_path, KEY, NINE + timedelta(hours=1, minutes=2), NINE)
+    DigestSchedule(tmp_path, KEY, started=NINE).hourly(NINE + timedelta(hours=1, minutes=2))
     # Down from 10:00 to 15:30; started again at 15:30.
     later = NINE + timedelta(hours=6, minutes=30)
-    written = write_due_digests(tmp_path, KEY, later, later)
+    written = DigestSchedule(tmp_path, KEY, started=later).hourly(later)
     assert [path.parent.name for path in written] == [f"hour={h}" for h in range(10, 15)]
     assert verify_digests(tmp_path, KEY.public_key(), later) == []
 
@@ -80,7 +79,7 @@ def test_the_demo_keys_sign_what_the_public_one_verifies(tmp_path: Path) -> None
     chain = SessionChain("s-1")
     record_at(tmp_path / "store", chain, NINE + timedelta(minutes=5))
     key = digest_signing_key(write_digest_keys(tmp_path / "digest"))
-    write_due_digests(tmp_path / "store", key, NINE + timedelta(hours=2), NINE)
+    DigestSchedule(tmp_path / "store", key, started=NINE).hourly(NINE + timedelta(hours=2))
     public = load_pem_public_key((tmp_path / "digest.pub.pem").read_bytes())
     assert isinstance(public, Ed25519PublicKey)
     now = NINE + timedelta(hours=2)

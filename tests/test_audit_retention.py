@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.audit.chain import SessionChain
-from custos.audit.digest_schedule import write_due_digests
+from custos.audit.digest_schedule import DigestSchedule
 from custos.audit.digests import tombstone_path, verify_digests
 from custos.audit.events import EventType
 from custos.audit.local import LocalStore, record_hours
@@ -35,7 +35,7 @@ def store(tmp_path: Path) -> Path:
             [chain.sealed(event_id=f"e-{hours}", event_type=EventType.STATEMENT, time=moment)]
         )
     writer.close()
-    write_due_digests(tmp_path, KEY, LATER + timedelta(minutes=2), NINE)
+    DigestSchedule(tmp_path, KEY, started=NINE).hourly(LATER + timedelta(minutes=2))
     return tmp_path
 
 

@@ -66,17 +66,15 @@ def due_hours(root: Path, now: datetime, started: datetime) -> list[datetime]:
     return due
 
 
-def write_due_digests(
-    root: Path, key: Ed25519PrivateKey, now: datetime, started: datetime
-) -> list[Path]:
-    return [write_digest(root, hour, key) for hour in due_hours(root, now, started)]
-
-
 class DigestSchedule:
     """Writes each hour's digest as it falls due, until cancelled."""
 
     def __init__(
-        self, root: Path, key: Ed25519PrivateKey, expire_after: timedelta | None = None
+        self,
+        root: Path,
+        key: Ed25519PrivateKey,
+        expire_after: timedelta | None = None,
+        started: datetime | None = None,
     ) -> None:
         self._root = root
         self._key = key
@@ -87,7 +85,7 @@ class DigestSchedule:
         digested = sorted((root / DIGESTS).glob("dt=*/hour=*/digest.json"))
         self._newest: datetime | None = folder_hour(digested[-1]) if digested else None
         # The first hour: the one the gateway starts in, if the store has nothing older.
-        self._started = datetime.now(UTC)
+        self._started = started or datetime.now(UTC)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
