@@ -19,7 +19,12 @@ import pytest
 import yaml
 
 from custos.demo.certificates import CertificateBundle, generate_ca_and_server_cert
-from custos.demo.embedded import DEMO_ROLES, provision_gateway_login, write_masking_key
+from custos.demo.embedded import (
+    DEMO_POLICY,
+    DEMO_ROLES,
+    provision_gateway_login,
+    write_masking_key,
+)
 from custos.demo.postgres import PostgresServer, pgserver_binaries
 from custos.identity.dev_issuer import DevIssuer
 
@@ -151,6 +156,31 @@ def start_gateway(
             time.sleep(0.05)
     gateway.stop()
     raise RuntimeError(f"the gateway did not start listening:\n{gateway.log()}")
+
+
+def start_audited_gateway(
+    directory: Path,
+    pg: PostgresServer,
+    upstream_dsn: str,
+    audit: dict[str, Any] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> GatewayProcess:
+    """A gateway deciding by the demo policy and recording to `directory / "audit"`, its
+    audit key at `directory / "audit.key"`; `audit` adds to its audit settings."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = write_masking_key(directory / "audit.key")
+    settings = {"dir": str(directory / "audit"), "key": {"key_file": str(key_file)}}
+    return start_gateway(
+        directory,
+        pg,
+        upstream_dsn=upstream_dsn,
+        extra_config={
+            "roles": [],
+            "policy": {"file": str(DEMO_POLICY)},
+            "audit": {**settings, **(audit or {})},
+        },
+        preexec_fn=preexec_fn,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -19,16 +19,15 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from gateway_fixtures import GatewayProcess, psycopg_session, start_gateway
+from gateway_fixtures import GatewayProcess, psycopg_session, start_audited_gateway
 
 from custos.audit.chain import SessionChain
 from custos.audit.digests import verify_digests
 from custos.audit.events import AuditEvent, EventType
 from custos.audit.local import LocalStore, stored_events
-from custos.demo.embedded import write_digest_keys, write_masking_key
+from custos.demo.embedded import write_digest_keys
 from custos.demo.postgres import PostgresServer
 
-DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
 CLIENTS = 4
 STORE_LIMIT_BYTES = 512 << 10
 
@@ -43,31 +42,17 @@ def audited_gateway(
     digest_key_file: Path | None = None,
     keep_literals: bool = False,
 ) -> GatewayProcess:
-    directory.mkdir(parents=True, exist_ok=True)
-    key_file = write_masking_key(directory / "audit.key")
-
     def limit_file_size() -> None:
         if file_size_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return start_gateway(
-        directory,
-        pg,
-        upstream_dsn=upstream_dsn,
-        extra_config={
-            "roles": [],
-            "policy": {"file": str(DEMO_POLICY)},
-            "audit": {
-                "dir": str(directory / "audit"),
-                "key": {"key_file": str(key_file)},
-                "fail_open_targets": fail_open_targets or [],
-                "durability": durability,
-                "keep_literals": keep_literals,
-                **({"digest_key_file": str(digest_key_file)} if digest_key_file else {}),
-            },
-        },
-        preexec_fn=limit_file_size,
-    )
+    audit = {
+        "fail_open_targets": fail_open_targets or [],
+        "durability": durability,
+        "keep_literals": keep_literals,
+        **({"digest_key_file": str(digest_key_file)} if digest_key_file else {}),
+    }
+    return start_audited_gateway(directory, pg, upstream_dsn, audit, limit_file_size)
 
 
 def statement_events(directory: Path, table: str) -> dict[str, int]:

@@ -15,12 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from gateway_fixtures import GatewayProcess, psycopg_session, start_gateway
+from gateway_fixtures import GatewayProcess, psycopg_session, start_audited_gateway
 
 from custos.audit.events import AuditEvent, EventType, IdentifierType, SubjectAccess
 from custos.audit.local import SUBJECT_ACCESS, segments, stored_events, verify_store
 from custos.audit.pseudonyms import identifier_pseudonym, subject_pseudonym
-from custos.demo.embedded import write_masking_key
 from custos.demo.postgres import PostgresServer
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "policy.yaml"
@@ -30,21 +29,11 @@ DEMO_POLICY = Path(__file__).resolve().parent.parent / "custos" / "demo" / "poli
 def audited(
     pg: PostgresServer, gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    directory = tmp_path_factory.mktemp("audited")
-    key_file = write_masking_key(directory / "audit.key")
-    running = start_gateway(
-        directory,
+    running = start_audited_gateway(
+        tmp_path_factory.mktemp("audited"),
         pg,
-        upstream_dsn=gateway.upstream_dsn,
-        extra_config={
-            "roles": [],
-            "policy": {"file": str(DEMO_POLICY)},
-            "audit": {
-                "dir": str(directory / "audit"),
-                "key": {"key_file": str(key_file)},
-                "labels": {"run_id": "run_id"},
-            },
-        },
+        gateway.upstream_dsn,
+        {"labels": {"run_id": "run_id"}},
     )
     yield running
     running.stop()
