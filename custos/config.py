@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from custos.approvals.settings import ApprovalSettings
 from custos.audit.settings import AuditSettings
 from custos.identity.models import IssuerConfig, RoleConfig
 from custos.masking.keys import MaskingSettings
@@ -98,6 +99,7 @@ class GatewayConfig(BaseModel):
     policy: PolicySettings | None = None
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     audit: AuditSettings | None = None
+    approvals: ApprovalSettings | None = None
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("listen")

@@ -228,6 +228,9 @@ def test_statement_requiring_approval(s3: Any, lambda_context: LambdaContext) ->
         "group": "dpo",
         "approvals": 1,
         "grant_for_seconds": None,
+        "mode": "wait",
+        "expires_seconds": 900,
+        "estimate_rows": False,
     }
 
 

@@ -122,7 +122,7 @@ def test_explain_with_parameters_search_path_and_approval(
     out = capsys.readouterr().out
     assert "decision:        require_approval" in out
     assert "relations written:   crm.customers" in out
-    assert "approval:        1 of group dpo, granted for 3600s " in out
+    assert "approval:        1 of group dpo, wait mode, expires after 600s " in out
     assert "(rule agents-write-crm-needs-approval)" in out
     assert "x@example.com" not in out
 
@@ -213,6 +213,9 @@ def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
         "group": "dba",
         "approvals": 1,
         "grant_for_seconds": 1800,
+        "mode": "retry",
+        "expires_seconds": 3600,
+        "estimate_rows": False,
     }
     assert decision["facts"]["kinds"] == ["ddl"]
     assert decision["facts"]["relations_written"] == ["crm.orders"]

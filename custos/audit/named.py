@@ -211,3 +211,47 @@ def _nodes_of(node: object, node_type: str) -> Iterator[Node]:
             stack.extend(current.values())
         elif isinstance(current, list):
             stack.extend(current)
+
+
+def personal_values(
+    text: str,
+    relations: Sequence[str],
+    catalog: PersonalDataCatalog,
+    parameters: Sequence[str | None],
+) -> dict[str, str]:
+    """Every value `text` compares with, or writes to, a catalogued personal column (of any
+    category, not only identifiers), with the column's category: what approvals show masked
+    (custos/approvals/shown.py)."""
+    personal = [relation for relation in relations if catalog.has_personal_data(relation)]
+    if not personal:
+        return {}
+    try:
+        tree = json.loads(parse_sql_json(text))
+    except Exception:  # a text PostgreSQL's parser cannot read names nothing it runs
+        return {}
+    finder = _PersonalFinder(personal, catalog, parameters)
+    for statement in tree.get("stmts", ()):
+        finder.statement(statement.get("stmt", {}))
+    return finder.values
+
+
+class _PersonalFinder(_Finder):
+    def __init__(
+        self,
+        relations: Sequence[str],
+        catalog: PersonalDataCatalog,
+        parameters: Sequence[str | None],
+    ) -> None:
+        super().__init__(relations, catalog, parameters)
+        self.values: dict[str, str] = {}
+
+    def _value(self, node: Node, columns: list[tuple[str, str]]) -> None:
+        text = self._text(_unwrapped(node)) if columns else None
+        if text is None:
+            return
+        for relation, column in columns:
+            table = self._catalog.table(relation)
+            # The subject's own key (a customer's id) is shown: it says whose row, not who.
+            category = None if table is None else table.columns.get(column)
+            if category is not None:
+                self.values[text] = category

@@ -147,6 +147,24 @@ class AuditStage(Stage):
         )
         self._trail.record([event])
 
+    def approval(
+        self,
+        event_type: EventType,
+        statement_number: int,
+        approval_id: str,
+        *,
+        decision: str | None = None,
+        decided_by: str | None = None,
+    ) -> None:
+        """An approval asked for one of the session's statements, or its decision (whose
+        `subject` is who decided, not who asked)."""
+        fields: dict[str, Any] = {"statement_number": statement_number, "approval_id": approval_id}
+        if decision is not None:
+            fields["decision"] = decision
+        if decided_by is not None:
+            fields["subject"] = decided_by
+        self._trail.record([self._event(event_type, **fields)])
+
     @property
     def fails_open(self) -> bool:
         return self._fail_open
@@ -187,8 +205,8 @@ class AuditStage(Stage):
         decision = statement.decision
         refusal = statement.refusal
         error = None
-        if refusal is AUDIT_UNAVAILABLE:
-            error = refusal.message
+        if refusal is AUDIT_UNAVAILABLE or (refusal is not None and statement.approval_id):
+            error = refusal.message  # the gateway's own words (an approval's names no value)
         elif decision is not None and outcome.status is Status.REFUSED and refusal is not None:
             error = decision.message if refusal.message == decision.message else None
         pieces = {
@@ -202,6 +220,8 @@ class AuditStage(Stage):
         }
         if outcome.sqlstate is not None:
             pieces["sqlstate"] = encoded(outcome.sqlstate)
+        if statement.approval_id is not None:
+            pieces["approval_id"] = encoded(statement.approval_id)
         if error is not None:
             pieces["error"] = encoded(error)
         if outcome.masked:

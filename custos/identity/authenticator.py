@@ -53,6 +53,10 @@ class Authenticator:
         self._jwks.add_static_keys(issuer.issuer, keys)
         self._verifier.add_issuer(issuer)
 
+    async def identify(self, token: str) -> dict[str, Any]:
+        """A token's verified claims, with no role assumed: an approver signing in."""
+        return await self._verifier.verify(token)
+
     async def authenticate(
         self, token: str, role: str, client_address: str, application_name: str | None
     ) -> Principal:

@@ -272,14 +272,15 @@ def _print_decision(decision: Decision, analysis: Analysis, out: TextIO) -> None
     ]
     if decision.approval is not None:
         approval = decision.approval
-        lasts = (
-            f"{approval.grant_for_seconds}s"
-            if approval.grant_for_seconds is not None
-            else "this execution"
+        retry = (
+            f", an approved retry runs within {approval.grant_for_seconds}s"
+            if approval.mode == "retry" and approval.grant_for_seconds is not None
+            else ""
         )
         lines.append(
             f"approval:        {approval.approvals} of group {approval.group}, "
-            f"granted for {lasts} (rule {approval.rule})"
+            f"{approval.mode} mode, expires after {approval.expires_seconds}s{retry}"
+            f" (rule {approval.rule})"
         )
     for mask in decision.masks:
         lines.append(

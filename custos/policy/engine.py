@@ -104,7 +104,10 @@ class ApprovalRequirement:
     rule: str
     group: str
     approvals: int
-    grant_for_seconds: int | None  # None: the approval covers this one execution
+    grant_for_seconds: int | None  # None: an approved retry runs within the request's expiry
+    mode: str = "wait"  # ApprovalMode's value
+    expires_seconds: int = 900
+    estimate_rows: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -112,6 +115,9 @@ class ApprovalRequirement:
             "group": self.group,
             "approvals": self.approvals,
             "grant_for_seconds": self.grant_for_seconds,
+            "mode": self.mode,
+            "expires_seconds": self.expires_seconds,
+            "estimate_rows": self.estimate_rows,
         }
 
 
@@ -734,6 +740,9 @@ def _compile(index: int, rule: Rule) -> _Rule:
             group=rule.approval.group,
             approvals=rule.approval.approvals,
             grant_for_seconds=parse_duration(grant_for) if grant_for is not None else None,
+            mode=rule.approval.mode.value,
+            expires_seconds=parse_duration(rule.approval.expires_after),
+            estimate_rows=rule.approval.estimate_rows,
         )
     mask = None
     if rule.mask is not None:

@@ -41,7 +41,7 @@ from custos.policy.engine import (
     PolicyEngine,
 )
 from custos.policy.masks import ColumnMask, JsonMask, KeyMask
-from custos.policy.models import Effect, MaskMethod, PolicyDocument
+from custos.policy.models import ApprovalMode, Effect, MaskMethod, PolicyDocument
 from custos.policy.patterns import PolicyPattern, checked_pattern
 from custos.sql.facts import Analysis
 
@@ -104,6 +104,9 @@ class ApprovalPayload(_Wire):
     group: str
     approvals: int = Field(ge=1)
     grant_for_seconds: int | None
+    mode: ApprovalMode
+    expires_seconds: int = Field(ge=1)
+    estimate_rows: bool
 
 
 class MaskPayload(_Wire):
@@ -222,6 +225,9 @@ class DecisionPayload(_Wire):
                 group=approval.group,
                 approvals=approval.approvals,
                 grant_for_seconds=approval.grant_for_seconds,
+                mode=approval.mode.value,
+                expires_seconds=approval.expires_seconds,
+                estimate_rows=approval.estimate_rows,
             )
             if approval is not None
             else None,

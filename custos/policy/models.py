@@ -324,13 +324,23 @@ class Match(_Model):
         return value
 
 
+class ApprovalMode(StrEnum):
+    WAIT = "wait"  # the statement is held until a person decides, then runs (or not)
+    RETRY = "retry"  # refused at once; once approved, the same statement may run once
+
+
 class Approval(_Model):
-    """Who must approve, how many of them, and how long the approval then holds."""
+    """Who must approve, how many of them, how the statement waits, and for how long."""
 
     group: str = Field(min_length=1)
     approvals: int = Field(default=1, ge=1, le=10)
-    # None: the approval covers the one execution it was asked for.
+    mode: ApprovalMode = ApprovalMode.WAIT
+    # How long a request waits for its approvers before it expires (a decision too).
+    expires_after: Annotated[str, AfterValidator(_duration)] = "15m"
+    # How long an approved retry may wait for its one run (wait mode runs at once).
     grant_for: Annotated[str, AfterValidator(_duration)] | None = None
+    # Ask the database for its row estimate (EXPLAIN) and show it to the approvers.
+    estimate_rows: bool = False
 
 
 class MaskConfig(_Model):

@@ -1011,6 +1011,11 @@ class SessionMachine:
                 plan = Refuse(_STAGE_FAILED)
 
     def _wait(self, item: _Item, stage_index: int, plan: WaitFor) -> None:
+        if plan.notice is not None:
+            self._own_pending.append(plan.notice)
+            if self._answers.at_boundary:
+                self._to_client.extend(self._own_pending)
+                self._own_pending.clear()
         key = id(plan.awaitable)
         waiting = self._waits.get(key)
         if waiting is None:

@@ -4,9 +4,9 @@ The decision point (the in-process engine, or the policy Lambda) decides the sta
 each search-path candidate; the most restrictive decision wins, and it goes on the
 statement, whole (effect, rules, deciding rule, policy version, masks, approval), for the
 stages after this one. Allowed statements go on. Denied ones are refused with the rule's
-message. Masked and approval-requiring ones are refused too, with their own messages,
-until the masking and approval stages can carry them out: a statement must never run
-unmasked or unapproved.
+message. Masked and approval-requiring ones go on to the masking and approval stages when
+the session has them, and are refused otherwise: a statement must never run unmasked or
+unapproved.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class PolicyStage(Stage):
         workers: ViewWorkers | None = None,
         *,
         masks_results: bool = False,
+        approves: bool = False,
     ) -> None:
         self._role = role
         self._decision_point = decision_point
@@ -74,6 +75,8 @@ class PolicyStage(Stage):
         self._workers = workers
         # A masking stage follows (custos/masking/stage.py): masked statements run.
         self._masks_results = masks_results
+        # An approval stage follows (custos/approvals/stage.py): approved statements run.
+        self._approves = approves
 
     def plan(self, statement: Statement) -> Plan:
         reach = self._reach
@@ -135,8 +138,8 @@ class PolicyStage(Stage):
                 return None
             decisions.append(outcome)
         decision = most_restrictive(decisions)
-        # Approvals refuse for now (see refusal_for); once they land, a text they govern
-        # must pass its Parse, as a masked one does.
+        # A text that needs approval passes its Parse, as a masked one does: the approval
+        # is asked for at its Execute, with its parameters.
         return None if self._runs(decision) else refusal_for(decision)
 
     def _resumed(self, statement: Statement, settled: Settled) -> Plan:
@@ -149,8 +152,11 @@ class PolicyStage(Stage):
 
     def _runs(self, decision: Decision) -> bool:
         """Whether a statement so decided runs (masked, by the stage after this one)."""
-        return decision.effect is Effect.ALLOW or (
-            decision.effect is Effect.MASK and self._masks_results
+        effect = decision.effect
+        return (
+            effect is Effect.ALLOW
+            or (effect is Effect.MASK and self._masks_results)
+            or (effect is Effect.REQUIRE_APPROVAL and self._approves)
         )
 
     def _planned(self, statement: Statement, decision: Decision) -> Plan:
@@ -191,6 +197,14 @@ def refusal_for(decision: Decision) -> Refusal:
             or "policy requires personal data in these results to be masked, and this gateway"
             " cannot mask results yet",
             _rule_hint(decision),
+        )
+    if decision.effect is Effect.REQUIRE_APPROVAL:
+        # Without an approvals service nobody can approve it: it must not run unapproved.
+        return Refusal(
+            sqlstates.INSUFFICIENT_PRIVILEGE,
+            f"{decision.message}; this gateway has no approvals service configured, so it"
+            " cannot ask for one",
+            "ask the gateway's operator to configure approvals, or leave the change to a person",
         )
     return Refusal(sqlstates.INSUFFICIENT_PRIVILEGE, decision.message, _rule_hint(decision))
 

@@ -10,7 +10,7 @@ portal, a FETCH of a cursor) through its stages in order. Each stage plans it:
 * `WaitFor(awaitable, resume)`: the statement (and everything the client sent after it)
   waits until the awaitable settles; `resume` then gives this stage's plan. Statements
   that return the same awaitable wait on it together (one wait, however many statements:
-  a group commit).
+  a group commit). A notice may tell the client meanwhile why it waits.
 * `Rewrite(rewriter)`: the statement runs, and its answers pass through the rewriter.
 
 Policy is the first stage; it puts its whole `Decision` on the statement for the stages
@@ -60,6 +60,9 @@ class Settled:
 class WaitFor:
     awaitable: Awaitable[object]
     resume: Callable[[Settled], Plan]
+    # A NoticeResponse for the client while it waits (an approval's request id and link),
+    # sent at the next boundary between the server's messages.
+    notice: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

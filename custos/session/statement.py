@@ -126,6 +126,7 @@ class Statement:
 
     __slots__ = (
         "answered_bytes",
+        "approval_id",
         "candidates",
         "client_encoding",
         "columns",
@@ -192,6 +193,8 @@ class Statement:
         # What each of its statements does to the session once the database completes it
         # (see machine.py), by position in the query string; None when nothing.
         self.effects: list[tuple[Effect, ...]] | None = None
+        # The approval it ran under, if a person approved it (custos/approvals/stage.py).
+        self.approval_id: str | None = None
 
     @property
     def analysis(self) -> Analysis:

@@ -1,0 +1,1 @@
+"""Just-in-time approval of risky statements: requests, votes, links, backends, the stage."""
