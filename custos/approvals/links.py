@@ -77,7 +77,8 @@ class LinkSigner:
         return Ticket(str(claims["r"]), str(claims["a"]), purpose, expires_at, str(claims["n"]))
 
     def _seal(self, body: str) -> bytes:
-        return hmac.new(self._key, b"custos-approval-link\0" + body.encode(), hashlib.sha256).digest()
+        sealed = b"custos-approval-link\0" + body.encode()
+        return hmac.new(self._key, sealed, hashlib.sha256).digest()
 
 
 def _encoded(data: bytes) -> str:

@@ -45,6 +45,7 @@ class LocalApprovals:
         self._used_tickets: dict[str, datetime] = {}
         # Woken whenever a request changes: the page's inbox waits on it.
         self.changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # --- the gateway's side (backend.ApprovalBackend) ----------------------------------------
 
@@ -150,7 +151,9 @@ class LocalApprovals:
         if request is not None and request.pending:
             log.info("approval %s expired with no decision", request_id)
             self._ended(request.ended(RequestStatus.EXPIRED, self._clock()))
-            asyncio.ensure_future(self._notify())
+            notifying = asyncio.ensure_future(self._notify())
+            self._notifying.add(notifying)
+            notifying.add_done_callback(self._notifying.discard)
 
     def _ended(self, request: ApprovalRequest) -> None:
         self._requests[request.id] = request

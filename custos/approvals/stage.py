@@ -19,6 +19,7 @@ approval. A backend that fails refuses the statement: it never runs unapproved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from custos.approvals.binding import statement_binding
 from custos.approvals.models import (
     ApprovalRequest,
     FiredRule,
-    RequestStatus,
     Requester,
+    RequestStatus,
     new_request_id,
     utc_now,
 )
@@ -176,10 +177,9 @@ class ApprovalStage(Stage):
 
     async def _withdraw(self, request_id: str, task: asyncio.Task[ApprovalRequest]) -> None:
         task.cancel()
-        try:
+        # Cancelled, or failed: either way it waits no more.
+        with contextlib.suppress(BaseException):
             await task
-        except BaseException:  # noqa: S110 - cancelled, or failed: either way it waits no more
-            pass
         try:
             await self._backend.withdraw(request_id)
         except Exception as error:
@@ -230,8 +230,7 @@ class ApprovalStage(Stage):
             return Refuse(
                 Refusal(
                     sqlstates.INSUFFICIENT_PRIVILEGE,
-                    f"{request.message}; approval request {request.id} was sent to"
-                    f" {request.group}",
+                    f"{request.message}; approval request {request.id} was sent to {request.group}",
                     f"once it is approved (at {link}), run exactly this statement again, with"
                     f" the same parameters and role{within}: it will then run once",
                 ),
@@ -266,9 +265,7 @@ class ApprovalStage(Stage):
                 for relation in (*shape.relations_read, *shape.relations_written)
             )
         )
-        shown, parameters = shown_statement(
-            text, relations, self._catalog(), statement.parameters
-        )
+        shown, parameters = shown_statement(text, relations, self._catalog(), statement.parameters)
         estimate = None
         if requirement.estimate_rows and self._estimate is not None:
             try:
@@ -335,14 +332,12 @@ def _ended_refusal(request: ApprovalRequest) -> Refusal:
     if request.status is RequestStatus.EXPIRED:
         return Refusal(
             sqlstates.INSUFFICIENT_PRIVILEGE,
-            f"approval request {request.id} {request.outcome_text()}; the statement did not"
-            " run",
+            f"approval request {request.id} {request.outcome_text()}; the statement did not run",
             f"run it again to ask again, and ask a member of {request.group} to decide sooner",
         )
     return Refusal(
         sqlstates.INSUFFICIENT_PRIVILEGE,
-        f"approval request {request.id} was {request.outcome_text()}; the statement did not"
-        " run",
+        f"approval request {request.id} was {request.outcome_text()}; the statement did not run",
         "run it again to ask again",
     )
 
