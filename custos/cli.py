@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help="record every session and statement in this folder (the local audit store;"
         " its key from the config's audit.key or $CUSTOS_AUDIT_KEY)",
     )
+    serve.add_argument(
+        "--approvals",
+        metavar="HOST:PORT",
+        help="serve the approvals page and API here: statements policy says need approval"
+        " wait for an approver's decision (approvers sign in with a trusted issuer's token)",
+    )
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
     serve.add_argument(
@@ -100,6 +106,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         overrides["policy"] = {"file": arguments.policy}
     if arguments.audit:
         overrides["audit"] = {"store": "local", "dir": arguments.audit}
+    if arguments.approvals:
+        overrides["approvals"] = {"backend": "local", "listen": arguments.approvals}
     if arguments.tls_cert or arguments.tls_key:
         if not (arguments.tls_cert and arguments.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both")

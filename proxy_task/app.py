@@ -10,6 +10,8 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
+from custos.approvals.models import ApprovalRequest
+from custos.approvals.service import ApprovalsConfigError, ApprovalService, approval_service
 from custos.audit.digest_schedule import DigestKeyError, DigestSchedule, digest_signing_key
 from custos.audit.stores import audit_store
 from custos.audit.trail import AuditTrail
@@ -57,6 +59,7 @@ def build_services(config: GatewayConfig) -> GatewayServices:
     if dev_issuer is not None and dev_issuer_config is not None:
         authenticator.add_static_issuer(dev_issuer_config, dev_issuer.jwks())
     credentials = credential_source(config.upstream)
+    audit = _audit_trail(config, policy)
     return GatewayServices(
         authenticator=authenticator,
         credentials=credentials,
@@ -65,8 +68,35 @@ def build_services(config: GatewayConfig) -> GatewayServices:
         decision_point=_decision_point(config.policy, policy),
         columns=_column_catalog(config, credentials),
         masking_key=_masking_key(config),
-        audit=_audit_trail(config, policy),
+        audit=audit,
+        approvals=_approvals(config, audit),
     )
+
+
+def _approvals(config: GatewayConfig, audit: AuditTrail | None) -> ApprovalService | None:
+    settings = config.approvals
+    if settings is None:
+        if config.policy is not None:
+            log.info("no approvals are configured: statements that need one are refused")
+        return None
+    if config.policy is None:
+        raise ConfigError(
+            "approvals carry out what policy requires: configure a policy (policy.file) to"
+            " turn them on"
+        )
+
+    def decided(request: ApprovalRequest) -> None:
+        # A waiting session records its own request's decision in its chain.
+        if audit is not None and request.mode == "retry":
+            deciders = ", ".join(vote.approver for vote in request.deciders) or None
+            audit.approval_decided(
+                request.id, request.status.value, deciders, request.requester.role
+            )
+
+    try:
+        return approval_service(settings, decided)
+    except ApprovalsConfigError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _audit_trail(config: GatewayConfig, policy: ReloadingPolicySource | None) -> AuditTrail | None:

@@ -6,6 +6,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from custos.approvals.models import Requester
+from custos.approvals.service import ApprovalService
+from custos.approvals.stage import ApprovalStage
 from custos.audit.stage import AUDIT_UNAVAILABLE, AuditStage
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
@@ -43,6 +46,7 @@ from custos.session.texts import TextAnalyser
 from custos.upstream.errors import UpstreamAuthenticationError
 from custos.upstream.errors import UpstreamError as CredentialError
 from proxy_task.cancel import UpstreamCancelKey
+from proxy_task.estimate import row_estimator
 from proxy_task.peer import PeerConnection
 from proxy_task.reader import ConnectionClosed
 from proxy_task.session import Machine, Session
@@ -51,12 +55,16 @@ from proxy_task.upstream import (
     UpstreamReady,
     connect_upstream,
     fetch_search_path,
+    side_connector,
 )
 
 if TYPE_CHECKING:
     from proxy_task.gateway import Gateway
 
 log = logging.getLogger("custos.client")
+
+ESTIMATE_APPLICATION_NAME = "custos-approval-estimate"
+"""How the side connection asking the planner for an approval's row estimate shows."""
 
 # A token is a few kilobytes; anything near this is not a token.
 _MAX_PASSWORD_MESSAGE_BYTES = 64 << 10
@@ -380,6 +388,7 @@ class ClientConnection(PeerConnection):
             if workers is not None
             else None
         )
+        approvals = self.gateway.approvals
         stages: list[Stage] = [
             PolicyStage(
                 principal.role,
@@ -388,11 +397,14 @@ class ClientConnection(PeerConnection):
                 self.gateway.function_reach,
                 identity_workers,
                 masks_results=True,
+                approves=approvals is not None,
             )
         ]
         audit = await self._audit_stage(principal, upstream)
         if audit is not None:
             stages.append(audit)
+        if approvals is not None:
+            stages.append(self._approval_stage(approvals, principal, upstream, audit))
         stages.append(MaskingStage(self.gateway.masking_key))
         return SessionMachine(
             stages=stages,
@@ -411,6 +423,50 @@ class ClientConnection(PeerConnection):
             login=upstream.target.user,
         )
 
+    def _approval_stage(
+        self,
+        approvals: ApprovalService,
+        principal: Principal,
+        upstream: UpstreamReady,
+        audit: AuditStage | None,
+    ) -> ApprovalStage:
+        """Statements policy says need approval wait for a person's, or are refused until it."""
+        policy = self.gateway.policy
+        assert policy is not None
+        requester = Requester(
+            subject=principal.subject,
+            issuer=principal.issuer,
+            role=principal.role,
+            groups=principal.groups,
+            client_addr=principal.client_address,
+            application_name=principal.application_name,
+            labels=audit.identity.labels if audit is not None else {},
+            session_id=audit.identity.session_id if audit is not None else None,
+        )
+        connect = side_connector(
+            self.gateway.credentials,
+            ESTIMATE_APPLICATION_NAME,
+            self.gateway.config.limits.startup_timeout_seconds,
+        )
+        return ApprovalStage(
+            approvals.backend,
+            requester,
+            self._target_name(upstream),
+            approvals.key,
+            lambda: policy.current().catalog,
+            audit=audit,
+            estimate=row_estimator(connect),
+        )
+
+    def _target_name(self, upstream: UpstreamReady) -> str:
+        """The policy's name for the session's database (its own name if none)."""
+        policy = self.gateway.policy
+        database = upstream.target.database
+        if policy is None:
+            return database
+        targets = policy.current().document.targets
+        return next((t.name for t in targets if t.database == database), database)
+
     async def _audit_stage(
         self, principal: Principal, upstream: UpstreamReady
     ) -> AuditStage | None:
@@ -420,10 +476,10 @@ class ClientConnection(PeerConnection):
         if trail is None or policy is None:
             return None
         document = policy.current().document
-        database = upstream.target.database
-        target = next((t.name for t in document.targets if t.database == database), database)
         role = next((r for r in document.roles if r.name == principal.role), None)
-        stage = trail.session_stage(principal, target, role.purpose if role else None)
+        stage = trail.session_stage(
+            principal, self._target_name(upstream), role.purpose if role else None
+        )
         try:
             await stage.started()
         except Exception as error:

@@ -7,9 +7,11 @@ import logging
 import ssl
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from custos.approvals.service import ApprovalService
 from custos.audit.trail import AuditTrail
-from custos.config import GatewayConfig
+from custos.config import GatewayConfig, parse_listen_address
 from custos.identity.authenticator import Authenticator
 from custos.identity.errors import shown
 from custos.identity.principal import Principal
@@ -31,6 +33,9 @@ from proxy_task.upstream import UpstreamConnectError, database_session_slots, si
 CAPACITY_APPLICATION_NAME = "custos-capacity"
 """How the gateway's start-up query of the database's connection limit shows."""
 
+if TYPE_CHECKING:
+    from custos.approvals.server import ApprovalsServer as ApprovalsPage
+
 log = logging.getLogger("custos.gateway")
 
 
@@ -46,6 +51,7 @@ class GatewayServices:
     columns: ColumnCatalog | None = None
     masking_key: bytes | None = None
     audit: AuditTrail | None = None
+    approvals: ApprovalService | None = None
 
 
 class Gateway:
@@ -59,6 +65,8 @@ class Gateway:
         self.columns = services.columns
         self.masking_key = services.masking_key
         self.audit = services.audit
+        self.approvals = services.approvals
+        self._approvals_page: ApprovalsPage | None = None
         # What statements reach through their tables and views (defaults, triggers...).
         self.function_reach = FunctionReach(self.columns) if self.columns is not None else None
         limits = config.limits
@@ -151,6 +159,7 @@ class Gateway:
                 self.policy.on_loaded = self.audit.policy_loaded
         if self.audit is not None and self.audit.digests is not None:
             self._digests = loop.create_task(self.audit.digests.run())
+        await self._start_approvals_page()
         log.info(
             "gateway listening on %s:%d (tls=%s, policy=%s)",
             self.config.listen_host,
@@ -158,6 +167,30 @@ class Gateway:
             self.tls_context is not None,
             self.policy.current().version[:12] if self.policy else "none",
         )
+
+    async def _start_approvals_page(self) -> None:
+        """The local approvals page and API, when the gateway's approvals are its own."""
+        approvals = self.approvals
+        if approvals is None or approvals.local is None:
+            return
+        from custos.approvals.server import start_approvals_server
+
+        settings = approvals.settings
+        assert settings.listen is not None
+        host, port = parse_listen_address(settings.listen)
+        self._approvals_page = await start_approvals_server(
+            approvals.local, self.authenticator.identify, approvals.signer, host, port
+        )
+        if settings.url is None:
+            # Port 0 picked one: the links given to requesters name it.
+            shown_host = f"[{host}]" if ":" in host else host
+            approvals.local.base_url = f"http://{shown_host}:{self._approvals_page.port}"
+        log.info("approvals page at %s", approvals.local.base_url)
+
+    @property
+    def approvals_url(self) -> str | None:
+        approvals = self.approvals
+        return None if approvals is None or approvals.local is None else approvals.local.base_url
 
     async def _session_capacity(self) -> int:
         """The configured limit, lowered to what the database can take: its slots for
@@ -222,6 +255,8 @@ class Gateway:
             self.columns.close()
         if self.analysis_workers is not None:
             self.analysis_workers.close()
+        if self._approvals_page is not None:
+            await self._approvals_page.close()
         if self.audit is not None:
             await self.audit.close()
         log.info("gateway stopped")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,8 +55,10 @@ APPROVALS_UNAVAILABLE = Refusal(
     "try again shortly; tell the operator of this gateway if it persists",
 )
 ESTIMATE_SECONDS = 2.0
+BINARY_VALUE = "<a binary value>"
 
-RowEstimate = Callable[[str, tuple[str | None, ...]], Awaitable[int | None]]
+# The planner's row estimate for a text, its parameters and the search path it runs under.
+RowEstimate = Callable[[str, tuple[str | None, ...], Sequence[str]], Awaitable[int | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class ApprovalStage(Stage):
             role=self._requester.role,
             target=self._target,
             text=text + "\0" + runs,
-            parameters=statement.parameters,
+            parameters=_exact_parameters(statement),
         )
         if requirement.mode == "retry":
             retried = asyncio.ensure_future(
@@ -265,12 +267,14 @@ class ApprovalStage(Stage):
                 for relation in (*shape.relations_read, *shape.relations_written)
             )
         )
-        shown, parameters = shown_statement(text, relations, self._catalog(), statement.parameters)
+        values = _parameter_texts(statement)
+        shown, parameters = shown_statement(text, relations, self._catalog(), values)
         estimate = None
         if requirement.estimate_rows and self._estimate is not None:
             try:
                 async with asyncio.timeout(ESTIMATE_SECONDS):
-                    estimate = await self._estimate(text, statement.parameters)
+                    path = statement.candidates[0][1] if statement.candidates else ()
+                    estimate = await self._estimate(text, values, path)
             except Exception as error:  # shown as unknown; the approvers decide without it
                 log.warning("approval: the row estimate failed: %s", type(error).__name__)
         now = self._clock()
@@ -319,6 +323,37 @@ def _texts(statement: Statement) -> tuple[str, str]:
     if own is None:
         return runs, runs
     return own.decode("utf-8", errors="replace"), runs
+
+
+def _exact_parameters(statement: Statement) -> tuple[str | None, ...]:
+    """Every Bind value exactly as sent (its bytes, its format) and its declared type: what
+    a retry's grant is bound to, whether or not policy reads the values."""
+    portal = statement.portal
+    bind = None if portal is None else portal.bind
+    if portal is None or bind is None:
+        return ()
+    types = portal.prepared.parameter_types
+    return tuple(
+        None
+        if value is None
+        else f"{'b' if bind.binary[index] else 't'}:"
+        f"{types[index] if index < len(types) else 0}:{value.hex()}"
+        for index, value in enumerate(bind.values)
+    )
+
+
+def _parameter_texts(statement: Statement) -> tuple[str | None, ...]:
+    """The Bind values as text, for approvers (masked by shown.py) and the row estimate;
+    a binary value of a type that has no plain text form is shown as a marker."""
+    portal = statement.portal
+    bind = None if portal is None else portal.bind
+    if portal is None or bind is None:
+        return statement.parameters
+    texts = bind.texts(portal.prepared.parameter_types)
+    return tuple(
+        text if text is not None or value is None else BINARY_VALUE
+        for text, value in zip(texts, bind.values, strict=True)
+    )
 
 
 def _ended_refusal(request: ApprovalRequest) -> Refusal:

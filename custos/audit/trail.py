@@ -123,6 +123,19 @@ class AuditTrail:
             status="refused",
         )
 
+    def approval_decided(
+        self, approval_id: str, decision: str, decided_by: str | None, role: str
+    ) -> None:
+        """A decision no waiting session records in its own chain (a retry-mode request's,
+        decided while the statement was not waiting)."""
+        self._alone(
+            event_type=EventType.APPROVAL_DECIDED,
+            approval_id=approval_id,
+            decision=decision,
+            subject=decided_by,
+            role=role,
+        )
+
     def policy_loaded(self, version: str) -> None:
         self._alone(event_type=EventType.POLICY_LOADED, policy_version=version)
 

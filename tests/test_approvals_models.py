@@ -1,0 +1,172 @@
+"""The voting rules, the signed links, the statement binding and what approvers are shown."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from custos.approvals.binding import statement_binding
+from custos.approvals.links import LinkSigner
+from custos.approvals.models import (
+    ApprovalError,
+    ApprovalRequest,
+    Approver,
+    RequestStatus,
+    Requester,
+)
+from custos.approvals.shown import shown_statement
+from custos.policy.source import FilePolicySource
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+REQUESTER = Requester(subject="agent-1", issuer="https://issuer.test", role="agent")
+KEY = b"k" * 32
+DEMO_POLICY = "custos/demo/policy.yaml"
+
+
+def request(**changes: object) -> ApprovalRequest:
+    values: dict[str, object] = {
+        "created_at": NOW,
+        "expires_at": NOW + timedelta(minutes=10),
+        "requester": REQUESTER,
+        "statement": "UPDATE crm.customers SET city = 'x' WHERE id = 1",
+        "group": "dpo",
+        "binding": "b" * 64,
+    }
+    values.update(changes)
+    return ApprovalRequest.model_validate(values)
+
+
+def approver(subject: str, groups: tuple[str, ...] = ("dpo",)) -> Approver:
+    return Approver(subject=subject, issuer="https://issuer.test", groups=groups)
+
+
+def test_one_approval_decides_and_says_by_whom() -> None:
+    decided = request().voted(approver("dpo-1"), True, " ok ", NOW)
+    assert decided.status is RequestStatus.APPROVED
+    assert decided.outcome_text() == "approved by dpo-1 at 2026-12-06 12:00:00 UTC (ok)"
+
+
+def test_two_approvals_need_two_people_and_one_denial_decides() -> None:
+    pending = request(approvals_needed=2).voted(approver("dpo-1"), True, None, NOW)
+    assert pending.status is RequestStatus.PENDING
+    with pytest.raises(ApprovalError, match="different approvers"):
+        pending.voted(approver("dpo-1"), True, None, NOW)
+    denied = pending.voted(approver("dpo-2"), False, "no", NOW)
+    assert denied.status is RequestStatus.DENIED
+    assert denied.outcome_text().startswith("denied by dpo-2")
+
+
+def test_the_requester_and_strangers_cannot_vote() -> None:
+    with pytest.raises(ApprovalError, match="asked for request") as own:
+        request().voted(
+            Approver(subject="agent-1", issuer="https://issuer.test", groups=("dpo",)),
+            True,
+            None,
+            NOW,
+        )
+    assert own.value.status == 403
+    with pytest.raises(ApprovalError, match="not in the approver group") as stranger:
+        request().voted(approver("eve", ("analysts",)), True, None, NOW)
+    assert stranger.value.status == 403
+    # The same subject from another issuer is another identity.
+    other_issuer = Approver(subject="agent-1", issuer="https://other.test", groups=("dpo",))
+    assert request().voted(other_issuer, True, None, NOW).status is RequestStatus.APPROVED
+
+
+def test_an_expired_or_decided_request_takes_no_vote() -> None:
+    with pytest.raises(ApprovalError, match="expired"):
+        request().voted(approver("dpo-1"), True, None, NOW + timedelta(minutes=10))
+    decided = request().voted(approver("dpo-1"), False, None, NOW)
+    with pytest.raises(ApprovalError, match="already denied by dpo-1") as late:
+        decided.voted(approver("dpo-2"), True, None, NOW)
+    assert late.value.status == 409
+
+
+def test_a_retry_grant_is_used_once_within_its_lifetime() -> None:
+    approved = request(mode="retry", grant_seconds=3600).voted(approver("dpo-1"), True, None, NOW)
+    assert approved.redeemable(NOW + timedelta(minutes=59))
+    assert not approved.redeemable(NOW + timedelta(minutes=61))
+    assert not approved.model_copy(update={"grant_used": True}).redeemable(NOW)
+    waiting = request(mode="wait").voted(approver("dpo-1"), True, None, NOW)
+    assert not waiting.redeemable(NOW)
+
+
+def test_a_link_verifies_only_as_it_was_made() -> None:
+    signer = LinkSigner(KEY)
+    ticket = signer.sign("apr-" + "0" * 20, "dpo-1", "decide", NOW + timedelta(minutes=5))
+    verified = signer.verify(ticket, "decide", NOW)
+    assert (verified.request_id, verified.approver) == ("apr-" + "0" * 20, "dpo-1")
+    with pytest.raises(ApprovalError, match="not valid"):
+        signer.verify(ticket, "view", NOW)
+    with pytest.raises(ApprovalError, match="expired"):
+        signer.verify(ticket, "decide", NOW + timedelta(minutes=5))
+    with pytest.raises(ApprovalError, match="not valid"):
+        LinkSigner(b"j" * 32).verify(ticket, "decide", NOW)
+
+
+@given(st.integers(min_value=0), st.sampled_from("AZaz09-_."))
+def test_a_link_altered_anywhere_is_refused(position: int, replacement: str) -> None:
+    signer = LinkSigner(KEY)
+    ticket = signer.sign("apr-" + "1" * 20, "dpo-1", "decide", NOW + timedelta(minutes=5))
+    index = position % len(ticket)
+    altered = ticket[:index] + replacement + ticket[index + 1 :]
+    if altered == ticket:
+        return
+    with pytest.raises(ApprovalError):
+        signer.verify(altered, "decide", NOW)
+
+
+@given(st.text(max_size=200))
+def test_garbage_is_refused_as_a_link(garbage: str) -> None:
+    with pytest.raises(ApprovalError):
+        LinkSigner(KEY).verify(garbage, "decide", NOW)
+
+
+def test_the_binding_changes_with_everything_it_binds() -> None:
+    base = {
+        "issuer": "i",
+        "subject": "s",
+        "role": "agent",
+        "target": "crm",
+        "text": "UPDATE t SET a = $1",
+        "parameters": ("t:0:31",),
+    }
+    bound = statement_binding(KEY, **base)  # type: ignore[arg-type]
+    assert bound == statement_binding(KEY, **base)  # type: ignore[arg-type]
+    for field, other in [
+        ("issuer", "j"),
+        ("subject", "t"),
+        ("role", "ops"),
+        ("target", "other"),
+        ("text", "UPDATE t SET a = $1 "),
+        ("parameters", ("t:0:32",)),
+    ]:
+        assert statement_binding(KEY, **{**base, field: other}) != bound  # type: ignore[arg-type]
+    assert statement_binding(b"j" * 32, **base) != bound  # type: ignore[arg-type]
+
+
+def test_approvers_see_personal_values_masked_everywhere_in_the_statement() -> None:
+    catalog = FilePolicySource(DEMO_POLICY).current().catalog
+    text = (
+        "UPDATE crm.customers SET email = 'aisha.campbell@example.com', full_name = 'Aisha"
+        " Campbell', iban = E'GB33BUKB20201555555555' /* call +44 7700 900123 */"
+        " WHERE id = 42 AND phone = $1 AND city = 'Leeds'"
+        " AND id IN (SELECT customer_id FROM crm.orders WHERE status = 'paid')"
+    )
+    shown, parameters = shown_statement(text, ["crm.customers", "crm.orders"], catalog, ["+447700900456"])
+    for raw in ("aisha.campbell", "Aisha Campbell", "GB33BUKB20201555555555", "7700 900123"):
+        assert raw not in shown
+    assert "@example.com" in shown
+    assert "WHERE id = 42" in shown  # the subject's key says whose row, not who
+    assert "Leeds" not in shown  # an address
+    assert "status = 'paid'" in shown  # not personal: shown as written
+    assert parameters == ("+447*********",)
+
+
+def test_an_unreadable_statement_is_shown_without_values() -> None:
+    catalog = FilePolicySource(DEMO_POLICY).current().catalog
+    shown, _ = shown_statement("UPDATE x SET y = 'a@b.example' WHERE $$", [], catalog, [])
+    assert "a@b.example" not in shown
