@@ -14,8 +14,8 @@ from custos.approvals.models import (
     ApprovalError,
     ApprovalRequest,
     Approver,
-    RequestStatus,
     Requester,
+    RequestStatus,
 )
 from custos.approvals.shown import shown_statement
 from custos.policy.source import FilePolicySource
@@ -156,7 +156,9 @@ def test_approvers_see_personal_values_masked_everywhere_in_the_statement() -> N
         " WHERE id = 42 AND phone = $1 AND city = 'Leeds'"
         " AND id IN (SELECT customer_id FROM crm.orders WHERE status = 'paid')"
     )
-    shown, parameters = shown_statement(text, ["crm.customers", "crm.orders"], catalog, ["+447700900456"])
+    shown, parameters = shown_statement(
+        text, ["crm.customers", "crm.orders"], catalog, ["+447700900456"]
+    )
     for raw in ("aisha.campbell", "Aisha Campbell", "GB33BUKB20201555555555", "7700 900123"):
         assert raw not in shown
     assert "@example.com" in shown

@@ -123,9 +123,7 @@ def test_the_extended_protocol_waits_at_execute_and_binds_the_parameters() -> No
         machine = machine_with(approvals)
         text = "UPDATE crm.customers SET email = $1 WHERE id = $2"
         prepared = parse("", text) + bind("", "", [b"someone@example.org", b"1"])
-        to_client, to_server, waits = split_actions(
-            machine.client_data(prepared + execute() + SYNC)
-        )
+        _, to_server, waits = split_actions(machine.client_data(prepared + execute() + SYNC))
         assert to_server == [prepared]  # parsed and bound upstream; the Execute waits
         assert len(waits) == 1
         request = await submitted(approvals)
