@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 COMPILED := $(VENV)/.compiled
 COMPILED_SOURCES := setup.py proxy_task/session.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py custos/masking/*.py)
 
-.PHONY: demo test lint bench clean postgres-clients pure
+.PHONY: demo test lint bench clean postgres-clients browser pure
 
 demo: $(COMPILED)
 	$(VENV)/bin/custos demo
 
-test: $(COMPILED) postgres-clients
+test: $(COMPILED) postgres-clients browser
 	$(VENV)/bin/pytest
 
 # The tests drive the real psql, pgbench and pg_dump. pgserver ships copies built without
@@ -23,6 +23,16 @@ postgres-clients:
 	    apt-get update -qq && apt-get install -y -qq postgresql postgresql-client; \
 	  else \
 	    echo "psql, pgbench or pg_dump missing: the tests fall back to pgserver's copies"; \
+	  fi; \
+	fi
+
+# The approvals page is tested in a real headless browser: Debian's chromium and its driver.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "chromium or chromedriver missing: the approvals page's browser test is skipped"; \
 	  fi; \
 	fi
 

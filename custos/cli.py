@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start a throwaway database with fake customers behind the gateway"
     )
     demo.add_argument("--listen", default="127.0.0.1:6432", metavar="HOST:PORT")
+    demo.add_argument(
+        "--approvals",
+        default="127.0.0.1:6480",
+        metavar="HOST:PORT",
+        help="where the demo serves its approvals page (default 127.0.0.1:6480)",
+    )
     demo.set_defaults(command=_demo)
     return parser
 
@@ -133,4 +139,4 @@ def _token(arguments: argparse.Namespace) -> int:
 def _demo(arguments: argparse.Namespace) -> int:
     from custos.demo.embedded import run_demo
 
-    return run_demo(arguments.listen)
+    return run_demo(arguments.listen, arguments.approvals)

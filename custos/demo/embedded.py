@@ -40,6 +40,7 @@ from custos.identity.dev_issuer import DevIssuer
 
 GATEWAY_LOGIN = "custos_gateway"
 DEMO_POLICY = Path(__file__).resolve().parent / "policy.yaml"
+DEMO_APPROVALS = "127.0.0.1:6480"
 
 DEMO_ROLES: list[dict[str, Any]] = [
     {
@@ -121,8 +122,11 @@ def write_digest_keys(stem: Path) -> Path:
     return private
 
 
-def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
-    """The demo's gateway config; its audit trail in `directory / "audit"`."""
+def write_demo_config(
+    directory: Path, upstream_dsn: str, listen: str, approvals: str = "127.0.0.1:0"
+) -> Path:
+    """The demo's gateway config; its audit trail in `directory / "audit"`, its approvals
+    page at `approvals`."""
     bundle = generate_ca_and_server_cert(directory / "tls")
     config = {
         "listen": listen,
@@ -137,6 +141,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
             "digest_key_file": str(write_digest_keys(directory / "audit-digest")),
             "labels": {"repository": "repository", "run_id": "run_id"},
         },
+        "approvals": {"listen": approvals},
     }
     path = directory / "custos.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -144,7 +149,7 @@ def write_demo_config(directory: Path, upstream_dsn: str, listen: str) -> Path:
     return path
 
 
-def run_demo(listen: str) -> int:
+def run_demo(listen: str, approvals: str = DEMO_APPROVALS) -> int:
     from custos.gateway import gateway_runner
 
     work = Path(tempfile.mkdtemp(prefix="custos-demo-"))
@@ -162,14 +167,18 @@ def run_demo(listen: str) -> int:
         server = database.start()
         create_demo_database(server)
         upstream_dsn = provision_gateway_login(server)
-        config_path = write_demo_config(work, upstream_dsn, listen)
+        config_path = write_demo_config(work, upstream_dsn, listen, approvals)
         config = load_config(config_path)
         issuer = DevIssuer.open_or_create(work / "dev-issuer")
         ca_cert = work / "tls" / "ca.crt"
 
         def announce(port: int) -> None:
             token = issuer.mint("agent", "agent-demo", ttl_seconds=3600)
-            _say(_instructions(port, token, ca_cert, work))
+            # The demo's data-protection officer, who approves what the agent asks.
+            dpo_token = work / "dpo.token"
+            dpo_token.write_text(issuer.mint("approver", "dpo-dana", ["dpo"], ttl_seconds=3600))
+            dpo_token.chmod(0o600)
+            _say(_instructions(port, token, ca_cert, work, f"http://{approvals}"))
 
         try:
             gateway_runner()(config, on_ready=announce)
@@ -194,7 +203,7 @@ _EXAMPLES = """
   SELECT id, email, phone FROM crm.customers ORDER BY id LIMIT 5;   -- masked: ***@domain
   SELECT email FROM crm.customers;          -- refused: bulk export of customer data
   DELETE FROM crm.orders;                   -- refused: DELETE without WHERE
-  UPDATE crm.orders SET status = 'paid' WHERE id = 1;   -- needs a person's approval
+  UPDATE crm.orders SET status = 'paid' WHERE id = 1;   -- waits for the DPO's approval
 """
 
 
@@ -208,7 +217,7 @@ _AUDIT_QUERY = (
 )
 
 
-def _instructions(port: int, token: str, ca_cert: Path, work: Path) -> str:
+def _instructions(port: int, token: str, ca_cert: Path, work: Path, approvals: str) -> str:
     return f"""
 Custos demo is running: gateway on 127.0.0.1:{port}, fake customers in schema crm.
 
@@ -221,6 +230,15 @@ Connect as the role 'agent' with a fresh token (valid for 1 hour):
 The demo policy ({DEMO_POLICY}) decides every statement. Try:
 {_EXAMPLES}
 and ask why with:  custos policy explain {DEMO_POLICY} --role agent "SELECT ..."
+
+The UPDATE waits: psql prints a NOTICE with the request's id and its page. Approve it as
+the demo's data-protection officer on the approvals page ({approvals}, sign in with the
+token in {work / "dpo.token"}), or from another terminal:
+
+  custos approvals list --url {approvals} --token @{work / "dpo.token"}
+  custos approvals approve apr-... --url {approvals} --token @{work / "dpo.token"}
+
+and psql gets its result (deny it, or press Ctrl-C, and it does not run).
 
 Mint more tokens (roles: agent for subjects agent-*, analyst for group analysts,
 dba for group dba):
