@@ -440,3 +440,25 @@ def test_the_audit_trail_holds_each_request_and_decision(
     assert outcome.status == "completed"
     assert outcome.rows == 0
     assert requested.seq < decided.seq < outcome.seq
+
+
+def test_an_approval_lets_a_statement_run_but_does_not_lift_masking(
+    approving: tuple[GatewayProcess, str],
+) -> None:
+    gateway, page = approving
+    dpo = approver_token(gateway, "dpo-1")
+    known = known_ids(page, dpo)
+    (raw,) = direct(gateway, "SELECT email FROM crm.customers WHERE id = 8")[0]
+    with connect(gateway, "agent-returning") as connection:
+        running = Running(
+            lambda: connection.execute(
+                "UPDATE crm.customers SET city = city WHERE id = 8 RETURNING email"
+            ).fetchall()
+        )
+        request = pending_request(page, dpo, known)
+        decide(page, dpo, request["id"], approve=True)
+        running.join()
+    assert running.error is None, running.error
+    ((shown,),) = running.result
+    assert shown != raw
+    assert shown.endswith("@" + raw.split("@")[1])

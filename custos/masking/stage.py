@@ -20,7 +20,7 @@ from custos.masking.detect import compiled_patterns
 from custos.masking.notifications import NotificationMasker
 from custos.masking.rewriter import MASKABLE_ENCODINGS, MaskingRewriter
 from custos.masking.values import Masker
-from custos.policy.engine import Effect
+from custos.policy.engine import Decision, Effect
 from custos.policy.models import PSEUDONYM_METHODS
 from custos.protocol import sqlstates
 from custos.session.refusal import Refusal
@@ -125,7 +125,7 @@ class MaskingStage(Stage):
             self._notifications = NotificationMasker(
                 decision.notification_masks, self._masker if self._masker.keyed else None
             )
-        if decision is None or decision.effect is not Effect.MASK:
+        if decision is None or not _masked(decision):
             return FORWARD
         encoding = statement.client_encoding.upper()
         if not encoding:
@@ -167,3 +167,10 @@ class MaskingStage(Stage):
     def notification(self, body: bytes) -> bytes | None:
         notifications = self._notifications
         return None if notifications is None else notifications.masked(body)
+
+
+def _masked(decision: Decision) -> bool:
+    """Whether results are masked: a mask decision's, and an approved statement's whose
+    role has mask rules that fired (an approval lets it run; it does not lift masking)."""
+    effect = decision.effect
+    return effect is Effect.MASK or (effect is Effect.REQUIRE_APPROVAL and bool(decision.masks))
