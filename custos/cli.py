@@ -1,4 +1,4 @@
-"""The `custos` command: serve, token, demo."""
+"""The `custos` command: serve, token, demo, policy, audit, approvals."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from custos.approvals.commands import add_approvals_commands
 from custos.audit.commands import add_audit_commands
 from custos.config import ConfigError, load_config
 from custos.identity.durations import parse_duration
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_policy_commands(commands)
     add_audit_commands(commands)
+    add_approvals_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="start a throwaway database with fake customers behind the gateway"

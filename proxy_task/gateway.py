@@ -144,6 +144,8 @@ class Gateway:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Before the first session: a request's link names the page's address.
+        await self._start_approvals_page()
         self._server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.listen_host,
@@ -159,7 +161,6 @@ class Gateway:
                 self.policy.on_loaded = self.audit.policy_loaded
         if self.audit is not None and self.audit.digests is not None:
             self._digests = loop.create_task(self.audit.digests.run())
-        await self._start_approvals_page()
         log.info(
             "gateway listening on %s:%d (tls=%s, policy=%s)",
             self.config.listen_host,

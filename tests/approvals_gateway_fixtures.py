@@ -4,7 +4,7 @@ The policy is the demo's, with rules in front of it that give every approval sha
 statement of its own: the demo's wait-mode rule for the CRM's customers (one approval of
 the DPO), retry mode for order updates (for the agent and for a second role, `ops`, that
 the same identities may take), two approvals for new orders, and a short expiry for order
-deletions.
+deletions, and reads that call pg_sleep (an approval that must not lift masking).
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ TEST_RULES: list[dict[str, Any]] = [
         "effect": "require_approval",
         "message": "deleting orders needs the DPO's approval, quickly",
         "approval": {"group": "dpo", "expires_after": f"{EXPIRY_SECONDS}s"},
+    },
+    {
+        "id": "customers-sleepy-read",
+        "match": {"roles": ["agent"], "kinds": ["select"], "functions": ["pg_sleep"]},
+        "effect": "require_approval",
+        "message": "reading while sleeping needs the DPO's approval",
+        "approval": {"group": "dpo"},
     },
     {
         "id": "ops-read-and-session",

@@ -231,9 +231,9 @@ The demo policy ({DEMO_POLICY}) decides every statement. Try:
 {_EXAMPLES}
 and ask why with:  custos policy explain {DEMO_POLICY} --role agent "SELECT ..."
 
-The UPDATE waits: psql prints a NOTICE with the request's id and its page. Approve it as
-the demo's data-protection officer on the approvals page ({approvals}, sign in with the
-token in {work / "dpo.token"}), or from another terminal:
+The last example waits: psql prints a NOTICE with the request's id and its page. Approve
+it as the demo's data-protection officer on the approvals page ({approvals}, sign in
+with the token in {work / "dpo.token"}), or in another terminal:
 
   custos approvals list --url {approvals} --token @{work / "dpo.token"}
   custos approvals approve apr-... --url {approvals} --token @{work / "dpo.token"}

@@ -436,6 +436,9 @@ class PolicyEngine:
         effect = deciding.effect
         rule = deciding.rule
         masks = tuple(r.mask for r in ordered if r.mask is not None)
+        # An approved statement's results are masked as the mask rules that fired say: an
+        # approval lets it run, it does not lift masking.
+        masked = bool(masks) and effect in (Effect.MASK, Effect.REQUIRE_APPROVAL)
         if rule is None:
             message = f"denied{where}: {deciding.reason}"
         elif effect is Effect.DENY:
@@ -475,13 +478,13 @@ class PolicyEngine:
                 )
                 for profile in profiles
             )
-            if effect is Effect.MASK
+            if masked
             else (),
             result_columns=tuple(
                 tuple(output.name for output in profile.statement.output_columns)
                 for profile in profiles
             )
-            if effect is Effect.MASK
+            if masked
             else (),
             patterns=tuple(
                 pattern
@@ -492,7 +495,7 @@ class PolicyEngine:
                     for mask in masks
                 )
             )
-            if effect is Effect.MASK
+            if masked
             else (),
         )
 
