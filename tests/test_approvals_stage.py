@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from playbook import DEMO_POLICY, SYNC, bind, execute, new_machine, parse, query
 
+from custos.approvals.backend import MAX_PENDING_PER_REQUESTER, TooManyPending
 from custos.approvals.local import LocalApprovals
-from custos.approvals.models import ApprovalRequest, Approver, Requester
+from custos.approvals.models import ApprovalRequest, Approver, Requester, new_request_id
 from custos.approvals.stage import APPROVALS_UNAVAILABLE, ApprovalStage
 from custos.policy.source import FilePolicySource
 from custos.protocol.messages import parse_notice
@@ -190,5 +191,30 @@ def test_statements_that_need_no_approval_pass_untouched() -> None:
         message = query("SELECT id FROM crm.orders WHERE id = 1")
         assert machine.client_data(message) == [SendToServer(message)]
         assert approvals.requests() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_requester_with_too_many_requests_waiting_is_refused_another() -> None:
+    async def scenario() -> None:
+        approvals = LocalApprovals("http://approvals.test")
+        machine = machine_with(approvals)
+        machine.client_data(query(UPDATE))
+        first = await submitted(approvals)
+        for _ in range(MAX_PENDING_PER_REQUESTER - 1):
+            await approvals.submit(first.model_copy(update={"id": new_request_id()}))
+        other = machine_with(approvals)
+        _, _, waits = split_actions(other.client_data(query(UPDATE)))
+        with pytest.raises(TooManyPending):
+            await waits[0].awaitable  # type: ignore[misc]
+        actions = other.settled(waits[0].awaitable, Settled(error=TooManyPending()))
+        assert actions == [SendToServer(REFUSAL_QUERY)]
+        assert len(approvals.requests()) == MAX_PENDING_PER_REQUESTER
+        # Another identity still asks.
+        stranger = machine_with(approvals, subject="agent-2")
+        stranger.client_data(query(UPDATE))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert len(approvals.requests()) == MAX_PENDING_PER_REQUESTER + 1
 
     asyncio.run(scenario())

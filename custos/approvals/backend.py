@@ -17,12 +17,21 @@ class ApprovalsUnavailable(Exception):
     """The backend cannot take or answer a request now: the statement is refused."""
 
 
+MAX_PENDING_PER_REQUESTER = 20
+"""Requests one identity may have waiting at once: an agent cannot flood its approvers."""
+
+
+class TooManyPending(Exception):
+    """The requester already has MAX_PENDING_PER_REQUESTER requests waiting."""
+
+
 class ApprovalBackend(Protocol):
     def link(self, request_id: str) -> str:
         """Where approvers find the request (the page's address for it)."""
 
     async def submit(self, request: ApprovalRequest) -> None:
-        """Stores a new pending request and tells its approvers."""
+        """Stores a new pending request and tells its approvers; TooManyPending if its
+        requester already has MAX_PENDING_PER_REQUESTER waiting."""
 
     async def decided(self, request_id: str) -> ApprovalRequest:
         """Waits until the request is no longer pending (an expiry is a decision too)."""

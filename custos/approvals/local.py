@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from custos.approvals.backend import MAX_PENDING_PER_REQUESTER, TooManyPending
 from custos.approvals.links import Ticket
 from custos.approvals.models import (
     ApprovalError,
@@ -54,6 +55,14 @@ class LocalApprovals:
 
     async def submit(self, request: ApprovalRequest) -> None:
         self._forget_old()
+        asker = (request.requester.issuer, request.requester.subject)
+        waiting = sum(
+            1
+            for held in self._requests.values()
+            if held.pending and (held.requester.issuer, held.requester.subject) == asker
+        )
+        if waiting >= MAX_PENDING_PER_REQUESTER:
+            raise TooManyPending
         self._requests[request.id] = request
         delay = max(0.0, (request.expires_at - self._clock()).total_seconds())
         loop = asyncio.get_running_loop()

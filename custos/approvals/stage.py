@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from custos.approvals.backend import ApprovalBackend
+from custos.approvals.backend import MAX_PENDING_PER_REQUESTER, ApprovalBackend, TooManyPending
 from custos.approvals.binding import statement_binding
 from custos.approvals.models import (
     ApprovalRequest,
@@ -58,6 +58,14 @@ ESTIMATE_SECONDS = 2.0
 BINARY_VALUE = "<a binary value>"
 
 # The planner's row estimate for a text, its parameters and the search path it runs under.
+TOO_MANY_PENDING = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    f"you already have {MAX_PENDING_PER_REQUESTER} approval requests waiting, so the gateway"
+    " did not ask for another; the statement did not run",
+    "wait for the approvers to decide those (or cancel the statements that wait), then run"
+    " it again",
+)
+
 RowEstimate = Callable[[str, tuple[str | None, ...], Sequence[str]], Awaitable[int | None]]
 
 
@@ -162,6 +170,8 @@ class ApprovalStage(Stage):
     def _decided(self, statement: Statement, settled: Settled) -> Plan:
         self._waiting.pop(statement.number, None)
         request = settled.value
+        if isinstance(settled.error, TooManyPending):
+            return Refuse(TOO_MANY_PENDING)
         if settled.error is not None or not isinstance(request, ApprovalRequest):
             log.error("approval: the request could not be made or followed: %s", settled.error)
             return Refuse(APPROVALS_UNAVAILABLE)
@@ -217,6 +227,8 @@ class ApprovalStage(Stage):
 
     def _retried(self, statement: Statement, settled: Settled) -> Plan:
         retried = settled.value
+        if isinstance(settled.error, TooManyPending):
+            return Refuse(TOO_MANY_PENDING)
         if settled.error is not None or not isinstance(retried, _Retried):
             log.error("approval: the retry's request could not be read or made: %s", settled.error)
             return Refuse(APPROVALS_UNAVAILABLE)
