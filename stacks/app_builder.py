@@ -9,6 +9,7 @@ from typing import Any
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
+from stacks.approvals import ApprovalsStack
 from stacks.audit import AuditStack
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import load_context
@@ -24,6 +25,8 @@ STACK_NAMES = (
     "Custos-Policy",
     "Custos-Gateway",
 )
+# With `approvals` in the context only: without it, statements a rule holds are refused.
+APPROVALS_STACK = "Custos-Approvals"
 
 
 def _cdk_json_context() -> dict[str, Any]:
@@ -58,6 +61,16 @@ def build_app(context_overrides: dict[str, Any] | None = None, *, outdir: str | 
     audit = AuditStorageStack(app, "Custos-AuditStorage", context=context, env=env)
     AuditStack(app, "Custos-Audit", context=context, storage=audit, env=env)
     policy = PolicyStack(app, "Custos-Policy", context=context, vpc=network.vpc, env=env)
+    approvals = None
+    if context.approvals is not None:
+        approvals = ApprovalsStack(
+            app,
+            APPROVALS_STACK,
+            context=context,
+            approvals=context.approvals,
+            audit=audit,
+            env=env,
+        )
     GatewayStack(
         app,
         "Custos-Gateway",
@@ -65,6 +78,7 @@ def build_app(context_overrides: dict[str, Any] | None = None, *, outdir: str | 
         vpc=network.vpc,
         audit=audit,
         policy=policy,
+        approvals=approvals,
         env=env,
     )
 

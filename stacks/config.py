@@ -15,6 +15,8 @@ import aws_cdk
 from constructs import Construct
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from custos.approvals.aws import EmailApprover
+
 CONTEXT_KEY = "custos"
 SKIP_BUNDLING_KEY = "custos:skip_bundling"
 
@@ -70,6 +72,55 @@ class GatewaySizing(_Strict):
         return self
 
 
+class ApprovalsContext(_Strict):
+    """Just-in-time approvals (the Custos-Approvals stack): who decides, by the approver
+    group a policy rule names. Each approver gets their own email subscription, filtered
+    to the messages addressed to them; their `id` is who they are on links, votes and the
+    audit trail (their subject at the organisation's IdP, where they have one)."""
+
+    approvers: dict[str, list[EmailApprover]] = Field(min_length=1)
+    # How long the Approve and Deny buttons of a request opened from its email stay valid.
+    decide_minutes: int = Field(default=10, ge=1, le=60)
+    # The approvals API's steady requests per second and bursts: people clicking links.
+    api_rate_limit: int = Field(default=10, ge=1)
+    api_burst_limit: int = Field(default=20, ge=1)
+
+    @field_validator("approvers")
+    @classmethod
+    def _one_person_one_address(
+        cls, groups: dict[str, list[EmailApprover]]
+    ) -> dict[str, list[EmailApprover]]:
+        emails: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        for group, members in groups.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", group):
+                raise ValueError(f"the group name {group!r} is not a policy group name")
+            if not members:
+                raise ValueError(
+                    f"group {group} lists no approver; list at least one, or remove the group"
+                )
+            for member in members:
+                # One subscription per approver: an id with two addresses, or one address
+                # for two ids, would leave someone's mail to another.
+                if emails.setdefault(member.id, member.email) != member.email:
+                    raise ValueError(f"approver {member.id} has two email addresses; give one")
+                if ids.setdefault(member.email.lower(), member.id) != member.id:
+                    raise ValueError(
+                        f"approvers {ids[member.email.lower()]} and {member.id} share an email"
+                        " address; each approver needs their own"
+                    )
+        return groups
+
+    @property
+    def everyone(self) -> list[EmailApprover]:
+        """Each approver once, in the order first listed."""
+        seen: dict[str, EmailApprover] = {}
+        for members in self.approvers.values():
+            for member in members:
+                seen.setdefault(member.id, member)
+        return list(seen.values())
+
+
 class CustosContext(_Strict):
     account: str
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
@@ -86,6 +137,8 @@ class CustosContext(_Strict):
     audit_archive_start: date = date(2025, 1, 1)
     gateway: GatewaySizing = GatewaySizing()
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    # Without it, statements a rule holds for approval are refused (no approvals stack).
+    approvals: ApprovalsContext | None = None
 
     @field_validator("account")
     @classmethod

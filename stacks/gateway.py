@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-from aws_cdk import Acknowledgment, Duration, Size, Stack, Validations
+from aws_cdk import Acknowledgment, ArnFormat, Duration, Size, Stack, Validations
 from aws_cdk import aws_applicationautoscaling as applicationautoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -34,7 +34,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct, IConstruct
 
+from custos.approvals.aws import BINDING_INDEX
 from custos.config import GatewayConfig, LimitSettings
+from stacks.approvals import ApprovalsStack
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import CustosContext, TargetConfig
 from stacks.policy import POLICY_KEY, PolicyStack
@@ -94,9 +96,11 @@ class GatewayStack(Stack):
         vpc: ec2.IVpc,
         audit: AuditStorageStack,
         policy: PolicyStack,
+        approvals: ApprovalsStack | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.approvals = approvals
         sizing = context.gateway
         private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
 
@@ -319,6 +323,15 @@ class GatewayStack(Stack):
                 "retention_days": context.events_ttl_days,
             },
         }
+        if self.approvals is not None:
+            # A statement a rule holds starts the approvals workflow and waits on its table.
+            config["approvals"] = {
+                "backend": "aws",
+                "state_machine_arn": self.approvals.state_machine.state_machine_arn,
+                "table": self.approvals.table.table_name,
+                "url": self.approvals.api.url,
+                "key": {"key_secret": self.approvals.link_key_secret.secret_arn},
+            }
         # Tokens are placeholder strings here, which the model accepts; a field the gateway
         # would reject fails the synth instead of every task at start.
         GatewayConfig.model_validate(config)
@@ -369,8 +382,52 @@ class GatewayStack(Stack):
                 resources=[policy.policy_function.function_arn],
             )
         )
-        # Approvals: the workflow does not exist yet, so the role can start none; its stack
-        # will grant states:StartExecution on its own state machine.
+        if self.approvals is not None:
+            self._grant_approvals(role, self.approvals)
+
+    def _grant_approvals(self, role: iam.IRole, approvals: ApprovalsStack) -> None:
+        """What AwsApprovals calls: its workflow's executions and the approvals table."""
+        approvals.link_key_secret.grant_read(role)
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["states:StartExecution"],
+                resources=[approvals.state_machine.state_machine_arn],
+            )
+        )
+        # An execution is named after its request: the role names the machine's executions.
+        executions = self.format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{approvals.workflow_name}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["states:StopExecution"], resources=[executions])
+        )
+        acknowledge(
+            cast(iam.Role, role).node.find_child("DefaultPolicy"),
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:"
+            f"{self.region}:{self.account}:execution:{approvals.workflow_name}:*]",
+            "A withdrawn request's execution is stopped by its name, the request's id, which "
+            "the gateway makes per request; the wildcard covers only this workflow's.",
+        )
+        table = approvals.table.table_arn
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:DeleteItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                ],
+                resources=[table],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:Query"], resources=[f"{table}/index/{BINDING_INDEX}"]
+            )
+        )
 
     def _autoscale(self, min_capacity: int, max_capacity: int, connections_per_task: int) -> None:
         scaling = self.service.auto_scale_task_count(

@@ -1,0 +1,1 @@
+"""The approvals callback Lambda: the approvers' links, behind API Gateway."""

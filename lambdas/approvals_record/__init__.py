@@ -1,0 +1,1 @@
+"""The approvals record Lambda: the workflow's last step, making the outcome durable."""
