@@ -10,6 +10,7 @@ from custos.approvals.models import Requester
 from custos.approvals.service import ApprovalService
 from custos.approvals.stage import ApprovalStage
 from custos.audit.stage import AUDIT_UNAVAILABLE, AuditStage
+from custos.audit.statements import recorded_text
 from custos.config import is_loopback
 from custos.identity.errors import AuthenticationError, shown
 from custos.identity.principal import Principal
@@ -439,7 +440,11 @@ class ClientConnection(PeerConnection):
             role=principal.role,
             groups=principal.groups,
             client_addr=principal.client_address,
-            application_name=principal.application_name,
+            application_name=(
+                None
+                if principal.application_name is None
+                else recorded_text(principal.application_name)
+            ),
             labels=audit.identity.labels if audit is not None else {},
             session_id=audit.identity.session_id if audit is not None else None,
         )

@@ -10,6 +10,7 @@ PREPARE, so a second statement in it must never reach the database this way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -19,6 +20,10 @@ from proxy_task.upstream import SideConnection
 
 _EXPLAINABLE = ("select", "insert", "update", "delete", "merge", "values", "with", "table")
 _NAME = "custos_row_estimate"
+MAX_PARAMETER_CHARS = 8192  # a larger value is not sent to the planner to estimate by
+# Side connections asking at once, gateway-wide: a burst of requests cannot exhaust the
+# database's connection slots.
+_AT_ONCE = asyncio.Semaphore(2)
 
 
 def row_estimator(
@@ -27,24 +32,36 @@ def row_estimator(
     async def estimate(
         text: str, parameters: tuple[str | None, ...], search_path: Sequence[str]
     ) -> int | None:
-        if not _one_explainable_statement(text):
+        if not _one_explainable_statement(text) or any(
+            value is not None and len(value) > MAX_PARAMETER_CHARS for value in parameters
+        ):
             return None
-        connection = await connect()
-        try:
-            await connection.query("BEGIN READ ONLY")
-            await connection.query("SET LOCAL statement_timeout = '2s'")
-            await connection.query("SET LOCAL standard_conforming_strings = on")
-            path = ", ".join(_identifier(schema) for schema in search_path) or "''"
-            await connection.query(f"SET LOCAL search_path = {path}")
-            await connection.query(f"PREPARE {_NAME} AS {text}")
-            arguments = ", ".join(_literal(value) for value in parameters)
-            execute = f"EXECUTE {_NAME}({arguments})" if parameters else f"EXECUTE {_NAME}"
-            rows = await connection.query(f"EXPLAIN (FORMAT JSON) {execute}")
-        finally:
-            connection.close()
-        return _planned_rows(rows)
+        async with _AT_ONCE:
+            return await _estimated(connect, text, parameters, search_path)
 
     return estimate
+
+
+async def _estimated(
+    connect: Callable[[], Awaitable[SideConnection]],
+    text: str,
+    parameters: tuple[str | None, ...],
+    search_path: Sequence[str],
+) -> int | None:
+    connection = await connect()
+    try:
+        await connection.query("BEGIN READ ONLY")
+        await connection.query("SET LOCAL statement_timeout = '2s'")
+        await connection.query("SET LOCAL standard_conforming_strings = on")
+        path = ", ".join(_identifier(schema) for schema in search_path) or "''"
+        await connection.query(f"SET LOCAL search_path = {path}")
+        await connection.query(f"PREPARE {_NAME} AS {text}")
+        arguments = ", ".join(_literal(value) for value in parameters)
+        execute = f"EXECUTE {_NAME}({arguments})" if parameters else f"EXECUTE {_NAME}"
+        rows = await connection.query(f"EXPLAIN (FORMAT JSON) {execute}")
+    finally:
+        connection.close()
+    return _planned_rows(rows)
 
 
 def _one_explainable_statement(text: str) -> bool:

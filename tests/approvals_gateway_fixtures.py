@@ -66,6 +66,11 @@ def approvals_policy(directory: Path) -> Path:
     document["roles"].append(
         {"name": "ops", "description": "operations", "trust": [{"issuer": "dev"}]}
     )
+    for rule in document["rules"]:
+        if rule["id"] == "agents-write-crm-needs-approval":
+            # Order changes are these rules' alone: every rule that fires counts (the most
+            # approvals, wait mode over retry), and the demo's would make them wait.
+            rule["match"]["relations"] = ["crm.customers", "crm.support_tickets"]
     document["rules"] = TEST_RULES + document["rules"]
     path = directory / "policy.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))

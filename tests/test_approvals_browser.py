@@ -109,17 +109,19 @@ def test_an_approver_denies_with_a_reason(page, browser):
     assert "(no ticket for this)" in browser.find_element(By.ID, "outcome").text
 
 
-def test_someone_outside_the_group_sees_no_approve_button(page, browser):
+def test_someone_outside_the_group_sees_neither_the_request_nor_a_button(page, browser):
     request = page.submit(group="dpo")
 
     sign_in(browser, page, page.token("eve", ("analysts",)))
     assert request.id not in browser.page_source  # not in their inbox
     browser.get(f"{page.url}/requests/{request.id}")
 
-    assert browser.find_element(By.ID, "statement").text == request.statement
+    # Not theirs to decide: they are not shown it at all.
+    with pytest.raises(NoSuchElementException):
+        browser.find_element(By.ID, "statement")
     with pytest.raises(NoSuchElementException):
         browser.find_element(By.ID, "approve")
-    assert "not in the approver group dpo" in browser.find_element(By.ID, "notice").text
+    assert "that you decide or asked for" in browser.page_source
     assert page.approvals.get(request.id).pending
 
 

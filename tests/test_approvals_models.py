@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +21,9 @@ from custos.approvals.models import (
     RequestStatus,
 )
 from custos.approvals.shown import shown_statement
+from custos.policy.engine import Decision, DecisionRequest
 from custos.policy.source import FilePolicySource
+from custos.sql.analysis import analyze
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 REQUESTER = Requester(subject="agent-1", issuer="https://issuer.test", role="agent")
@@ -172,3 +177,72 @@ def test_an_unreadable_statement_is_shown_without_values() -> None:
     catalog = FilePolicySource(DEMO_POLICY).current().catalog
     shown, _ = shown_statement("UPDATE x SET y = 'a@b.example' WHERE $$", [], catalog, [])
     assert "a@b.example" not in shown
+
+
+def test_every_fired_approval_rule_counts_and_different_groups_are_refused(
+    tmp_path: Path,
+) -> None:
+    document = yaml.safe_load(Path(DEMO_POLICY).read_text())
+    document["rules"] = [
+        {
+            "id": "orders-two-quickly",
+            "match": {"roles": ["agent"], "kinds": ["update"], "relations": ["crm.orders"]},
+            "effect": "require_approval",
+            "message": "two approvers",
+            "approval": {"group": "dpo", "approvals": 2, "mode": "retry", "expires_after": "2m"},
+        },
+        {
+            "id": "customers-by-legal",
+            "match": {"roles": ["agent"], "kinds": ["update"], "relations": ["crm.customers"]},
+            "effect": "require_approval",
+            "message": "legal decides",
+            "approval": {"group": "legal"},
+        },
+        *document["rules"],
+    ]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    engine = FilePolicySource(path).current()
+
+    def decided(sql: str) -> Decision:
+        return engine.decide(
+            DecisionRequest("agent", analyze(sql, ("crm", "public"), budget_seconds=5.0))
+        )
+
+    orders = decided("UPDATE crm.orders SET status = 'paid' WHERE id = 1")
+    assert orders.approval is not None
+    # The demo's own rule (one approval, wait mode, 10 minutes) fires too: the strictest wins.
+    assert (orders.approval.approvals, orders.approval.mode) == (2, "wait")
+    assert orders.approval.expires_seconds == 120
+    both = decided(
+        "WITH c AS (UPDATE crm.customers SET city = city WHERE id = 1 RETURNING id)"
+        " UPDATE crm.orders SET status = status WHERE customer_id IN (SELECT id FROM c)",
+    )
+    assert both.effect.value == "deny"
+    assert "different groups (dpo, legal)" in both.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "UPDATE crm.customers SET email = 'aisha.campbell'\n'@example.com' WHERE id = 1",
+        'SELECT 1 AS U&"aisha.campbell\\0040example.com" FROM crm.customers WHERE id = 1',
+        "UPDATE crm.customers SET (full_name, city) = ('Aisha Campbell', 'Leeds') WHERE id = 1",
+        "SELECT id FROM crm.customers WHERE lower(full_name) = 'aisha campbell' LIMIT 1",
+        "SELECT id FROM crm.customers WHERE full_name LIKE 'Aisha Campbell%' LIMIT 1",
+        "UPDATE crm.customers SET city = city /* 447700900462 Aisha Campbell */ WHERE id = 1",
+        "DO $$BEGIN UPDATE crm.customers SET full_name = 'Aisha Campbell' WHERE id = 1; END$$",
+    ],
+)
+def test_approvers_never_see_a_value_the_statement_names_for_a_person(text: str) -> None:
+    catalog = FilePolicySource(DEMO_POLICY).current().catalog
+    shown, _ = shown_statement(text, ["crm.customers"], catalog, [])
+    for raw in ("Aisha Campbell", "aisha campbell", "aisha.campbell", "447700900462", "Leeds"):
+        assert raw not in shown
+
+
+def test_a_long_run_without_an_at_sign_is_read_in_linear_time() -> None:
+    catalog = FilePolicySource(DEMO_POLICY).current().catalog
+    started = time.monotonic()
+    shown_statement("SELECT 1 /* " + "ab12" * 64_000 + " */", [], catalog, ["cd34" * 64_000])
+    assert time.monotonic() - started < 5  # quadratic takes minutes

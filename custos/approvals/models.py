@@ -91,6 +91,7 @@ class ApprovalRequest(_Model):
     expires_at: datetime
     requester: Requester
     target: str | None = None
+    search_path: tuple[str, ...] = ()  # the schemas unqualified names resolve in
     statement: str  # as shown to approvers: personal values masked
     parameters: tuple[str | None, ...] = ()  # likewise
     rules: tuple[FiredRule, ...] = ()

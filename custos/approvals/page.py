@@ -91,7 +91,12 @@ def request_page(
         ]
     )
     what = [
-        _fields([("Target", request.target or "the gateway's database")]),
+        _fields(
+            [
+                ("Target", request.target or "the gateway's database"),
+                ("Search path", ", ".join(request.search_path) or "(as the session has it)"),
+            ]
+        ),
         "<h3>Statement</h3>",
         f'<pre id="statement">{_e(request.statement)}</pre>',
     ]

@@ -48,8 +48,8 @@ DECIDE_TICKET_LIFETIME = timedelta(minutes=10)
 MAX_BODY_BYTES = 64 * 1024
 MAX_SESSIONS = 10_000
 _SHORTEST_SESSION = timedelta(seconds=1)
-# The request line and status only: a Referer or a query could one day carry a secret.
-_ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+# No request line: a path or a query may carry what a client typed (an email, a token).
+_ACCESS_LOG_FORMAT = "%a %s %b %Tfs"
 # A path of this server and its query, in the characters a URL's path and query use.
 _LOCAL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*")
 
@@ -234,12 +234,12 @@ class _Approvals:
     async def show_request(self, request: web.Request) -> web.StreamResponse:
         """One request's page; with a decide form when the signed-in approver may vote."""
         request_id = request.match_info["id"]
-        held = self._approvals.get(request_id)
         approver = self._signed_in(request)
         if approver is None:
+            # Who asked for what is for its approvers and its requester: sign in first.
             signin = "/signin?next=" + quote(_request_path(request_id), safe="/")
-            page = request_page(held, form_action=None, ticket=None, signin_path=signin)
-            return _html(page)
+            return _redirect(signin)
+        held = _shown_to(self._approvals.get(request_id), approver)
         now = utc_now()
         ticket = None
         notice = _own_vote(held, approver)
@@ -315,8 +315,8 @@ class _Approvals:
         return web.json_response({"requests": documents})
 
     async def api_request(self, request: web.Request) -> web.StreamResponse:
-        await self._bearer(request)
-        held = self._approvals.get(request.match_info["id"])
+        approver = await self._bearer(request)
+        held = _shown_to(self._approvals.get(request.match_info["id"]), approver)
         return web.json_response(request_document(held, self._approvals.link(held.id)))
 
     async def api_approve(self, request: web.Request) -> web.StreamResponse:
@@ -465,6 +465,17 @@ def _reason(text: str | None) -> str | None:
             f"the reason is {len(text)} characters long; keep it to {MAX_REASON_CHARS}", 400
         )
     return text.strip() or None
+
+
+def _shown_to(held: ApprovalRequest, approver: Approver) -> ApprovalRequest:
+    """The request, if the identity may see it (as _visible); else as if unknown (404)."""
+    if not _visible([held], approver):
+        raise ApprovalError(
+            f"no approval request {held.id!r} that you decide or asked for is held by this"
+            " gateway; sign in as a member of its approver group",
+            status=404,
+        )
+    return held
 
 
 def _visible(requests: list[ApprovalRequest], approver: Approver) -> list[ApprovalRequest]:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from pglast.parser import parse_sql_json
 
 from custos.approvals.backend import MAX_PENDING_PER_REQUESTER, ApprovalBackend, TooManyPending
 from custos.approvals.binding import statement_binding
@@ -53,6 +56,12 @@ APPROVALS_UNAVAILABLE = Refusal(
     "this statement needs a person's approval, and the gateway could not reach its approvals"
     " service, so it did not run it",
     "try again shortly; tell the operator of this gateway if it persists",
+)
+RUNS_ANOTHER = Refusal(
+    sqlstates.INSUFFICIENT_PRIVILEGE,
+    "this statement needs a person's approval, and an EXECUTE or FETCH runs a statement"
+    " prepared or bound earlier, which approvers would not see",
+    "send the statement itself (with its parameters, if any) so approvers see what runs",
 )
 ESTIMATE_SECONDS = 2.0
 BINARY_VALUE = "<a binary value>"
@@ -110,14 +119,19 @@ class ApprovalStage(Stage):
         requirement = decision.approval
         if requirement is None:
             return Refuse(APPROVALS_UNAVAILABLE)
-        text, runs = _texts(statement)
+        exact = statement.text
+        if exact is None or _runs_another(exact):
+            return Refuse(RUNS_ANOTHER)
+        text = _shown_text(exact, statement.client_encoding)
+        search_path = tuple(dict.fromkeys(path for _, path in statement.candidates))
         binding = statement_binding(
             self._key,
             issuer=self._requester.issuer,
             subject=self._requester.subject,
             role=self._requester.role,
             target=self._target,
-            text=text + "\0" + runs,
+            # latin-1 reads any bytes one to one: texts that differ are bound apart.
+            text=exact.decode("latin-1") + "\0" + repr(search_path),
             parameters=_exact_parameters(statement),
         )
         if requirement.mode == "retry":
@@ -296,6 +310,7 @@ class ApprovalStage(Stage):
             expires_at=now + timedelta(seconds=requirement.expires_seconds),
             requester=self._requester,
             target=self._target,
+            search_path=statement.candidates[0][1] if statement.candidates else (),
             statement=shown,
             parameters=parameters,
             rules=tuple(FiredRule(rule=rule) for rule in decision.rules),
@@ -328,13 +343,33 @@ class ApprovalStage(Stage):
             )
 
 
-def _texts(statement: Statement) -> tuple[str, str]:
-    """The text as the client sent it, and what it runs (an EXECUTE's prepared text)."""
-    own = statement.text
-    runs = "; ".join(statement.analysis.texts)
-    if own is None:
-        return runs, runs
-    return own.decode("utf-8", errors="replace"), runs
+def _runs_another(text: bytes) -> bool:
+    """Whether the text is (or holds) an EXECUTE or a FETCH: it runs a statement prepared
+    or bound earlier, whose text and parameters the approvers would not see."""
+    try:
+        tree = json.loads(parse_sql_json(text.decode("utf-8", errors="replace")))
+    except Exception:  # unreadable: nothing to approve by
+        return True
+    return any(
+        "ExecuteStmt" in item.get("stmt", {}) or "FetchStmt" in item.get("stmt", {})
+        for item in tree.get("stmts", ())
+    )
+
+
+# PostgreSQL's client encodings that Python names otherwise; the rest read as UTF-8.
+_PYTHON_ENCODINGS = {
+    "LATIN1": "latin-1",
+    "LATIN9": "iso8859-15",
+    "WIN1252": "cp1252",
+    "WIN1251": "cp1251",
+    "SQL_ASCII": "latin-1",
+}
+
+
+def _shown_text(text: bytes, client_encoding: str) -> str:
+    """The text as the client's encoding reads it, as the database will."""
+    codec = _PYTHON_ENCODINGS.get(client_encoding.upper(), "utf-8")
+    return text.decode(codec, errors="replace")
 
 
 def _exact_parameters(statement: Statement) -> tuple[str | None, ...]:

@@ -213,29 +213,27 @@ def _nodes_of(node: object, node_type: str) -> Iterator[Node]:
             stack.extend(current)
 
 
-def personal_values(
+def classified_values(
     text: str,
     relations: Sequence[str],
     catalog: PersonalDataCatalog,
     parameters: Sequence[str | None],
-) -> dict[str, str]:
-    """Every value `text` compares with, or writes to, a catalogued personal column (of any
-    category, not only identifiers), with the column's category: what approvals show masked
-    (custos/approvals/shown.py)."""
-    personal = [relation for relation in relations if catalog.has_personal_data(relation)]
-    if not personal:
-        return {}
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The values `text` compares with, or writes to, a column of the relations it touches:
+    those of a catalogued personal column with the column's category, and those only of
+    columns the catalog does not call personal (an order's status, a customer's id), which
+    approvals show as written (custos/approvals/shown.py)."""
     try:
         tree = json.loads(parse_sql_json(text))
     except Exception:  # a text PostgreSQL's parser cannot read names nothing it runs
-        return {}
-    finder = _PersonalFinder(personal, catalog, parameters)
+        return {}, frozenset()
+    finder = _ClassifyingFinder(relations, catalog, parameters)
     for statement in tree.get("stmts", ()):
         finder.statement(statement.get("stmt", {}))
-    return finder.values
+    return finder.personal, frozenset(finder.plain - finder.personal.keys())
 
 
-class _PersonalFinder(_Finder):
+class _ClassifyingFinder(_Finder):
     def __init__(
         self,
         relations: Sequence[str],
@@ -243,15 +241,18 @@ class _PersonalFinder(_Finder):
         parameters: Sequence[str | None],
     ) -> None:
         super().__init__(relations, catalog, parameters)
-        self.values: dict[str, str] = {}
+        self.personal: dict[str, str] = {}
+        self.plain: set[str] = set()
 
     def _value(self, node: Node, columns: list[tuple[str, str]]) -> None:
         text = self._text(_unwrapped(node)) if columns else None
         if text is None:
             return
         for relation, column in columns:
+            # The subject's own key (a customer's id) says whose row, not who.
             table = self._catalog.table(relation)
-            # The subject's own key (a customer's id) is shown: it says whose row, not who.
             category = None if table is None else table.columns.get(column)
-            if category is not None:
-                self.values[text] = category
+            if category is None:
+                self.plain.add(text)
+            else:
+                self.personal[text] = category

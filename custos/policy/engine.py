@@ -435,6 +435,7 @@ class PolicyEngine:
             where = f" (statement {deciding.position + 1} of {len(outcomes)})"
         effect = deciding.effect
         rule = deciding.rule
+        approval: ApprovalRequirement | None = None
         masks = tuple(r.mask for r in ordered if r.mask is not None)
         # An approved statement's results are masked as the mask rules that fired say: an
         # approval lets it run, it does not lift masking.
@@ -448,10 +449,23 @@ class PolicyEngine:
                 message += f" ({'; '.join(reasons)})"
         elif effect is Effect.REQUIRE_APPROVAL:
             assert rule.approval is not None
-            message = (
-                f"rule '{rule.id}' requires approval by {rule.approval.group}{where}: "
-                f"{rule.message}"
-            )
+            required = [r.approval for r in ordered if r.approval is not None]
+            approval = combined_approval(required)
+            if approval is None:
+                # Approvals of different groups: one request cannot carry them all.
+                effect = Effect.DENY
+                groups = ", ".join(sorted({a.group for a in required}))
+                message = (
+                    f"denied{where}: rules {', '.join(a.rule for a in required)} require"
+                    f" approvals by different groups ({groups}), which one request cannot"
+                    " carry; send the statements (or the parts of one) that need each"
+                    " group's approval separately"
+                )
+            else:
+                message = (
+                    f"rule '{rule.id}' requires approval by {rule.approval.group}{where}: "
+                    f"{rule.message}"
+                )
         elif effect is Effect.MASK:
             categories = sorted({c for mask in masks for c in mask.categories})
             names = ", ".join(f"'{mask.rule}'" for mask in masks)
@@ -464,7 +478,7 @@ class PolicyEngine:
             deciding_rule=rule.id if rule else None,
             message=message,
             policy_version=self.version,
-            approval=rule.approval if rule and effect is Effect.REQUIRE_APPROVAL else None,
+            approval=approval if effect is Effect.REQUIRE_APPROVAL else None,
             masks=masks,
             facts=self._facts(profiles, outcomes),
             column_masks=tuple(
@@ -730,6 +744,25 @@ class PolicyEngine:
 
 
 # --- compiling rules and profiling statements ---------------------------------------------
+
+
+def combined_approval(required: Sequence[ApprovalRequirement]) -> ApprovalRequirement | None:
+    """What every fired require_approval rule asks, as one request: the most approvals,
+    wait mode over retry, the shortest expiry and grant, a row estimate if any asks; None
+    when they name different groups."""
+    if len({approval.group for approval in required}) != 1:
+        return None
+    first = required[0]
+    grants = [a.grant_for_seconds for a in required if a.grant_for_seconds is not None]
+    return ApprovalRequirement(
+        rule=first.rule,
+        group=first.group,
+        approvals=max(a.approvals for a in required),
+        grant_for_seconds=min(grants) if grants else None,
+        mode="wait" if any(a.mode == "wait" for a in required) else "retry",
+        expires_seconds=min(a.expires_seconds for a in required),
+        estimate_rows=any(a.estimate_rows for a in required),
+    )
 
 
 def _compile(index: int, rule: Rule) -> _Rule:
