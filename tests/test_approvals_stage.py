@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playbook import DEMO_POLICY, SYNC, bind, execute, new_machine, parse, query
+from playbook import DEMO_POLICY, SYNC, bind, execute, message, new_machine, parse, query, ready
 
 from custos.approvals.backend import MAX_PENDING_PER_REQUESTER, TooManyPending
 from custos.approvals.local import LocalApprovals
@@ -216,5 +216,21 @@ def test_a_requester_with_too_many_requests_waiting_is_refused_another() -> None
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(approvals.requests()) == MAX_PENDING_PER_REQUESTER + 1
+
+    asyncio.run(scenario())
+
+
+def test_an_execute_of_a_statement_that_needs_approval_is_refused_without_a_request() -> None:
+    async def scenario() -> None:
+        approvals = LocalApprovals("http://approvals.test")
+        machine = machine_with(approvals)
+        prepared = parse("p", UPDATE) + SYNC
+        assert machine.client_data(prepared) == [SendToServer(prepared)]
+        machine.server_data(message("1") + ready())
+        actions = machine.client_data(query("EXECUTE p"))
+        assert actions == [SendToServer(REFUSAL_QUERY)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert approvals.requests() == []
 
     asyncio.run(scenario())
