@@ -531,7 +531,7 @@ class ClientConnection(PeerConnection):
             principal.subject,
             principal.issuer,
             self.peer,
-            shown(principal.application_name),
+            shown(recorded_text(principal.application_name or "")),
             self._tls,
         )
         pending_upstream = upstream.connection.reader.take()

@@ -466,3 +466,24 @@ def test_an_approval_lets_a_statement_run_but_does_not_lift_masking(
     ((shown, _),) = running.result
     assert shown != raw
     assert shown.endswith("@" + raw.split("@")[1])
+
+
+def test_an_application_name_holding_an_email_reaches_neither_approvers_nor_the_log(
+    approving: tuple[GatewayProcess, str],
+) -> None:
+    gateway, page = approving
+    dpo = approver_token(gateway, "dpo-1")
+    known = known_ids(page, dpo)
+    email = "application.name.leak@example.org"
+    token = gateway.token("agent", "agent-named")
+    with psycopg.connect(
+        gateway.dsn("agent", token, application_name=email), autocommit=True
+    ) as connection:
+        running = Running(
+            lambda: connection.execute("UPDATE crm.customers SET city = city WHERE id = 9")
+        )
+        request = pending_request(page, dpo, known)
+        decide(page, dpo, request["id"], approve=False)
+        running.join()
+    assert email not in str(request)
+    assert email not in gateway.log()
