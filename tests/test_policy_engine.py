@@ -646,8 +646,8 @@ PRECEDENCE = """
   - id: approve-customers
     match: {kinds: [update], relations: [crm.customers]}
     effect: require_approval
-    message: customer updates wait for the CRM owner
-    approval: {group: crm-owner}
+    message: customer updates wait for two DPOs
+    approval: {group: dpo, approvals: 2}
   - id: deny-iban
     match: {reads: [iban]}
     effect: deny
@@ -690,9 +690,9 @@ def test_approval_beats_mask_and_keeps_the_masks() -> None:
     )
     decision = decide(engine(PRECEDENCE), update)
     assert decision.effect is Effect.REQUIRE_APPROVAL
-    # The first approval rule in document order decides.
+    # The first approval rule in document order decides; every one that fired counts.
     assert decision.deciding_rule == "approve-updates"
-    assert decision.approval == ApprovalRequirement("approve-updates", "dpo", 1, None)
+    assert decision.approval == ApprovalRequirement("approve-updates", "dpo", 2, None)
     assert [mask.rule for mask in decision.masks] == ["mask-email"]
 
 
