@@ -53,7 +53,7 @@ from custos.approvals.aws import (
 from lambdas.approvals_notify.messages import APPROVER_ATTRIBUTE
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import ApprovalsContext, CustosContext, skip_bundling
-from stacks.lambda_code import RUNTIME, function_code
+from stacks.lambda_code import function_code, logged_function
 
 NOTIFY_HANDLER = "lambdas.approvals_notify.handler.handler"
 CALLBACK_HANDLER = "lambdas.approvals_callback.handler.handler"
@@ -194,33 +194,13 @@ class ApprovalsStack(Stack):
         self, construct_id: str, code: lambda_.Code, handler: str, environment: dict[str, str]
     ) -> lambda_.Function:
         """A function whose role may write its own log group; _grant adds the rest."""
-        log_group = logs.LogGroup(
-            self,
-            f"{construct_id}Logs",
-            retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        # An own role instead of AWSLambdaBasicExecutionRole, whose log rights span "*".
-        role = iam.Role(
-            self, f"{construct_id}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com")
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[log_group.log_group_arn],
-            )
-        )
-        return lambda_.Function(
+        return logged_function(
             self,
             construct_id,
-            runtime=RUNTIME,
-            handler=handler,
             code=code,
-            role=role,
-            memory_size=512,
-            timeout=Duration.seconds(30),
-            log_group=log_group,
+            handler=handler,
             environment=environment,
+            timeout=Duration.seconds(30),
         )
 
     def _api(self, approvals: ApprovalsContext) -> apigateway.RestApi:

@@ -22,7 +22,6 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -33,7 +32,7 @@ from stacks.audit_storage import AuditStorageStack
 from stacks.buckets import access_log_bucket, private_bucket
 from stacks.config import CustosContext, skip_bundling
 from stacks.glue_columns import glue_columns
-from stacks.lambda_code import RUNTIME, function_code
+from stacks.lambda_code import function_code, logged_function
 from stacks.named_queries import read_named_queries
 
 ARCHIVER_HANDLER = "lambdas.audit_archiver.handler.handler"
@@ -111,35 +110,13 @@ class AuditStack(Stack):
         self, construct_id: str, code: lambda_.Code, handler: str, environment: dict[str, str]
     ) -> lambda_.Function:
         """A function whose role may write its own log group and nothing else yet."""
-        log_group = logs.LogGroup(
-            self,
-            f"{construct_id}Logs",
-            retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        # An own role instead of AWSLambdaBasicExecutionRole, whose log rights span "*".
-        role = iam.Role(
-            self,
-            f"{construct_id}Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[log_group.log_group_arn],
-            )
-        )
-        function = lambda_.Function(
+        function = logged_function(
             self,
             construct_id,
-            runtime=RUNTIME,
-            handler=handler,
             code=code,
-            role=role,
-            memory_size=512,
-            timeout=Duration.minutes(2),
-            log_group=log_group,
+            handler=handler,
             environment=environment,
+            timeout=Duration.minutes(2),
         )
         Validations.of(function).acknowledge(
             Acknowledgment(

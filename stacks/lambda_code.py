@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import BundlingOptions, DockerImage, IgnoreMode, ILocalBundling
+from aws_cdk import (
+    BundlingOptions,
+    DockerImage,
+    Duration,
+    IgnoreMode,
+    ILocalBundling,
+    RemovalPolicy,
+)
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PACKAGES = ("custos", "lambdas")
@@ -107,4 +117,44 @@ def function_code(*, skip_bundling: bool) -> lambda_.Code:
             image=RUNTIME.bundling_image,
             local=LocalBundler(),
         ),
+    )
+
+
+def logged_function(
+    scope: Construct,
+    construct_id: str,
+    *,
+    code: lambda_.Code,
+    handler: str,
+    environment: dict[str, str],
+    timeout: Duration,
+) -> lambda_.Function:
+    """A function whose role may write its own log group and nothing else yet."""
+    log_group = logs.LogGroup(
+        scope,
+        f"{construct_id}Logs",
+        retention=logs.RetentionDays.ONE_YEAR,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    # An own role instead of AWSLambdaBasicExecutionRole, whose log rights span "*".
+    role = iam.Role(
+        scope, f"{construct_id}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com")
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group.log_group_arn],
+        )
+    )
+    return lambda_.Function(
+        scope,
+        construct_id,
+        runtime=RUNTIME,
+        handler=handler,
+        code=code,
+        role=role,
+        memory_size=512,
+        timeout=timeout,
+        log_group=log_group,
+        environment=environment,
     )
