@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pglast.parser import parse_sql_json, scan
 
 from custos.audit.named import classified_values
-from custos.audit.statements import without_values
+from custos.audit.statements import (
+    COMMENT_TOKENS,
+    DIGIT_RUN,
+    LITERAL_TOKENS,
+    PLAIN_NAME,
+    without_values,
+)
 from custos.masking.detect import mask_found
 from custos.masking.values import Masker, partial
 from custos.policy.catalog import PersonalDataCatalog
@@ -38,10 +44,6 @@ from custos.policy.models import MaskMethod
 
 _STRINGS = frozenset({"SCONST", "USCONST"})
 _NUMBERS = frozenset({"ICONST", "FCONST"})
-_LITERALS = _STRINGS | _NUMBERS | {"BCONST", "XCONST"}
-_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
-_PLAIN_NAME = re.compile(r'"[A-Za-z_][A-Za-z0-9_$]*"')
-_DIGIT_RUN = re.compile(r"\d{6,}")
 _SHORT_NUMBER = re.compile(r"[\d.]{1,5}")
 _DETECTED = frozenset({"email", "phone", "iban"})
 _UNKEYED = Masker(b"\0" * 32)  # partial masking uses no key
@@ -84,14 +86,18 @@ def _shown_text(text: str, values: _Values, depth: int = 0) -> str | None:
     pieces: list[str] = []
     position = 0
     for start, end, name, _ in tokens:
-        if name not in _LITERALS and name not in _COMMENTS and name not in ("IDENT", "UIDENT"):
+        if (
+            name not in LITERAL_TOKENS
+            and name not in COMMENT_TOKENS
+            and name not in ("IDENT", "UIDENT")
+        ):
             continue
         pieces.append(_names(text[position:start]))
         token = text[start : end + 1]
-        if name in _COMMENTS:
+        if name in COMMENT_TOKENS:
             pieces.append(" ")
         elif name in ("IDENT", "UIDENT"):
-            quoted = token[-1:] == '"' and not _PLAIN_NAME.fullmatch(token)
+            quoted = token[-1:] == '"' and not PLAIN_NAME.fullmatch(token)
             pieces.append('"?"' if quoted else _names(token))
         else:
             pieces.append(_shown_literal(token, name, values, depth))
@@ -130,7 +136,7 @@ def _shown_value(value: str | None, values: _Values) -> str | None:
     if values.withhold:
         return WITHHELD
     masked, _ = mask_found(value, _DETECTED, MaskMethod.PARTIAL, _UNKEYED)
-    return _DIGIT_RUN.sub("?", masked)
+    return DIGIT_RUN.sub("?", masked)
 
 
 def _names(text: str) -> str:
@@ -139,7 +145,7 @@ def _names(text: str) -> str:
     if not text:
         return text
     masked = mask_found(text, _DETECTED, MaskMethod.PARTIAL, _UNKEYED)[0]
-    return _DIGIT_RUN.sub("?", masked)
+    return DIGIT_RUN.sub("?", masked)
 
 
 def _runs_code(text: str) -> bool:

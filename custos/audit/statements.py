@@ -26,9 +26,9 @@ from custos.policy.models import MaskMethod
 
 UNREADABLE = "<a statement the scanner could not read>"
 
-_LITERALS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
-_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
-_PLAIN_NAME = re.compile(r'"[A-Za-z_][A-Za-z0-9_$]*"')
+LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+PLAIN_NAME = re.compile(r'"[A-Za-z_][A-Za-z0-9_$]*"')
 
 
 _FOUND = frozenset({"email", "phone", "iban"})
@@ -48,7 +48,7 @@ def recorded_text(text: str) -> str:
     return mask_found(text, _FOUND, MaskMethod.REDACT, _REDACTING)[0]
 
 
-_DIGIT_RUN = re.compile(r"\d{6,}")
+DIGIT_RUN = re.compile(r"\d{6,}")
 
 
 def recorded_name(text: str) -> str:
@@ -56,7 +56,7 @@ def recorded_name(text: str) -> str:
     made of them, as an event keeps it: the values detection finds redacted, and any run
     of six digits or more, which may be a phone number's or an account's inside a name
     (`p447700900123`), replaced by `?`."""
-    return _DIGIT_RUN.sub("?", recorded_text(text))
+    return DIGIT_RUN.sub("?", recorded_text(text))
 
 
 def without_values(sql: str) -> str:
@@ -82,7 +82,9 @@ def literal_values(sql: str) -> tuple[str, ...]:
     except Exception:  # pglast raises its own error types for unreadable text
         return ()
     return tuple(
-        recorded_text(sql[start : end + 1]) for start, end, name, _ in tokens if name in _LITERALS
+        recorded_text(sql[start : end + 1])
+        for start, end, name, _ in tokens
+        if name in LITERAL_TOKENS
     )
 
 
@@ -95,11 +97,11 @@ def _placeholders(sql: str) -> str:
     position = 0
     for start, end, name, _ in tokens:
         token = sql[start : end + 1]
-        if name in _LITERALS:
+        if name in LITERAL_TOKENS:
             replacement = "?"
-        elif name in _COMMENTS:
+        elif name in COMMENT_TOKENS:
             replacement = " "
-        elif name in ("IDENT", "UIDENT") and token[-1:] == '"' and not _PLAIN_NAME.fullmatch(token):
+        elif name in ("IDENT", "UIDENT") and token[-1:] == '"' and not PLAIN_NAME.fullmatch(token):
             replacement = '"?"'
         else:
             continue
