@@ -2,9 +2,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-# The hot path (session, masking) is compiled with mypyc (setup.py): a change rebuilds it.
+# The hot path (session, masking) is compiled with mypyc and Cython (setup.py): a change
+# rebuilds it.
 COMPILED := $(VENV)/.compiled
-COMPILED_SOURCES := setup.py proxy_task/session.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py custos/masking/*.py)
+COMPILED_SOURCES := setup.py proxy_task/session.py $(wildcard custos/protocol/*.py custos/session/*.py custos/sql/*.py custos/masking/*.py custos/masking/*.pyx)
 
 .PHONY: demo test lint bench clean postgres-clients browser pure
 

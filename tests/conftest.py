@@ -31,13 +31,15 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     """Refuses to test a compiled module older than its source: the source would go untested."""
     for compiled in [*REPOSITORY.glob("custos/**/*.so"), *REPOSITORY.glob("proxy_task/*.so")]:
-        source = compiled.parent / (compiled.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
-            pytest.exit(
-                f"{compiled.relative_to(REPOSITORY)} is older than its source: run `make test`"
-                " to compile the hot path again, or `make pure` to test it as plain Python",
-                returncode=2,
-            )
+        stem = compiled.name.split(".", 1)[0]
+        for source in (compiled.parent / f"{stem}.py", compiled.parent / f"{stem}.pyx"):
+            if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+                pytest.exit(
+                    f"{compiled.relative_to(REPOSITORY)} is older than its source: run `make"
+                    " test` to compile the hot path again, or `make pure` to test it as plain"
+                    " Python",
+                    returncode=2,
+                )
 
 
 # Timings belong in bench/: a per-example deadline is a timed assertion that a busy

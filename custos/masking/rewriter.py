@@ -19,6 +19,11 @@ import logging
 from collections.abc import Sequence
 
 from custos.masking.copy_out import CopyFormat, CopyOutMasker
+
+try:
+    from custos.masking import row_masker as compiled_rows
+except ImportError:  # installed as plain Python (CUSTOS_PURE_PYTHON=1): the general path masks
+    compiled_rows = None  # type: ignore[assignment]
 from custos.masking.detect import CompiledPatterns, mask_found
 from custos.masking.json_shapes import masked_document
 from custos.masking.typed import (
@@ -93,8 +98,11 @@ class MaskingRewriter(ResultRewriter):
         self._readable = True  # the answers' client encoding is one masking reads
         # The plans of results done, with their counts, by statement index.
         self._done: list[tuple[int, list[_ColumnPlan | None]]] = []
+        # The result's rows masked in C where its plan allows (row_masker.pyx).
+        self._rows: compiled_rows.RowMasker | None = None
 
     def result_started(self, statement: Statement, index: int) -> None:
+        self._settle_counts()
         if self._masks_any:
             self._done.append((self._index, self._plan))
         self._index = index
@@ -133,6 +141,7 @@ class MaskingRewriter(ResultRewriter):
         """Plans the masking of the result's columns: by the decision's masks, unless the
         result is not the one the analysis traced (for COPY, whose columns have no names,
         not as many columns)."""
+        self._settle_counts()
         index = self._index
         masks = self._masks[index] if index < len(self._masks) else ()
         expected = self._expected[index] if index < len(self._expected) else ()
@@ -162,10 +171,24 @@ class MaskingRewriter(ResultRewriter):
         self._plan = plan
         self._past_end = past_end
         self._masks_any = past_end or any(entry is not None for entry in plan)
+        self._rows = None if past_end or not self._masks_any else _row_masker(plan)
+
+    def _settle_counts(self) -> None:
+        """Adds the values the fast path masked to their columns' counts."""
+        rows = self._rows
+        if rows is not None:
+            for entry, count in zip(self._plan, rows.take_counts(), strict=True):
+                if entry is not None:
+                    entry.values += count
 
     def data_row(self, body: bytes) -> bytes | None:
         if not self._masks_any:
             return None
+        rows = self._rows
+        if rows is not None:
+            masked_row = rows.masked_row(body)
+            if masked_row is not None:
+                return masked_row
         plan = self._plan
         size = len(body)
         if size < 2:
@@ -258,6 +281,7 @@ class MaskingRewriter(ResultRewriter):
         )
 
     def masked(self) -> tuple[MaskedColumn, ...]:
+        self._settle_counts()
         counted = [
             column.counted(index)
             for index, plan in [*self._done, (self._index, self._plan)]
@@ -420,6 +444,34 @@ class _ColumnPlan:
         return MaskedColumn(
             index, self.position, self.name, self.category, method, self.values, self.nulled
         )
+
+
+def _row_masker(plan: Sequence[_ColumnPlan | None]) -> compiled_rows.RowMasker | None:
+    """The fast path for a result whose masked columns are all masked by a constant, or are
+    text masked in part; None for any other (or where it is not compiled)."""
+    if compiled_rows is None:
+        return None
+    ways = bytearray()
+    constants: list[bytes] = []
+    for entry in plan:
+        constant = b""
+        if entry is None:
+            way = compiled_rows.KEEP
+        elif entry.how == _CONSTANT:
+            way = compiled_rows.CONSTANT_AND_NULL if entry.fills_null else compiled_rows.CONSTANT
+            constant = entry.constant
+        elif (
+            entry.how == _TEXT_FORM
+            and entry.text_way == _PARTIAL_TEXT
+            and not entry.fills_null
+            and entry.category != "ip"  # redacted, but NULL where not text: the general path
+        ):
+            way = compiled_rows.PARTIAL_CATEGORIES.get(entry.category, compiled_rows.PARTIAL_OTHER)
+        else:
+            return None
+        ways.append(way)
+        constants.append(constant)
+    return compiled_rows.RowMasker(bytes(ways), tuple(constants))
 
 
 def placeholder(type_oid: int, binary: bool) -> bytes | None:
