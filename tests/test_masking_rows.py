@@ -1,7 +1,11 @@
 """The masked-row fast path (custos/masking/row_masker.pyx) against the rewriter's general
-path: the same bytes and the same counts, row by row, for any plan it takes and any row."""
+path: the same bytes and the same counts, row by row, for any plan it takes and any row; its
+SHA-256 (the CPU's SHA extensions and portable C) against hashlib; its pseudonyms against
+Masker.pseudonym under any key."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 from hypothesis import given
@@ -21,31 +25,92 @@ row_masker = pytest.importorskip(
 )
 
 TEXT, VARCHAR, INT4 = 25, 1043, 23
+KEY = b"k" * 32
 CATEGORIES = ["email", "phone", "iban", "name", "card", "address", "birth_date", "ip"]
 
 ascii_text = st.text(st.characters(max_codepoint=127), max_size=40)
 any_text = st.one_of(ascii_text, st.text(max_size=20))
 
 
-@given(st.sampled_from(CATEGORIES), ascii_text)
+keys = st.binary(min_size=32, max_size=80)
+# Values shaped like each category's (so the formats' own branches run), and any text.
+shaped = st.one_of(
+    ascii_text,
+    st.from_regex(
+        r"[A-Za-z]{2}[0-9]{2}( ?[A-Za-z0-9]{4}){2,8}( ?[A-Za-z0-9]{1,3})?", fullmatch=True
+    ),
+    st.from_regex(r" *(\+|00)?[0-9]{0,4}[ ()./-]{0,2}[0-9 ()./-]{0,100}", fullmatch=True),
+    st.from_regex(r"[a-z.]{0,12}@[a-z@.]{0,12}", fullmatch=True),
+    st.from_regex(r"([A-Za-z]{1,6}['-]?[A-Za-z]{0,6}[ ,]{1,2}){0,10}", fullmatch=True),
+)
+
+
+def _partial_way(category: str) -> int:
+    return row_masker.PARTIAL_CATEGORIES.get(category, row_masker.PARTIAL_OTHER)
+
+
+def _pseudonym_way(category: str) -> int:
+    return row_masker.PSEUDONYM_CATEGORIES.get(category, row_masker.PSEUDONYM_OTHER)
+
+
+@given(st.sampled_from(CATEGORIES), shaped)
 def test_partial_forms_are_values_partial_byte_for_byte(category: str, value: str) -> None:
     if category == "ip":
         return  # a constant on the fast path (see the rewriter's plan)
-    assert row_masker.partial_text(category, value.encode()) == partial(value, category).encode()
+    made = row_masker.masked_text(_partial_way(category), value.encode())
+    assert made == partial(value, category).encode()
 
 
-@given(st.sampled_from(CATEGORIES), st.text(min_size=1).filter(lambda v: not v.isascii()))
-def test_values_not_plain_ascii_are_left_to_the_general_path(category: str, value: str) -> None:
-    assert row_masker.partial_text(category, value.encode()) is None
+@given(st.sampled_from(CATEGORIES), shaped, keys, st.booleans())
+def test_pseudonyms_are_the_maskers_byte_for_byte(
+    category: str, value: str, key: bytes, portable: bool
+) -> None:
+    masker = Masker(key)
+    made = row_masker.masked_text(
+        _pseudonym_way(category),
+        value.encode(),
+        category.encode() + b"\x00",
+        masker.hmac_key_block,
+        portable,
+    )
+    assert made == masker.pseudonym(value, category).encode()
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_sha256_is_hashlibs(data: bytes, portable: bool) -> None:
+    assert row_masker.sha256_digest(data, portable) == hashlib.sha256(data).digest()
+
+
+@given(
+    st.sampled_from(CATEGORIES),
+    st.booleans(),
+    st.text(min_size=1).filter(lambda value: not value.isascii()),
+)
+def test_values_not_plain_ascii_are_left_to_the_general_path(
+    category: str, pseudonym: bool, value: str
+) -> None:
+    way = _pseudonym_way(category) if pseudonym else _partial_way(category)
+    key_block = Masker(KEY).hmac_key_block
+    assert row_masker.masked_text(way, value.encode(), b"k\x00", key_block) is None
 
 
 column_masks = st.tuples(
     st.sampled_from(CATEGORIES),
-    st.sampled_from([MaskMethod.PARTIAL, MaskMethod.REDACT, MaskMethod.NULL]),
+    st.sampled_from(
+        [
+            MaskMethod.PARTIAL,
+            MaskMethod.PSEUDONYM,
+            MaskMethod.HASH,
+            MaskMethod.REDACT,
+            MaskMethod.NULL,
+        ]
+    ),
     st.booleans(),  # computed
     st.sampled_from([TEXT, VARCHAR, INT4]),
 )
-cell = st.one_of(st.none(), any_text.map(str.encode), st.binary(max_size=12))
+cell = st.one_of(
+    st.none(), any_text.map(str.encode), shaped.map(str.encode), st.binary(max_size=12)
+)
 
 
 def _row(values: list[bytes | None]) -> bytes:
@@ -68,7 +133,8 @@ def _rewriter(
         Column(f"c{position}".encode(), 0, 0, spec[3] if spec else TEXT, -1, -1, int(binary))
         for position, spec in enumerate(columns)
     )
-    rewriter = MaskingRewriter([masks], [tuple(f"c{i}" for i in range(len(columns)))], Masker(None))
+    expected = [tuple(f"c{i}" for i in range(len(columns)))]
+    rewriter = MaskingRewriter([masks], expected, Masker(KEY))
     statement = Statement(1, ())
     statement.columns = described
     rewriter.result_started(statement, 0)

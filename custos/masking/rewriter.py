@@ -171,7 +171,7 @@ class MaskingRewriter(ResultRewriter):
         self._plan = plan
         self._past_end = past_end
         self._masks_any = past_end or any(entry is not None for entry in plan)
-        self._rows = None if past_end or not self._masks_any else _row_masker(plan)
+        self._rows = None if past_end or not self._masks_any else _row_masker(plan, self._masker)
 
     def _settle_counts(self) -> None:
         """Adds the values the fast path masked to their columns' counts."""
@@ -446,32 +446,40 @@ class _ColumnPlan:
         )
 
 
-def _row_masker(plan: Sequence[_ColumnPlan | None]) -> compiled_rows.RowMasker | None:
+def _row_masker(
+    plan: Sequence[_ColumnPlan | None], masker: Masker
+) -> compiled_rows.RowMasker | None:
     """The fast path for a result whose masked columns are all masked by a constant, or are
-    text masked in part; None for any other (or where it is not compiled)."""
+    text masked in part or by pseudonym; None for any other (or where it is not compiled)."""
     if compiled_rows is None:
         return None
+    key_block = masker.hmac_key_block
     ways = bytearray()
     constants: list[bytes] = []
+    categories: list[bytes] = []
     for entry in plan:
-        constant = b""
+        constant = category = b""
         if entry is None:
             way = compiled_rows.KEEP
         elif entry.how == _CONSTANT:
             way = compiled_rows.CONSTANT_AND_NULL if entry.fills_null else compiled_rows.CONSTANT
             constant = entry.constant
-        elif (
-            entry.how == _TEXT_FORM
-            and entry.text_way == _PARTIAL_TEXT
-            and not entry.fills_null
-            and entry.category != "ip"  # redacted, but NULL where not text: the general path
-        ):
+        elif entry.how != _TEXT_FORM or entry.fills_null:
+            return None
+        elif entry.text_way == _PARTIAL_TEXT and entry.category != "ip":
+            # (`ip` is redacted in part, but NULL where not text: the general path's.)
             way = compiled_rows.PARTIAL_CATEGORIES.get(entry.category, compiled_rows.PARTIAL_OTHER)
+        elif entry.text_way == _PSEUDONYM_TEXT and key_block is not None:
+            way = compiled_rows.PSEUDONYM_CATEGORIES.get(
+                entry.category, compiled_rows.PSEUDONYM_OTHER
+            )
+            category = entry.category.encode() + b"\x00"  # as Masker.material keys it
         else:
             return None
         ways.append(way)
         constants.append(constant)
-    return compiled_rows.RowMasker(bytes(ways), tuple(constants))
+        categories.append(category)
+    return compiled_rows.RowMasker(bytes(ways), tuple(constants), tuple(categories), key_block)
 
 
 def placeholder(type_oid: int, binary: bool) -> bytes | None:

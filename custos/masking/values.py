@@ -47,7 +47,7 @@ class Masker:
     """Masks text values under one key (at least 32 bytes of secret); without a key, only
     by the methods that need none (partial, generalise, redact, null)."""
 
-    __slots__ = ("_inner", "_made", "_outer")
+    __slots__ = ("_inner", "_made", "_outer", "hmac_key_block")
 
     def __init__(self, key: bytes | None) -> None:
         if key is not None and len(key) < 32:
@@ -58,6 +58,8 @@ class Masker:
         if len(block) > _SHA256_BLOCK:
             block = hashlib.sha256(block).digest()
         block = block.ljust(_SHA256_BLOCK, b"\x00")
+        # The key as HMAC pads it, for the masked-row fast path, which keys its own states.
+        self.hmac_key_block = None if key is None else block
         self._inner = None if key is None else hashlib.sha256(block.translate(_INNER_PAD))
         self._outer = None if key is None else hashlib.sha256(block.translate(_OUTER_PAD))
         # Pseudonyms made, by category and value: results repeat values (a customer in
