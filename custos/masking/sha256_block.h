@@ -68,47 +68,71 @@ static void custos_sha256_portable(uint32_t state[8], const uint8_t block[64]) {
 #ifdef CUSTOS_SHA_EXTENSIONS
 /* Intel's SHA extensions: four rounds per pair of SHA256RNDS2, the message schedule by
  * SHA256MSG1 and SHA256MSG2 (Intel, "New Instructions Supporting the Secure Hash
- * Algorithm on Intel Architecture Processors", 2013). */
+ * Algorithm on Intel Architecture Processors", 2013). Each round waits for the one before,
+ * so `lanes` blocks of independent messages (one or two) are compressed side by side:
+ * two take little longer than one. */
+__attribute__((target("sha,sse4.1,ssse3"), always_inline)) static inline void
+custos_sha256_extensions_lanes(const int lanes, uint32_t *states[2], const uint8_t *blocks[2]) {
+    const __m128i byte_order = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i message[2][4];
+    __m128i abef[2], cdgh[2], abef_before[2], cdgh_before[2];
+    __m128i scheduled[2];
+    int group, lane;
+    for (lane = 0; lane < lanes; lane++) {
+        __m128i dcba = _mm_loadu_si128((const __m128i *)&states[lane][0]);
+        __m128i hgfe = _mm_loadu_si128((const __m128i *)&states[lane][4]);
+        __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);
+        __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);
+        abef[lane] = abef_before[lane] = _mm_alignr_epi8(cdab, efgh, 8);
+        cdgh[lane] = cdgh_before[lane] = _mm_blend_epi16(efgh, cdab, 0xF0);
+    }
+    for (group = 0; group < 16; group++) {
+        const __m128i constants = _mm_loadu_si128((const __m128i *)&custos_sha256_k[4 * group]);
+        for (lane = 0; lane < lanes; lane++) {
+            __m128i *words = message[lane];
+            if (group < 4) {
+                words[group] = _mm_shuffle_epi8(
+                    _mm_loadu_si128((const __m128i *)(blocks[lane] + 16 * group)), byte_order);
+            }
+            scheduled[lane] = _mm_add_epi32(words[group & 3], constants);
+            cdgh[lane] = _mm_sha256rnds2_epu32(cdgh[lane], abef[lane], scheduled[lane]);
+        }
+        for (lane = 0; lane < lanes; lane++) {
+            __m128i *words = message[lane];
+            if (group >= 3 && group < 15) {
+                __m128i shifted = _mm_alignr_epi8(words[group & 3], words[(group + 3) & 3], 4);
+                words[(group + 1) & 3] = _mm_sha256msg2_epu32(
+                    _mm_add_epi32(words[(group + 1) & 3], shifted), words[group & 3]);
+            }
+            abef[lane] = _mm_sha256rnds2_epu32(abef[lane], cdgh[lane],
+                                               _mm_shuffle_epi32(scheduled[lane], 0x0E));
+            if (group >= 1 && group < 13) {
+                words[(group + 3) & 3] =
+                    _mm_sha256msg1_epu32(words[(group + 3) & 3], words[group & 3]);
+            }
+        }
+    }
+    for (lane = 0; lane < lanes; lane++) {
+        __m128i feba = _mm_shuffle_epi32(_mm_add_epi32(abef[lane], abef_before[lane]), 0x1B);
+        __m128i dchg = _mm_shuffle_epi32(_mm_add_epi32(cdgh[lane], cdgh_before[lane]), 0xB1);
+        _mm_storeu_si128((__m128i *)&states[lane][0], _mm_blend_epi16(feba, dchg, 0xF0));
+        _mm_storeu_si128((__m128i *)&states[lane][4], _mm_alignr_epi8(dchg, feba, 8));
+    }
+}
+
 __attribute__((target("sha,sse4.1,ssse3"))) static void custos_sha256_extensions(
     uint32_t state[8], const uint8_t block[64]) {
-    const __m128i byte_order = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i message[4];
-    __m128i scheduled, shifted;
-    __m128i dcba = _mm_loadu_si128((const __m128i *)&state[0]);
-    __m128i hgfe = _mm_loadu_si128((const __m128i *)&state[4]);
-    __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);
-    __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);
-    __m128i abef = _mm_alignr_epi8(cdab, efgh, 8);
-    __m128i cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
-    const __m128i abef_before = abef, cdgh_before = cdgh;
-    int group;
-    for (group = 0; group < 16; group++) {
-        if (group < 4) {
-            message[group] = _mm_shuffle_epi8(
-                _mm_loadu_si128((const __m128i *)(block + 16 * group)), byte_order);
-        }
-        scheduled = _mm_add_epi32(message[group & 3],
-                                  _mm_loadu_si128((const __m128i *)&custos_sha256_k[4 * group]));
-        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, scheduled);
-        if (group >= 3 && group < 15) {
-            shifted = _mm_alignr_epi8(message[group & 3], message[(group + 3) & 3], 4);
-            message[(group + 1) & 3] = _mm_sha256msg2_epu32(
-                _mm_add_epi32(message[(group + 1) & 3], shifted), message[group & 3]);
-        }
-        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(scheduled, 0x0E));
-        if (group >= 1 && group < 13) {
-            message[(group + 3) & 3] =
-                _mm_sha256msg1_epu32(message[(group + 3) & 3], message[group & 3]);
-        }
-    }
-    abef = _mm_add_epi32(abef, abef_before);
-    cdgh = _mm_add_epi32(cdgh, cdgh_before);
-    {
-        __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
-        __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
-        _mm_storeu_si128((__m128i *)&state[0], _mm_blend_epi16(feba, dchg, 0xF0));
-        _mm_storeu_si128((__m128i *)&state[4], _mm_alignr_epi8(dchg, feba, 8));
-    }
+    uint32_t *states[2] = {state, NULL};
+    const uint8_t *blocks[2] = {block, NULL};
+    custos_sha256_extensions_lanes(1, states, blocks);
+}
+
+__attribute__((target("sha,sse4.1,ssse3"))) static void custos_sha256_extensions_pair(
+    uint32_t first[8], const uint8_t first_block[64], uint32_t second[8],
+    const uint8_t second_block[64]) {
+    uint32_t *states[2] = {first, second};
+    const uint8_t *blocks[2] = {first_block, second_block};
+    custos_sha256_extensions_lanes(2, states, blocks);
 }
 
 static int custos_cpu_asked_for_sha_extensions(void) {
@@ -128,14 +152,39 @@ static int custos_cpu_has_sha_extensions(void) {
 #endif
 
 typedef void (*custos_sha256_compress_fn)(uint32_t state[8], const uint8_t block[64]);
+typedef void (*custos_sha256_pair_fn)(uint32_t first[8], const uint8_t first_block[64],
+                                      uint32_t second[8], const uint8_t second_block[64]);
 
-/* The compression this CPU runs best; `portable_only` for the tests of the portable one. */
+static void custos_sha256_portable_pair(uint32_t first[8], const uint8_t first_block[64],
+                                        uint32_t second[8], const uint8_t second_block[64]) {
+    custos_sha256_portable(first, first_block);
+    custos_sha256_portable(second, second_block);
+}
+
+/* The compressions this CPU runs best, of one block and of two side by side;
+ * `portable_only` for the tests of the portable ones. */
 static custos_sha256_compress_fn custos_sha256_compression(int portable_only) {
 #ifdef CUSTOS_SHA_EXTENSIONS
     if (!portable_only && custos_cpu_has_sha_extensions()) return custos_sha256_extensions;
 #endif
     (void)portable_only;
     return custos_sha256_portable;
+}
+
+static custos_sha256_pair_fn custos_sha256_pair_compression(int portable_only) {
+#ifdef CUSTOS_SHA_EXTENSIONS
+    if (!portable_only && custos_cpu_has_sha_extensions()) return custos_sha256_extensions_pair;
+#endif
+    (void)portable_only;
+    return custos_sha256_portable_pair;
+}
+
+static inline void custos_store_words(const uint32_t h[8], uint8_t out[32]) {
+    int i;
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(h[i] >> 24), out[4 * i + 1] = (uint8_t)(h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(h[i] >> 8), out[4 * i + 3] = (uint8_t)h[i];
+    }
 }
 
 /* SHA-256 of `prefix` then `data`, continued from `state` after `before` bytes already
@@ -165,10 +214,7 @@ static void custos_sha256_finish(custos_sha256_compress_fn compress, const uint3
     memset(block + filled, 0, 56 - filled);
     for (i = 0; i < 8; i++) block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
     compress(h, block);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(h[i] >> 24), out[4 * i + 1] = (uint8_t)(h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(h[i] >> 8), out[4 * i + 3] = (uint8_t)h[i];
-    }
+    custos_store_words(h, out);
 }
 
 /* HMAC-SHA-256's keyed states (RFC 2104) from the key's 64-byte block. */
@@ -184,14 +230,82 @@ static void custos_hmac_states(custos_sha256_compress_fn compress, const uint8_t
     compress(outer, padded);
 }
 
-/* HMAC-SHA-256 of `prefix` then `data`, from the keyed states. */
+/* The inner hash's last block of a message that fits one after the key's: false if not. */
+static inline int custos_hmac_inner_block(const uint8_t *prefix, size_t prefix_size,
+                                          const uint8_t *data, size_t size, uint8_t block[64]) {
+    size_t filled = prefix_size + size;
+    uint64_t bits = (64 + (uint64_t)filled) * 8;
+    int i;
+    if (filled > 55) return 0;
+    memcpy(block, prefix, prefix_size);
+    memcpy(block + prefix_size, data, size);
+    block[filled] = 0x80;
+    memset(block + filled + 1, 0, 55 - filled);
+    for (i = 0; i < 8; i++) block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    return 1;
+}
+
+/* The outer hash's one block, around the inner digest in block[0..31]: 96 bytes after the
+ * key's. */
+static inline void custos_hmac_outer_block(uint8_t block[64]) {
+    block[32] = 0x80;
+    memset(block + 33, 0, 29);
+    block[62] = 0x03; /* 768 bits */
+    block[63] = 0x00;
+}
+
+/* HMAC-SHA-256 of `prefix` then `data`, from the keyed states. A message that fits one
+ * block after the key's (most values) is laid out in place: one compression for the
+ * inner hash, one for the outer. */
 static void custos_hmac_sha256(custos_sha256_compress_fn compress, const uint32_t inner[8],
                                const uint32_t outer[8], const uint8_t *prefix,
                                size_t prefix_size, const uint8_t *data, size_t size,
                                uint8_t out[32]) {
-    uint8_t inner_digest[32];
-    custos_sha256_finish(compress, inner, 64, prefix, prefix_size, data, size, inner_digest);
-    custos_sha256_finish(compress, outer, 64, NULL, 0, inner_digest, 32, out);
+    uint8_t block[64];
+    uint32_t h[8];
+    if (custos_hmac_inner_block(prefix, prefix_size, data, size, block)) {
+        memcpy(h, inner, sizeof(h));
+        compress(h, block);
+        custos_store_words(h, block);
+    } else {
+        custos_sha256_finish(compress, inner, 64, prefix, prefix_size, data, size, block);
+    }
+    custos_hmac_outer_block(block);
+    memcpy(h, outer, sizeof(h));
+    compress(h, block);
+    custos_store_words(h, out);
+}
+
+/* Two HMAC-SHA-256s at once (of `prefix` then `data`, each), side by side where both fit
+ * one block after the key's. */
+static void custos_hmac_sha256_pair(custos_sha256_compress_fn compress,
+                                    custos_sha256_pair_fn compress_pair,
+                                    const uint32_t inner[8], const uint32_t outer[8],
+                                    const uint8_t *prefixes[2], const size_t prefix_sizes[2],
+                                    const uint8_t *datas[2], const size_t sizes[2],
+                                    uint8_t *outs[2]) {
+    uint8_t first[64], second[64];
+    uint32_t h_first[8], h_second[8];
+    if (!custos_hmac_inner_block(prefixes[0], prefix_sizes[0], datas[0], sizes[0], first) ||
+        !custos_hmac_inner_block(prefixes[1], prefix_sizes[1], datas[1], sizes[1], second)) {
+        custos_hmac_sha256(compress, inner, outer, prefixes[0], prefix_sizes[0], datas[0],
+                           sizes[0], outs[0]);
+        custos_hmac_sha256(compress, inner, outer, prefixes[1], prefix_sizes[1], datas[1],
+                           sizes[1], outs[1]);
+        return;
+    }
+    memcpy(h_first, inner, sizeof(h_first));
+    memcpy(h_second, inner, sizeof(h_second));
+    compress_pair(h_first, first, h_second, second);
+    custos_store_words(h_first, first);
+    custos_store_words(h_second, second);
+    custos_hmac_outer_block(first);
+    custos_hmac_outer_block(second);
+    memcpy(h_first, outer, sizeof(h_first));
+    memcpy(h_second, outer, sizeof(h_second));
+    compress_pair(h_first, first, h_second, second);
+    custos_store_words(h_first, outs[0]);
+    custos_store_words(h_second, outs[1]);
 }
 
 /* SHA-256 of `prefix` then `data`. */
