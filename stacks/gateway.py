@@ -118,6 +118,16 @@ class GatewayStack(Stack):
                 exclude_punctuation=True, password_length=64
             ),
         )
+        # The masking key: pseudonyms in results (HMAC). Generated once, never shown;
+        # rotating it changes every pseudonym (README: Masking, the key).
+        self.masking_key_secret = secretsmanager.Secret(
+            self,
+            "MaskingKeySecret",
+            description="Custos masking key: the pseudonyms agents see in results (HMAC)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                exclude_punctuation=True, password_length=64
+            ),
+        )
         self.tls_secret = secretsmanager.Secret(
             self,
             "TlsSecret",
@@ -322,6 +332,8 @@ class GatewayStack(Stack):
                 "key": {"key_secret": self.audit_key_secret.secret_arn},
                 "retention_days": context.events_ttl_days,
             },
+            # Results a mask rule names are masked; pseudonyms keyed by a secret of their own.
+            "masking": {"key_secret": self.masking_key_secret.secret_arn},
         }
         if self.approvals is not None:
             # A statement a rule holds starts the approvals workflow and waits on its table.
@@ -347,6 +359,7 @@ class GatewayStack(Stack):
         """Exactly what the running gateway calls; each statement names its resources."""
         upstream_secret.grant_read(role)
         self.audit_key_secret.grant_read(role)
+        self.masking_key_secret.grant_read(role)
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["dynamodb:PutItem", "dynamodb:BatchWriteItem"],
@@ -627,6 +640,13 @@ class GatewayStack(Stack):
             "AwsSolutions-SMG4",
             "The audit key keys the data-subject index's pseudonyms: a rotated key would "
             "part every access recorded before from those after, so it is never rotated.",
+        )
+        acknowledge(
+            self.masking_key_secret,
+            "AwsSolutions-SMG4",
+            "The masking key keys the pseudonyms agents see: a rotated key changes every "
+            "pseudonym, so results before and after no longer join. It is rotated by hand, "
+            "when the operator chooses (README: Masking, the key).",
         )
         for secret in self.target_secrets:
             if isinstance(secret, secretsmanager.Secret):

@@ -124,9 +124,13 @@ def _role_statements(synth: Synth, role_fragment: str) -> list[dict[str, Any]]:
     return statements
 
 
+def _listed(value: Any) -> list[Any]:
+    """A policy statement's Action or Resource as a list (CloudFormation writes one alone)."""
+    return value if isinstance(value, list) else [value]
+
+
 def _actions(statement: dict[str, Any]) -> list[str]:
-    actions = statement["Action"]
-    return sorted(actions if isinstance(actions, list) else [actions])
+    return sorted(_listed(statement["Action"]))
 
 
 def test_load_balancer_is_internal_in_private_subnets_with_cross_zone(default: Synth) -> None:
@@ -223,13 +227,18 @@ def test_audit_table_is_named_to_the_task(default: Synth) -> None:
     assert "RefEvents" in table_name
 
 
+def _key_secret(name: str) -> bool:
+    """Whether a secret is one of the gateway's own keys (audit, masking), not a target's."""
+    return "AuditKeySecret" in name or "MaskingKeySecret" in name
+
+
 def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
     environment = {item["Name"]: item["Value"] for item in _container(default)["Environment"]}
     assert environment["CUSTOS_CONFIG"] == "/dev/stdin"
     (target_secret,) = [
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and not _key_secret(name)
     ]
     bucket_ref = {
         "Fn::ImportValue": next(
@@ -248,6 +257,9 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
     (audit_secret,) = [
         name for name in default.resources("AWS::SecretsManager::Secret") if "AuditKey" in name
     ]
+    (masking_secret,) = [
+        name for name in default.resources("AWS::SecretsManager::Secret") if "MaskingKey" in name
+    ]
     document = _resolve(
         environment["CUSTOS_CONFIG_DOCUMENT"],
         {
@@ -255,6 +267,7 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
             json.dumps(bucket_ref, sort_keys=True): "custos-policy-bucket",
             json.dumps(table_ref, sort_keys=True): "custos-events",
             json.dumps({"Ref": audit_secret}): f"arn:aws:secretsmanager:{REGION}:1:secret:key",
+            json.dumps({"Ref": masking_secret}): f"arn:aws:secretsmanager:{REGION}:1:secret:mk",
         },
     )
     config = GatewayConfig.model_validate(json.loads(document))
@@ -274,6 +287,8 @@ def test_config_document_is_a_valid_gateway_config(default: Synth) -> None:
     assert config.audit is not None
     assert (config.audit.store, config.audit.table) == ("dynamodb", "custos-events")
     assert config.audit.key.key_secret == f"arn:aws:secretsmanager:{REGION}:1:secret:key"
+    # Pseudonyms keyed by the masking key's own secret (the task role reads it: below).
+    assert config.masking.key_secret == f"arn:aws:secretsmanager:{REGION}:1:secret:mk"
 
 
 def test_start_script_hands_over_config_and_tls_without_shell_interpretation(
@@ -316,7 +331,7 @@ def test_task_role_holds_exactly_the_least_privilege_statements(default: Synth) 
     (target_secret,) = [
         name
         for name, secret in default.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and not _key_secret(name)
     ]
     by_actions = {tuple(_actions(statement)): statement for statement in statements}
     assert set(by_actions) == {
@@ -332,8 +347,12 @@ def test_task_role_holds_exactly_the_least_privilege_statements(default: Synth) 
     (audit_secret,) = [
         name for name in default.resources("AWS::SecretsManager::Secret") if "AuditKey" in name
     ]
+    (masking_secret,) = [
+        name for name in default.resources("AWS::SecretsManager::Secret") if "MaskingKey" in name
+    ]
     assert resource[("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue")] == [
         {"Ref": audit_secret},
+        {"Ref": masking_secret},
         {"Ref": target_secret},
     ]
     assert "EventsD" in resource[("dynamodb:BatchWriteItem", "dynamodb:PutItem")]["Fn::ImportValue"]
@@ -373,8 +392,7 @@ def test_existing_target_secret_is_referenced_by_name_and_read_by_its_arn(
     statements = _role_statements(mirrored, "TaskRole")
     reads = [s for s in statements if "secretsmanager:GetSecretValue" in _actions(s)]
     assert len(reads) == 1
-    (audit_key,) = [r for r in reads[0]["Resource"] if "AuditKey" in json.dumps(r)]
-    (existing,) = [r for r in reads[0]["Resource"] if r is not audit_key]
+    (existing,) = [r for r in reads[0]["Resource"] if not _key_secret(json.dumps(r))]
     arn = "".join(
         part if isinstance(part, str) else "<partition>" for part in existing["Fn::Join"][1]
     )
@@ -391,7 +409,7 @@ def test_created_target_secret_is_a_template_the_role_cannot_read_unless_served(
     (created_name,) = [
         name
         for name, secret in mirrored.resources("AWS::SecretsManager::Secret").items()
-        if secret["Properties"].get("Name") != "custos/gateway-tls" and "AuditKeySecret" not in name
+        if secret["Properties"].get("Name") != "custos/gateway-tls" and not _key_secret(name)
     ]
     created = mirrored.resources("AWS::SecretsManager::Secret")[created_name]["Properties"]
     template = json.loads(created["GenerateSecretString"]["SecretStringTemplate"])
