@@ -37,7 +37,6 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
@@ -53,6 +52,7 @@ from custos.approvals.aws import (
 from lambdas.approvals_notify.messages import APPROVER_ATTRIBUTE
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import ApprovalsContext, CustosContext, skip_bundling
+from stacks.keys import generated_key
 from stacks.lambda_code import function_code, logged_function
 
 NOTIFY_HANDLER = "lambdas.approvals_notify.handler.handler"
@@ -97,13 +97,10 @@ class ApprovalsStack(Stack):
             projection_type=dynamodb.ProjectionType.ALL,
         )
         # Signs approvers' links and binds retry grants to their statements; generated once.
-        self.link_key_secret = secretsmanager.Secret(
+        self.link_key_secret = generated_key(
             self,
             "LinkKeySecret",
-            description="Custos approvals key: signs approvers' links, binds retry grants",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                exclude_punctuation=True, password_length=64
-            ),
+            "Custos approvals key: signs approvers' links, binds retry grants",
         )
         self.topic_key = kms.Key(
             self,

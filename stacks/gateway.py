@@ -39,6 +39,7 @@ from custos.config import GatewayConfig, LimitSettings
 from stacks.approvals import ApprovalsStack
 from stacks.audit_storage import AuditStorageStack
 from stacks.config import CustosContext, TargetConfig
+from stacks.keys import generated_key
 from stacks.policy import POLICY_KEY, PolicyStack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,23 +111,15 @@ class GatewayStack(Stack):
         upstream_secret = self.target_secrets[0]
         # The audit trail's pseudonym key: generated once, never shown; rotating it
         # would part the data-subject index's old pseudonyms from the new.
-        self.audit_key_secret = secretsmanager.Secret(
-            self,
-            "AuditKeySecret",
-            description="Custos audit key: the data-subject index's pseudonyms (HMAC)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                exclude_punctuation=True, password_length=64
-            ),
+        self.audit_key_secret = generated_key(
+            self, "AuditKeySecret", "Custos audit key: the data-subject index's pseudonyms (HMAC)"
         )
         # The masking key: pseudonyms in results (HMAC). Generated once, never shown;
         # rotating it changes every pseudonym (README: Masking, the key).
-        self.masking_key_secret = secretsmanager.Secret(
+        self.masking_key_secret = generated_key(
             self,
             "MaskingKeySecret",
-            description="Custos masking key: the pseudonyms agents see in results (HMAC)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                exclude_punctuation=True, password_length=64
-            ),
+            "Custos masking key: the pseudonyms agents see in results (HMAC)",
         )
         self.tls_secret = secretsmanager.Secret(
             self,
