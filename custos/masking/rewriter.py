@@ -7,6 +7,10 @@ masked value of their own type (custos/masking/typed.py). A value of a type with
 form, or that cannot be read as its type, becomes NULL, and is counted so: nothing
 unmasked is ever passed on.
 
+Where every masked column of a result is text masked in part, by pseudonym or by one
+constant, its rows are rewritten in C on their bytes (row_masker.pyx), with the same
+result; a row that path leaves (a value not plain ASCII) is masked here.
+
 Errors and notices of a masked statement can quote the values it read (`invalid input
 syntax for type integer: "a@b.c"`, `Failing row contains (...)`): their message, detail,
 context and query fields are replaced, and only the SQLSTATE and where in the server it
