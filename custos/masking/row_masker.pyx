@@ -510,14 +510,16 @@ cdef class RowMasker:
 
     def __cinit__(
         self,
-        bytes ways,
-        tuple constants,
-        tuple categories,
+        bytes ways not None,
+        tuple constants not None,
+        tuple categories not None,
         bytes key_block=None,
         bint portable=False,
     ):
         if len(constants) != len(ways) or len(categories) != len(ways):
             raise ValueError("one constant and one category a column, b'' where none is used")
+        if not all(type(given) is bytes for given in constants + categories):
+            raise TypeError("the constants and categories are bytes")
         if key_block is not None and len(key_block) != 64:
             raise ValueError("the key block is the key padded to SHA-256's 64 bytes")
         self._ways = ways
@@ -603,7 +605,7 @@ cdef class RowMasker:
                 self._keyed_sizes[first], self._materials[first]
             )
 
-    def masked_row(self, bytes body):
+    def masked_row(self, bytes body not None):
         """The DataRow body with its masked columns rewritten; None where the row is not one
         this path masks (a value not plain ASCII, a malformed row): the general path then
         takes it, and nothing of it has been counted."""

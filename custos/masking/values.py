@@ -32,6 +32,9 @@ _ASCII_DIGITS_HIDDEN = bytes.maketrans(b"0123456789", b"*" * 10)
 _LETTER_RUNS = re.compile(r"[A-Z]+")
 
 _REMEMBERED_PSEUDONYMS = 1 << 16
+# Only values this short are remembered: a session's memory stays bounded (a few MB) however
+# long the values it reads, and long ones are rarely repeated.
+_REMEMBERED_LENGTH = 256
 _LETTERS = bytes(ord("A") + byte % 26 for byte in range(256))
 
 _CONSONANTS = "bcdfghjklmnprstvz"
@@ -63,7 +66,8 @@ class Masker:
         self._inner = None if key is None else hashlib.sha256(block.translate(_INNER_PAD))
         self._outer = None if key is None else hashlib.sha256(block.translate(_OUTER_PAD))
         # Pseudonyms made, by category and value: results repeat values (a customer in
-        # every order). Bounded; forgotten whole when full.
+        # every order). Bounded in count and in each value's length; forgotten whole when
+        # full.
         self._made: dict[tuple[str, str], str] = {}
 
     def text(self, value: str, category: str, method: MaskMethod) -> str | None:
@@ -85,6 +89,8 @@ class Masker:
 
     def pseudonym(self, value: str, category: str) -> str:
         """The keyed, format-keeping pseudonym of a value of this category."""
+        if len(value) > _REMEMBERED_LENGTH:
+            return self._made_pseudonym(value, category)
         made = self._made
         found = made.get((category, value))
         if found is None:
