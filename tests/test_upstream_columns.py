@@ -177,6 +177,57 @@ def test_absent_relations_are_remembered_but_never_answered(pg_dsn):
     assert connector.queries == 3
 
 
+def test_absence_holds_only_for_the_decision_whose_own_read_found_it(pg_dsn, scratch):
+    """A relation or function created in the database after it was found absent is read,
+    however fresh the absence: absence holds for the statement whose own load found it,
+    and until that read only (nothing remembers a decision made on it)."""
+    clock = Clock()
+    catalog, connector, _ = catalog_for(pg_dsn, clock)
+    view, function = f"{scratch}.later", f"{scratch}.later_f"
+
+    async def scenario() -> None:
+        first = clock.now
+        await catalog.load([view], absent_since=first)
+        await catalog.load_behind("function", [function], absent_since=first)
+        assert catalog.views([view]) is None  # an earlier absence: not for a decision
+        assert catalog.reach([view]) is None
+        assert catalog.behind("function", [function]) is None
+        assert catalog.views([view], absent_since=first) == ({}, first)  # until its read
+        assert catalog.reach([view], absent_since=first) == ({}, first)
+        assert catalog.behind("function", [function], absent_since=first) == ({}, first)
+        with psycopg.connect(pg_dsn, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("CREATE VIEW {} AS SELECT email FROM crm.customers").format(
+                    sql.Identifier(scratch, "later")
+                )
+            )
+            connection.execute(
+                sql.SQL(
+                    "CREATE FUNCTION {}() RETURNS text LANGUAGE sql"
+                    " AS 'SELECT email FROM crm.customers LIMIT 1'"
+                ).format(sql.Identifier(scratch, "later_f"))
+            )
+        clock.now += 1
+        second = clock.now
+        assert catalog.views([view], absent_since=second) is None  # read again first
+        await catalog.load([view])  # a hint's load keeps the absence it has
+        assert catalog.missing([view]) == frozenset()
+        await catalog.load([view], absent_since=second)
+        await catalog.load_behind("function", [function], absent_since=second)
+        views = catalog.views([view], absent_since=second)
+        assert views is not None
+        assert "crm.customers" in views[0][view]
+        bodies = catalog.behind("function", [function], absent_since=second)
+        assert bodies is not None
+        assert "crm.customers" in bodies[0][function].relations
+        catalog.close()
+
+    asyncio.run(scenario())
+    # Emptied search path; the view's columns and reach twice (absent, then created); the
+    # function's body twice.
+    assert connector.queries == 7
+
+
 def test_a_table_without_columns_is_not_absent(pg_dsn, scratch):
     catalog, _, _ = catalog_for(pg_dsn)
     relation = f"{scratch}.empty"

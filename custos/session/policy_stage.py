@@ -85,13 +85,22 @@ class PolicyStage(Stage):
         applied = reach.applied(statement.candidates)
         if applied is not None:
             return self._decide(statement, applied)
-        # Tasks, not coroutines: a wait is cancelled when its session closes.
-        loading = asyncio.ensure_future(reach.load(statement.candidates, self._workers))
-        return WaitFor(loading, lambda settled: self._reached(statement, settled))
+        # Tasks, not coroutines: a wait is cancelled when its session closes. What this
+        # load finds absent holds for this statement (FunctionReach.applied).
+        started = reach.now()
+        loading = asyncio.ensure_future(
+            reach.load(statement.candidates, self._workers, absent_since=started)
+        )
+        return WaitFor(loading, lambda settled: self._reached(statement, settled, started))
 
-    def _reached(self, statement: Statement, settled: Settled) -> Plan:
+    def _reached(self, statement: Statement, settled: Settled, started: float) -> Plan:
         assert self._reach is not None
-        applied = None if settled.error is not None else self._reach.applied(statement.candidates)
+        reach = self._reach
+        applied = (
+            None
+            if settled.error is not None
+            else reach.applied(statement.candidates, absent_since=started)
+        )
         if applied is None:
             return Refuse(CATALOG_UNREADABLE)
         return self._decide(statement, applied)

@@ -101,28 +101,37 @@ class FunctionReach:
         # analysis -> (that analysis, the views read through, it read through them)
         self._viewed: OrderedDict[int, tuple[Analysis, dict[str, str], Analysis]] = OrderedDict()
 
-    def applied(self, candidates: Candidates) -> Candidates | None:
+    def applied(
+        self, candidates: Candidates, absent_since: float | None = None
+    ) -> Candidates | None:
         """The candidates read through their views, with what their relations reach; None
-        until the catalog is read."""
+        until the catalog is read. A relation the catalog found absent counts as read only
+        where found so at or after `absent_since` (the start of this statement's own load:
+        it may have been created since an earlier one)."""
         if len(candidates) == 1:  # the common case, kept short
             analysis, path = candidates[0]
-            reached = self._applied(analysis, path)
+            reached = self._applied(analysis, path, absent_since)
             if reached is None or reached is analysis:
                 return None if reached is None else candidates
             return ((reached, path),)
         applied: list[tuple[Analysis, tuple[str, ...]]] = []
         for analysis, path in candidates:
-            reached = self._applied(analysis, path)
+            reached = self._applied(analysis, path, absent_since)
             if reached is None:
                 return None
             applied.append((reached, path))
         return tuple(applied)
 
-    async def load(self, candidates: Candidates, workers: ViewWorkers | None = None) -> None:
+    async def load(
+        self,
+        candidates: Candidates,
+        workers: ViewWorkers | None = None,
+        absent_since: float | None = None,
+    ) -> None:
         """Reads the views the candidates read, what their relations reach, and the bodies
         of the functions they call and reach; raises ColumnsUnavailable. A statement whose
         reading through its views would hold the event loop is read through them by
-        `workers`, when given."""
+        `workers`, when given. Relations found absent before `absent_since` are read again."""
         catalog = self._catalog
         # Each round reads the relations the views read so far are found to read, or reads
         # a statement through the views found.
@@ -133,7 +142,7 @@ class FunctionReach:
             complete = True
             for analysis, path in candidates:
                 base = analysis.canonical or analysis
-                viewed, _, known, pending = self._through_views(base, path)
+                viewed, _, known, pending = self._through_views(base, path, absent_since)
                 complete &= known
                 if pending is not None:
                     self._remember_viewed(
@@ -143,7 +152,7 @@ class FunctionReach:
                 relations |= reached_relations(base) | reached_relations(viewed)
                 operators |= used_operators(viewed)
                 types |= cast_types(viewed)
-            await catalog.load(relations)
+            await catalog.load(relations, absent_since)
             await catalog.load_behind("operator", operators)
             await catalog.load_behind("type", types)
             if complete:
@@ -154,13 +163,20 @@ class FunctionReach:
             relations = set()
             functions: set[str] = set()
             for analysis, path in candidates:
-                self._assembled(analysis.canonical or analysis, path, relations, functions)
+                base = analysis.canonical or analysis
+                self._assembled(base, path, absent_since, relations, functions)
             if not relations and not functions:
                 return
-            await catalog.load(relations)
-            await catalog.load_behind("function", functions)
+            await catalog.load(relations, absent_since)
+            await catalog.load_behind("function", functions, absent_since)
 
-    def _applied(self, analysis: Analysis, path: tuple[str, ...]) -> Analysis | None:
+    def now(self) -> float:
+        """The catalog's clock: `absent_since` is read from it."""
+        return self._catalog.now()
+
+    def _applied(
+        self, analysis: Analysis, path: tuple[str, ...], absent_since: float | None
+    ) -> Analysis | None:
         # The relations, and so what they reach, are the same for every text of a shape.
         base = analysis.canonical or analysis
         catalog = self._catalog
@@ -169,7 +185,7 @@ class FunctionReach:
             known, reached, generation, until = remembered
             if known is base and generation == catalog.generation and catalog.now() < until:
                 return _own(analysis, reached, base)
-        assembled = self._assembled(base, path)
+        assembled = self._assembled(base, path, absent_since)
         if assembled is None:
             return None
         reached, until = assembled
@@ -184,16 +200,17 @@ class FunctionReach:
         self,
         base: Analysis,
         path: tuple[str, ...],
+        absent_since: float | None,
         unread_relations: set[str] | None = None,
         unread_functions: set[str] | None = None,
     ) -> tuple[Analysis, float] | None:
         """The analysis read through its views, with what it reaches and what the bodies
         of the functions it calls run and read, and until when that holds; None while the
         catalog has not been read for it (what is missing then added to the sets given)."""
-        viewed, viewed_until, complete, _ = self._through_views(base, path)
+        viewed, viewed_until, complete, _ = self._through_views(base, path, absent_since)
         if not complete:
             return None
-        found = self._reached(viewed)
+        found = self._reached(viewed, absent_since)
         if found is None:
             return None
         reached, until = found
@@ -201,7 +218,7 @@ class FunctionReach:
         seen = reached_relations(viewed)
         catalog = self._catalog
         for _ in range(_VIEW_ROUNDS):
-            bodies = self._bodies(called_functions(reached), unread_functions)
+            bodies = self._bodies(called_functions(reached), absent_since, unread_functions)
             if bodies is None:
                 return None
             reached = with_function_bodies(reached, bodies[0], path)
@@ -211,8 +228,8 @@ class FunctionReach:
             extra = reached_relations(reached) - seen
             if not extra:
                 return self._expanded(reached), until
-            views = catalog.views(extra)
-            reach = catalog.reach(extra)
+            views = catalog.views(extra, absent_since)
+            reach = catalog.reach(extra, absent_since)
             if views is None or reach is None:
                 if unread_relations is not None:
                     unread_relations |= extra
@@ -233,7 +250,7 @@ class FunctionReach:
         return analysis if expanded is analysis else replace(expanded, canonical=None)
 
     def _through_views(
-        self, base: Analysis, path: tuple[str, ...]
+        self, base: Analysis, path: tuple[str, ...], absent_since: float | None
     ) -> tuple[Analysis, float, bool, dict[str, str] | None]:
         """The analysis read through the views the catalog has described so far (see
         custos/sql/views.py), until when that holds, whether it is complete (every relation
@@ -244,7 +261,7 @@ class FunctionReach:
         definitions: dict[str, str] = {}
         analysis = base
         for _ in range(_VIEW_ROUNDS):
-            found = catalog.views(reached_relations(analysis))
+            found = catalog.views(reached_relations(analysis), absent_since)
             if found is None:
                 return analysis, until, False, None
             views, fresh_until = found
@@ -276,12 +293,12 @@ class FunctionReach:
         if len(self._viewed) > self._memo_entries:
             self._viewed.popitem(last=False)
 
-    def _reached(self, base: Analysis) -> tuple[Analysis, float] | None:
+    def _reached(self, base: Analysis, absent_since: float | None) -> tuple[Analysis, float] | None:
         """The analysis with the functions its `q.name`s call, what its relations, operators
         and casts reach, and until when that holds; None while the catalog has not been
         read for it."""
         catalog = self._catalog
-        found = catalog.reach(reached_relations(base))
+        found = catalog.reach(reached_relations(base), absent_since)
         operators = catalog.behind("operator", used_operators(base))
         types = catalog.behind("type", cast_types(base))
         if found is None or operators is None or types is None:
@@ -292,7 +309,7 @@ class FunctionReach:
         return with_reached_functions(called, reach, operators[0], types[0]), until
 
     def _bodies(
-        self, names: frozenset[str], unread: set[str] | None = None
+        self, names: frozenset[str], absent_since: float | None, unread: set[str] | None = None
     ) -> tuple[dict[str, Reach], float] | None:
         """What the functions of these names run, and the functions those call (see
         bodies_reached), and until when that holds; None while a body is unread (its name
@@ -302,7 +319,7 @@ class FunctionReach:
 
         def bodies_of(pending: set[str]) -> dict[str, Reach] | None:
             nonlocal until
-            bodies = catalog.behind("function", pending)
+            bodies = catalog.behind("function", pending, absent_since)
             if bodies is None:
                 if unread is not None:
                     unread.update(pending)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from custos.sql.bodies import body_reach
 from custos.sql.names import qualified, split_qualified
-from custos.sql.reached import NOTHING_REACHED, Reach
+from custos.sql.reached import NO_SUCH_FUNCTION, NOTHING_REACHED, Reach
 from custos.upstream.reach import (
     EMPTY_SEARCH_PATH,
     asked_about,
@@ -166,45 +166,84 @@ class ColumnCatalog:
                 known[relation] = entry.columns
         return known
 
-    def missing(self, relations: Iterable[str]) -> frozenset[str]:
-        """Those askable `relations` with no fresh entry, neither columns nor absence."""
+    def missing(self, relations: Iterable[str], absent_too: bool = False) -> frozenset[str]:
+        """Those askable `relations` with no fresh entry, neither columns nor absence (with
+        `absent_too`, those known to be absent as well: read again)."""
         now = self._clock()
         return frozenset(
             relation
             for relation in relations
-            if not self._fresh(self._entries.get(relation), now) and askable(relation)
+            if askable(relation)
+            and (
+                not self._fresh(entry := self._entries.get(relation), now)
+                or (absent_too and entry is not None and entry.columns is None)
+            )
         )
 
-    def reach(self, relations: Iterable[str]) -> tuple[dict[str, Reach], float] | None:
+    def reach(
+        self, relations: Iterable[str], absent_since: float | None = None
+    ) -> tuple[dict[str, Reach], float] | None:
         """What reading or writing each relation reaches, and until when that holds; None
         while one is unread or stale (one whose name cannot be asked about always is).
 
-        The database's own relations reach nothing that matters (reach.asked_about).
+        A relation known to be absent counts as unread unless it was found absent at or
+        after `absent_since` (see _trusted). The database's own relations reach nothing
+        that matters (reach.asked_about).
         """
-        pairs: list[tuple[str, tuple[Reach, float] | None]] = []
+        now = self._clock()
+        found: dict[str, Reach] = {}
+        until = now + self._ttl
         for relation in relations:
-            if asked_about(relation):
-                entry = self._entries.get(relation)
-                pairs.append((relation, None if entry is None else (entry.reach, entry.read_at)))
-        return self._gathered(pairs)
+            if not asked_about(relation):
+                continue
+            trusted = self._trusted(relation, absent_since, now)
+            if trusted is None:
+                return None
+            entry, valid_until = trusted
+            until = min(until, valid_until)
+            if entry.reach is not NOTHING_REACHED:
+                found[relation] = entry.reach
+        return found, until
 
-    def views(self, relations: Iterable[str]) -> tuple[dict[str, str], float] | None:
+    def views(
+        self, relations: Iterable[str], absent_since: float | None = None
+    ) -> tuple[dict[str, str], float] | None:
         """The views reading these relations reads, each with its defining query (every
         name in it qualified), and until when that holds; None while one is unread or
-        stale. The database's own views are not read through (reach.asked_about)."""
+        stale, or absent as reach() says. The database's own views are not read through
+        (reach.asked_about)."""
         now = self._clock()
         found: dict[str, str] = {}
         until = now + self._ttl
         for relation in relations:
             if not asked_about(relation):
                 continue
-            entry = self._entries.get(relation)
-            if entry is None or not self._fresh(entry, now):
+            trusted = self._trusted(relation, absent_since, now)
+            if trusted is None:
                 return None
-            until = min(until, entry.read_at + self._ttl)
+            entry, valid_until = trusted
+            until = min(until, valid_until)
             if entry.views:
                 found.update(entry.views)
         return found, until
+
+    def _trusted(
+        self, relation: str, absent_since: float | None, now: float
+    ) -> tuple[_Entry, float] | None:
+        """The relation's entry as a decision may use it, and until when; None while it is
+        unread or stale. That a relation does not exist holds only for the statement whose
+        own catalog read found it so (at or after `absent_since`), and only for it (valid
+        until its read: nothing remembers it): the relation may be created in the database
+        at any moment, and a view created since over personal columns must be read
+        through, not taken for one that reads nothing."""
+        entry = self._entries.get(relation)
+        if entry is None or not self._fresh(entry, now):
+            return None
+        if entry.columns is not None:
+            return entry, entry.read_at + self._ttl
+        if absent_since is None or entry.read_at < absent_since:
+            return None
+        return entry, entry.read_at
 
     @property
     def generation(self) -> int:
@@ -217,37 +256,48 @@ class ColumnCatalog:
     def _fresh(self, entry: _Entry | None, now: float) -> bool:
         return entry is not None and now - entry.read_at < self._ttl
 
-    def behind(self, kind: str, names: Iterable[str]) -> tuple[dict[str, Reach], float] | None:
+    def behind(
+        self, kind: str, names: Iterable[str], absent_since: float | None = None
+    ) -> tuple[dict[str, Reach], float] | None:
         """What each operator (kind "operator"), cast type (kind "type") or user-defined
         function (kind "function", by its body) of these names runs, for those that run
-        something, and until when that holds; None while one is
-        unread or stale."""
-        behind = self._behind
-        return self._gathered((name, behind.get((kind, name))) for name in names)
-
-    def _gathered(
-        self, entries: Iterable[tuple[str, tuple[Reach, float] | None]]
-    ) -> tuple[dict[str, Reach], float] | None:
-        """Those of the entries (what each name reaches, and when it was read) that reach
-        something, and until when all of them hold; None if one is missing or stale."""
+        something, and until when that holds; None while one is unread or stale. A name
+        no function has counts as unread unless found so at or after `absent_since`, and
+        then holds until its read (as an absent relation: _trusted)."""
         now = self._clock()
         found: dict[str, Reach] = {}
         until = now + self._ttl
-        for name, entry in entries:
+        for name in names:
+            entry = self._behind.get((kind, name))
             if entry is None or now - entry[1] >= self._ttl:
                 return None
-            until = min(until, entry[1] + self._ttl)
-            if entry[0] is not NOTHING_REACHED:
-                found[name] = entry[0]
+            reach, read_at = entry
+            if reach is NO_SUCH_FUNCTION:
+                if absent_since is None or read_at < absent_since:
+                    return None
+                until = min(until, read_at)
+                continue
+            until = min(until, read_at + self._ttl)
+            if reach is not NOTHING_REACHED:
+                found[name] = reach
         return found, until
 
-    async def load_behind(self, kind: str, names: Iterable[str]) -> None:
-        """Reads what the names not fresh run; raises ColumnsUnavailable."""
+    async def load_behind(
+        self, kind: str, names: Iterable[str], absent_since: float | None = None
+    ) -> None:
+        """Reads what the names not fresh run (and, with `absent_since`, names no function
+        had before then); raises ColumnsUnavailable."""
         now = self._clock()
         missing = sorted(
             name
             for name in set(names)
-            if (entry := self._behind.get((kind, name))) is None or now - entry[1] >= self._ttl
+            if (entry := self._behind.get((kind, name))) is None
+            or now - entry[1] >= self._ttl
+            or (
+                entry[0] is NO_SUCH_FUNCTION
+                and absent_since is not None
+                and entry[1] < absent_since
+            )
         )
         if not missing:
             return
@@ -270,17 +320,30 @@ class ColumnCatalog:
         self._behind.clear()
         self._generation += 1
 
-    async def load(self, relations: Iterable[str]) -> dict[str, tuple[str, ...]]:
-        """Like known(), after reading what is missing or stale; raises ColumnsUnavailable."""
+    async def load(
+        self, relations: Iterable[str], absent_since: float | None = None
+    ) -> dict[str, tuple[str, ...]]:
+        """Like known(), after reading what is missing or stale; raises ColumnsUnavailable.
+        With `absent_since`, relations last found absent before then are read again."""
         wanted = frozenset(relations)
         read: dict[str, tuple[str, ...]] = {}
-        if self.missing(wanted):
+        if self._unread(wanted, absent_since):
             async with self._lock:
                 # Another session may have read them while this one waited.
-                missing = self.missing(wanted)
+                missing = self._unread(wanted, absent_since)
                 if missing:
                     read = await self._read(missing)
         return {**self.known(wanted), **read}
+
+    def _unread(self, relations: frozenset[str], absent_since: float | None) -> frozenset[str]:
+        missing = self.missing(relations)
+        if absent_since is None:
+            return missing
+        return missing | frozenset(
+            relation
+            for relation in self.missing(relations, absent_too=True) - missing
+            if self._entries[relation].read_at < absent_since
+        )
 
     def close(self) -> None:
         if self._connection is not None:

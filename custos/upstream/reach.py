@@ -25,7 +25,7 @@ from custos.sql.names import (
     split_identifier_list,
     split_qualified,
 )
-from custos.sql.reached import Reach, called_functions
+from custos.sql.reached import NO_SUCH_FUNCTION, Reach, called_functions
 
 Row = tuple[str | None, ...]
 
@@ -253,21 +253,39 @@ JOIN pg_catalog.pg_aggregate AS a ON a.aggfnoid = f.oid
 JOIN pg_catalog.pg_proc AS s
   ON s.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
                a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
-JOIN pg_catalog.pg_namespace AS pn ON pn.oid = s.pronamespace"""
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = s.pronamespace
+UNION ALL
+-- Names no function has at all (the database's own included): one may be created later.
+SELECT v.schema_name, v.function_name, NULL, NULL, '{no_such_function}', NULL, NULL, NULL
+FROM v
+WHERE NOT EXISTS (
+  SELECT FROM pg_catalog.pg_proc AS p
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+  WHERE p.proname = v.function_name AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+)"""
+
+# The language column's marker, in bodies_query's rows, of a name no function has.
+_NO_SUCH_FUNCTION = "-no such function-"
 
 
 def bodies_query(functions: Collection[str]) -> str:
     """One query for the bodies of every user-defined function of these names (as the facts
     spell them: `schema.f` or `f`), and the support functions of aggregates among them."""
-    return _BODIES_QUERY.format(functions=_named_values(functions), first_user_oid=FIRST_USER_OID)
+    return _BODIES_QUERY.format(
+        functions=_named_values(functions),
+        first_user_oid=FIRST_USER_OID,
+        no_such_function=_NO_SUCH_FUNCTION,
+    )
 
 
 def bodies_from_rows(
     rows: Iterable[Row], body_reach: Callable[[str, str, tuple[str, ...] | None], Reach]
 ) -> dict[str, Reach]:
     """name (as the facts spell it) -> what calling it runs and reads, from bodies_query's
-    rows: every function of that name, since which one a call means is the database's."""
+    rows: every function of that name, since which one a call means is the database's;
+    NO_SUCH_FUNCTION for a name no function has."""
     found: dict[str, set[str]] = {}
+    absent: set[str] = set()
     relations: dict[str, set[str]] = {}
     columns: dict[str, set[tuple[str, str]]] = {}
     unknown: set[str] = set()
@@ -276,6 +294,9 @@ def bodies_from_rows(
         if name is None:
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
+        if language == _NO_SUCH_FUNCTION:
+            absent.add(key)
+            continue
         functions = found.setdefault(key, set())
         if returns == "set":
             returning_sets.add(key)
@@ -294,7 +315,7 @@ def bodies_from_rows(
         columns.setdefault(key, set()).update(reach.columns)
         if reach.unknown:
             unknown.add(key)
-    return {
+    bodies = {
         key: Reach(
             frozenset(functions),
             unknown=key in unknown,
@@ -304,6 +325,7 @@ def bodies_from_rows(
         )
         for key, functions in found.items()
     }
+    return {**dict.fromkeys(absent, NO_SUCH_FUNCTION), **bodies}
 
 
 def operators_query(operators: Collection[str]) -> str:
