@@ -153,8 +153,8 @@ class FunctionReach:
                 operators |= used_operators(viewed)
                 types |= cast_types(viewed)
             await catalog.load(relations, absent_since)
-            await catalog.load_behind("operator", operators)
-            await catalog.load_behind("type", types)
+            await catalog.load_behind("operator", operators, absent_since)
+            await catalog.load_behind("type", types, absent_since)
             if complete:
                 break
         # Then the bodies of the functions called, level by level, and the relations only
@@ -299,8 +299,8 @@ class FunctionReach:
         read for it."""
         catalog = self._catalog
         found = catalog.reach(reached_relations(base), absent_since)
-        operators = catalog.behind("operator", used_operators(base))
-        types = catalog.behind("type", cast_types(base))
+        operators = catalog.behind("operator", used_operators(base), absent_since)
+        types = catalog.behind("type", cast_types(base), absent_since)
         if found is None or operators is None or types is None:
             return None
         reach, until = found

@@ -47,10 +47,10 @@ does not set its own search path: the database resolves them by the caller's."""
 
 NOTHING_REACHED = Reach()
 
-NO_SUCH_FUNCTION = Reach()
-"""What a function name reaches when no function has it: nothing, for now. One may be
-created in the database at any moment, so this holds only for the statement whose own
-catalog read found it (custos/upstream/columns.py, ColumnCatalog.behind)."""
+UNDEFINED = Reach()
+"""What a function, operator or type name reaches when nothing has that name: nothing, for
+now. One may be created in the database at any moment, so this holds only for the statement
+whose own catalog read found it (custos/upstream/columns.py, ColumnCatalog.behind)."""
 
 
 def with_reached_functions(

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from custos.sql.bodies import body_reach
 from custos.sql.names import qualified, split_qualified
-from custos.sql.reached import NO_SUCH_FUNCTION, NOTHING_REACHED, Reach
+from custos.sql.reached import NOTHING_REACHED, UNDEFINED, Reach
 from custos.upstream.reach import (
     EMPTY_SEARCH_PATH,
     asked_about,
@@ -262,8 +262,9 @@ class ColumnCatalog:
         """What each operator (kind "operator"), cast type (kind "type") or user-defined
         function (kind "function", by its body) of these names runs, for those that run
         something, and until when that holds; None while one is unread or stale. A name
-        no function has counts as unread unless found so at or after `absent_since`, and
-        then holds until its read (as an absent relation: _trusted)."""
+        nothing has (no function, operator or type) counts as unread unless found so at or
+        after `absent_since`, and then holds until its read (as an absent relation:
+        _trusted)."""
         now = self._clock()
         found: dict[str, Reach] = {}
         until = now + self._ttl
@@ -272,7 +273,7 @@ class ColumnCatalog:
             if entry is None or now - entry[1] >= self._ttl:
                 return None
             reach, read_at = entry
-            if reach is NO_SUCH_FUNCTION:
+            if reach is UNDEFINED:
                 if absent_since is None or read_at < absent_since:
                     return None
                 until = min(until, read_at)
@@ -285,7 +286,7 @@ class ColumnCatalog:
     async def load_behind(
         self, kind: str, names: Iterable[str], absent_since: float | None = None
     ) -> None:
-        """Reads what the names not fresh run (and, with `absent_since`, names no function
+        """Reads what the names not fresh run (and, with `absent_since`, names nothing
         had before then); raises ColumnsUnavailable."""
         now = self._clock()
         missing = sorted(
@@ -293,11 +294,7 @@ class ColumnCatalog:
             for name in set(names)
             if (entry := self._behind.get((kind, name))) is None
             or now - entry[1] >= self._ttl
-            or (
-                entry[0] is NO_SUCH_FUNCTION
-                and absent_since is not None
-                and entry[1] < absent_since
-            )
+            or (entry[0] is UNDEFINED and absent_since is not None and entry[1] < absent_since)
         )
         if not missing:
             return

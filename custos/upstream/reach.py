@@ -25,7 +25,7 @@ from custos.sql.names import (
     split_identifier_list,
     split_qualified,
 )
-from custos.sql.reached import NO_SUCH_FUNCTION, Reach, called_functions
+from custos.sql.reached import UNDEFINED, Reach, called_functions
 
 Row = tuple[str | None, ...]
 
@@ -181,7 +181,16 @@ JOIN pg_catalog.pg_operator AS o
 JOIN pg_catalog.pg_namespace AS n
   ON n.oid = o.oprnamespace AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
 JOIN pg_catalog.pg_proc AS p ON p.oid = o.oprcode
-JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace"""
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
+UNION ALL
+-- Names no operator has at all (the database's own included): one may be created later.
+SELECT v.schema_name, v.operator_name, '{undefined}', NULL
+FROM (VALUES {operators}) AS v(schema_name, operator_name)
+WHERE NOT EXISTS (
+  SELECT FROM pg_catalog.pg_operator AS o
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = o.oprnamespace
+  WHERE o.oprname = v.operator_name AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
+)"""
 
 
 _TYPES_QUERY = """\
@@ -205,7 +214,12 @@ JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.pronamespace
 UNION ALL
 SELECT t.schema_name, t.type_name, NULL, NULL,
        pg_catalog.regexp_replace(pg_catalog.pg_get_constraintdef(k.oid), '^CHECK ', 'SELECT ')
-FROM t JOIN pg_catalog.pg_constraint AS k ON k.contypid = t.oid AND k.contype = 'c'"""
+FROM t JOIN pg_catalog.pg_constraint AS k ON k.contypid = t.oid AND k.contype = 'c'
+UNION ALL
+-- Names no type has at all: one may be created later.
+SELECT v.schema_name, v.type_name, '{undefined}', NULL, NULL
+FROM v WHERE NOT EXISTS (SELECT FROM t WHERE t.type_name = v.type_name
+                         AND t.schema_name IS NOT DISTINCT FROM v.schema_name)"""
 
 
 # A PL/pgSQL body is read as its whole definition (pglast parses that); a SQL one as its
@@ -256,7 +270,7 @@ JOIN pg_catalog.pg_proc AS s
 JOIN pg_catalog.pg_namespace AS pn ON pn.oid = s.pronamespace
 UNION ALL
 -- Names no function has at all (the database's own included): one may be created later.
-SELECT v.schema_name, v.function_name, NULL, NULL, '{no_such_function}', NULL, NULL, NULL
+SELECT v.schema_name, v.function_name, '{undefined}', NULL, NULL, NULL, NULL, NULL
 FROM v
 WHERE NOT EXISTS (
   SELECT FROM pg_catalog.pg_proc AS p
@@ -264,8 +278,9 @@ WHERE NOT EXISTS (
   WHERE p.proname = v.function_name AND (v.schema_name IS NULL OR n.nspname = v.schema_name)
 )"""
 
-# The language column's marker, in bodies_query's rows, of a name no function has.
-_NO_SUCH_FUNCTION = "-no such function-"
+# The function schema column's marker, in the rows of bodies_query, operators_query and
+# types_query, of a name nothing has.
+_UNDEFINED_MARK = "-undefined-"
 
 
 def bodies_query(functions: Collection[str]) -> str:
@@ -274,7 +289,7 @@ def bodies_query(functions: Collection[str]) -> str:
     return _BODIES_QUERY.format(
         functions=_named_values(functions),
         first_user_oid=FIRST_USER_OID,
-        no_such_function=_NO_SUCH_FUNCTION,
+        undefined=_UNDEFINED_MARK,
     )
 
 
@@ -283,7 +298,7 @@ def bodies_from_rows(
 ) -> dict[str, Reach]:
     """name (as the facts spell it) -> what calling it runs and reads, from bodies_query's
     rows: every function of that name, since which one a call means is the database's;
-    NO_SUCH_FUNCTION for a name no function has."""
+    UNDEFINED for a name nothing has."""
     found: dict[str, set[str]] = {}
     absent: set[str] = set()
     relations: dict[str, set[str]] = {}
@@ -294,7 +309,7 @@ def bodies_from_rows(
         if name is None:
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
-        if language == _NO_SUCH_FUNCTION:
+        if function_schema == _UNDEFINED_MARK:
             absent.add(key)
             continue
         functions = found.setdefault(key, set())
@@ -325,42 +340,50 @@ def bodies_from_rows(
         )
         for key, functions in found.items()
     }
-    return {**dict.fromkeys(absent, NO_SUCH_FUNCTION), **bodies}
+    return {**dict.fromkeys(absent, UNDEFINED), **bodies}
 
 
 def operators_query(operators: Collection[str]) -> str:
     """One query for the functions behind every user-defined operator of these names (as
     the facts spell them: `schema.op` or `op`); the database's own run nothing that matters."""
     return _OPERATORS_QUERY.format(
-        operators=_named_values(operators), first_user_oid=FIRST_USER_OID
+        operators=_named_values(operators), first_user_oid=FIRST_USER_OID, undefined=_UNDEFINED_MARK
     )
 
 
 def types_query(types: Collection[str]) -> str:
     """One query for what casting a value to each user-defined type of these names runs:
     its input function, the casts to it, its domain checks (as SQL to analyse)."""
-    return _TYPES_QUERY.format(types=_named_values(types), first_user_oid=FIRST_USER_OID)
+    return _TYPES_QUERY.format(
+        types=_named_values(types), first_user_oid=FIRST_USER_OID, undefined=_UNDEFINED_MARK
+    )
 
 
 def behind_from_rows(
     rows: Iterable[Row], functions_in: Callable[[str], frozenset[str] | None]
 ) -> dict[str, Reach]:
     """name (as the facts spell it) -> what it runs, from operators_query's or types_query's
-    rows (read: the functions; unknown: an expression that could not be analysed)."""
+    rows (read: the functions; unknown: an expression that could not be analysed);
+    UNDEFINED for a name nothing has."""
     found: dict[str, set[str]] = {}
     unknown: set[str] = set()
+    absent: set[str] = set()
     for row in rows:
         schema, name, function_schema, function = row[:4]
         expression = row[4] if len(row) > 4 else None
         if name is None:
             raise ValueError("the query returned a row without a name")
         key = f"{schema}.{name}" if schema is not None else name
+        if function_schema == _UNDEFINED_MARK:
+            absent.add(key)
+            continue
         functions = found.setdefault(key, set())
         if not _add_run(functions, function_schema, function, expression, functions_in):
             unknown.add(key)
-    return {
+    behind = {
         key: Reach(frozenset(functions), unknown=key in unknown) for key, functions in found.items()
     }
+    return {**dict.fromkeys(absent, UNDEFINED), **behind}
 
 
 def _named_values(names: Collection[str]) -> str:
