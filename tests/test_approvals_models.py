@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,6 +123,21 @@ def test_a_link_altered_anywhere_is_refused(position: int, replacement: str) -> 
         return
     with pytest.raises(ApprovalError):
         signer.verify(altered, "decide", NOW)
+
+
+def test_a_link_spelled_another_way_is_refused() -> None:
+    """A 32-byte seal leaves two unused bits in its last base64 character: setting them
+    spells the same bytes another way, and that spelling is refused too."""
+    signer = LinkSigner(KEY)
+    ticket = signer.sign("apr-" + "1" * 20, "dpo-1", "decide", NOW + timedelta(minutes=5))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(ticket[-1])
+    respelled = ticket[:-1] + alphabet[last ^ 1]
+    assert base64.urlsafe_b64decode(respelled.split(".")[1] + "=") == base64.urlsafe_b64decode(
+        ticket.split(".")[1] + "="
+    )
+    with pytest.raises(ApprovalError):
+        signer.verify(respelled, "decide", NOW)
 
 
 @given(st.text(max_size=200))

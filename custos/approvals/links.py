@@ -86,7 +86,13 @@ def _encoded(data: bytes) -> str:
 
 
 def _decoded(text: str) -> bytes:
+    """The bytes of unpadded URL-safe base64 in its one canonical spelling: another spelling
+    of the same bytes (unused low bits set in the last character) is refused, so that a
+    ticket has exactly one form."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except Exception as error:
         raise ValueError("not base64") from error
+    if _encoded(data) != text:
+        raise ValueError("not canonical base64")
+    return data
