@@ -190,19 +190,15 @@ class ColumnCatalog:
         after `absent_since` (see _trusted). The database's own relations reach nothing
         that matters (reach.asked_about).
         """
-        now = self._clock()
-        found: dict[str, Reach] = {}
-        until = now + self._ttl
-        for relation in relations:
-            if not asked_about(relation):
-                continue
-            trusted = self._trusted(relation, absent_since, now)
-            if trusted is None:
-                return None
-            entry, valid_until = trusted
-            until = min(until, valid_until)
-            if entry.reach is not NOTHING_REACHED:
-                found[relation] = entry.reach
+        trusted = self._trusted_entries(relations, absent_since)
+        if trusted is None:
+            return None
+        entries, until = trusted
+        found = {
+            relation: entry.reach
+            for relation, entry in entries.items()
+            if entry.reach is not NOTHING_REACHED
+        }
         return found, until
 
     def views(
@@ -212,8 +208,23 @@ class ColumnCatalog:
         name in it qualified), and until when that holds; None while one is unread or
         stale, or absent as reach() says. The database's own views are not read through
         (reach.asked_about)."""
-        now = self._clock()
+        trusted = self._trusted_entries(relations, absent_since)
+        if trusted is None:
+            return None
+        entries, until = trusted
         found: dict[str, str] = {}
+        for entry in entries.values():
+            if entry.views:
+                found.update(entry.views)
+        return found, until
+
+    def _trusted_entries(
+        self, relations: Iterable[str], absent_since: float | None
+    ) -> tuple[dict[str, _Entry], float] | None:
+        """The entries a decision may use of the relations asked about, and until when all
+        hold; None while one is unread or stale (see _trusted)."""
+        now = self._clock()
+        entries: dict[str, _Entry] = {}
         until = now + self._ttl
         for relation in relations:
             if not asked_about(relation):
@@ -221,11 +232,9 @@ class ColumnCatalog:
             trusted = self._trusted(relation, absent_since, now)
             if trusted is None:
                 return None
-            entry, valid_until = trusted
+            entries[relation], valid_until = trusted
             until = min(until, valid_until)
-            if entry.views:
-                found.update(entry.views)
-        return found, until
+        return entries, until
 
     def _trusted(
         self, relation: str, absent_since: float | None, now: float
