@@ -431,13 +431,6 @@ class AwsApprovals:
 
     async def submit(self, request: ApprovalRequest) -> None:
         await asyncio.to_thread(self._submit, request)
-        log.info(
-            "approval %s requested: role=%s rule=%s group=%s",
-            request.id,
-            request.requester.role,
-            request.rules[0].rule if request.rules else "?",
-            request.group,
-        )
 
     def _submit(self, request: ApprovalRequest) -> None:
         self.table.create(request)

@@ -67,13 +67,6 @@ class LocalApprovals:
         delay = max(0.0, (request.expires_at - self._clock()).total_seconds())
         loop = asyncio.get_running_loop()
         self._expiries[request.id] = loop.call_later(delay, self._expire, request.id)
-        log.info(
-            "approval %s requested: role=%s rule=%s group=%s",
-            request.id,
-            request.requester.role,
-            request.rules[0].rule if request.rules else "?",
-            request.group,
-        )
         await self._notify()
 
     async def decided(self, request_id: str) -> ApprovalRequest:

@@ -177,9 +177,20 @@ class ApprovalStage(Stage):
     ) -> ApprovalRequest:
         request = await self._request(request_id, statement, decision, requirement, binding, text)
         # Submitted whole even if the session gives up meanwhile: a withdrawal follows it.
-        await asyncio.shield(self._backend.submit(request))
+        await asyncio.shield(self._submit(request))
         self._record(EventType.APPROVAL_REQUESTED, statement, request_id)
         return await self._backend.decided(request_id)
+
+    async def _submit(self, request: ApprovalRequest) -> None:
+        """Hands the request to the backend, and logs it (no values: the rule and group)."""
+        await self._backend.submit(request)
+        log.info(
+            "approval %s requested: role=%s rule=%s group=%s",
+            request.id,
+            request.requester.role,
+            request.rules[0].rule if request.rules else "?",
+            request.group,
+        )
 
     def _decided(self, statement: Statement, settled: Settled) -> Plan:
         self._waiting.pop(statement.number, None)
@@ -236,7 +247,7 @@ class ApprovalStage(Stage):
         request = await self._request(
             new_request_id(), statement, decision, requirement, binding, text
         )
-        await backend.submit(request)
+        await self._submit(request)
         return _Retried(request, new=True)
 
     def _retried(self, statement: Statement, settled: Settled) -> Plan:
