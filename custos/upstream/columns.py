@@ -166,17 +166,25 @@ class ColumnCatalog:
                 known[relation] = entry.columns
         return known
 
-    def missing(self, relations: Iterable[str], absent_too: bool = False) -> frozenset[str]:
-        """Those askable `relations` with no fresh entry, neither columns nor absence (with
-        `absent_too`, those known to be absent as well: read again)."""
+    def missing(
+        self, relations: Iterable[str], absent_before: float | None = None
+    ) -> frozenset[str]:
+        """Those askable `relations` with no fresh entry, neither columns nor absence; with
+        `absent_before`, also those found absent before then (read again for a decision:
+        _trusted)."""
         now = self._clock()
         return frozenset(
             relation
             for relation in relations
             if askable(relation)
             and (
-                not self._fresh(entry := self._entries.get(relation), now)
-                or (absent_too and entry is not None and entry.columns is None)
+                (entry := self._entries.get(relation)) is None
+                or not self._fresh(entry, now)
+                or (
+                    absent_before is not None
+                    and entry.columns is None
+                    and entry.read_at < absent_before
+                )
             )
         )
 
@@ -333,23 +341,13 @@ class ColumnCatalog:
         With `absent_since`, relations last found absent before then are read again."""
         wanted = frozenset(relations)
         read: dict[str, tuple[str, ...]] = {}
-        if self._unread(wanted, absent_since):
+        if self.missing(wanted, absent_since):
             async with self._lock:
                 # Another session may have read them while this one waited.
-                missing = self._unread(wanted, absent_since)
+                missing = self.missing(wanted, absent_since)
                 if missing:
                     read = await self._read(missing)
         return {**self.known(wanted), **read}
-
-    def _unread(self, relations: frozenset[str], absent_since: float | None) -> frozenset[str]:
-        missing = self.missing(relations)
-        if absent_since is None:
-            return missing
-        return missing | frozenset(
-            relation
-            for relation in self.missing(relations, absent_too=True) - missing
-            if self._entries[relation].read_at < absent_since
-        )
 
     def close(self) -> None:
         if self._connection is not None:
