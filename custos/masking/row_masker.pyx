@@ -23,7 +23,6 @@ from libc.string cimport memcpy
 
 cdef extern from "sha256_block.h":
     ctypedef void (*custos_sha256_compress_fn)(uint32_t* state, const uint8_t* block)
-    custos_sha256_compress_fn custos_sha256_compression(int portable_only)
     void custos_hmac_states(
         custos_sha256_compress_fn compress, const uint8_t* key_block, uint32_t* inner,
         uint32_t* outer
@@ -37,7 +36,10 @@ cdef extern from "sha256_block.h":
         uint32_t* first, const uint8_t* first_block, uint32_t* second,
         const uint8_t* second_block
     )
-    custos_sha256_pair_fn custos_sha256_pair_compression(int portable_only)
+    ctypedef struct custos_sha256_engine:
+        custos_sha256_compress_fn one
+        custos_sha256_pair_fn pair
+    custos_sha256_engine custos_sha256_engine_for(int portable_only)
     void custos_hmac_sha256_pair(
         custos_sha256_compress_fn compress, custos_sha256_pair_fn compress_pair,
         const uint32_t* inner, const uint32_t* outer, const uint8_t** prefixes,
@@ -496,8 +498,7 @@ cdef class RowMasker:
     cdef long long* _counts
     cdef char* _buffer
     cdef Py_ssize_t _capacity
-    cdef custos_sha256_compress_fn _compress
-    cdef custos_sha256_pair_fn _compress_pair
+    cdef custos_sha256_engine _sha256
     cdef uint32_t _inner[8]
     cdef uint32_t _outer[8]
     # A row's values to pseudonymise, in order, and their keyed material: HMACs are made
@@ -550,11 +551,10 @@ cdef class RowMasker:
             self._materials[position] = self._materials[0] + 32 * position
             if ways[position] >= _PSEUDONYM_EMAIL and key_block is None:
                 raise ValueError("pseudonyms need the masking key")
-        self._compress = custos_sha256_compression(portable)
-        self._compress_pair = custos_sha256_pair_compression(portable)
+        self._sha256 = custos_sha256_engine_for(portable)
         if key_block is not None:
             custos_hmac_states(
-                self._compress, <const uint8_t*>PyBytes_AS_STRING(key_block), self._inner,
+                self._sha256.one, <const uint8_t*>PyBytes_AS_STRING(key_block), self._inner,
                 self._outer
             )
 
@@ -593,14 +593,14 @@ cdef class RowMasker:
         cdef Py_ssize_t first
         for first in range(0, keyed - 1, 2):
             custos_hmac_sha256_pair(
-                self._compress, self._compress_pair, self._inner, self._outer,
+                self._sha256.one, self._sha256.pair, self._inner, self._outer,
                 self._keyed_prefixes + first, self._keyed_prefix_sizes + first,
                 self._keyed_values + first, self._keyed_sizes + first, self._materials + first
             )
         if keyed % 2:
             first = keyed - 1
             custos_hmac_sha256(
-                self._compress, self._inner, self._outer, self._keyed_prefixes[first],
+                self._sha256.one, self._inner, self._outer, self._keyed_prefixes[first],
                 self._keyed_prefix_sizes[first], self._keyed_values[first],
                 self._keyed_sizes[first], self._materials[first]
             )
@@ -695,7 +695,7 @@ cdef class RowMasker:
                     out = _partial(way, row + offset + 4, length, value_start)
                 else:
                     out = _pseudonym(
-                        way, row + offset + 4, length, self._materials[keyed], self._compress,
+                        way, row + offset + 4, length, self._materials[keyed], self._sha256.one,
                         value_start
                     )
                     keyed += 1
@@ -756,7 +756,7 @@ def sha256_digest(bytes data, bint portable=False):
     or with `portable` the portable C): for the tests that hold it to hashlib."""
     cdef uint8_t digest[32]
     custos_sha256(
-        custos_sha256_compression(portable), NULL, 0,
+        custos_sha256_engine_for(portable).one, NULL, 0,
         <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), digest
     )
     return PyBytes_FromStringAndSize(<char*>digest, 32)

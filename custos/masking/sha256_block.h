@@ -161,22 +161,23 @@ static void custos_sha256_portable_pair(uint32_t first[8], const uint8_t first_b
     custos_sha256_portable(second, second_block);
 }
 
-/* The compressions this CPU runs best, of one block and of two side by side;
- * `portable_only` for the tests of the portable ones. */
-static custos_sha256_compress_fn custos_sha256_compression(int portable_only) {
-#ifdef CUSTOS_SHA_EXTENSIONS
-    if (!portable_only && custos_cpu_has_sha_extensions()) return custos_sha256_extensions;
-#endif
-    (void)portable_only;
-    return custos_sha256_portable;
-}
+/* The compressions this CPU runs best, of one block and of two side by side, chosen
+ * together; `portable_only` for the tests of the portable ones. */
+typedef struct {
+    custos_sha256_compress_fn one;
+    custos_sha256_pair_fn pair;
+} custos_sha256_engine;
 
-static custos_sha256_pair_fn custos_sha256_pair_compression(int portable_only) {
+static custos_sha256_engine custos_sha256_engine_for(int portable_only) {
+    custos_sha256_engine engine = {custos_sha256_portable, custos_sha256_portable_pair};
 #ifdef CUSTOS_SHA_EXTENSIONS
-    if (!portable_only && custos_cpu_has_sha_extensions()) return custos_sha256_extensions_pair;
+    if (!portable_only && custos_cpu_has_sha_extensions()) {
+        engine.one = custos_sha256_extensions;
+        engine.pair = custos_sha256_extensions_pair;
+    }
 #endif
     (void)portable_only;
-    return custos_sha256_portable_pair;
+    return engine;
 }
 
 static inline void custos_store_words(const uint32_t h[8], uint8_t out[32]) {
