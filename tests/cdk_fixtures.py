@@ -47,6 +47,28 @@ BLOCK_ALL = {
 }
 
 
+def template_resources(template: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    """A synthesized template's resources of one type, by logical id."""
+    return {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == resource_type
+    }
+
+
+def only_resource(
+    template: dict[str, Any], resource_type: str, fragment: str = ""
+) -> tuple[str, Any]:
+    """The one resource of the type whose logical id holds `fragment`: its id and properties."""
+    found = [
+        (name, resource["Properties"])
+        for name, resource in template_resources(template, resource_type).items()
+        if fragment in name
+    ]
+    assert len(found) == 1, [name for name, _ in found]
+    return found[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class NagFinding:
     plugin: str

@@ -23,7 +23,7 @@ from typing import Any
 import boto3
 import jsii.errors
 import pytest
-from cdk_fixtures import TEST_CONTEXT, CdkSynth, context_with
+from cdk_fixtures import TEST_CONTEXT, CdkSynth, context_with, only_resource, template_resources
 from moto import mock_aws
 from moto.core.config import DefaultConfig
 
@@ -99,33 +99,15 @@ def synth() -> Iterator[Synth]:
         )
 
 
-def _resources(template: dict[str, Any], resource_type: str) -> dict[str, Any]:
-    return {
-        name: resource
-        for name, resource in template["Resources"].items()
-        if resource["Type"] == resource_type
-    }
-
-
-def _only(template: dict[str, Any], resource_type: str, fragment: str = "") -> tuple[str, Any]:
-    found = [
-        (name, resource["Properties"])
-        for name, resource in _resources(template, resource_type).items()
-        if fragment in name
-    ]
-    assert len(found) == 1, [name for name, _ in found]
-    return found[0]
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
 def _grants(template: dict[str, Any], role_fragment: str) -> dict[tuple[str, ...], Any]:
     """A role's statements by their sorted actions; each an Allow, no wildcard action."""
-    role, _ = _only(template, "AWS::IAM::Role", role_fragment)
+    role, _ = only_resource(template, "AWS::IAM::Role", role_fragment)
     by_actions: dict[tuple[str, ...], Any] = {}
-    for policy in _resources(template, "AWS::IAM::Policy").values():
+    for policy in template_resources(template, "AWS::IAM::Policy").values():
         if {"Ref": role} not in policy["Properties"]["Roles"]:
             continue
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -161,7 +143,7 @@ def _joined(value: Any, parts: dict[str, str] | None = None) -> str:
 def _function(template: dict[str, Any], fragment: str) -> tuple[str, dict[str, Any]]:
     found = [
         (name, resource["Properties"])
-        for name, resource in _resources(template, "AWS::Lambda::Function").items()
+        for name, resource in template_resources(template, "AWS::Lambda::Function").items()
         if name.startswith(fragment)
     ]
     assert len(found) == 1
@@ -169,7 +151,7 @@ def _function(template: dict[str, Any], fragment: str) -> tuple[str, dict[str, A
 
 
 def _definition(template: dict[str, Any]) -> dict[str, Any]:
-    _, machine = _only(template, "AWS::StepFunctions::StateMachine")
+    _, machine = only_resource(template, "AWS::StepFunctions::StateMachine")
     definition: dict[str, Any] = json.loads(_joined(machine["DefinitionString"]))
     return definition
 
@@ -182,12 +164,12 @@ def test_without_approvals_there_is_no_stack_and_the_gateway_refuses_them(
 ) -> None:
     assert STACK not in cdk_synth.templates
     gateway: dict[str, Any] = dict(cdk_synth.templates[GATEWAY].to_json())
-    _, task = _only(gateway, "AWS::ECS::TaskDefinition")
+    _, task = only_resource(gateway, "AWS::ECS::TaskDefinition")
     document = json.dumps(task["ContainerDefinitions"][0]["Environment"])
     assert "approvals" not in document
     assert not any(
         action.startswith("states:")
-        for policy in _resources(gateway, "AWS::IAM::Policy").values()
+        for policy in template_resources(gateway, "AWS::IAM::Policy").values()
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
         for action in _as_list(statement["Action"])
     )
@@ -248,7 +230,7 @@ def test_bad_approvals_context_is_named(approvals: dict[str, Any], problem: str)
 
 def test_requests_table(synth: Synth) -> None:
     template = synth.template()
-    name, table = _only(template, "AWS::DynamoDB::Table")
+    name, table = only_resource(template, "AWS::DynamoDB::Table")
     assert template["Resources"][name]["DeletionPolicy"] == "Retain"
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
@@ -267,18 +249,18 @@ def test_requests_table(synth: Synth) -> None:
 
 
 def test_link_key_is_a_generated_secret(synth: Synth) -> None:
-    _, secret = _only(synth.template(), "AWS::SecretsManager::Secret")
+    _, secret = only_resource(synth.template(), "AWS::SecretsManager::Secret")
     assert secret["GenerateSecretString"] == {"ExcludePunctuation": True, "PasswordLength": 64}
     assert "SecretString" not in secret
 
 
 def test_topic_is_encrypted_and_tls_only(synth: Synth) -> None:
     template = synth.template()
-    key, key_properties = _only(template, "AWS::KMS::Key")
+    key, key_properties = only_resource(template, "AWS::KMS::Key")
     assert key_properties["EnableKeyRotation"] is True
-    topic, properties = _only(template, "AWS::SNS::Topic")
+    topic, properties = only_resource(template, "AWS::SNS::Topic")
     assert properties["KmsMasterKeyId"] == {"Fn::GetAtt": [key, "Arn"]}
-    _, policy = _only(template, "AWS::SNS::TopicPolicy")
+    _, policy = only_resource(template, "AWS::SNS::TopicPolicy")
     (statement,) = policy["PolicyDocument"]["Statement"]
     assert statement["Effect"] == "Deny"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -287,10 +269,10 @@ def test_topic_is_encrypted_and_tls_only(synth: Synth) -> None:
 
 def test_each_approver_has_one_email_subscription_filtered_to_them(synth: Synth) -> None:
     template = synth.template()
-    topic, _ = _only(template, "AWS::SNS::Topic")
+    topic, _ = only_resource(template, "AWS::SNS::Topic")
     subscriptions = [
         resource["Properties"]
-        for resource in _resources(template, "AWS::SNS::Subscription").values()
+        for resource in template_resources(template, "AWS::SNS::Subscription").values()
     ]
     assert sorted((s["Endpoint"], json.dumps(s["FilterPolicy"])) for s in subscriptions) == sorted(
         (f"{approver}@example.com", json.dumps({"approver": [approver]}))
@@ -305,9 +287,9 @@ def test_each_approver_has_one_email_subscription_filtered_to_them(synth: Synth)
 
 def test_functions_run_their_handlers_with_their_settings(synth: Synth) -> None:
     template = synth.template()
-    table, _ = _only(template, "AWS::DynamoDB::Table")
-    topic, _ = _only(template, "AWS::SNS::Topic")
-    secret, _ = _only(template, "AWS::SecretsManager::Secret")
+    table, _ = only_resource(template, "AWS::DynamoDB::Table")
+    topic, _ = only_resource(template, "AWS::SNS::Topic")
+    secret, _ = only_resource(template, "AWS::SecretsManager::Secret")
     directory = json.dumps(APPROVALS["approvers"], separators=(",", ":"))
     shared = {
         "APPROVALS_TABLE": {"Ref": table},
@@ -356,10 +338,10 @@ def _kms_via_sns(statement: dict[str, Any], key: str) -> None:
 
 def test_each_function_may_do_exactly_what_it_calls(synth: Synth) -> None:
     template = synth.template()
-    table, _ = _only(template, "AWS::DynamoDB::Table")
-    topic, _ = _only(template, "AWS::SNS::Topic")
-    key, _ = _only(template, "AWS::KMS::Key")
-    secret, _ = _only(template, "AWS::SecretsManager::Secret")
+    table, _ = only_resource(template, "AWS::DynamoDB::Table")
+    topic, _ = only_resource(template, "AWS::SNS::Topic")
+    key, _ = only_resource(template, "AWS::KMS::Key")
+    secret, _ = only_resource(template, "AWS::SecretsManager::Secret")
     logs = ("logs:CreateLogStream", "logs:PutLogEvents")
     read_secret = ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue")
     publish, topic_key = ("sns:Publish",), ("kms:Decrypt", "kms:GenerateDataKey")
@@ -409,7 +391,7 @@ def test_each_function_may_do_exactly_what_it_calls(synth: Synth) -> None:
     assert recorder[audit_key]["Condition"] == {
         "StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}
     }
-    roles = _resources(template, "AWS::IAM::Role")
+    roles = template_resources(template, "AWS::IAM::Role")
     assert not any(
         "ManagedPolicyArns" in role["Properties"]
         for name, role in roles.items()
@@ -422,20 +404,20 @@ def test_each_function_may_do_exactly_what_it_calls(synth: Synth) -> None:
 
 def test_api_has_the_two_routes_on_the_callback_and_nothing_else(synth: Synth) -> None:
     template = synth.template()
-    api, rest = _only(template, "AWS::ApiGateway::RestApi")
+    api, rest = only_resource(template, "AWS::ApiGateway::RestApi")
     assert rest["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
     callback, _ = _function(template, "Callback")
-    validator, validation = _only(template, "AWS::ApiGateway::RequestValidator")
+    validator, validation = only_resource(template, "AWS::ApiGateway::RequestValidator")
     assert (validation["ValidateRequestParameters"], validation["ValidateRequestBody"]) == (
         True,
         True,
     )
     paths = {
         name: resource["Properties"]["PathPart"]
-        for name, resource in _resources(template, "AWS::ApiGateway::Resource").items()
+        for name, resource in template_resources(template, "AWS::ApiGateway::Resource").items()
     }
     methods = {}
-    for method in _resources(template, "AWS::ApiGateway::Method").values():
+    for method in template_resources(template, "AWS::ApiGateway::Method").values():
         properties = method["Properties"]
         methods[(properties["HttpMethod"], paths[properties["ResourceId"]["Ref"]])] = properties
     assert set(methods) == {("GET", "{id}"), ("POST", "decision")}
@@ -447,7 +429,7 @@ def test_api_has_the_two_routes_on_the_callback_and_nothing_else(synth: Synth) -
     # Invoked from the stage's two routes only (no console test invocations).
     sources = sorted(
         _joined(permission["Properties"]["SourceArn"]).split("/", 2)[2]
-        for permission in _resources(template, "AWS::Lambda::Permission").values()
+        for permission in template_resources(template, "AWS::Lambda::Permission").values()
     )
     assert sources == ["GET/requests/*", "POST/requests/*/decision"]
     assert api
@@ -455,8 +437,8 @@ def test_api_has_the_two_routes_on_the_callback_and_nothing_else(synth: Synth) -
 
 def test_stage_logs_access_without_query_strings_and_is_throttled(synth: Synth) -> None:
     template = synth.template()
-    access_logs, _ = _only(template, "AWS::Logs::LogGroup", "ApiAccessLogs")
-    _, stage = _only(template, "AWS::ApiGateway::Stage")
+    access_logs, _ = only_resource(template, "AWS::Logs::LogGroup", "ApiAccessLogs")
+    _, stage = only_resource(template, "AWS::ApiGateway::Stage")
     assert stage["StageName"] == "approvals"
     setting = stage["AccessLogSetting"]
     assert setting["DestinationArn"] == {"Fn::GetAtt": [access_logs, "Arn"]}
@@ -473,7 +455,7 @@ def test_stage_logs_access_without_query_strings_and_is_throttled(synth: Synth) 
         "ThrottlingBurstLimit": 9,
         "ThrottlingRateLimit": 7,
     }
-    _, account = _only(template, "AWS::ApiGateway::Account")
+    _, account = only_resource(template, "AWS::ApiGateway::Account")
     assert "CloudWatchRole" in account["CloudWatchRoleArn"]["Fn::GetAtt"][0]
 
 
@@ -525,8 +507,8 @@ def test_workflow_notifies_waits_on_its_token_and_records_each_outcome(synth: Sy
 
 def test_workflow_is_standard_logged_without_data_and_traced(synth: Synth) -> None:
     template = synth.template()
-    log_group, _ = _only(template, "AWS::Logs::LogGroup", "WorkflowLogs")
-    _, machine = _only(template, "AWS::StepFunctions::StateMachine")
+    log_group, _ = only_resource(template, "AWS::Logs::LogGroup", "WorkflowLogs")
+    _, machine = only_resource(template, "AWS::StepFunctions::StateMachine")
     assert machine["StateMachineName"] == WORKFLOW_NAME
     assert machine["StateMachineType"] == "STANDARD"
     assert machine["LoggingConfiguration"] == {
@@ -543,10 +525,10 @@ def test_workflow_may_invoke_the_notifier_and_recorder_only(synth: Synth) -> Non
     template = synth.template()
     notifier, _ = _function(template, "Notifier")
     recorder, _ = _function(template, "Recorder")
-    role, _ = _only(template, "AWS::IAM::Role", "WorkflowRole")
+    role, _ = only_resource(template, "AWS::IAM::Role", "WorkflowRole")
     invoked = sorted(
         arn if isinstance(arn, str) else _joined(arn) if "Fn::Join" in arn else json.dumps(arn)
-        for policy in _resources(template, "AWS::IAM::Policy").values()
+        for policy in template_resources(template, "AWS::IAM::Policy").values()
         if {"Ref": role} in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
         if "lambda:InvokeFunction" in _as_list(statement["Action"])
@@ -593,7 +575,7 @@ def test_the_synthesized_workflow_runs_under_moto(
             Handler="stand_in.handler",
             Code={"ZipFile": code.getvalue()},
         )["FunctionArn"]
-        _, machine = _only(template, "AWS::StepFunctions::StateMachine")
+        _, machine = only_resource(template, "AWS::StepFunctions::StateMachine")
         parts = {
             json.dumps({"Fn::GetAtt": [function, "Arn"]}, sort_keys=True): stand_in
             for function in (notifier, recorder)
@@ -655,7 +637,7 @@ def test_the_synthesized_workflow_runs_under_moto(
 def _config_document(synth: Synth) -> tuple[GatewayConfig, dict[str, str]]:
     """The gateway's config, every reference replaced by a name that says what it is."""
     gateway = synth.template(GATEWAY)
-    _, task = _only(gateway, "AWS::ECS::TaskDefinition")
+    _, task = only_resource(gateway, "AWS::ECS::TaskDefinition")
     environment = {
         item["Name"]: item["Value"] for item in task["ContainerDefinitions"][0]["Environment"]
     }
@@ -688,10 +670,10 @@ def test_gateway_config_names_the_workflow_table_api_and_key(synth: Synth) -> No
 
 def test_gateway_task_may_start_and_stop_its_workflow_and_use_its_table(synth: Synth) -> None:
     gateway = synth.template(GATEWAY)
-    role, _ = _only(gateway, "AWS::IAM::Role", "TaskRole")
+    role, _ = only_resource(gateway, "AWS::IAM::Role", "TaskRole")
     statements = {
         tuple(sorted(_as_list(statement["Action"]))): statement
-        for policy in _resources(gateway, "AWS::IAM::Policy").values()
+        for policy in template_resources(gateway, "AWS::IAM::Policy").values()
         if {"Ref": role} in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     }

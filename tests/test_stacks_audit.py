@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from aws_cdk import App, Environment
 from aws_cdk.assertions import Template
-from cdk_fixtures import BLOCK_ALL, TEST_CONTEXT, CdkSynth, context_with
+from cdk_fixtures import (
+    BLOCK_ALL,
+    TEST_CONTEXT,
+    CdkSynth,
+    context_with,
+    only_resource,
+    template_resources,
+)
 from pydantic import BaseModel
 
 from custos.audit.events import AuditEvent, SubjectAccess
@@ -40,29 +47,11 @@ def audit(cdk_synth: CdkSynth) -> dict[str, Any]:
     return template
 
 
-def _resources(template: dict[str, Any], resource_type: str) -> dict[str, Any]:
-    return {
-        name: resource
-        for name, resource in template["Resources"].items()
-        if resource["Type"] == resource_type
-    }
-
-
-def _only(template: dict[str, Any], resource_type: str, fragment: str = "") -> tuple[str, Any]:
-    found = [
-        (name, resource["Properties"])
-        for name, resource in _resources(template, resource_type).items()
-        if fragment in name
-    ]
-    assert len(found) == 1, [name for name, _ in found]
-    return found[0]
-
-
 def _role_statements(template: dict[str, Any], role_fragment: str) -> list[dict[str, Any]]:
-    role, _ = _only(template, "AWS::IAM::Role", role_fragment)
+    role, _ = only_resource(template, "AWS::IAM::Role", role_fragment)
     return [
         statement
-        for policy in _resources(template, "AWS::IAM::Policy").values()
+        for policy in template_resources(template, "AWS::IAM::Policy").values()
         if {"Ref": role} in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
@@ -103,7 +92,7 @@ def _audit_key(statement: dict[str, Any], via: str) -> None:
 
 
 def _environment(template: dict[str, Any], function_fragment: str) -> dict[str, Any]:
-    _, function = _only(template, "AWS::Lambda::Function", function_fragment)
+    _, function = only_resource(template, "AWS::Lambda::Function", function_fragment)
     environment: dict[str, Any] = function["Environment"]["Variables"]
     return environment
 
@@ -112,7 +101,7 @@ def _environment(template: dict[str, Any], function_fragment: str) -> dict[str, 
 
 
 def test_archiver_function(audit: dict[str, Any]) -> None:
-    _, function = _only(audit, "AWS::Lambda::Function", "Archiver")
+    _, function = only_resource(audit, "AWS::Lambda::Function", "Archiver")
     assert function["Handler"] == "lambdas.audit_archiver.handler.handler"
     assert function["Runtime"] == "python3.12"
     environment = function["Environment"]["Variables"]
@@ -124,9 +113,9 @@ def test_archiver_function(audit: dict[str, Any]) -> None:
 def test_archiver_reads_the_events_stream_with_partial_batch_failures(
     audit: dict[str, Any],
 ) -> None:
-    archiver, _ = _only(audit, "AWS::Lambda::Function", "Archiver")
-    queue, _ = _only(audit, "AWS::SQS::Queue")
-    _, mapping = _only(audit, "AWS::Lambda::EventSourceMapping")
+    archiver, _ = only_resource(audit, "AWS::Lambda::Function", "Archiver")
+    queue, _ = only_resource(audit, "AWS::SQS::Queue")
+    _, mapping = only_resource(audit, "AWS::Lambda::EventSourceMapping")
     assert mapping == {
         "FunctionName": {"Ref": archiver},
         "EventSourceArn": mapping["EventSourceArn"],
@@ -141,10 +130,10 @@ def test_archiver_reads_the_events_stream_with_partial_batch_failures(
 
 
 def test_dead_letter_queue_is_encrypted_and_tls_only(audit: dict[str, Any]) -> None:
-    queue, properties = _only(audit, "AWS::SQS::Queue")
+    queue, properties = only_resource(audit, "AWS::SQS::Queue")
     assert properties["SqsManagedSseEnabled"] is True
     assert properties["MessageRetentionPeriod"] == 14 * 24 * 3600
-    _, policy = _only(audit, "AWS::SQS::QueuePolicy")
+    _, policy = only_resource(audit, "AWS::SQS::QueuePolicy")
     assert policy["Queues"] == [{"Ref": queue}]
     (statement,) = policy["PolicyDocument"]["Statement"]
     assert statement["Effect"] == "Deny"
@@ -155,8 +144,8 @@ def test_archiver_may_read_the_stream_and_add_archive_objects_only(
     audit: dict[str, Any],
 ) -> None:
     grants = _grants(_role_statements(audit, "ArchiverRole"))
-    queue, _ = _only(audit, "AWS::SQS::Queue")
-    log_group, _ = _only(audit, "AWS::Logs::LogGroup", "Archiver")
+    queue, _ = only_resource(audit, "AWS::SQS::Queue")
+    log_group, _ = only_resource(audit, "AWS::Logs::LogGroup", "Archiver")
     stream_actions = (
         "dynamodb:DescribeStream",
         "dynamodb:GetRecords",
@@ -190,7 +179,7 @@ def test_archiver_may_read_the_stream_and_add_archive_objects_only(
 
 
 def test_signing_key_is_asymmetric_p256_for_signing_and_retained(audit: dict[str, Any]) -> None:
-    signing_key, properties = _only(audit, "AWS::KMS::Key", "DigestSigningKey")
+    signing_key, properties = only_resource(audit, "AWS::KMS::Key", "DigestSigningKey")
     assert properties["KeySpec"] == "ECC_NIST_P256"
     assert properties["KeyUsage"] == "SIGN_VERIFY"
     assert audit["Resources"][signing_key]["DeletionPolicy"] == "Retain"
@@ -200,22 +189,22 @@ def test_signing_key_is_asymmetric_p256_for_signing_and_retained(audit: dict[str
 
 
 def test_digest_function_runs_hourly_by_default(audit: dict[str, Any]) -> None:
-    digest, function = _only(audit, "AWS::Lambda::Function", "Digest")
+    digest, function = only_resource(audit, "AWS::Lambda::Function", "Digest")
     assert function["Handler"] == "lambdas.audit_digest.handler.handler"
     assert set(function["Environment"]["Variables"]) == {"AUDIT_BUCKET", "DIGEST_KMS_KEY_ID"}
-    _, rule = _only(audit, "AWS::Events::Rule")
+    _, rule = only_resource(audit, "AWS::Events::Rule")
     assert rule["ScheduleExpression"] == "rate(1 hour)"
     assert rule["State"] == "ENABLED"
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": [digest, "Arn"]}
-    _, permission = _only(audit, "AWS::Lambda::Permission")
+    _, permission = only_resource(audit, "AWS::Lambda::Permission")
     assert permission["Principal"] == "events.amazonaws.com"
     assert permission["Action"] == "lambda:InvokeFunction"
 
 
 def test_digest_may_read_the_archive_add_digests_and_sign_only(audit: dict[str, Any]) -> None:
     grants = _grants(_role_statements(audit, "DigestRole"))
-    signing_key, _ = _only(audit, "AWS::KMS::Key", "DigestSigningKey")
+    signing_key, _ = only_resource(audit, "AWS::KMS::Key", "DigestSigningKey")
     assert set(grants) == {
         ("logs:CreateLogStream", "logs:PutLogEvents"),
         ("s3:ListBucket",),
@@ -240,7 +229,7 @@ def test_digest_may_read_the_archive_add_digests_and_sign_only(audit: dict[str, 
 
 
 def test_glue_database(audit: dict[str, Any]) -> None:
-    _, database = _only(audit, "AWS::Glue::Database")
+    _, database = only_resource(audit, "AWS::Glue::Database")
     assert database["CatalogId"] == TEST_CONTEXT["account"]
     assert database["DatabaseInput"]["Name"] == "custos_audit"
 
@@ -251,8 +240,8 @@ def test_glue_database(audit: dict[str, Any]) -> None:
 def test_glue_table_over_its_prefix_with_partition_projection(
     audit: dict[str, Any], table: str, model: type[BaseModel]
 ) -> None:
-    database, _ = _only(audit, "AWS::Glue::Database")
-    _, properties = _only(audit, "AWS::Glue::Table", f"GlueTable{table.replace('_', '')}")
+    database, _ = only_resource(audit, "AWS::Glue::Database")
+    _, properties = only_resource(audit, "AWS::Glue::Table", f"GlueTable{table.replace('_', '')}")
     assert properties["DatabaseName"] == {"Ref": database}
     table_input = properties["TableInput"]
     assert table_input["Name"] == table
@@ -292,7 +281,7 @@ def test_glue_table_over_its_prefix_with_partition_projection(
 
 
 def test_event_columns_have_athena_types(audit: dict[str, Any]) -> None:
-    _, properties = _only(audit, "AWS::Glue::Table", "GlueTableevents")
+    _, properties = only_resource(audit, "AWS::Glue::Table", "GlueTableevents")
     columns = {
         column["Name"]: column["Type"]
         for column in properties["TableInput"]["StorageDescriptor"]["Columns"]
@@ -344,9 +333,9 @@ def test_a_field_without_a_glue_type_stops_the_synth_naming_it() -> None:
 def test_workgroup_enforces_encrypted_results_and_publishes_metrics(
     audit: dict[str, Any],
 ) -> None:
-    results_key, _ = _only(audit, "AWS::KMS::Key", "QueryResultsKey")
-    results_bucket, _ = _only(audit, "AWS::S3::Bucket", "QueryResults")
-    _, workgroup = _only(audit, "AWS::Athena::WorkGroup")
+    results_key, _ = only_resource(audit, "AWS::KMS::Key", "QueryResultsKey")
+    results_bucket, _ = only_resource(audit, "AWS::S3::Bucket", "QueryResults")
+    _, workgroup = only_resource(audit, "AWS::Athena::WorkGroup")
     assert workgroup["Name"] == "custos-audit"
     assert workgroup["State"] == "ENABLED"
     configuration = workgroup["WorkGroupConfiguration"]
@@ -364,10 +353,10 @@ def test_workgroup_enforces_encrypted_results_and_publishes_metrics(
 
 
 def test_results_bucket_is_kms_encrypted_private_logged_expiring(audit: dict[str, Any]) -> None:
-    results_key, key = _only(audit, "AWS::KMS::Key", "QueryResultsKey")
+    results_key, key = only_resource(audit, "AWS::KMS::Key", "QueryResultsKey")
     assert key["EnableKeyRotation"] is True
-    results_bucket, bucket = _only(audit, "AWS::S3::Bucket", "QueryResults")
-    log_bucket, log = _only(audit, "AWS::S3::Bucket", "AccessLogs")
+    results_bucket, bucket = only_resource(audit, "AWS::S3::Bucket", "QueryResults")
+    log_bucket, log = only_resource(audit, "AWS::S3::Bucket", "AccessLogs")
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
         {
             "BucketKeyEnabled": True,
@@ -389,7 +378,7 @@ def test_results_bucket_is_kms_encrypted_private_logged_expiring(audit: dict[str
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
     secure_transport = [
         statement
-        for policy in _resources(audit, "AWS::S3::BucketPolicy").values()
+        for policy in template_resources(audit, "AWS::S3::BucketPolicy").values()
         if policy["Properties"]["Bucket"] == {"Ref": results_bucket}
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
         if statement["Effect"] == "Deny"
@@ -409,15 +398,15 @@ def _file_headers(path: Path) -> tuple[str, str]:
 
 
 def test_every_query_file_is_a_named_query_in_the_workgroup(audit: dict[str, Any]) -> None:
-    database, _ = _only(audit, "AWS::Glue::Database")
-    workgroup, _ = _only(audit, "AWS::Athena::WorkGroup")
+    database, _ = only_resource(audit, "AWS::Glue::Database")
+    workgroup, _ = only_resource(audit, "AWS::Athena::WorkGroup")
     files = sorted(QUERIES_DIR.glob("*.sql"))
     assert files
     named = {
         properties["Name"]: properties
         for properties in (
             resource["Properties"]
-            for resource in _resources(audit, "AWS::Athena::NamedQuery").values()
+            for resource in template_resources(audit, "AWS::Athena::NamedQuery").values()
         )
     }
     assert len(named) == len(files)
@@ -512,12 +501,12 @@ def variant() -> Iterator[dict[str, Any]]:
 
 
 def test_digest_schedule_follows_the_context(variant: dict[str, Any]) -> None:
-    _, rule = _only(variant, "AWS::Events::Rule")
+    _, rule = only_resource(variant, "AWS::Events::Rule")
     assert rule["ScheduleExpression"] == "rate(15 minutes)"
 
 
 def test_partition_projection_starts_at_the_configured_day(variant: dict[str, Any]) -> None:
-    for _, table in _resources(variant, "AWS::Glue::Table").items():
+    for _, table in template_resources(variant, "AWS::Glue::Table").items():
         parameters = table["Properties"]["TableInput"]["Parameters"]
         assert parameters["projection.dt.range"] == "2024-06-01,NOW"
 
@@ -525,7 +514,7 @@ def test_partition_projection_starts_at_the_configured_day(variant: dict[str, An
 def test_a_query_file_added_is_a_named_query_at_the_next_synth(variant: dict[str, Any]) -> None:
     names = {
         resource["Properties"]["Name"]
-        for resource in _resources(variant, "AWS::Athena::NamedQuery").values()
+        for resource in template_resources(variant, "AWS::Athena::NamedQuery").values()
     }
     assert "added-at-synth" in names
     assert len(names) == len(list(QUERIES_DIR.glob("*.sql"))) + 1
@@ -564,7 +553,7 @@ def test_audit_acknowledgements_are_the_reviewed_ones(cdk_synth: CdkSynth) -> No
 
 
 def test_no_role_of_the_stack_holds_a_wildcard_resource_or_action(audit: dict[str, Any]) -> None:
-    roles = _resources(audit, "AWS::IAM::Role")
+    roles = template_resources(audit, "AWS::IAM::Role")
     assert {
         role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"]
         for role in roles.values()
@@ -572,4 +561,4 @@ def test_no_role_of_the_stack_holds_a_wildcard_resource_or_action(audit: dict[st
     for name in roles:
         assert _grants(_role_statements(audit, name))
         assert "ManagedPolicyArns" not in roles[name]["Properties"]
-    assert _resources(audit, "AWS::IAM::ManagedPolicy") == {}
+    assert template_resources(audit, "AWS::IAM::ManagedPolicy") == {}
