@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto_credentials import use_fake_credentials
 
 from custos.audit.chain import SessionChain
 from custos.audit.dynamo import SUBJECT_INDEX, SUBJECT_PK, SUBJECT_SK
@@ -41,13 +42,7 @@ class LambdaContext:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_fake_credentials(monkeypatch, "eu-west-1")
     with mock_aws():
         yield
 

@@ -40,6 +40,7 @@ from approvals_aws_fixtures import (
 )
 from moto import mock_aws
 from moto.core.config import DefaultConfig
+from moto_credentials import use_fake_credentials
 
 from custos.approvals.aws import ApprovalsTable, AwsApprovals
 from custos.approvals.links import LinkSigner
@@ -229,13 +230,7 @@ def _clear_built() -> None:
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_fake_credentials(monkeypatch, "eu-west-1")
     # moto runs the workflow, and its Lambdas are stand-ins that run nothing.
     config: DefaultConfig = {
         "stepfunctions": {"execute_state_machine": True},

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto_credentials import use_fake_credentials
 
 from custos.policy.source import PolicyError
 from lambdas.policy_eval import handler as policy_eval
@@ -122,13 +123,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[Any]:
     """A versioned bucket holding POLICY, named in the function's environment."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_fake_credentials(monkeypatch, "us-east-1")
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto_credentials import use_fake_credentials
 
 from custos.policy import FilePolicySource, PolicyEngine, PolicyError, S3PolicySource
 
@@ -161,13 +162,7 @@ KEY = "gateway/policy.yaml"
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-central-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_fake_credentials(monkeypatch, "eu-central-1")
     with mock_aws():
         client = boto3.client("s3", region_name="eu-central-1")
         client.create_bucket(
